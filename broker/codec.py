@@ -1,0 +1,131 @@
+"""Stream-entry codec. An entry is either an SDK envelope (one field `_exo` holding a
+versioned msgpack map) or a foreign entry: plain `field value` pairs from any Redis client,
+which are the node's inputs as strings (coerced later by the node's Inputs model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from pydantic_core import to_jsonable_python
+
+from broker.keys import ENVELOPE_FIELD
+
+WIRE_VERSION = 1
+_ENV_KEY = ENVELOPE_FIELD.encode()
+
+
+class MalformedEntry(ValueError):
+    """An entry that cannot be decoded; the message says why (it goes to the dead letters)."""
+
+
+@dataclass(slots=True)
+class Envelope:
+    state_id: str
+    inputs: dict[str, Any]
+    run_id: str | None = None
+    graph: str | None = None
+    graph_version: int = 0
+    identifier: str | None = None
+    ctx: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+    foreign: bool = False
+
+
+def pack(value: Any) -> bytes:
+    """msgpack with a clear error for values msgpack cannot carry."""
+    try:
+        # `default` turns what msgpack lacks (datetime, UUID, Decimal, enums, models) into
+        # its JSON-compatible form, as pydantic's JSON mode would.
+        return msgpack.packb(value, use_bin_type=True, default=to_jsonable_python)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"value is not msgpack-serialisable: {exc}") from exc
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def encode(env: Envelope) -> bytes:
+    m: dict[str, Any] = {"v": WIRE_VERSION, "i": env.state_id, "in": env.inputs}
+    if env.run_id is not None:
+        m["r"] = env.run_id
+        m["g"] = env.graph
+        m["gv"] = env.graph_version
+        m["n"] = env.identifier
+        if env.ctx:
+            m["c"] = env.ctx
+    if env.attempt:
+        m["a"] = env.attempt
+    if env.foreign:
+        m["f"] = 1  # inputs are strings from a plain XADD: coerce them again on retry
+    return pack(m)
+
+
+def entry_fields(env: Envelope) -> dict[str, bytes]:
+    return {ENVELOPE_FIELD: encode(env)}
+
+
+def _decode_envelope(raw: bytes) -> Envelope:
+    try:
+        m = unpack(raw)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise MalformedEntry(f"field {ENVELOPE_FIELD!r} is not valid msgpack ({exc})") from None
+    if not isinstance(m, dict):
+        raise MalformedEntry(f"envelope must be a msgpack map, got {type(m).__name__}")
+    version = m.get("v")
+    if version != WIRE_VERSION:
+        raise MalformedEntry(f"envelope version {version!r} is not supported (need {WIRE_VERSION})")
+    state_id, inputs = m.get("i"), m.get("in")
+    if not isinstance(state_id, str) or not state_id:
+        raise MalformedEntry("envelope has no state id (key 'i' must be a non-empty string)")
+    if not isinstance(inputs, dict):
+        raise MalformedEntry("envelope inputs (key 'in') must be a map")
+    run_id = m.get("r")
+    ctx = m.get("c") or {}
+    attempt = m.get("a", 0)
+    if run_id is not None and not (isinstance(m.get("g"), str) and isinstance(m.get("n"), str)):
+        raise MalformedEntry("envelope of a graph run needs graph 'g' and identifier 'n'")
+    if not isinstance(ctx, dict) or not isinstance(attempt, int):
+        raise MalformedEntry("envelope ctx 'c' must be a map and attempt 'a' an integer")
+    return Envelope(
+        state_id,
+        inputs,
+        run_id,
+        m.get("g"),
+        int(m.get("gv") or 0),
+        m.get("n"),
+        ctx,
+        attempt,
+        bool(m.get("f")),
+    )
+
+
+def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Envelope:
+    """Decode one stream entry; raise MalformedEntry naming what is wrong."""
+    raw = fields.get(_ENV_KEY)
+    if raw is not None:
+        if len(fields) != 1:
+            extra = sorted(k.decode("utf-8", "replace") for k in fields if k != _ENV_KEY)
+            raise MalformedEntry(f"envelope entry has unexpected extra fields {extra}")
+        return _decode_envelope(raw)
+    if not fields:
+        raise MalformedEntry("entry has no fields")
+    inputs: dict[str, Any] = {}
+    for k, v in fields.items():
+        try:
+            inputs[k.decode()] = v.decode()
+        except UnicodeDecodeError:
+            name = k.decode("utf-8", "replace")
+            raise MalformedEntry(f"field {name!r} is not UTF-8 text") from None
+    return Envelope(entry_id.decode(), inputs, foreign=True)
+
+
+def printable_fields(fields: dict[bytes, bytes], limit: int = 4096) -> dict[str, str]:
+    """Original fields of a bad entry, kept readable (and bounded) for its dead letter."""
+    out: dict[str, str] = {}
+    for k, v in fields.items():
+        text = v.decode("utf-8", "replace") if len(v) <= limit else f"<{len(v)} bytes>"
+        out[k.decode("utf-8", "replace")] = text
+    return out

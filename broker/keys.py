@@ -1,0 +1,91 @@
+"""Every Redis key name, as a function. All keys of a namespace share the hash tag `{ns}`,
+so every script's keys live in one Redis Cluster slot (scripts with keys in two slots are
+refused with CROSSSLOT)."""
+
+from __future__ import annotations
+
+import re
+
+GROUP = "exo"
+"""The one consumer group on every state stream; every Runtime process is a consumer."""
+
+ENVELOPE_FIELD = "_exo"
+"""Stream-entry field holding a msgpack envelope. Any other fields are plain inputs."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+
+
+class KeyNameError(ValueError):
+    pass
+
+
+def check_name(kind: str, value: str) -> str:
+    """Namespaces, node and graph names go into key names: keep them to a safe alphabet
+    (no braces, which would break the hash tag, and no ':' which separates key parts)."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise KeyNameError(
+            f"{kind} {value!r} is not valid: use 1-200 characters from A-Z a-z 0-9 _ . -"
+        )
+    return value
+
+
+class Keys:
+    """Key names of one namespace. Cheap to build; methods are pure string formatting."""
+
+    __slots__ = ("base", "namespace")
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = check_name("namespace", namespace)
+        self.base = f"exo:{{{namespace}}}"
+
+    def queue(self, node: str) -> str:
+        """Stream of states waiting for `node` (consumer group GROUP)."""
+        return f"{self.base}:q:{node}"
+
+    def delayed(self, node: str) -> str:
+        """Sorted set of states for `node` due later (score = due time, ms since epoch)."""
+        return f"{self.base}:delayed:{node}"
+
+    def output(self, node: str) -> str:
+        """Stream of results of graphless states of `node`."""
+        return f"{self.base}:out:{node}"
+
+    def dead(self) -> str:
+        """Dead-letter stream of the namespace."""
+        return f"{self.base}:dead"
+
+    def events(self) -> str:
+        """Capped stream of run events (run finished), for waiters and dashboards."""
+        return f"{self.base}:events"
+
+    def nodes(self) -> str:
+        """Hash node name -> registered schema (JSON)."""
+        return f"{self.base}:nodes"
+
+    def graphs(self) -> str:
+        """Hash graph name -> current version number."""
+        return f"{self.base}:graphs"
+
+    def graph_seq(self) -> str:
+        """Hash graph name -> last version number handed out."""
+        return f"{self.base}:graphseq"
+
+    def graph(self, name: str, version: int) -> str:
+        """Immutable msgpack of one version of a graph template (runs pin their version)."""
+        return f"{self.base}:graph:{name}:{version}"
+
+    def secrets(self, name: str) -> str:
+        """Hash of a graph's secrets."""
+        return f"{self.base}:secrets:{name}"
+
+    def run(self, run_id: str) -> str:
+        """Hash of a run's bookkeeping: status, open state count, per-identifier counters."""
+        return f"{self.base}:run:{run_id}"
+
+    def run_results(self, run_id: str) -> str:
+        """List of msgpack results of the run's leaf states."""
+        return f"{self.base}:run:{run_id}:results"
+
+    def runs(self, graph: str) -> str:
+        """Sorted set run id -> creation time, per graph (run listing)."""
+        return f"{self.base}:runs:{graph}"

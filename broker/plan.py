@@ -1,0 +1,90 @@
+"""Builder for the settle script's plan: which entries to ack and what each one emits.
+
+Pure: it only collects keys and ops; `Broker.settle` sends it in one EVALSHA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+XADD, ZADD_DELAYED, RPUSH, RUN_STEP = 1, 2, 3, 4
+
+
+class SettlePlan:
+    __slots__ = ("_index", "items", "keys")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        self.items: list[list[Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def mark(self) -> int:
+        return len(self.items)
+
+    def rollback(self, mark: int) -> None:
+        """Drop items added since `mark` (an outcome that failed half-way to plan)."""
+        del self.items[mark:]
+
+    def key(self, name: str) -> int:
+        """1-based KEYS index of `name` (Lua arrays start at 1)."""
+        idx = self._index.get(name)
+        if idx is None:
+            self.keys.append(name)
+            idx = self._index[name] = len(self.keys)
+        return idx
+
+    def entry(self, stream: str, entry_id: bytes | str) -> list[list[Any]]:
+        """Settle `entry_id` of `stream`; returns its op list for the emit helpers below."""
+        ops: list[list[Any]] = []
+        self.items.append([self.key(stream), entry_id, ops])
+        return ops
+
+    def xadd(
+        self, ops: list[list[Any]], stream: str, fields: dict[str, Any], maxlen: int = 0
+    ) -> None:
+        op: list[Any] = [XADD, self.key(stream), maxlen]
+        for k, v in fields.items():
+            op += (k, v)
+        ops.append(op)
+
+    def delay(self, ops: list[list[Any]], zset: str, delay_ms: int, member: bytes) -> None:
+        ops.append([ZADD_DELAYED, self.key(zset), max(0, int(delay_ms)), member])
+
+    def rpush(self, ops: list[list[Any]], key: str, value: bytes) -> None:
+        ops.append([RPUSH, self.key(key), value])
+
+    def run_step(
+        self,
+        ops: list[list[Any]],
+        *,
+        run_key: str,
+        events_key: str,
+        results_key: str,
+        run_id: str,
+        open_delta: int,
+        failed_delta: int,
+        retention_s: int,
+        counters: dict[str, int],
+    ) -> None:
+        op: list[Any] = [
+            RUN_STEP,
+            self.key(run_key),
+            self.key(events_key),
+            self.key(results_key),
+            run_id,
+            open_delta,
+            failed_delta,
+            retention_s,
+        ]
+        for field, incr in counters.items():
+            op += (field, incr)
+        ops.append(op)
+
+    def encode(self) -> bytes:
+        # Redis' Lua cmsgpack predates the msgpack bin types: bytes go as raw strings,
+        # which Lua strings hold byte for byte.
+        return msgpack.packb(self.items, use_bin_type=False)

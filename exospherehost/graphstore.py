@@ -1,0 +1,121 @@
+"""Graph templates in Redis: versioned, immutable documents; a per-process compiled cache.
+
+A run pins the version it was triggered with, so upserting a graph never changes a run in
+flight. Documents are msgpack maps (see `GraphDoc`)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypedDict
+
+import redis.asyncio as aioredis
+
+from broker.codec import pack, unpack
+from broker.keys import Keys
+from broker.streams import RawRedis
+from exospherehost.graph import CompiledGraph
+from exospherehost.models import GraphNodeModel, RetryPolicyModel, StoreConfigModel
+
+
+class GraphDoc(TypedDict):
+    name: str
+    version: int
+    nodes: list[dict[str, Any]]
+    retry_policy: dict[str, Any] | None
+    store_config: dict[str, Any] | None
+    triggers: list[dict[str, Any]]
+    secret_names: list[str]
+    validation_status: str
+    validation_errors: list[str]
+    updated_ms: int
+
+
+def compile_doc(doc: GraphDoc) -> CompiledGraph:
+    rp, sc = doc["retry_policy"], doc["store_config"]
+    return CompiledGraph.build(
+        doc["name"],
+        doc["version"],
+        [GraphNodeModel.model_validate(n) for n in doc["nodes"]],
+        RetryPolicyModel.model_validate(rp) if rp is not None else None,
+        StoreConfigModel.model_validate(sc) if sc is not None else None,
+    )
+
+
+class GraphStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.client: RawRedis = client
+        self.keys = keys
+
+    async def next_version(self, name: str) -> int:
+        return int(await self.client.hincrby(self.keys.graph_seq(), name, 1))
+
+    async def save(self, doc: GraphDoc, secrets: dict[str, str] | None) -> None:
+        """Write the document, then point the graph at it (a crash in between leaves an
+        unused version, never a pointer to a missing document)."""
+        name = doc["name"]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.keys.graph(name, doc["version"]), pack(doc))
+        if secrets is not None:
+            pipe.delete(self.keys.secrets(name))
+            if secrets:
+                pipe.hset(self.keys.secrets(name), mapping=secrets)
+        pipe.hset(self.keys.graphs(), name, doc["version"])
+        await pipe.execute()
+
+    async def current_version(self, name: str) -> int | None:
+        v = await self.client.hget(self.keys.graphs(), name)
+        return int(v) if v is not None else None
+
+    async def load(self, name: str, version: int) -> GraphDoc | None:
+        raw = await self.client.get(self.keys.graph(name, version))
+        return None if raw is None else unpack(raw)
+
+    async def current(self, name: str) -> GraphDoc | None:
+        version = await self.current_version(name)
+        return None if version is None else await self.load(name, version)
+
+    async def names(self) -> list[str]:
+        return sorted(k.decode() for k in await self.client.hkeys(self.keys.graphs()))
+
+    async def secrets(self, name: str) -> dict[str, str]:
+        raw = await self.client.hgetall(self.keys.secrets(name))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class GraphCache:
+    """Compiled graphs and their secrets by (name, version), loaded once per process.
+    Concurrent first uses of one version share one load."""
+
+    def __init__(self, store: GraphStore) -> None:
+        self.store = store
+        self.compiled: dict[tuple[str, int], CompiledGraph] = {}
+        self._secrets: dict[tuple[str, int], dict[str, str]] = {}
+        self._loading: dict[tuple[str, int], asyncio.Future[CompiledGraph | None]] = {}
+
+    async def get(self, name: str, version: int) -> CompiledGraph | None:
+        key = (name, version)
+        graph = self.compiled.get(key)
+        if graph is not None:
+            return graph
+        pending = self._loading.get(key)
+        if pending is not None:
+            return await pending
+        fut: asyncio.Future[CompiledGraph | None] = asyncio.get_running_loop().create_future()
+        self._loading[key] = fut
+        try:
+            doc = await self.store.load(name, version)
+            graph = compile_doc(doc) if doc is not None else None
+            if graph is not None:
+                self._secrets[key] = await self.store.secrets(name)
+                self.compiled[key] = graph
+            fut.set_result(graph)
+            return graph
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: the caller re-raises it
+            raise
+        finally:
+            del self._loading[key]
+
+    def secrets(self, name: str, version: int) -> dict[str, str]:
+        return self._secrets.get((name, version), {})

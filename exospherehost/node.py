@@ -1,0 +1,115 @@
+"""BaseNode: what users subclass, and the checks a Runtime runs on node classes."""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+
+class BaseNode(ABC):
+    """A unit of work. Subclasses define `Inputs`, `Outputs`, optional `Secrets`
+    (pydantic models) and `async def execute(self)` returning `Outputs` or a list of
+    `Outputs` (a list fans out: one successor state per element).
+
+    Execution is at-least-once (a state whose worker died is run again elsewhere),
+    so `execute` should be idempotent; stage transitions are exactly-once.
+    """
+
+    class Inputs(BaseModel):
+        pass
+
+    class Outputs(BaseModel):
+        pass
+
+    class Secrets(BaseModel):
+        pass
+
+    # Set by the Runtime before `execute`; typed loosely because each subclass narrows them.
+    inputs: Any
+    secrets: Any
+    state_id: str
+    run_id: str | None
+    _node_name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.inputs = None
+        self.secrets = None
+        self.state_id = ""
+        self.run_id = None
+
+    async def _execute(self, inputs: BaseModel, secrets: BaseModel) -> Any:
+        self.inputs = inputs
+        self.secrets = secrets
+        return await self.execute()
+
+    @abstractmethod
+    async def execute(self) -> Any:
+        """Do the work with `self.inputs` / `self.secrets`; return Outputs or list[Outputs]."""
+
+
+class NodeValidationError(ValueError):
+    """A node class cannot be served; the message lists every problem found."""
+
+
+def node_name(cls: type[BaseNode]) -> str:
+    return cls.__name__
+
+
+def _model_problems(cls: type, attr: str) -> list[str]:
+    model = getattr(cls, attr, None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return [f"{cls.__name__}.{attr} must be a pydantic BaseModel subclass, got {model!r}"]
+    return []
+
+
+def node_problems(cls: object) -> list[str]:
+    """Every reason `cls` cannot be served by a Runtime (empty when it can)."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseNode)):
+        return [f"{cls!r} is not a subclass of exospherehost.BaseNode"]
+    problems: list[str] = []
+    for attr in ("Inputs", "Outputs", "Secrets"):
+        problems += _model_problems(cls, attr)
+    execute = getattr(cls, "execute", None)
+    if execute is None or getattr(execute, "__isabstractmethod__", False):
+        problems.append(f"{cls.__name__} must implement `async def execute(self)`")
+    elif not inspect.iscoroutinefunction(execute):
+        problems.append(f"{cls.__name__}.execute must be `async def`, it is a plain function")
+    if inspect.isabstract(cls) and not problems:
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        problems.append(f"{cls.__name__} is abstract (unimplemented: {missing})")
+    return problems
+
+
+def validate_nodes(nodes: Sequence[object] | Iterable[object]) -> list[type[BaseNode]]:
+    """Check all node classes at once; raise one NodeValidationError listing every problem."""
+    nodes = list(nodes)
+    problems: list[str] = []
+    if not nodes:
+        problems.append("nodes must list at least one BaseNode subclass")
+    seen: dict[str, object] = {}
+    for cls in nodes:
+        found = node_problems(cls)
+        problems += found
+        if found or not isinstance(cls, type):
+            continue
+        name = cls.__name__
+        if name in seen:
+            problems.append(f"duplicate node name {name!r}: {seen[name]!r} and {cls!r}")
+        seen[name] = cls
+    if problems:
+        raise NodeValidationError("invalid nodes:\n- " + "\n- ".join(problems))
+    return [c for c in nodes if isinstance(c, type) and issubclass(c, BaseNode)]
+
+
+def node_schema(cls: type[BaseNode]) -> dict[str, Any]:
+    """What a Runtime registers for graph validation: JSON schemas of the three models."""
+    return {
+        "name": cls.__name__,
+        "inputs_schema": cls.Inputs.model_json_schema(),
+        "outputs_schema": cls.Outputs.model_json_schema(),
+        "secrets_schema": cls.Secrets.model_json_schema(),
+    }

@@ -1,0 +1,68 @@
+"""What happened to a state, as values. The worker produces them; `settle.plan_settle`
+turns a batch of them into one atomic settle-script call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from broker.codec import Envelope
+
+
+@dataclass(slots=True)
+class Job:
+    """A state read from a stream and decoded, on its way through a worker."""
+
+    node: str
+    stream: str
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    env: Envelope
+
+
+@dataclass(slots=True)
+class Completed:
+    job: Job
+    outputs: list[dict[str, Any]]
+    fanout: bool  # execute returned a list (even of one): one successor set per element
+
+
+@dataclass(slots=True)
+class Failed:
+    job: Job
+    error: str
+    traceback: str
+    permanent: bool = False  # bad inputs or graph: retrying cannot help
+
+
+@dataclass(slots=True)
+class Pruned:
+    job: Job
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Requeued:
+    job: Job
+    delay_ms: int
+
+
+@dataclass(slots=True)
+class Released:
+    """Not executed (shutdown): put back on its stream at once for another worker."""
+
+    job: Job
+
+
+@dataclass(slots=True)
+class Malformed:
+    """An entry that could not be decoded: dead-lettered with the reason."""
+
+    node: str
+    stream: str
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    reason: str
+
+
+Outcome = Completed | Failed | Pruned | Requeued | Released | Malformed

@@ -1,0 +1,157 @@
+"""Runtime: serve a set of nodes from their Redis streams in this process.
+
+Run as many Runtime processes as the load needs; they share each stream's consumer group,
+so Redis hands each state to exactly one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+
+from broker.keys import check_name
+from broker.streams import Broker
+from exospherehost.config import resolve
+from exospherehost.execution import NodeSpec
+from exospherehost.graphstore import GraphCache, GraphStore
+from exospherehost.models import RetryPolicyModel
+from exospherehost.node import node_schema, validate_nodes
+from exospherehost.settle import SettleConfig
+from exospherehost.worker import Worker
+
+log = logging.getLogger("exospherehost.runtime")
+
+
+def _positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+class Runtime:
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        nodes: Sequence[object],
+        redis_url: str | None = None,
+        key: str | None = None,
+        *,
+        batch_size: int = 100,
+        workers: int = 32,
+        block_ms: int = 1000,
+        default_retry_policy: RetryPolicyModel | None = None,
+        output_maxlen: int = 100_000,
+        run_retention: timedelta = timedelta(days=1),
+        grace_period: float = 30.0,
+    ) -> None:
+        self.namespace = check_name("namespace", namespace)
+        self.name = check_name("name", name)
+        self.nodes = validate_nodes(nodes)
+        for label, value in (
+            ("batch_size", batch_size),
+            ("workers", workers),
+            ("block_ms", block_ms),
+            ("output_maxlen", output_maxlen),
+            ("grace_period", grace_period),
+        ):
+            _positive(label, value)
+        if block_ms > 5000:
+            raise ValueError(
+                f"block_ms must be at most 5000 (the socket timeout is 10 s), got {block_ms}"
+            )
+        self.config = resolve(redis_url, key)
+        self.batch_size, self.workers, self.block_ms = batch_size, workers, block_ms
+        self.default_retry_policy = default_retry_policy or RetryPolicyModel()
+        self.output_maxlen = output_maxlen
+        self.run_retention_s = int(run_retention.total_seconds())
+        self.grace_period = grace_period
+        # Replicas share `name`; host, pid and a random part keep consumers apart.
+        self.consumer = f"{name}:{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._worker: Worker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested = False
+        self.started = asyncio.Event()
+
+    @property
+    def settled(self) -> int:
+        return self._worker.settled if self._worker else 0
+
+    def start(self) -> asyncio.Task[None] | None:
+        """Block serving nodes until stopped (SIGINT/SIGTERM stop it cleanly); inside a
+        running event loop, return the serving task instead."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self._main(install_signals=True))
+            return None
+        return loop.create_task(self._main(install_signals=False), name=f"exo-runtime-{self.name}")
+
+    def stop(self) -> None:
+        """Stop reading, finish in-flight states (up to grace_period), settle them, release
+        the rest. Safe from any thread or a signal handler."""
+        self._stop_requested = True
+        loop, worker = self._loop, self._worker
+        if loop is not None and worker is not None:
+            loop.call_soon_threadsafe(worker.stop)
+
+    async def _main(self, install_signals: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self.stop)
+        client = self.config.client()
+        try:
+            broker = Broker(client, self.namespace)
+            store = GraphStore(client, broker.keys)
+            cache = GraphCache(store)
+            settle_cfg = SettleConfig(
+                keys=broker.keys,
+                graphs=cache.compiled,
+                default_retry=self.default_retry_policy,
+                output_maxlen=self.output_maxlen,
+                run_retention_s=self.run_retention_s,
+            )
+            specs = [NodeSpec.of(n) for n in self.nodes]
+            self._worker = Worker(
+                broker,
+                specs,
+                self.consumer,
+                cache,
+                settle_cfg,
+                batch_size=self.batch_size,
+                concurrency=self.workers,
+                block_ms=self.block_ms,
+                grace_s=self.grace_period,
+            )
+            if self._stop_requested:
+                self._worker.stop()
+            await self._worker._until_ok(lambda: self._register(broker))
+            log.info(
+                "runtime %s serving %s in namespace %s as %s",
+                self.name,
+                [s.name for s in specs],
+                self.namespace,
+                self.consumer,
+            )
+            self.started.set()
+            await self._worker.run()
+        finally:
+            await client.aclose()
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self._loop.remove_signal_handler(sig)
+
+    async def _register(self, broker: Broker) -> None:
+        """Record the nodes' schemas so graphs can be validated against them."""
+        now = int(time.time() * 1000)
+        mapping = {
+            n.__name__: json.dumps({**node_schema(n), "runtime": self.name, "registered_ms": now})
+            for n in self.nodes
+        }
+        await broker.client.hset(broker.keys.nodes(), mapping=mapping)

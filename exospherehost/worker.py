@@ -1,0 +1,221 @@
+"""The hot loop of one Runtime process: read -> execute -> settle, as three kinds of
+coroutines joined by two buffers, so a read, executions and a settle overlap:
+
+    reader ──Jobs──▶ queue ──▶ N executors ──Outcomes──▶ buffer ──▶ settler (1 script/batch)
+
+No task is spawned per state: `concurrency` long-lived executors pull from the queue, and
+a state whose node never awaits runs straight through. `inflight` (read, not yet settled)
+is bounded by `max_inflight`, which is also the most states a crash can leave pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from broker.codec import MalformedEntry, decode
+from broker.streams import Broker
+from exospherehost.execution import NodeSpec, execute
+from exospherehost.graphstore import GraphCache
+from exospherehost.outcomes import Job, Malformed, Outcome, Released
+from exospherehost.settle import SettleConfig, plan_settle
+
+log = logging.getLogger("exospherehost.worker")
+T = TypeVar("T")
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Worker:
+    def __init__(
+        self,
+        broker: Broker,
+        specs: Sequence[NodeSpec],
+        consumer: str,
+        graphs: GraphCache,
+        settle_cfg: SettleConfig,
+        *,
+        batch_size: int = 100,
+        concurrency: int = 32,
+        block_ms: int = 1000,
+        grace_s: float = 30.0,
+    ) -> None:
+        self.broker = broker
+        self.specs = {s.name: s for s in specs}
+        self.consumer = consumer
+        self.graphs = graphs
+        self.settle_cfg = settle_cfg
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.block_ms = block_ms
+        self.grace_s = grace_s
+        self.max_inflight = batch_size * 2 + concurrency
+        self.inflight = 0
+        self.settled = 0
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._outcomes: list[Outcome] = []
+        self._has_outcomes = asyncio.Event()
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._executing: set[asyncio.Task[None]] = set()
+        self._outage_since: float | None = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        nodes = list(self.specs)
+        await self._until_ok(lambda: self.broker.ensure_groups(nodes))
+        settler = asyncio.create_task(self._settler(), name="exo-settler")
+        promoter = asyncio.create_task(self._promoter(), name="exo-promoter")
+        executors = [
+            asyncio.create_task(self._executor(), name=f"exo-exec-{i}")
+            for i in range(self.concurrency)
+        ]
+        self._executing.update(executors)
+        try:
+            await self._reader()
+        finally:
+            await self._drain(executors)
+            promoter.cancel()
+            self._has_outcomes.set()
+            await settler
+            await asyncio.gather(promoter, return_exceptions=True)
+
+    # -- reading ------------------------------------------------------------------------
+    async def _reader(self) -> None:
+        nodes = list(self.specs)
+        while not self._stopping.is_set():
+            room = self.max_inflight - self.inflight
+            if room < self.batch_size // 2 + 1:
+                self._room.clear()
+                await _first(self._room.wait(), self._stopping.wait())
+                continue
+            count = min(self.batch_size, room)
+            batches = await self._until_ok(
+                partial(self.broker.read, self.consumer, nodes, count, self.block_ms)
+            )
+            for node, entries in batches:
+                stream = self.broker.keys.queue(node)
+                for entry_id, fields in entries:
+                    self.inflight += 1
+                    try:
+                        env = decode(entry_id, fields)
+                    except MalformedEntry as exc:
+                        self._finish(Malformed(node, stream, entry_id, fields, str(exc)))
+                        continue
+                    self._queue.put_nowait(Job(node, stream, entry_id, fields, env))
+
+    # -- executing ----------------------------------------------------------------------
+    async def _executor(self) -> None:
+        queue = self._queue
+        while (job := await queue.get()) is not None:
+            try:
+                outcome = await self._execute(job)
+            except asyncio.CancelledError:
+                self._finish(Released(job))  # shutdown grace ran out: hand it back now
+                raise
+            self._finish(outcome)
+
+    async def _execute(self, job: Job) -> Outcome:
+        env = job.env
+        graph, secrets = None, {}
+        if env.run_id is not None and env.graph is not None:
+            graph = await self._until_ok(
+                lambda: self.graphs.get(env.graph or "", env.graph_version)
+            )
+            secrets = self.graphs.secrets(env.graph, env.graph_version)
+        return await execute(self.specs[job.node], job, graph, secrets)
+
+    def _finish(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        self._has_outcomes.set()
+
+    async def _drain(self, executors: list[asyncio.Task[None]]) -> None:
+        """Finish what was read within the grace period; release the rest at once."""
+        for _ in executors:
+            self._queue.put_nowait(None)
+        _, late = await asyncio.wait(executors, timeout=self.grace_s)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*executors, return_exceptions=True)
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None:
+                self._finish(Released(job))
+
+    # -- settling -----------------------------------------------------------------------
+    async def _settler(self) -> None:
+        while True:
+            if not self._outcomes:
+                if all(t.done() for t in self._executing) and self._stopping.is_set():
+                    return
+                self._has_outcomes.clear()
+                await self._has_outcomes.wait()
+                continue
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self._settle(batch)
+            except ResponseError as exc:
+                # A script error must not take the batch down with one bad state:
+                # settle one by one; what still fails stays pending (reclaimed later).
+                log.error("settle of %d states failed (%s); settling one by one", len(batch), exc)
+                for outcome in batch:
+                    try:
+                        await self._settle([outcome])
+                    except ResponseError:
+                        log.exception("cannot settle %r; left pending", outcome)
+            self.inflight -= len(batch)
+            self.settled += len(batch)
+            self._room.set()
+
+    async def _settle(self, batch: list[Outcome]) -> None:
+        plan = plan_settle(batch, self.settle_cfg)
+        await self._until_ok(lambda: self.broker.settle(plan))
+
+    async def _promoter(self) -> None:
+        """Move due retries / delayed states to their streams. Every Runtime runs this;
+        the script is atomic, so many promoters never duplicate a state."""
+        nodes = list(self.specs)
+        while True:
+            moved, next_due = await self._until_ok(lambda: self.broker.promote(nodes))
+            if moved:
+                continue
+            wait = 0.5 if next_due < 0 else max(0.002, min(0.5, next_due / 1000 - time.time()))
+            await asyncio.sleep(wait)
+
+    # -- resilience ---------------------------------------------------------------------
+    async def _until_ok(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry a Redis call through an outage with capped backoff; log once per outage."""
+        delay = 0.05
+        while True:
+            try:
+                result = await call()
+            except _TRANSIENT as exc:
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    log.warning("Redis unavailable (%s); retrying with backoff", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if self._outage_since is not None:
+                down = time.monotonic() - self._outage_since
+                self._outage_since = None
+                log.warning("Redis reachable again after %.1fs", down)
+            return result
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

@@ -1,0 +1,108 @@
+"""Node classes shared by in-process tests and the worker subprocesses of e2e tests."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel
+
+from exospherehost import BaseNode
+
+
+class SampleNode(BaseNode):
+    """The README's seed example, unchanged."""
+
+    class Inputs(BaseModel):
+        name: str
+        data: dict
+
+    class Outputs(BaseModel):
+        message: str
+        processed_data: dict
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(message="success", processed_data={"input": self.inputs.data})
+
+
+class Inner(BaseModel):
+    label: str
+    weights: list[float]
+
+
+class Typed(BaseNode):
+    """Fields of every msgpack-able kind, not only str."""
+
+    class Inputs(BaseModel):
+        count: int
+        ratio: float
+        flag: bool
+        tags: list[str]
+        meta: dict[str, int]
+        maybe: str | None = None
+        inner: Inner
+
+    class Outputs(BaseModel):
+        doubled: int
+        inner: Inner
+        echo: dict
+
+    async def execute(self) -> Outputs:
+        i = self.inputs
+        return self.Outputs(
+            doubled=i.count * 2,
+            inner=i.inner,
+            echo={
+                "ratio": i.ratio,
+                "flag": i.flag,
+                "tags": i.tags,
+                "meta": i.meta,
+                "maybe": i.maybe,
+            },
+        )
+
+
+class Split(BaseNode):
+    """Fans out: one output (hence one successor) per item."""
+
+    class Inputs(BaseModel):
+        items: int
+        base: int = 0
+
+    class Outputs(BaseModel):
+        value: int
+
+    async def execute(self) -> list[Outputs]:
+        return [self.Outputs(value=self.inputs.base + k) for k in range(self.inputs.items)]
+
+
+class Square(BaseNode):
+    class Inputs(BaseModel):
+        value: int
+
+    class Outputs(BaseModel):
+        square: int
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(square=self.inputs.value**2)
+
+
+class Label(BaseNode):
+    """Uses an output of its parent and of its grandparent, and records which process ran it."""
+
+    class Inputs(BaseModel):
+        square: int
+        value: int
+        text: str
+
+    class Outputs(BaseModel):
+        square: int
+        value: int
+        text: str
+        pid: int
+
+    async def execute(self) -> Outputs:
+        i = self.inputs
+        return self.Outputs(square=i.square, value=i.value, text=i.text, pid=os.getpid())
+
+
+ALL = [SampleNode, Typed, Split, Square, Label]

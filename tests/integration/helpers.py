@@ -1,0 +1,72 @@
+"""Helpers for integration tests: Runtimes in-process or as real subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+from exospherehost import Runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.asynccontextmanager
+async def running(runtime: Runtime, timeout: float = 10.0) -> AsyncIterator[Runtime]:
+    """Serve `runtime` in this event loop for the duration of the block, then stop it."""
+    task = runtime.start()
+    assert task is not None
+    try:
+        started = asyncio.ensure_future(runtime.started.wait())
+        done, _ = await asyncio.wait(
+            [started, task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            task.result()  # surface the error that ended it
+        assert started in done, f"runtime did not start within {timeout}s"
+        yield runtime
+    finally:
+        runtime.stop()
+        await asyncio.wait_for(task, timeout)
+
+
+@contextlib.contextmanager
+def worker_processes(url: str, namespace: str, count: int) -> Iterator[list[subprocess.Popen[str]]]:
+    """Start `count` Runtime processes (tests/integration/apps/worker_main.py)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.apps.worker_main", url, namespace],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    try:
+        yield procs
+    finally:
+        stop_processes(procs)
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[str]], timeout: float = 20.0) -> list[str]:
+    """SIGTERM each process, wait for a clean exit; return their outputs."""
+    outs = []
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        outs.append(out or "")
+    return outs
