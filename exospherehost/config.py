@@ -33,7 +33,12 @@ class RedisConfig:
         if self.password is not None:
             opts["password"] = self.password
         opts.update(kwargs)
-        return aioredis.Redis.from_url(self.url, **opts)  # type: ignore[arg-type]
+        # A blocking pool makes callers wait for a free connection instead of failing
+        # with MaxConnectionsError when many coroutines share one client.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=64, timeout=30, **opts
+        )
+        return aioredis.Redis(connection_pool=pool)
 
 
 def resolve(redis_url: str | None = None, key: str | None = None) -> RedisConfig:

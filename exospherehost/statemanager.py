@@ -332,23 +332,53 @@ class StateManager:
 
     async def wait(self, run_id: str, timeout: float = 60.0) -> RunStatus:
         """Wait until the run is finished; raises TimeoutError naming the run."""
+        return (await self.wait_all([run_id], timeout))[run_id]
+
+    async def wait_all(self, run_ids: Iterable[str], timeout: float = 60.0) -> dict[str, RunStatus]:
+        """Wait until every run is finished, following the namespace's event stream (one
+        connection however many runs); raises TimeoutError naming what is unfinished."""
+        waiting = set(run_ids)
         deadline = time.monotonic() + timeout
-        last = await self._events_tail()
+        last = await self._events_tail()  # before the first check: no event is missed
+        candidates = set(waiting)
         while True:
-            st = await self.status(run_id)
-            if st.done:
-                return st
+            finished = await self._finished(candidates)
+            waiting -= finished
+            if not waiting:
+                break
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"run {run_id} not finished after {timeout}s: {st}")
-            reply = await self.client.xread(
-                {self.keys.events(): last},
-                count=1000,
-                block=max(1, int(min(left, _MAX_BLOCK_S) * 1000)),
-            )
+                some = sorted(waiting)[:5]
+                raise TimeoutError(
+                    f"{len(waiting)} run(s) not finished after {timeout}s, e.g. {some}"
+                )
+            block = max(1, int(min(left, _MAX_BLOCK_S) * 1000))
+            reply = await self.client.xread({self.keys.events(): last}, count=10_000, block=block)
+            candidates = set()
             for _, entries in reply or ():
-                if entries:
-                    last = entries[-1][0]
+                for entry_id, fields in entries:
+                    last = entry_id
+                    run = fields.get(b"run", b"").decode()
+                    if run in waiting:
+                        candidates.add(run)
+            if not reply:
+                candidates = set(waiting)  # idle second: re-check all (covers trimmed events)
+        return {r: await self.status(r) for r in run_ids}
+
+    async def _finished(self, run_ids: set[str]) -> set[str]:
+        ids = list(run_ids)
+        done: set[str] = set()
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            pipe = self.client.pipeline(transaction=False)
+            for r in chunk:
+                pipe.hget(self.keys.run(r), "status")
+            for r, st in zip(chunk, await pipe.execute(), strict=True):
+                if st is None:
+                    raise RunNotFound(f"run {r!r} not found (unknown, or expired after retention)")
+                if st != b"RUNNING":
+                    done.add(r)
+        return done
 
     async def _events_tail(self) -> bytes | str:
         tail = await self.client.xrevrange(self.keys.events(), count=1)

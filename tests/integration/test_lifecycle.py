@@ -1,0 +1,110 @@
+"""Runtime lifecycle: start modes, clean stop in code and by SIGTERM, finish or release."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from typing import Any, ClassVar
+
+import pytest
+from pydantic import BaseModel
+
+from exospherehost import BaseNode, Runtime, StateManager
+from tests.integration.helpers import ROOT
+
+
+class Gated(BaseNode):
+    """Waits on a class-level gate, so a test decides when executions may finish."""
+
+    gate: ClassVar[asyncio.Event]
+    started: ClassVar[asyncio.Queue[str]]
+
+    class Inputs(BaseModel):
+        i: int
+
+    class Outputs(BaseModel):
+        i: int
+
+    async def execute(self) -> Outputs:
+        Gated.started.put_nowait(self.state_id)
+        await Gated.gate.wait()
+        return self.Outputs(i=self.inputs.i)
+
+
+@pytest.fixture
+async def sm(redis_url: str, namespace: str) -> Any:
+    Gated.gate = asyncio.Event()
+    Gated.started = asyncio.Queue()
+    manager = StateManager(namespace, redis_url=redis_url)
+    yield manager
+    await manager.close()
+
+
+async def _started(n: int) -> None:
+    for _ in range(n):
+        await asyncio.wait_for(Gated.started.get(), 10)
+
+
+async def test_start_in_a_loop_returns_a_task_and_stop_finishes_in_flight(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    rt = Runtime(namespace=namespace, name="t", nodes=[Gated], redis_url=redis_url)
+    ids = await sm.enqueue_many("Gated", [{"i": i} for i in range(5)])
+    task = rt.start()
+    assert isinstance(task, asyncio.Task)
+    await _started(5)
+    rt.stop()  # stop reading; the five in flight must still finish and settle
+    Gated.gate.set()
+    await asyncio.wait_for(task, 10)
+    results = await sm.wait_for_states("Gated", ids, timeout=5)
+    assert {r.status for r in results.values()} == {"SUCCEEDED"}
+    assert await sm.pending("Gated") == {"length": 0, "pending": 0, "delayed": 0}
+
+
+async def test_grace_period_over_releases_states_back_to_the_stream(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    rt = Runtime(
+        namespace=namespace, name="t", nodes=[Gated], redis_url=redis_url, grace_period=0.1
+    )
+    ids = await sm.enqueue_many("Gated", [{"i": i} for i in range(5)])
+    task = rt.start()
+    assert task is not None
+    await _started(5)
+    rt.stop()
+    await asyncio.wait_for(task, 10)
+    # Released at once (not after a visibility timeout): back in the stream, not pending.
+    assert await sm.pending("Gated") == {"length": 5, "pending": 0, "delayed": 0}
+    Gated.gate.set()
+    rt2 = Runtime(namespace=namespace, name="t2", nodes=[Gated], redis_url=redis_url)
+    task2 = rt2.start()
+    assert task2 is not None
+    results = await sm.wait_for_states("Gated", ids, timeout=10)
+    rt2.stop()
+    await asyncio.wait_for(task2, 10)
+    assert {r.status for r in results.values()} == {"SUCCEEDED"}
+    assert await sm.pending("Gated") == {"length": 0, "pending": 0, "delayed": 0}
+
+
+async def test_sigterm_stops_a_blocking_runtime_process_cleanly(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    ids = await sm.enqueue_many("SampleNode", [{"name": str(i), "data": {}} for i in range(200)])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.apps.worker_main",
+        redis_url,
+        namespace,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    await sm.wait_for_states("SampleNode", ids, timeout=20)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, out.decode()
+    assert b"runtime stopped cleanly" in out
+    assert await sm.pending("SampleNode") == {"length": 0, "pending": 0, "delayed": 0}

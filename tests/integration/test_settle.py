@@ -1,0 +1,88 @@
+"""The settle script's guarantees, exercised directly on a real Redis."""
+
+from __future__ import annotations
+
+import msgpack
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from broker.codec import Envelope, decode, encode
+from broker.keys import ENVELOPE_FIELD, GROUP, Keys
+from broker.streams import Broker
+from exospherehost.graph import CompiledGraph
+from exospherehost.models import GraphNodeModel
+from exospherehost.outcomes import Completed, Job
+from exospherehost.settle import SettleConfig, plan_settle
+
+
+def _graph(ns: str) -> CompiledGraph:
+    return CompiledGraph.build(
+        "g",
+        1,
+        [
+            GraphNodeModel(
+                node_name="A", namespace=ns, identifier="a", inputs={}, next_nodes=["b"]
+            ),
+            GraphNodeModel(
+                node_name="B", namespace=ns, identifier="b", inputs={"x": "${{ a.outputs.x }}"}
+            ),
+        ],
+    )
+
+
+async def test_late_duplicate_settle_emits_nothing(redis: Redis, namespace: str) -> None:
+    broker = Broker(redis, namespace)
+    keys = broker.keys
+    await broker.ensure_groups(["A", "B"])
+    env = Envelope("s1", {}, "run1", "g", 1, "a")
+    await redis.hset(keys.run("run1"), mapping={"open": 1, "failed": 0, "status": "RUNNING"})
+    await redis.xadd(keys.queue("A"), {ENVELOPE_FIELD: encode(env)})
+    # A slow worker reads the state; its claim expires and a second worker takes it over.
+    [(_, [(entry_id, fields)])] = await broker.read("slow", ["A"], 10, None)
+    await redis.xclaim(keys.queue("A"), GROUP, "fast", 0, [entry_id])
+    job = Job("A", keys.queue("A"), entry_id, fields, decode(entry_id, fields))
+    cfg = SettleConfig(keys=keys, graphs={("g", 1): _graph(namespace)})
+
+    def plan() -> object:
+        return plan_settle([Completed(job, [{"x": 7}, {"x": 8}], fanout=True)], cfg)
+
+    assert await broker.settle(plan()) == [1]  # the fast worker settles: two successors
+    assert await broker.settle(plan()) == [0]  # the slow one finishes late: nothing emitted
+    successors = await redis.xrange(keys.queue("B"))
+    assert len(successors) == 2
+    assert sorted(msgpack.unpackb(f[b"_exo"])["in"]["x"] for _, f in successors) == [7, 8]
+    run = await redis.hgetall(keys.run("run1"))
+    assert run[b"open"] == b"2" and run[b"s:a"] == b"1" and run[b"c:b"] == b"2"
+    assert await redis.xlen(keys.queue("A")) == 0  # acked entries are deleted
+
+
+async def test_run_finishes_exactly_once_and_expires(redis: Redis, namespace: str) -> None:
+    broker = Broker(redis, namespace)
+    keys = broker.keys
+    await broker.ensure_groups(["B"])
+    await redis.hset(keys.run("r"), mapping={"open": 2, "failed": 0, "status": "RUNNING"})
+    for i in range(2):
+        await redis.xadd(
+            keys.queue("B"), {ENVELOPE_FIELD: encode(Envelope(f"b{i}", {}, "r", "g", 1, "b"))}
+        )
+    [(_, entries)] = await broker.read("w", ["B"], 10, None)
+    jobs = [Job("B", keys.queue("B"), e, f, decode(e, f)) for e, f in entries]
+    cfg = SettleConfig(keys=keys, graphs={("g", 1): _graph(namespace)}, run_retention_s=60)
+    outcomes = [Completed(j, [{"y": 1}], fanout=False) for j in jobs]
+    assert await broker.settle(plan_settle(outcomes, cfg)) == [1, 1]
+    assert await broker.settle(plan_settle(outcomes, cfg)) == [0, 0]
+    events = await redis.xrange(keys.events())
+    assert [f[b"run"] for _, f in events] == [b"r"]  # finished once, not twice
+    assert (await redis.hget(keys.run("r"), "status")) == b"SUCCEEDED"
+    assert 0 < await redis.ttl(keys.run("r")) <= 60
+    assert await redis.llen(keys.run_results("r")) == 2
+
+
+def test_every_key_of_a_plan_shares_one_cluster_slot() -> None:
+    ns = "clusterns"
+    cfg = SettleConfig(keys=Keys(ns), graphs={("g", 1): _graph(ns)})
+    env = Envelope("s", {}, "run", "g", 1, "a")
+    job = Job("A", cfg.keys.queue("A"), b"1-0", {b"_exo": encode(env)}, env)
+    plan = plan_settle([Completed(job, [{"x": 1}], fanout=False)], cfg)
+    slots = {key_slot(k.encode()) for k in plan.keys}
+    assert len(plan.keys) >= 4 and len(slots) == 1, plan.keys
