@@ -39,6 +39,9 @@ class Broker:
         # Redis restart flushed the script cache).
         self._settle = client.register_script(_lua("settle.lua"))
         self._promote = client.register_script(_lua("promote.lua"))
+        self._reclaim = client.register_script(_lua("reclaim.lua"))
+        self._heartbeat = client.register_script(_lua("heartbeat.lua"))
+        self._redrive = client.register_script(_lua("redrive.lua"))
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:
         """Create each node's stream and group from id 0, so entries added before any
@@ -89,6 +92,47 @@ class Broker:
             keys += (self.keys.delayed(n), self.keys.queue(n))
         moved, next_due = cast(list[int], await self._promote(keys=keys, args=[limit]))
         return int(moved), int(next_due)
+
+    async def reclaim(
+        self, node: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[tuple[bytes, int, dict[bytes, bytes]]]:
+        """Claim entries of `node` idle longer than `min_idle_ms`:
+        [(entry id, deliveries before this claim, fields)]."""
+        reply = await self._reclaim(
+            keys=[self.keys.queue(node)], args=[GROUP, consumer, min_idle_ms, count]
+        )
+        out: list[tuple[bytes, int, dict[bytes, bytes]]] = []
+        for entry_id, deliveries, flat in reply:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            out.append((entry_id, int(deliveries), fields))
+        return out
+
+    async def heartbeat(self, node: str, consumer: str, entry_ids: Sequence[bytes]) -> list[bytes]:
+        """Reset the idle time of our pending entries; returns ids we no longer own."""
+        if not entry_ids:
+            return []
+        lost = await self._heartbeat(
+            keys=[self.keys.queue(node)], args=[GROUP, consumer, *entry_ids]
+        )
+        return list(lost)
+
+    async def redrive(
+        self,
+        dead_id: bytes | str,
+        node: str,
+        run_id: str | None,
+        identifier: str,
+        fields: dict[str, bytes | str],
+    ) -> int:
+        """Move a dead letter back to `node`'s stream with `fields`: 1 done, 0 already
+        gone, -1 its run expired."""
+        run_key = self.keys.run(run_id) if run_id else self.keys.dead()
+        results_key = self.keys.run_results(run_id) if run_id else self.keys.dead()
+        flat: list[bytes | str] = []
+        for k, v in fields.items():
+            flat += (k, v)
+        keys = [self.keys.dead(), self.keys.queue(node), run_key, results_key]
+        return int(await self._redrive(keys=keys, args=[dead_id, identifier, *flat]))
 
     async def publish(self, node: str, envelopes: Sequence[bytes], chunk: int = 1000) -> list[str]:
         """XADD many envelopes to `node`'s stream, pipelined in chunks; returns entry ids."""

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 ENV_URL = "EXOSPHERE_REDIS_URL"
 ENV_KEY = "EXOSPHERE_API_KEY"
@@ -29,6 +33,11 @@ class RedisConfig:
             "health_check_interval": 30,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
+            # A pooled connection goes stale when Redis restarts: reconnect and retry
+            # instead of failing the caller. (A write whose reply was lost may then run
+            # twice: enqueue is at-least-once; settles are idempotent by their XACK.)
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         }
         if self.password is not None:
             opts["password"] = self.password

@@ -66,3 +66,10 @@ class Malformed:
 
 
 Outcome = Completed | Failed | Pruned | Requeued | Released | Malformed
+
+
+def source(outcome: Outcome) -> tuple[str, bytes]:
+    """(node, entry id) of the stream entry an outcome settles."""
+    if isinstance(outcome, Malformed):
+        return outcome.node, outcome.entry_id
+    return outcome.job.node, outcome.job.entry_id

@@ -49,6 +49,8 @@ class Runtime:
         output_maxlen: int = 100_000,
         run_retention: timedelta = timedelta(days=1),
         grace_period: float = 30.0,
+        visibility_timeout: float = 30.0,
+        max_deliveries: int = 5,
     ) -> None:
         self.namespace = check_name("namespace", namespace)
         self.name = check_name("name", name)
@@ -59,6 +61,8 @@ class Runtime:
             ("block_ms", block_ms),
             ("output_maxlen", output_maxlen),
             ("grace_period", grace_period),
+            ("visibility_timeout", visibility_timeout),
+            ("max_deliveries", max_deliveries),
         ):
             _positive(label, value)
         if block_ms > 5000:
@@ -71,6 +75,8 @@ class Runtime:
         self.output_maxlen = output_maxlen
         self.run_retention_s = int(run_retention.total_seconds())
         self.grace_period = grace_period
+        self.visibility_ms = int(visibility_timeout * 1000)
+        self.max_deliveries = max_deliveries
         # Replicas share `name`; host, pid and a random part keep consumers apart.
         self.consumer = f"{name}:{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._worker: Worker | None = None
@@ -128,6 +134,8 @@ class Runtime:
                 concurrency=self.workers,
                 block_ms=self.block_ms,
                 grace_s=self.grace_period,
+                visibility_ms=self.visibility_ms,
+                max_deliveries=self.max_deliveries,
             )
             if self._stop_requested:
                 self._worker.stop()

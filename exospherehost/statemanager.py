@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from broker.codec import Envelope, encode, unpack
+from broker.codec import Envelope, MalformedEntry, decode, encode, unpack
 from broker.keys import ENVELOPE_FIELD, GROUP, Keys, check_name
 from broker.streams import Broker, RawRedis
 from exospherehost.config import resolve
@@ -38,6 +38,41 @@ class GraphValidationError(ValueError):
 
 class RunNotFound(KeyError):
     pass
+
+
+@dataclass
+class DeadLetter:
+    """A state that could not be processed, with why and what it was."""
+
+    id: str  # entry id in the dead-letter stream
+    node: str
+    state_id: str
+    run_id: str | None
+    identifier: str | None
+    attempts: int
+    error: str
+    traceback: str
+    time_ms: int
+    entry: str  # the id it had on its node stream
+    original: dict[bytes, bytes]  # the original entry's fields, byte for byte
+
+    @classmethod
+    def parse(cls, entry_id: bytes, f: dict[bytes, bytes]) -> DeadLetter:
+        text = {k.decode(): v.decode("utf-8", "replace") for k, v in f.items() if k != b"original"}
+        original = unpack(f[b"original"]) if b"original" in f else {}
+        return cls(
+            id=entry_id.decode(),
+            node=text.get("node", ""),
+            state_id=text.get("state", ""),
+            run_id=text.get("run") or None,
+            identifier=text.get("identifier") or None,
+            attempts=int(text.get("attempts") or 0),
+            error=text.get("error", ""),
+            traceback=text.get("traceback", ""),
+            time_ms=int(text.get("time_ms") or 0),
+            entry=text.get("entry", ""),
+            original=original if isinstance(original, dict) else {},
+        )
 
 
 @dataclass
@@ -90,6 +125,11 @@ def _schema_of(raw: bytes) -> NodeSchema:
     )
 
 
+def _check_delay(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int (milliseconds), got {value!r}")
+
+
 def _inputs_dict(inputs: Mapping[str, Any] | BaseModel, what: str) -> dict[str, Any]:
     if isinstance(inputs, BaseModel):
         return inputs.model_dump()
@@ -123,22 +163,33 @@ class StateManager:
         await self.close()
 
     # -- states without a graph ---------------------------------------------------------
-    async def enqueue(self, node_name: str, inputs: Mapping[str, Any] | BaseModel) -> str:
-        """Put one state on `node_name`'s stream; returns its state id."""
-        return (await self.enqueue_many(node_name, [inputs]))[0]
+    async def enqueue(
+        self, node_name: str, inputs: Mapping[str, Any] | BaseModel, delay_ms: int = 0
+    ) -> str:
+        """Put one state on `node_name`'s stream (after `delay_ms`); returns its state id."""
+        return (await self.enqueue_many(node_name, [inputs], delay_ms))[0]
 
     async def enqueue_many(
-        self, node_name: str, inputs: Iterable[Mapping[str, Any] | BaseModel]
+        self,
+        node_name: str,
+        inputs: Iterable[Mapping[str, Any] | BaseModel],
+        delay_ms: int = 0,
     ) -> list[str]:
-        """Put many states on `node_name`'s stream in pipelined batches; returns state ids."""
+        """Put many states on `node_name`'s stream in pipelined batches (or, with
+        `delay_ms`, in its delayed set, promoted when due); returns their state ids."""
         check_name("node name", node_name)
+        _check_delay("delay_ms", delay_ms)
         ids: list[str] = []
         envelopes: list[bytes] = []
         for i, item in enumerate(inputs):
             state_id = new_id()
             ids.append(state_id)
             envelopes.append(encode(Envelope(state_id, _inputs_dict(item, f"inputs[{i}]"))))
-        await self.broker.publish(node_name, envelopes)
+        if delay_ms:
+            due = int(time.time() * 1000) + delay_ms
+            await self.client.zadd(self.keys.delayed(node_name), dict.fromkeys(envelopes, due))
+        else:
+            await self.broker.publish(node_name, envelopes)
         return ids
 
     async def outputs(
@@ -267,8 +318,7 @@ class StateManager:
     ) -> str:
         """Start a run of the graph's current version; returns the run id.
         `start_delay` is in milliseconds (as in the original SDK)."""
-        if isinstance(start_delay, bool) or not isinstance(start_delay, int) or start_delay < 0:
-            raise ValueError(f"start_delay must be a non-negative int (ms), got {start_delay!r}")
+        _check_delay("start_delay", start_delay)
         graph = await self._compiled_current(graph_name)
         cfg = graph.store_config
         full_store = {**cfg.default_values, **_inputs_dict(store or {}, "store")}
@@ -391,6 +441,51 @@ class StateManager:
             await self.wait(run_id, timeout)
         raw = await self.client.lrange(self.keys.run_results(run_id), 0, -1)
         return [unpack(r) for r in raw]
+
+    # -- dead letters -------------------------------------------------------------------
+    async def dead_letters(self, count: int = 100, after: str = "-") -> list[DeadLetter]:
+        """Dead letters oldest first, from entry id `after` (exclusive unless '-')."""
+        start = after if after == "-" else f"({after}"
+        entries = await self.client.xrange(self.keys.dead(), min=start, count=count)
+        return [DeadLetter.parse(i, f) for i, f in entries]
+
+    async def dead_letter(self, dead_id: str) -> DeadLetter | None:
+        entries = await self.client.xrange(self.keys.dead(), min=dead_id, max=dead_id)
+        return DeadLetter.parse(*entries[0]) if entries else None
+
+    async def redrive(self, dead_id: str) -> bool:
+        """Put a dead letter back on its node's stream for a fresh set of attempts.
+        Idempotent: returns False (and adds nothing) when it was already redriven."""
+        dead = await self.dead_letter(dead_id)
+        if dead is None:
+            return False
+        fields: dict[str, bytes | str] = {k.decode(): v for k, v in dead.original.items()}
+        if set(fields) == {ENVELOPE_FIELD}:
+            try:
+                env = decode(b"0-0", dead.original)
+            except MalformedEntry:
+                pass
+            else:
+                env.attempt = 0  # a redrive starts the retry budget afresh
+                fields = {ENVELOPE_FIELD: encode(env)}
+        if not fields:
+            raise ValueError(f"dead letter {dead_id} has no original entry to redrive")
+        done = await self.broker.redrive(
+            dead_id, check_name("node name", dead.node), dead.run_id, dead.identifier or "", fields
+        )
+        if done < 0:
+            raise RunNotFound(f"cannot redrive {dead_id}: run {dead.run_id} expired")
+        return done == 1
+
+    async def redrive_all(self) -> int:
+        """Redrive every dead letter; returns how many were put back."""
+        count = 0
+        after = "-"
+        while batch := await self.dead_letters(1000, after):
+            for dead in batch:
+                count += await self.redrive(dead.id)
+            after = batch[-1].id
+        return count
 
     async def pending(self, node_name: str) -> dict[str, int]:
         """Backlog and pending (delivered, unsettled) counts of a node's stream."""

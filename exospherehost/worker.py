@@ -25,7 +25,7 @@ from broker.codec import MalformedEntry, decode
 from broker.streams import Broker
 from exospherehost.execution import NodeSpec, execute
 from exospherehost.graphstore import GraphCache
-from exospherehost.outcomes import Job, Malformed, Outcome, Released
+from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
 from exospherehost.settle import SettleConfig, plan_settle
 
 log = logging.getLogger("exospherehost.worker")
@@ -46,6 +46,8 @@ class Worker:
         concurrency: int = 32,
         block_ms: int = 1000,
         grace_s: float = 30.0,
+        visibility_ms: int = 30_000,
+        max_deliveries: int = 5,
     ) -> None:
         self.broker = broker
         self.specs = {s.name: s for s in specs}
@@ -56,9 +58,15 @@ class Worker:
         self.concurrency = concurrency
         self.block_ms = block_ms
         self.grace_s = grace_s
+        self.visibility_ms = visibility_ms
+        self.max_deliveries = max_deliveries
+        # Entries read and not yet settled, per node: entry id -> monotonic read time.
+        self._held: dict[str, dict[bytes, float]] = {n: {} for n in self.specs}
+        self._watch: dict[tuple[str, bytes], asyncio.Event] = {}  # settles awaited
         self.max_inflight = batch_size * 2 + concurrency
         self.inflight = 0
         self.settled = 0
+        self.late_settles = 0
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._outcomes: list[Outcome] = []
         self._has_outcomes = asyncio.Event()
@@ -74,7 +82,11 @@ class Worker:
         nodes = list(self.specs)
         await self._until_ok(lambda: self.broker.ensure_groups(nodes))
         settler = asyncio.create_task(self._settler(), name="exo-settler")
-        promoter = asyncio.create_task(self._promoter(), name="exo-promoter")
+        background = [
+            asyncio.create_task(self._promoter(), name="exo-promoter"),
+            asyncio.create_task(self._reclaimer(), name="exo-reclaimer"),
+            asyncio.create_task(self._heartbeat(), name="exo-heartbeat"),
+        ]
         executors = [
             asyncio.create_task(self._executor(), name=f"exo-exec-{i}")
             for i in range(self.concurrency)
@@ -84,10 +96,11 @@ class Worker:
             await self._reader()
         finally:
             await self._drain(executors)
-            promoter.cancel()
             self._has_outcomes.set()
             await settler
-            await asyncio.gather(promoter, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
@@ -103,15 +116,26 @@ class Worker:
                 partial(self.broker.read, self.consumer, nodes, count, self.block_ms)
             )
             for node, entries in batches:
-                stream = self.broker.keys.queue(node)
                 for entry_id, fields in entries:
-                    self.inflight += 1
-                    try:
-                        env = decode(entry_id, fields)
-                    except MalformedEntry as exc:
-                        self._finish(Malformed(node, stream, entry_id, fields, str(exc)))
-                        continue
-                    self._queue.put_nowait(Job(node, stream, entry_id, fields, env))
+                    self._accept(node, entry_id, fields)
+
+    def _accept(
+        self, node: str, entry_id: bytes, fields: dict[bytes, bytes], poison: str | None = None
+    ) -> None:
+        """Take one delivered entry into the pipeline (or straight to its settle)."""
+        self.inflight += 1
+        self._held[node][entry_id] = time.monotonic()
+        stream = self.broker.keys.queue(node)
+        try:
+            env = decode(entry_id, fields)
+        except MalformedEntry as exc:
+            self._finish(Malformed(node, stream, entry_id, fields, poison or str(exc)))
+            return
+        job = Job(node, stream, entry_id, fields, env)
+        if poison is not None:
+            self._finish(Failed(job, poison, "", permanent=True))
+        else:
+            self._queue.put_nowait(job)
 
     # -- executing ----------------------------------------------------------------------
     async def _executor(self) -> None:
@@ -172,13 +196,25 @@ class Worker:
                         await self._settle([outcome])
                     except ResponseError:
                         log.exception("cannot settle %r; left pending", outcome)
+            for outcome in batch:
+                node, entry_id = source(outcome)
+                self._held[node].pop(entry_id, None)
+                watcher = self._watch.pop((node, entry_id), None)
+                if watcher is not None:
+                    watcher.set()
             self.inflight -= len(batch)
             self.settled += len(batch)
             self._room.set()
 
     async def _settle(self, batch: list[Outcome]) -> None:
         plan = plan_settle(batch, self.settle_cfg)
-        await self._until_ok(lambda: self.broker.settle(plan))
+        flags = await self._until_ok(lambda: self.broker.settle(plan))
+        late = len(flags) - sum(flags)
+        if late:
+            # Reclaimed and settled by another worker while we ran them: the script
+            # emitted nothing for these (stage transitions happen once).
+            self.late_settles += late
+            log.info("%d late settles skipped: already settled by another worker", late)
 
     async def _promoter(self) -> None:
         """Move due retries / delayed states to their streams. Every Runtime runs this;
@@ -190,6 +226,65 @@ class Worker:
                 continue
             wait = 0.5 if next_due < 0 else max(0.002, min(0.5, next_due / 1000 - time.time()))
             await asyncio.sleep(wait)
+
+    # -- reclaiming and heartbeats ------------------------------------------------------
+    async def _reclaimer(self) -> None:
+        """Take over states whose worker died or hung (pending longer than the visibility
+        timeout). Each reclaimed state is a suspect — it may be what killed its worker —
+        so suspects are claimed and run ONE AT A TIME, each settled before the next is
+        claimed: a poison message then costs at most one more worker per delivery and
+        never drags a batch of innocent states towards the delivery limit with it. A
+        state already delivered `max_deliveries` times is dead-lettered, not run."""
+        interval = self.visibility_ms / 2000
+        while True:
+            claimed_any = False
+            for node in self.specs:
+                claimed = await self._until_ok(
+                    partial(self.broker.reclaim, node, self.consumer, self.visibility_ms, 1)
+                )
+                for entry_id, deliveries, fields in claimed:
+                    if entry_id in self._held[node]:
+                        continue  # already ours (our own heartbeat lagged): no second copy
+                    claimed_any = True
+                    poison = None
+                    if deliveries >= self.max_deliveries:
+                        poison = (
+                            f"delivered {deliveries} times without being settled: the worker "
+                            f"running it died or hung each time (poison message)"
+                        )
+                    log.info("reclaimed %s %s (delivered %d times)", node, entry_id, deliveries)
+                    settled = self._settled_event(node, entry_id)
+                    self._accept(node, entry_id, fields, poison)
+                    await settled.wait()
+            if not claimed_any:
+                await asyncio.sleep(interval)
+
+    def _settled_event(self, node: str, entry_id: bytes) -> asyncio.Event:
+        event = asyncio.Event()
+        self._watch[(node, entry_id)] = event
+        return event
+
+    async def _heartbeat(self) -> None:
+        """Keep our claim on entries held longer than a third of the visibility timeout,
+        so a healthy slow execution is not reclaimed by another worker."""
+        interval = self.visibility_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            old = time.monotonic() - interval
+            for node, held in self._held.items():
+                ids = [i for i, t in held.items() if t <= old]
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    lost = await self._until_ok(
+                        partial(self.broker.heartbeat, node, self.consumer, chunk)
+                    )
+                    if lost:
+                        log.warning(
+                            "%d %s states were reclaimed by another worker; their "
+                            "late settles will emit nothing",
+                            len(lost),
+                            node,
+                        )
 
     # -- resilience ---------------------------------------------------------------------
     async def _until_ok(self, call: Callable[[], Awaitable[T]]) -> T:

@@ -35,21 +35,24 @@ async def running(runtime: Runtime, timeout: float = 10.0) -> AsyncIterator[Runt
         await asyncio.wait_for(task, timeout)
 
 
+def start_worker(url: str, namespace: str, **env: str) -> subprocess.Popen[str]:
+    """One Runtime process (tests/integration/apps/worker_main.py); `env` adds EXO_TEST_*."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.apps.worker_main", url, namespace],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 @contextlib.contextmanager
-def worker_processes(url: str, namespace: str, count: int) -> Iterator[list[subprocess.Popen[str]]]:
-    """Start `count` Runtime processes (tests/integration/apps/worker_main.py)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.apps.worker_main", url, namespace],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(count)
-    ]
+def worker_processes(
+    url: str, namespace: str, count: int, **env: str
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """Start `count` Runtime processes; SIGTERM them at the end of the block."""
+    procs = [start_worker(url, namespace, **env) for _ in range(count)]
     try:
         yield procs
     finally:

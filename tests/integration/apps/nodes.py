@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from pydantic import BaseModel
 
@@ -106,3 +107,70 @@ class Label(BaseNode):
 
 
 ALL = [SampleNode, Typed, Split, Square, Label]
+
+
+class Step1(BaseNode):
+    """First stage of crash tests. With EXO_TEST_CRASH_AFTER=n the process kills itself
+    (SIGKILL, as `kill -9`) at its n-th execution: mid-batch, with states in flight."""
+
+    executed = 0
+
+    class Inputs(BaseModel):
+        i: int
+
+    class Outputs(BaseModel):
+        i: int
+
+    async def execute(self) -> Outputs:
+        Step1.executed += 1
+        if Step1.executed == int(os.environ.get("EXO_TEST_CRASH_AFTER", "0")):
+            os.kill(os.getpid(), 9)
+        return self.Outputs(i=self.inputs.i)
+
+
+class Step2(BaseNode):
+    """Second stage: records the process that ran it."""
+
+    class Inputs(BaseModel):
+        i: int
+
+    class Outputs(BaseModel):
+        i: int
+        pid: int
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(i=self.inputs.i, pid=os.getpid())
+
+
+class Hang(BaseNode):
+    """With EXO_TEST_HANG_S=s, blocks the whole process (event loop included, as a hung
+    process or a long GC pause would) for s seconds on every execution."""
+
+    class Inputs(BaseModel):
+        i: int
+
+    class Outputs(BaseModel):
+        i: int
+        pid: int
+
+    async def execute(self) -> Outputs:
+        time.sleep(float(os.environ.get("EXO_TEST_HANG_S", "0")))  # noqa: ASYNC251 - on purpose
+        return self.Outputs(i=self.inputs.i, pid=os.getpid())
+
+
+class Poison(BaseNode):
+    """Kills its process (SIGKILL) when asked to; otherwise succeeds."""
+
+    class Inputs(BaseModel):
+        kill: bool
+
+    class Outputs(BaseModel):
+        ok: bool
+
+    async def execute(self) -> Outputs:
+        if self.inputs.kill:
+            os.kill(os.getpid(), 9)
+        return self.Outputs(ok=True)
+
+
+ALL += [Step1, Step2, Hang, Poison]
