@@ -18,6 +18,7 @@ class Job:
     entry_id: bytes
     fields: dict[bytes, bytes]
     env: Envelope
+    deliveries: int = 1  # times Redis handed this entry to a worker (reclaims add one)
 
 
 @dataclass(slots=True)
@@ -63,6 +64,7 @@ class Malformed:
     entry_id: bytes
     fields: dict[bytes, bytes]
     reason: str
+    deliveries: int = 1
 
 
 Outcome = Completed | Failed | Pruned | Requeued | Released | Malformed

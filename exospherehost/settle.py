@@ -72,7 +72,16 @@ def _plan_one(plan: SettlePlan, outcome: Outcome, cfg: SettleConfig) -> None:
     if isinstance(outcome, Malformed):
         ops = plan.entry(outcome.stream, outcome.entry_id)
         _dead_letter(
-            plan, ops, cfg, outcome.node, outcome.entry_id, outcome.fields, None, outcome.reason, ""
+            plan,
+            ops,
+            cfg,
+            outcome.node,
+            outcome.entry_id,
+            outcome.fields,
+            None,
+            outcome.reason,
+            "",
+            outcome.deliveries,
         )
         return
     job = outcome.job
@@ -151,7 +160,16 @@ def _failed(plan: SettlePlan, ops: list[list[Any]], failed: Failed, cfg: SettleC
             _run_step(plan, ops, cfg, env, open_delta=0, counters={f"r:{env.identifier}": 1})
         return
     _dead_letter(
-        plan, ops, cfg, job.node, job.entry_id, job.fields, env, failed.error, failed.traceback
+        plan,
+        ops,
+        cfg,
+        job.node,
+        job.entry_id,
+        job.fields,
+        env,
+        failed.error,
+        failed.traceback,
+        job.deliveries,
     )
     if env.run_id is None:
         _output(plan, ops, cfg, job, "FAILED", error=failed.error)
@@ -205,6 +223,7 @@ def _dead_letter(
     env: Envelope | None,
     error: str,
     traceback: str,
+    deliveries: int,
 ) -> None:
     plan.xadd(
         ops,
@@ -215,6 +234,7 @@ def _dead_letter(
             "run": (env.run_id or "") if env else "",
             "identifier": (env.identifier or "") if env else "",
             "attempts": (env.attempt + 1) if env else 0,
+            "deliveries": deliveries,
             "error": error,
             "traceback": traceback,
             "time_ms": int(cfg.clock() * 1000),

@@ -49,7 +49,8 @@ class DeadLetter:
     state_id: str
     run_id: str | None
     identifier: str | None
-    attempts: int
+    attempts: int  # executions (first try + retries)
+    deliveries: int  # times Redis handed its last entry to a worker
     error: str
     traceback: str
     time_ms: int
@@ -67,6 +68,7 @@ class DeadLetter:
             run_id=text.get("run") or None,
             identifier=text.get("identifier") or None,
             attempts=int(text.get("attempts") or 0),
+            deliveries=int(text.get("deliveries") or 0),
             error=text.get("error", ""),
             traceback=text.get("traceback", ""),
             time_ms=int(text.get("time_ms") or 0),

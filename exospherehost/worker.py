@@ -120,7 +120,12 @@ class Worker:
                     self._accept(node, entry_id, fields)
 
     def _accept(
-        self, node: str, entry_id: bytes, fields: dict[bytes, bytes], poison: str | None = None
+        self,
+        node: str,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        poison: str | None = None,
+        deliveries: int = 1,
     ) -> None:
         """Take one delivered entry into the pipeline (or straight to its settle)."""
         self.inflight += 1
@@ -129,9 +134,10 @@ class Worker:
         try:
             env = decode(entry_id, fields)
         except MalformedEntry as exc:
-            self._finish(Malformed(node, stream, entry_id, fields, poison or str(exc)))
+            reason = poison or str(exc)
+            self._finish(Malformed(node, stream, entry_id, fields, reason, deliveries))
             return
-        job = Job(node, stream, entry_id, fields, env)
+        job = Job(node, stream, entry_id, fields, env, deliveries)
         if poison is not None:
             self._finish(Failed(job, poison, "", permanent=True))
         else:
@@ -254,7 +260,8 @@ class Worker:
                         )
                     log.info("reclaimed %s %s (delivered %d times)", node, entry_id, deliveries)
                     settled = self._settled_event(node, entry_id)
-                    self._accept(node, entry_id, fields, poison)
+                    # XCLAIM counted one more delivery (to us).
+                    self._accept(node, entry_id, fields, poison, deliveries + 1)
                     await settled.wait()
             if not claimed_any:
                 await asyncio.sleep(interval)

@@ -20,6 +20,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function run_step(op)
   local run = KEYS[op[2]]
+  if redis.call('EXISTS', run) == 0 then
+    -- Unknown run (a forged entry) or one that expired: do not create a stray hash.
+    return
+  end
   for i = 9, #op, 2 do
     redis.call('HINCRBY', run, op[i], op[i + 1])
   end

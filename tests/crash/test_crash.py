@@ -138,4 +138,4 @@ async def test_poison_message_is_dead_lettered_after_the_delivery_limit(
     assert {r.status for r in results.values()} == {"SUCCEEDED"}
     [dead] = await sm.dead_letters()
     assert dead.state_id == poison and "poison message" in dead.error
-    assert "delivered 3 times" in dead.error
+    assert "delivered 3 times" in dead.error and dead.deliveries == 4
