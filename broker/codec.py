@@ -31,6 +31,9 @@ class Envelope:
     ctx: dict[str, Any] = field(default_factory=dict)
     attempt: int = 0
     foreign: bool = False
+    groups: dict[str, str] = field(default_factory=dict)  # fan-in groups: unite -> target state
+    path: list[int] = field(default_factory=list)  # fan-out indices from the root (branch order)
+    unite: str | None = None  # a fired uniting state: the target state id of its group
 
 
 def pack(value: Any) -> bytes:
@@ -56,6 +59,12 @@ def encode(env: Envelope) -> bytes:
         m["n"] = env.identifier
         if env.ctx:
             m["c"] = env.ctx
+        if env.groups:
+            m["gr"] = env.groups
+        if env.path:
+            m["p"] = env.path
+        if env.unite is not None:
+            m["u"] = env.unite
     if env.attempt:
         m["a"] = env.attempt
     if env.foreign:
@@ -89,6 +98,8 @@ def _decode_envelope(raw: bytes) -> Envelope:
         raise MalformedEntry("envelope of a graph run needs graph 'g' and identifier 'n'")
     if not isinstance(ctx, dict) or not isinstance(attempt, int):
         raise MalformedEntry("envelope ctx 'c' must be a map and attempt 'a' an integer")
+    if not isinstance(m.get("gr") or {}, dict) or not isinstance(m.get("p") or [], list):
+        raise MalformedEntry("envelope groups 'gr' must be a map and path 'p' a list")
     return Envelope(
         state_id,
         inputs,
@@ -99,6 +110,9 @@ def _decode_envelope(raw: bytes) -> Envelope:
         ctx,
         attempt,
         bool(m.get("f")),
+        m.get("gr") or {},
+        m.get("p") or [],
+        m.get("u"),
     )
 
 

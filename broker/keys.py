@@ -86,6 +86,18 @@ class Keys:
         """List of msgpack results of the run's leaf states."""
         return f"{self.base}:run:{run_id}:results"
 
+    def run_history(self, run_id: str) -> str:
+        """List of msgpack records, one per settled outcome of the run's states."""
+        return f"{self.base}:run:{run_id}:history"
+
+    def group(self, run_id: str, unite: str, target_state: str) -> str:
+        """Hash of one fan-in group: open members, bad branches, the uniting envelope."""
+        return f"{self.base}:run:{run_id}:g:{unite}:{target_state}"
+
+    def collected(self, run_id: str, unite: str, target_state: str) -> str:
+        """List of what each branch reaching the uniting node left for its inputs."""
+        return f"{self.base}:run:{run_id}:g:{unite}:{target_state}:c"
+
     def runs(self, graph: str) -> str:
         """Sorted set run id -> creation time, per graph (run listing)."""
         return f"{self.base}:runs:{graph}"

@@ -4,11 +4,12 @@ Pure: it only collects keys and ops; `Broker.settle` sends it in one EVALSHA."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
-XADD, ZADD_DELAYED, RPUSH, RUN_STEP = 1, 2, 3, 4
+XADD, ZADD_DELAYED, RPUSH, RUN_STEP, GROUP_INIT, GROUP_STEP = 1, 2, 3, 4, 5, 6
 
 
 class SettlePlan:
@@ -63,25 +64,70 @@ class SettlePlan:
         *,
         run_key: str,
         events_key: str,
-        results_key: str,
         run_id: str,
         open_delta: int,
         failed_delta: int,
         retention_s: int,
+        history_key: str,
+        history: bytes,
+        expire_with_run: Sequence[str],
         counters: dict[str, int],
     ) -> None:
         op: list[Any] = [
             RUN_STEP,
             self.key(run_key),
             self.key(events_key),
-            self.key(results_key),
             run_id,
             open_delta,
             failed_delta,
             retention_s,
+            self.key(history_key),
+            history,
+            len(expire_with_run),
         ]
+        op += [self.key(k) for k in expire_with_run]
         for field, incr in counters.items():
             op += (field, incr)
+        ops.append(op)
+
+    def group_init(
+        self,
+        ops: list[list[Any]],
+        group_key: str,
+        open_: int,
+        strategy: str,
+        env: bytes,
+        unite_identifier: str,
+    ) -> None:
+        ops.append([GROUP_INIT, self.key(group_key), open_, strategy, env, unite_identifier])
+
+    def group_step(
+        self,
+        ops: list[list[Any]],
+        *,
+        group_key: str,
+        collected_key: str,
+        unite_queue: str,
+        run_key: str,
+        open_delta: int,
+        bad_delta: int,
+        retention_s: int,
+        outer_groups: Sequence[str],
+        collected: Sequence[bytes],
+    ) -> None:
+        op: list[Any] = [
+            GROUP_STEP,
+            self.key(group_key),
+            self.key(collected_key),
+            self.key(unite_queue),
+            self.key(run_key),
+            open_delta,
+            bad_delta,
+            retention_s,
+            len(outer_groups),
+        ]
+        op += [self.key(k) for k in outer_groups]
+        op += collected
         ops.append(op)
 
     def encode(self) -> bytes:

@@ -12,6 +12,7 @@ from typing import Any, TypeAlias, cast
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from broker.codec import unpack
 from broker.keys import ENVELOPE_FIELD, GROUP, Keys
 from broker.plan import SettlePlan
 
@@ -133,6 +134,11 @@ class Broker:
             flat += (k, v)
         keys = [self.keys.dead(), self.keys.queue(node), run_key, results_key]
         return int(await self._redrive(keys=keys, args=[dead_id, identifier, *flat]))
+
+    async def collected(self, run_id: str, unite: str, target_state: str) -> list[Any]:
+        """What the branches of a fan-in group left for the uniting state (decoded)."""
+        raw = await self.client.lrange(self.keys.collected(run_id, unite, target_state), 0, -1)
+        return [unpack(r) for r in raw]
 
     async def publish(self, node: str, envelopes: Sequence[bytes], chunk: int = 1000) -> list[str]:
         """XADD many envelopes to `node`'s stream, pipelined in chunks; returns entry ids."""

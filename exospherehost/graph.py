@@ -1,16 +1,28 @@
 """Pure graph runtime logic: a validated template compiled into what the settle step needs.
 
 A state carries in its envelope only the ancestor outputs and store values that it or its
-descendants reference (`ctx`), so computing successors needs no Redis read."""
+descendants reference (`ctx`), so computing successors needs no Redis read.
+
+Fan-in (`unites`): node U uniting target X runs once per state of X, after every state
+descending from it — except U and what follows U — has settled. Those states form X's
+*group* for U; each carries the group id (X's state id) in `grp`, and every settle
+adjusts the group's open count in the same script. Branches reaching U leave the values
+U references (`collected`); U's inputs are rendered when it runs, from X's context plus,
+for nodes between X and U, the list of values of every branch in branch order."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from exospherehost.graph_validation import root_identifier
-from exospherehost.models import GraphNodeModel, RetryPolicyModel, StoreConfigModel
+from exospherehost.models import (
+    GraphNodeModel,
+    RetryPolicyModel,
+    StoreConfigModel,
+    UnitesStrategyEnum,
+)
 from exospherehost.templating import OutputRef, StoreRef, Template, compile_template
 
 STORE = "store"
@@ -26,6 +38,16 @@ class CompiledNode:
     # What descendants (strictly below this node) reference: carried in this node's ctx.
     carry_outputs: tuple[tuple[str, tuple[str, ...]], ...]
     carry_store: tuple[str, ...]
+    groups: tuple[str, ...]  # uniting nodes whose groups this node's states belong to
+
+
+@dataclass(frozen=True, slots=True)
+class Unite:
+    identifier: str  # the uniting node U
+    target: str  # X
+    strategy: UnitesStrategyEnum
+    members: frozenset[str]  # strict descendants of X, without U and what follows U
+    between: frozenset[str]  # members that are ancestors of U: referenced as lists
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +55,39 @@ class Successor:
     node: CompiledNode
     inputs: dict[str, Any]
     ctx: dict[str, Any]
+    path: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class GroupStep:
+    """How one settle changes the group of uniting node `unite` opened by state `xid`."""
+
+    unite: str
+    xid: str
+    open_delta: int = 0
+    collected: list[dict[str, Any]] = field(default_factory=list)
+    init: dict[str, Any] | None = None  # set when this settle opens the group: U's ctx
+    outer: dict[str, str] = field(default_factory=dict)  # U's own groups: +1 when it fires
+
+
+@dataclass(slots=True)
+class Completion:
+    """Everything a successful settle of one state emits (pure; settle.py writes it)."""
+
+    successors: list[tuple[Successor, dict[str, str]]]  # (successor, its grp)
+    groups: list[GroupStep]
+    leaf: bool
+
+
+def _descendants(children: Mapping[str, Sequence[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(children[start])
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(children[n])
+    return seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +98,8 @@ class CompiledGraph:
     nodes: Mapping[str, CompiledNode]
     retry_policy: RetryPolicyModel
     store_config: StoreConfigModel
+    unites: Mapping[str, Unite]  # by uniting identifier
+    targets: Mapping[str, tuple[str, ...]]  # target identifier -> uniting identifiers
 
     @classmethod
     def build(
@@ -56,6 +113,14 @@ class CompiledGraph:
         """Compile a graph that validate_graph accepted."""
         templates = {n.identifier: compile_template(n.inputs) for n in graph_nodes}
         children = {n.identifier: tuple(n.next_nodes or ()) for n in graph_nodes}
+        unites: dict[str, Unite] = {}
+        for n in graph_nodes:
+            if n.unites is not None:
+                x, u = n.unites.identifier, n.identifier
+                after_u = _descendants(children, u) | {u}
+                members = frozenset(_descendants(children, x) - after_u)
+                between = frozenset(m for m in members if u in _descendants(children, m))
+                unites[u] = Unite(u, x, n.unites.strategy, members, between)
         below: dict[str, set[OutputRef | StoreRef]] = {}
 
         def refs_below(ident: str) -> set[OutputRef | StoreRef]:
@@ -81,7 +146,11 @@ class CompiledGraph:
                 template=templates[n.identifier],
                 carry_outputs=tuple((i, tuple(sorted(f))) for i, f in sorted(outputs.items())),
                 carry_store=tuple(sorted(r.key for r in refs if isinstance(r, StoreRef))),
+                groups=tuple(sorted(u for u, un in unites.items() if n.identifier in un.members)),
             )
+        targets: dict[str, list[str]] = {}
+        for u, un in sorted(unites.items()):
+            targets.setdefault(un.target, []).append(u)
         return cls(
             name=name,
             version=version,
@@ -89,6 +158,8 @@ class CompiledGraph:
             nodes=nodes,
             retry_policy=retry_policy or RetryPolicyModel(),
             store_config=store_config or StoreConfigModel(),
+            unites=unites,
+            targets={k: tuple(v) for k, v in targets.items()},
         )
 
     def root_state(self, store: Mapping[str, Any], inputs: Mapping[str, Any] | None) -> Successor:
@@ -100,20 +171,116 @@ class CompiledGraph:
             rendered = {**rendered, **inputs}
         return Successor(root, rendered, _carry(root, {STORE: dict(store)}))
 
-    def successors(
-        self, identifier: str, ctx: Mapping[str, Any], outputs: Mapping[str, Any]
-    ) -> list[Successor]:
-        """States that follow one output of `identifier` (call once per fan-out element)."""
+    def complete(
+        self,
+        identifier: str,
+        state_id: str,
+        ctx: Mapping[str, Any],
+        grp: Mapping[str, str],
+        path: Sequence[int],
+        outputs: Sequence[Mapping[str, Any]],
+        fanout: bool,
+    ) -> Completion:
+        """What a successful state of `identifier` emits: successors (one set per output),
+        and its effect on every fan-in group it belongs to or opens."""
         node = self.nodes[identifier]
-        if not node.children:
-            return []
-        full = {**ctx, identifier: outputs}
+        steps: dict[str, GroupStep] = {}
+        for u in node.groups:  # a member settling: it closes, its successors open
+            steps[u] = GroupStep(u, grp[u], open_delta=-1)
+        for u in self.targets.get(identifier, ()):  # the target settling opens the group
+            unite = self.nodes[u]
+            init_ctx = dict(ctx)
+            init_ctx[identifier] = _merge_outputs(outputs, fanout)
+            steps[u] = GroupStep(
+                u,
+                state_id,
+                init=_carry_for(unite, init_ctx, self.unites[u]),
+                outer={o: (grp.get(o) or state_id) for o in unite.groups},
+            )
+        succs: list[tuple[Successor, dict[str, str]]] = []
+        for idx, out in enumerate(outputs):
+            full = {**ctx, identifier: out}
+            store = full.get(STORE) or {}
+            child_path = (*path, idx) if fanout else tuple(path)
+            for child_id in node.children:
+                step = steps.get(child_id)
+                if step is not None and child_id in self.unites:
+                    # A branch reaches the uniting node: leave what U references.
+                    un = self.unites[child_id]
+                    step.collected.append(
+                        {"p": list(child_path), "o": _pick(self.nodes[child_id], full, un.between)}
+                    )
+                    continue
+                child = self.nodes[child_id]
+                child_grp: dict[str, str] = {}
+                for u in child.groups:
+                    child_grp[u] = steps[u].xid if u in steps else grp[u]
+                    if u in steps:
+                        steps[u].open_delta += 1
+                inputs = child.template.render(full, store)
+                succs.append((Successor(child, inputs, _carry(child, full), child_path), child_grp))
+        return Completion(succs, list(steps.values()), leaf=not node.children)
+
+    def unite_inputs(
+        self, identifier: str, ctx: Mapping[str, Any], collected: Sequence[Mapping[str, Any]]
+    ) -> Any:
+        """Inputs of a fired uniting node: its template over the target's context, where a
+        node between target and U stands for the list of its values over all branches."""
+        un = self.unites[identifier]
+        ordered = sorted(collected, key=lambda c: list(c.get("p") or []))
+        full: dict[str, Any] = dict(ctx)
+        for ident in un.between:
+            fields: dict[str, list[Any]] = {}
+            for c in ordered:
+                values = (c.get("o") or {}).get(ident) or {}
+                for f, v in values.items():
+                    fields.setdefault(f, []).append(v)
+            full[ident] = fields
+        return self.nodes[identifier].template.render(full, full.get(STORE) or {})
+
+
+def _merge_outputs(outputs: Sequence[Mapping[str, Any]], fanout: bool) -> dict[str, Any]:
+    """A target's outputs as the uniting node sees them: the one output, or for a fan-out
+    each field as the list of its values."""
+    if not fanout and len(outputs) == 1:
+        return dict(outputs[0])
+    merged: dict[str, list[Any]] = {}
+    for out in outputs:
+        for k, v in out.items():
+            merged.setdefault(k, []).append(v)
+    return merged
+
+
+def _pick(node: CompiledNode, full: Mapping[str, Any], idents: frozenset[str]) -> dict[str, Any]:
+    """The values `node`'s template references from nodes in `idents`."""
+    out: dict[str, dict[str, Any]] = {}
+    for ref in node.template.refs:
+        if isinstance(ref, OutputRef) and ref.identifier in idents:
+            produced = full.get(ref.identifier) or {}
+            if ref.field in produced:
+                out.setdefault(ref.identifier, {})[ref.field] = produced[ref.field]
+    return out
+
+
+def _carry_for(unite: CompiledNode, full: Mapping[str, Any], un: Unite) -> dict[str, Any]:
+    """ctx of a uniting state: what it and its descendants need, minus the branch nodes
+    (those come from the collected list)."""
+    needed: dict[str, set[str]] = {i: set(f) for i, f in unite.carry_outputs}
+    for ref in unite.template.refs:
+        if isinstance(ref, OutputRef) and ref.identifier not in un.between:
+            needed.setdefault(ref.identifier, set()).add(ref.field)
+    ctx: dict[str, Any] = {}
+    for ident, fields in needed.items():
+        produced = full.get(ident)
+        if produced is not None:
+            ctx[ident] = {f: produced[f] for f in fields if f in produced}
+    store_keys = set(unite.carry_store) | {
+        r.key for r in unite.template.refs if isinstance(r, StoreRef)
+    }
+    if store_keys:
         store = full.get(STORE) or {}
-        out: list[Successor] = []
-        for child_id in node.children:
-            child = self.nodes[child_id]
-            out.append(Successor(child, child.template.render(full, store), _carry(child, full)))
-        return out
+        ctx[STORE] = {k: store[k] for k in store_keys if k in store}
+    return ctx
 
 
 def _carry(node: CompiledNode, full: Mapping[str, Any]) -> dict[str, Any]:

@@ -260,6 +260,8 @@ def _check_unites(node: GraphNodeModel, graph: _Graph, doms: _Dominators) -> lis
             f"node {ident!r} unites {target!r}, which is not an ancestor of {ident!r} "
             "on every path from the root"
         ]
+    # Dominance also means every node that can reach the uniting node other than through
+    # the target descends from it, so all branches are members of the target's group.
     return []
 
 

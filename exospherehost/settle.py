@@ -33,6 +33,14 @@ _PID_PREFIX = os.urandom(6).hex()
 _counter = 0
 
 
+def _reseed() -> None:
+    global _PID_PREFIX, _counter
+    _PID_PREFIX, _counter = os.urandom(6).hex(), 0
+
+
+os.register_at_fork(after_in_child=_reseed)  # a forked child must not repeat our ids
+
+
 def new_id() -> str:
     """Unique state/run id: a random per-process prefix and a counter (cheaper than uuid4
     on the hot path, and sortable per process)."""
@@ -95,7 +103,16 @@ def _plan_one(plan: SettlePlan, outcome: Outcome, cfg: SettleConfig) -> None:
         if env.run_id is None:
             _output(plan, ops, cfg, job, "PRUNED", data=pack(outcome.data))
         else:
-            _run_step(plan, ops, cfg, env, open_delta=-1, counters={f"p:{env.identifier}": 1})
+            _ended_in_groups(plan, ops, cfg, env)
+            _run_step(
+                plan,
+                ops,
+                cfg,
+                env,
+                open_delta=-1,
+                counters={f"p:{env.identifier}": 1},
+                history=_history(cfg, job, "PRUNED", str(outcome.data)),
+            )
     elif isinstance(outcome, Requeued):
         plan.delay(ops, cfg.keys.delayed(job.node), outcome.delay_ms, encode(env))
     elif isinstance(outcome, Released):
@@ -104,37 +121,101 @@ def _plan_one(plan: SettlePlan, outcome: Outcome, cfg: SettleConfig) -> None:
 
 def _completed(plan: SettlePlan, ops: list[list[Any]], done: Completed, cfg: SettleConfig) -> None:
     job, env = done.job, done.job.env
+    outputs: Any = done.outputs if done.fanout else done.outputs[0]
     if env.run_id is None:
-        outputs: Any = done.outputs if done.fanout else done.outputs[0]
         _output(plan, ops, cfg, job, "SUCCEEDED", outputs=pack(outputs))
         return
     graph = cfg.graphs[(env.graph or "", env.graph_version)]
     ident = env.identifier or ""
+    completion = graph.complete(
+        ident, env.state_id, env.ctx, env.groups, env.path, done.outputs, done.fanout
+    )
     counters: dict[str, int] = {f"s:{ident}": 1}
-    emitted = 0
-    for out in done.outputs:
-        for succ in graph.successors(ident, env.ctx, out):
-            child = succ.node
-            nxt = Envelope(
+    for succ, grp in completion.successors:
+        child = succ.node
+        nxt = Envelope(
+            new_id(),
+            succ.inputs,
+            env.run_id,
+            env.graph,
+            env.graph_version,
+            child.identifier,
+            succ.ctx,
+            groups=grp,
+            path=list(succ.path),
+        )
+        plan.xadd(ops, cfg.keys.queue(child.node_name), {"_exo": encode(nxt)})
+        counters[f"c:{child.identifier}"] = counters.get(f"c:{child.identifier}", 0) + 1
+    for step in completion.groups:
+        # Group ops go before the run step: a firing unite re-opens the run first.
+        unite = graph.nodes[step.unite]
+        gkey = cfg.keys.group(env.run_id, step.unite, step.xid)
+        if step.init is not None:
+            u_env = Envelope(
                 new_id(),
-                succ.inputs,
+                {},
                 env.run_id,
                 env.graph,
                 env.graph_version,
-                child.identifier,
-                succ.ctx,
+                step.unite,
+                step.init,
+                groups=step.outer,
+                path=list(env.path),
+                unite=step.xid,
             )
-            plan.xadd(ops, cfg.keys.queue(child.node_name), {"_exo": encode(nxt)})
-            counters[f"c:{child.identifier}"] = counters.get(f"c:{child.identifier}", 0) + 1
-            emitted += 1
-    if not graph.nodes[ident].children:
-        result = {
-            "identifier": ident,
-            "state": env.state_id,
-            "outputs": done.outputs if done.fanout else done.outputs[0],
-        }
+            strategy = graph.unites[step.unite].strategy.value
+            plan.group_init(ops, gkey, 0, strategy, encode(u_env), step.unite)
+        plan.group_step(
+            ops,
+            group_key=gkey,
+            collected_key=cfg.keys.collected(env.run_id, step.unite, step.xid),
+            unite_queue=cfg.keys.queue(unite.node_name),
+            run_key=cfg.keys.run(env.run_id),
+            open_delta=step.open_delta,
+            bad_delta=0,
+            retention_s=cfg.run_retention_s,
+            outer_groups=[cfg.keys.group(env.run_id, o, x) for o, x in step.outer.items()],
+            collected=[pack(c) for c in step.collected],
+        )
+    if completion.leaf:
+        result = {"identifier": ident, "state": env.state_id, "outputs": outputs}
         plan.rpush(ops, cfg.keys.run_results(env.run_id), pack(result))
-    _run_step(plan, ops, cfg, env, open_delta=emitted - 1, counters=counters)
+    _run_step(
+        plan,
+        ops,
+        cfg,
+        env,
+        open_delta=len(completion.successors) - 1,
+        counters=counters,
+        history=_history(cfg, job, "SUCCEEDED"),
+    )
+
+
+def _ended_in_groups(
+    plan: SettlePlan, ops: list[list[Any]], cfg: SettleConfig, env: Envelope
+) -> None:
+    """A state failed for good or was pruned: its groups lose a member and count it bad
+    (an ALL_SUCCESS unite then does not fire; an ALL_DONE one still does)."""
+    graph = cfg.graphs.get((env.graph or "", env.graph_version))
+    run_id = env.run_id or ""
+    for unite_id, xid in env.groups.items():
+        if graph is None or unite_id not in graph.nodes:
+            continue
+        plan.group_step(
+            ops,
+            group_key=cfg.keys.group(run_id, unite_id, xid),
+            collected_key=cfg.keys.collected(run_id, unite_id, xid),
+            unite_queue=cfg.keys.queue(graph.nodes[unite_id].node_name),
+            run_key=cfg.keys.run(run_id),
+            open_delta=-1,
+            bad_delta=1,
+            retention_s=cfg.run_retention_s,
+            outer_groups=[
+                cfg.keys.group(run_id, o, env.groups.get(o, ""))
+                for o in graph.nodes[unite_id].groups
+            ],
+            collected=[],
+        )
 
 
 def _failed(plan: SettlePlan, ops: list[list[Any]], failed: Failed, cfg: SettleConfig) -> None:
@@ -152,12 +233,22 @@ def _failed(plan: SettlePlan, ops: list[list[Any]], failed: Failed, cfg: SettleC
             env.ctx,
             env.attempt + 1,
             env.foreign,
+            env.groups,
+            env.path,
+            env.unite,
         )
-        plan.delay(
-            ops, cfg.keys.delayed(job.node), retry_delay_ms(policy, env.attempt + 1), encode(env2)
-        )
+        delay = retry_delay_ms(policy, env.attempt + 1)
+        plan.delay(ops, cfg.keys.delayed(job.node), delay, encode(env2))
         if env.run_id is not None:
-            _run_step(plan, ops, cfg, env, open_delta=0, counters={f"r:{env.identifier}": 1})
+            _run_step(
+                plan,
+                ops,
+                cfg,
+                env,
+                open_delta=0,
+                counters={f"r:{env.identifier}": 1},
+                history=_history(cfg, job, "RETRYING", failed.error),
+            )
         return
     _dead_letter(
         plan,
@@ -174,7 +265,32 @@ def _failed(plan: SettlePlan, ops: list[list[Any]], failed: Failed, cfg: SettleC
     if env.run_id is None:
         _output(plan, ops, cfg, job, "FAILED", error=failed.error)
     else:
-        _run_step(plan, ops, cfg, env, open_delta=-1, failed=1, counters={f"f:{env.identifier}": 1})
+        _ended_in_groups(plan, ops, cfg, env)
+        _run_step(
+            plan,
+            ops,
+            cfg,
+            env,
+            open_delta=-1,
+            failed=1,
+            counters={f"f:{env.identifier}": 1},
+            history=_history(cfg, job, "FAILED", failed.error),
+        )
+
+
+def _history(cfg: SettleConfig, job: Job, status: str, error: str = "") -> bytes:
+    """One line of the run's history (the run step appends it only if the run exists)."""
+    env = job.env
+    record = {
+        "state": env.state_id,
+        "identifier": env.identifier,
+        "node": job.node,
+        "status": status,
+        "attempt": env.attempt + 1,
+        "error": error,
+        "time_ms": int(cfg.clock() * 1000),
+    }
+    return pack(record)
 
 
 def _run_step(
@@ -185,6 +301,7 @@ def _run_step(
     *,
     open_delta: int,
     counters: dict[str, int],
+    history: bytes,
     failed: int = 0,
 ) -> None:
     run_id = env.run_id or ""
@@ -192,11 +309,13 @@ def _run_step(
         ops,
         run_key=cfg.keys.run(run_id),
         events_key=cfg.keys.events(),
-        results_key=cfg.keys.run_results(run_id),
         run_id=run_id,
         open_delta=open_delta,
         failed_delta=failed,
         retention_s=cfg.run_retention_s,
+        history_key=cfg.keys.run_history(run_id),
+        history=history,
+        expire_with_run=[cfg.keys.run_results(run_id)],
         counters=counters,
     )
 

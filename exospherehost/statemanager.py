@@ -84,6 +84,7 @@ class NodeCounts:
     failed: int = 0
     pruned: int = 0
     retried: int = 0
+    skipped: int = 0  # uniting node: groups that did not fire (ALL_SUCCESS with bad branches)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class RunStatus:
     created_ms: int
     finished_ms: int | None
     nodes: dict[str, NodeCounts] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # identifier -> why a unite did not fire
 
     @property
     def done(self) -> bool:
@@ -360,10 +362,14 @@ class StateManager:
             raise RunNotFound(f"run {run_id!r} not found (unknown, or expired after retention)")
         h = {k.decode(): v.decode() for k, v in raw.items()}
         counts: dict[str, NodeCounts] = {}
-        kinds = {"s": "succeeded", "f": "failed", "p": "pruned", "r": "retried"}
+        kinds = {"s": "succeeded", "f": "failed", "p": "pruned", "r": "retried", "k": "skipped"}
+        notes: dict[str, str] = {}
         for k, v in h.items():
             kind, sep, ident = k.partition(":")
             if not sep:
+                continue
+            if kind == "why":
+                notes[ident] = v
                 continue
             c = counts.setdefault(ident, NodeCounts())
             if kind == "c":
@@ -380,6 +386,7 @@ class StateManager:
             int(h.get("created_ms", 0)),
             int(h["finished_ms"]) if "finished_ms" in h else None,
             counts,
+            notes,
         )
 
     async def wait(self, run_id: str, timeout: float = 60.0) -> RunStatus:

@@ -158,10 +158,19 @@ class Worker:
         env = job.env
         graph, secrets = None, {}
         if env.run_id is not None and env.graph is not None:
-            graph = await self._until_ok(
-                lambda: self.graphs.get(env.graph or "", env.graph_version)
-            )
+            graph = await self._until_ok(partial(self.graphs.get, env.graph, env.graph_version))
             secrets = self.graphs.secrets(env.graph, env.graph_version)
+            ident = env.identifier or ""
+            if graph is not None and env.unite is not None and ident in graph.unites:
+                # A fired fan-in: its inputs come from what every branch left behind.
+                collected = await self._until_ok(
+                    partial(self.broker.collected, env.run_id, ident, env.unite)
+                )
+                try:
+                    env.inputs = graph.unite_inputs(ident, env.ctx, collected)
+                except Exception as exc:
+                    reason = f"cannot build the inputs of uniting node {ident!r}: {exc}"
+                    return Failed(job, reason, "", permanent=True)
         return await execute(self.specs[job.node], job, graph, secrets)
 
     def _finish(self, outcome: Outcome) -> None:

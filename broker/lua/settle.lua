@@ -1,16 +1,26 @@
 -- Settle a batch of stream entries atomically. For each entry: XACK it, and ONLY if the ack
 -- succeeded (the entry was still pending, i.e. nobody settled it before) XDEL it and apply
 -- its ops. A late duplicate settle (a reclaimed state executed twice) therefore emits
--- nothing: stage transitions happen exactly once.
+-- nothing: stage transitions, fan-in counts and run bookkeeping happen exactly once.
 --
 -- KEYS:    every key the plan touches (ops refer to them by index).
 -- ARGV[1]: consumer group.  ARGV[2]: msgpack plan = { {src, entry_id, ops}, ... }
 -- ops:
---   {1, k, maxlen, f1, v1, ...}    XADD KEYS[k] [MAXLEN ~ maxlen] * f1 v1 ...
---   {2, k, delay_ms, member}       ZADD KEYS[k] (now + delay_ms) member
---   {3, k, value}                  RPUSH KEYS[k] value
---   {4, run_k, events_k, results_k, run_id, open_delta, failed_delta, retention_s,
---       field1, incr1, ...}        run bookkeeping; finishes the run when no state is open
+--   {1, k, maxlen, f1, v1, ...}     XADD KEYS[k] [MAXLEN ~ maxlen] * f1 v1 ...
+--   {2, k, delay_ms, member}        ZADD KEYS[k] (now + delay_ms) member
+--   {3, k, value}                   RPUSH KEYS[k] value
+--   {4, run_k, events_k, run_id, open_delta, failed_delta, retention_s, hist_k, record,
+--       n, exp_k1..exp_kn, field1, incr1, ...}
+--                                   run bookkeeping (+ a history record, '' for none);
+--                                   finishes the run when no state is open
+--   {5, g_k, open, strategy, env, unite_ident}
+--                                   open a fan-in group (unites) when its target settles
+--   {6, g_k, c_k, q_k, run_k, open_delta, bad_delta, retention_s,
+--       n_outer, outer_k..., item...}
+--                                   count a group member's settle; fire the uniting state
+--                                   (XADD env to q_k) when the group's last member is done
+-- Ops of one entry run in order; group ops come before the run op, so a firing unite
+-- re-opens the run before the run could be seen as finished.
 -- Returns one flag per entry: 1 applied, 0 skipped (was not pending any more).
 
 local group = ARGV[1]
@@ -24,13 +34,17 @@ local function run_step(op)
     -- Unknown run (a forged entry) or one that expired: do not create a stray hash.
     return
   end
-  for i = 9, #op, 2 do
+  if op[9] ~= '' then
+    redis.call('RPUSH', KEYS[op[8]], op[9])
+  end
+  local n = op[10]
+  for i = 11 + n, #op, 2 do
     redis.call('HINCRBY', run, op[i], op[i + 1])
   end
-  if op[7] ~= 0 then
-    redis.call('HINCRBY', run, 'failed', op[7])
+  if op[6] ~= 0 then
+    redis.call('HINCRBY', run, 'failed', op[6])
   end
-  local open = redis.call('HINCRBY', run, 'open', op[6])
+  local open = redis.call('HINCRBY', run, 'open', op[5])
   if open == 0 then
     -- The last open state of the run settled. This branch runs once per run: `open`
     -- only changes inside acked settles, and nothing is open afterwards.
@@ -38,11 +52,56 @@ local function run_step(op)
     local status = 'SUCCEEDED'
     if failed > 0 then status = 'FAILED' end
     redis.call('HSET', run, 'status', status, 'finished_ms', now)
-    redis.call('XADD', KEYS[op[3]], 'MAXLEN', '~', 10000, '*', 'run', op[5], 'status', status)
-    if op[8] > 0 then
-      redis.call('EXPIRE', run, op[8])
-      redis.call('EXPIRE', KEYS[op[4]], op[8])
+    redis.call('XADD', KEYS[op[3]], 'MAXLEN', '~', 10000, '*', 'run', op[4], 'status', status)
+    if op[7] > 0 then
+      redis.call('EXPIRE', run, op[7])
+      redis.call('EXPIRE', KEYS[op[8]], op[7])
+      for i = 11, 10 + n do
+        redis.call('EXPIRE', KEYS[op[i]], op[7])
+      end
     end
+  end
+end
+
+local function group_init(op)
+  redis.call('HSET', KEYS[op[2]], 'open', op[3], 'bad', 0, 'strategy', op[4], 'env', op[5],
+             'unite', op[6])
+end
+
+local function group_step(op)
+  local g, c, q, run = KEYS[op[2]], KEYS[op[3]], KEYS[op[4]], KEYS[op[5]]
+  if redis.call('EXISTS', g) == 0 then
+    return
+  end
+  if op[7] ~= 0 then
+    redis.call('HINCRBY', g, 'bad', op[7])
+  end
+  local n_outer = op[9]
+  for i = 10 + n_outer, #op do
+    redis.call('RPUSH', c, op[i])
+  end
+  local open = redis.call('HINCRBY', g, 'open', op[6])
+  if open ~= 0 or redis.call('HSETNX', g, 'fired', 1) == 0 then
+    return
+  end
+  -- Every member of the group has settled: decide the unite, exactly once.
+  local unite = redis.call('HGET', g, 'unite')
+  local bad = tonumber(redis.call('HGET', g, 'bad'))
+  if redis.call('HGET', g, 'strategy') == 'ALL_DONE' or bad == 0 then
+    redis.call('XADD', q, '*', '_exo', redis.call('HGET', g, 'env'))
+    redis.call('HINCRBY', run, 'open', 1)
+    redis.call('HINCRBY', run, 'c:' .. unite, 1)
+    for i = 10, 9 + n_outer do
+      redis.call('HINCRBY', KEYS[op[i]], 'open', 1)
+    end
+  else
+    redis.call('HINCRBY', run, 'k:' .. unite, 1)
+    redis.call('HSET', run, 'why:' .. unite, 'unite ' .. unite .. ' did not fire: ' .. bad ..
+               ' branch state(s) failed or were pruned (strategy ALL_SUCCESS)')
+  end
+  if op[8] > 0 then
+    redis.call('EXPIRE', g, op[8])
+    redis.call('EXPIRE', c, op[8])
   end
 end
 
@@ -66,6 +125,10 @@ for n, item in ipairs(plan) do
         redis.call('RPUSH', KEYS[op[2]], op[3])
       elseif code == 4 then
         run_step(op)
+      elseif code == 5 then
+        group_init(op)
+      elseif code == 6 then
+        group_step(op)
       else
         return redis.error_reply('settle: unknown op code ' .. tostring(code))
       end

@@ -444,3 +444,26 @@ def test_identical_errors_are_reported_once() -> None:
     )
     assert len(errors) == len(set(errors)), errors
     assert sum("secret 'pw'" in e for e in errors) == 1
+
+
+def test_unite_bypassed_by_a_node_outside_the_target_group_is_rejected() -> None:
+    from exospherehost.models import UnitesModel
+
+    ns = "ns"
+    nodes = [
+        GraphNodeModel(
+            node_name="N", namespace=ns, identifier="root", inputs={}, next_nodes=["x", "side"]
+        ),
+        GraphNodeModel(node_name="N", namespace=ns, identifier="x", inputs={}, next_nodes=["b"]),
+        GraphNodeModel(node_name="N", namespace=ns, identifier="side", inputs={}, next_nodes=["b"]),
+        GraphNodeModel(node_name="N", namespace=ns, identifier="b", inputs={}, next_nodes=["u"]),
+        GraphNodeModel(
+            node_name="N",
+            namespace=ns,
+            identifier="u",
+            inputs={},
+            unites=UnitesModel(identifier="x"),
+        ),
+    ]
+    errors = validate_graph(ns, nodes)
+    assert any("unites 'x'" in e for e in errors), errors

@@ -7,7 +7,7 @@ import time
 
 from pydantic import BaseModel
 
-from exospherehost import BaseNode
+from exospherehost import BaseNode, PruneSignal
 
 
 class SampleNode(BaseNode):
@@ -174,3 +174,41 @@ class Poison(BaseNode):
 
 
 ALL += [Step1, Step2, Hang, Poison]
+
+
+class Work(BaseNode):
+    """A branch of a fan-out: prunes or fails permanently at chosen values."""
+
+    class Inputs(BaseModel):
+        value: int
+        prune_at: int = -1
+        fail_at: int = -1
+
+    class Outputs(BaseModel):
+        value: int
+
+    async def execute(self) -> Outputs:
+        if self.inputs.value == self.inputs.prune_at:
+            raise PruneSignal({"value": self.inputs.value})
+        if self.inputs.value == self.inputs.fail_at:
+            raise RuntimeError(f"branch {self.inputs.value} fails for good")
+        return self.Outputs(value=self.inputs.value)
+
+
+class Collect(BaseNode):
+    """The uniting node: receives every branch's value as a list."""
+
+    class Inputs(BaseModel):
+        values: list[int]
+        items: int
+
+    class Outputs(BaseModel):
+        values: list[int]
+        items: int
+        pid: int
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(values=self.inputs.values, items=self.inputs.items, pid=os.getpid())
+
+
+ALL += [Work, Collect]
