@@ -6,15 +6,16 @@ import asyncio
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
-from broker.codec import Envelope, MalformedEntry, decode, encode, unpack
+from broker.codec import Envelope, encode, unpack
 from broker.keys import ENVELOPE_FIELD, GROUP, Keys, check_name
 from broker.streams import Broker, RawRedis
 from exospherehost.config import resolve
+from exospherehost.deadletters import DeadLetter, DeadLettersMixin
 from exospherehost.graph import CompiledGraph
 from exospherehost.graph_validation import NodeSchema, validate_graph
 from exospherehost.graphstore import GraphDoc, GraphStore, compile_doc
@@ -24,83 +25,35 @@ from exospherehost.models import (
     RetryPolicyModel,
     StoreConfigModel,
 )
+from exospherehost.runs import (
+    MAX_BLOCK_S,
+    NodeCounts,
+    RunNotFound,
+    RunsMixin,
+    RunStatus,
+    StateRecord,
+)
 from exospherehost.settle import new_id
 
-_MAX_BLOCK_S = 1.0
-"""Blocking reads are cut into slices well under the client's socket timeout."""
+_RUN_INDEX_SIZE = 10_000
+"""Newest runs kept in a graph's run index (bounded memory; runs themselves expire)."""
+
+__all__ = [
+    "DeadLetter",
+    "GraphValidationError",
+    "NodeCounts",
+    "RunNotFound",
+    "RunStatus",
+    "StateManager",
+    "StateRecord",
+    "StateResult",
+]
 
 
 class GraphValidationError(ValueError):
     def __init__(self, graph: str, errors: Sequence[str]) -> None:
         self.errors = list(errors)
         super().__init__(f"graph {graph!r} is invalid:\n- " + "\n- ".join(self.errors))
-
-
-class RunNotFound(KeyError):
-    pass
-
-
-@dataclass
-class DeadLetter:
-    """A state that could not be processed, with why and what it was."""
-
-    id: str  # entry id in the dead-letter stream
-    node: str
-    state_id: str
-    run_id: str | None
-    identifier: str | None
-    attempts: int  # executions (first try + retries)
-    deliveries: int  # times Redis handed its last entry to a worker
-    error: str
-    traceback: str
-    time_ms: int
-    entry: str  # the id it had on its node stream
-    original: dict[bytes, bytes]  # the original entry's fields, byte for byte
-
-    @classmethod
-    def parse(cls, entry_id: bytes, f: dict[bytes, bytes]) -> DeadLetter:
-        text = {k.decode(): v.decode("utf-8", "replace") for k, v in f.items() if k != b"original"}
-        original = unpack(f[b"original"]) if b"original" in f else {}
-        return cls(
-            id=entry_id.decode(),
-            node=text.get("node", ""),
-            state_id=text.get("state", ""),
-            run_id=text.get("run") or None,
-            identifier=text.get("identifier") or None,
-            attempts=int(text.get("attempts") or 0),
-            deliveries=int(text.get("deliveries") or 0),
-            error=text.get("error", ""),
-            traceback=text.get("traceback", ""),
-            time_ms=int(text.get("time_ms") or 0),
-            entry=text.get("entry", ""),
-            original=original if isinstance(original, dict) else {},
-        )
-
-
-@dataclass
-class NodeCounts:
-    pending: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    pruned: int = 0
-    retried: int = 0
-    skipped: int = 0  # uniting node: groups that did not fire (ALL_SUCCESS with bad branches)
-
-
-@dataclass
-class RunStatus:
-    run_id: str
-    graph: str
-    status: str  # RUNNING | SUCCEEDED | FAILED
-    open: int
-    created_ms: int
-    finished_ms: int | None
-    nodes: dict[str, NodeCounts] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)  # identifier -> why a unite did not fire
-
-    @property
-    def done(self) -> bool:
-        return self.status != "RUNNING"
 
 
 @dataclass
@@ -145,7 +98,7 @@ def _inputs_dict(inputs: Mapping[str, Any] | BaseModel, what: str) -> dict[str, 
     return dict(inputs)
 
 
-class StateManager:
+class StateManager(RunsMixin, DeadLettersMixin):
     def __init__(
         self, namespace: str, redis_url: str | None = None, key: str | None = None
     ) -> None:
@@ -236,7 +189,7 @@ class StateManager:
             if left <= 0:
                 missing = len(wanted - found.keys())
                 raise TimeoutError(f"{missing} of {len(wanted)} states of {node_name} not done")
-            block = max(1, int(min(left, _MAX_BLOCK_S) * 1000))
+            block = max(1, int(min(left, MAX_BLOCK_S) * 1000))
             batch = await self.outputs(node_name, after, 1000, block_ms=block)
             for r in batch:
                 after = r.entry_id
@@ -349,6 +302,7 @@ class StateManager:
             },
         )
         pipe.zadd(self.keys.runs(graph.name), {run_id: now})
+        pipe.zremrangebyrank(self.keys.runs(graph.name), 0, -_RUN_INDEX_SIZE - 1)
         if start_delay:
             pipe.zadd(self.keys.delayed(root.node.node_name), {encode(env): now + start_delay})
         else:
@@ -356,145 +310,53 @@ class StateManager:
         await pipe.execute()
         return run_id
 
-    async def status(self, run_id: str) -> RunStatus:
-        raw = await self.client.hgetall(self.keys.run(run_id))
-        if not raw:
-            raise RunNotFound(f"run {run_id!r} not found (unknown, or expired after retention)")
-        h = {k.decode(): v.decode() for k, v in raw.items()}
-        counts: dict[str, NodeCounts] = {}
-        kinds = {"s": "succeeded", "f": "failed", "p": "pruned", "r": "retried", "k": "skipped"}
-        notes: dict[str, str] = {}
-        for k, v in h.items():
-            kind, sep, ident = k.partition(":")
-            if not sep:
-                continue
-            if kind == "why":
-                notes[ident] = v
-                continue
-            c = counts.setdefault(ident, NodeCounts())
-            if kind == "c":
-                c.pending += int(v)
-            elif kind in kinds:
-                setattr(c, kinds[kind], int(v))
-        for c in counts.values():
-            c.pending -= c.succeeded + c.failed + c.pruned
-        return RunStatus(
-            run_id,
-            h.get("graph", ""),
-            h.get("status", "RUNNING"),
-            int(h.get("open", 0)),
-            int(h.get("created_ms", 0)),
-            int(h["finished_ms"]) if "finished_ms" in h else None,
-            counts,
-            notes,
-        )
+    async def graph_names(self) -> list[str]:
+        return await self.graphs.names()
 
-    async def wait(self, run_id: str, timeout: float = 60.0) -> RunStatus:
-        """Wait until the run is finished; raises TimeoutError naming the run."""
-        return (await self.wait_all([run_id], timeout))[run_id]
+    async def node_names(self) -> list[str]:
+        """Nodes registered in this namespace by Runtimes."""
+        return sorted(k.decode() for k in await self.client.hkeys(self.keys.nodes()))
 
-    async def wait_all(self, run_ids: Iterable[str], timeout: float = 60.0) -> dict[str, RunStatus]:
-        """Wait until every run is finished, following the namespace's event stream (one
-        connection however many runs); raises TimeoutError naming what is unfinished."""
-        waiting = set(run_ids)
-        deadline = time.monotonic() + timeout
-        last = await self._events_tail()  # before the first check: no event is missed
-        candidates = set(waiting)
-        while True:
-            finished = await self._finished(candidates)
-            waiting -= finished
-            if not waiting:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                some = sorted(waiting)[:5]
-                raise TimeoutError(
-                    f"{len(waiting)} run(s) not finished after {timeout}s, e.g. {some}"
-                )
-            block = max(1, int(min(left, _MAX_BLOCK_S) * 1000))
-            reply = await self.client.xread({self.keys.events(): last}, count=10_000, block=block)
-            candidates = set()
-            for _, entries in reply or ():
-                for entry_id, fields in entries:
-                    last = entry_id
-                    run = fields.get(b"run", b"").decode()
-                    if run in waiting:
-                        candidates.add(run)
-            if not reply:
-                candidates = set(waiting)  # idle second: re-check all (covers trimmed events)
-        return {r: await self.status(r) for r in run_ids}
-
-    async def _finished(self, run_ids: set[str]) -> set[str]:
-        ids = list(run_ids)
-        done: set[str] = set()
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
+    async def node_stats(self) -> dict[str, dict[str, Any]]:
+        """Per registered node: backlog, pending, delayed, consumers, oldest pending age (ms),
+        settled output count; one pipelined round trip per node."""
+        out: dict[str, dict[str, Any]] = {}
+        for node in await self.node_names():
+            q = self.keys.queue(node)
             pipe = self.client.pipeline(transaction=False)
-            for r in chunk:
-                pipe.hget(self.keys.run(r), "status")
-            for r, st in zip(chunk, await pipe.execute(), strict=True):
-                if st is None:
-                    raise RunNotFound(f"run {r!r} not found (unknown, or expired after retention)")
-                if st != b"RUNNING":
-                    done.add(r)
-        return done
+            pipe.xlen(q)
+            pipe.zcard(self.keys.delayed(node))
+            pipe.xinfo_groups(q)
+            pipe.xinfo_consumers(q, GROUP)
+            pipe.xpending_range(q, GROUP, min="-", max="+", count=1)
+            length, delayed, groups, consumers, oldest = await pipe.execute(raise_on_error=False)
+            group = groups[0] if isinstance(groups, list) and groups else {}
+            out[node] = {
+                "length": int(length) if isinstance(length, int) else 0,
+                "delayed": int(delayed) if isinstance(delayed, int) else 0,
+                "pending": int(group.get("pending", 0)),
+                "lag": group.get("lag"),
+                "consumers": len(consumers) if isinstance(consumers, list) else 0,
+                "oldest_pending_ms": (
+                    int(oldest[0]["time_since_delivered"])
+                    if isinstance(oldest, list) and oldest
+                    else 0
+                ),
+            }
+        return out
 
-    async def _events_tail(self) -> bytes | str:
-        tail = await self.client.xrevrange(self.keys.events(), count=1)
-        return tail[0][0] if tail else "0"
-
-    async def results(self, run_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
-        """Outputs of the run's leaf states ({identifier, state, outputs}); with `timeout`,
-        wait for the run to finish first."""
-        if timeout is not None:
-            await self.wait(run_id, timeout)
-        raw = await self.client.lrange(self.keys.run_results(run_id), 0, -1)
-        return [unpack(r) for r in raw]
-
-    # -- dead letters -------------------------------------------------------------------
-    async def dead_letters(self, count: int = 100, after: str = "-") -> list[DeadLetter]:
-        """Dead letters oldest first, from entry id `after` (exclusive unless '-')."""
-        start = after if after == "-" else f"({after}"
-        entries = await self.client.xrange(self.keys.dead(), min=start, count=count)
-        return [DeadLetter.parse(i, f) for i, f in entries]
-
-    async def dead_letter(self, dead_id: str) -> DeadLetter | None:
-        entries = await self.client.xrange(self.keys.dead(), min=dead_id, max=dead_id)
-        return DeadLetter.parse(*entries[0]) if entries else None
-
-    async def redrive(self, dead_id: str) -> bool:
-        """Put a dead letter back on its node's stream for a fresh set of attempts.
-        Idempotent: returns False (and adds nothing) when it was already redriven."""
-        dead = await self.dead_letter(dead_id)
-        if dead is None:
-            return False
-        fields: dict[str, bytes | str] = {k.decode(): v for k, v in dead.original.items()}
-        if set(fields) == {ENVELOPE_FIELD}:
-            try:
-                env = decode(b"0-0", dead.original)
-            except MalformedEntry:
-                pass
-            else:
-                env.attempt = 0  # a redrive starts the retry budget afresh
-                fields = {ENVELOPE_FIELD: encode(env)}
-        if not fields:
-            raise ValueError(f"dead letter {dead_id} has no original entry to redrive")
-        done = await self.broker.redrive(
-            dead_id, check_name("node name", dead.node), dead.run_id, dead.identifier or "", fields
-        )
-        if done < 0:
-            raise RunNotFound(f"cannot redrive {dead_id}: run {dead.run_id} expired")
-        return done == 1
-
-    async def redrive_all(self) -> int:
-        """Redrive every dead letter; returns how many were put back."""
-        count = 0
-        after = "-"
-        while batch := await self.dead_letters(1000, after):
-            for dead in batch:
-                count += await self.redrive(dead.id)
-            after = batch[-1].id
-        return count
+    @staticmethod
+    async def namespaces(redis_url: str | None = None, key: str | None = None) -> list[str]:
+        """Namespaces that have registered nodes on this Redis (SCAN, not KEYS)."""
+        client = resolve(redis_url, key).client()
+        try:
+            found = set()
+            async for k in client.scan_iter(match="exo:{*}:nodes", count=1000):
+                name = k.decode()
+                found.add(name[name.index("{") + 1 : name.rindex("}")])
+            return sorted(found)
+        finally:
+            await client.aclose()
 
     async def pending(self, node_name: str) -> dict[str, int]:
         """Backlog and pending (delivered, unsettled) counts of a node's stream."""

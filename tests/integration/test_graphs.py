@@ -200,3 +200,29 @@ async def test_thousand_runs_two_runtime_processes(
     for node in ("Split", "Square", "Label"):
         assert await sm.pending(node) == {"length": 0, "pending": 0, "delayed": 0}
     assert len(ALL) >= 3
+
+
+async def test_run_listing_history_and_node_stats(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    async with running(rt(redis_url, namespace)):
+        await sm.upsert_graph("g", chain(namespace, items=2), secrets={})
+        runs = [await sm.trigger("g", inputs={"base": k}) for k in range(3)]
+        await sm.wait_all(runs, timeout=10)
+        stats = await sm.node_stats()
+    listed = await sm.list_runs("g", count=2)
+    assert [r.run_id for r in listed] == runs[::-1][:2]  # newest first, paged
+    assert [r.run_id for r in await sm.list_runs("g", offset=2)] == [runs[0]]
+    history = await sm.run_history(runs[0])
+    assert sorted((h.identifier, h.status) for h in history) == [
+        ("label", "SUCCEEDED"),
+        ("label", "SUCCEEDED"),
+        ("split", "SUCCEEDED"),
+        ("square", "SUCCEEDED"),
+        ("square", "SUCCEEDED"),
+    ]
+    assert all(h.attempt == 1 and h.node in ("Split", "Square", "Label") for h in history)
+    assert set(stats) == {"Split", "Square", "Label"}
+    assert stats["Square"]["length"] == 0 and stats["Square"]["consumers"] == 1
+    assert await sm.graph_names() == ["g"]
+    assert namespace in await StateManager.namespaces(redis_url)
