@@ -23,6 +23,7 @@ from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.models import RetryPolicyModel
 from exospherehost.node import node_schema, validate_nodes
 from exospherehost.settle import SettleConfig
+from exospherehost.stats import RuntimeStats
 from exospherehost.worker import Worker
 
 log = logging.getLogger("exospherehost.runtime")
@@ -87,6 +88,11 @@ class Runtime:
     @property
     def settled(self) -> int:
         return self._worker.settled if self._worker else 0
+
+    @property
+    def stats(self) -> RuntimeStats | None:
+        """Live per-node counters of this process (None before start)."""
+        return self._worker.stats if self._worker else None
 
     def start(self) -> asyncio.Task[None] | None:
         """Block serving nodes until stopped (SIGINT/SIGTERM stop it cleanly); inside a

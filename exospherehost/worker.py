@@ -27,6 +27,7 @@ from exospherehost.execution import NodeSpec, execute
 from exospherehost.graphstore import GraphCache
 from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
 from exospherehost.settle import SettleConfig, plan_settle
+from exospherehost.stats import RuntimeStats
 
 log = logging.getLogger("exospherehost.worker")
 T = TypeVar("T")
@@ -67,6 +68,7 @@ class Worker:
         self.inflight = 0
         self.settled = 0
         self.late_settles = 0
+        self.stats = RuntimeStats(list(self.specs))
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._outcomes: list[Outcome] = []
         self._has_outcomes = asyncio.Event()
@@ -135,6 +137,7 @@ class Worker:
             env = decode(entry_id, fields)
         except MalformedEntry as exc:
             reason = poison or str(exc)
+            self.stats.malformed(node)
             self._finish(Malformed(node, stream, entry_id, fields, reason, deliveries))
             return
         job = Job(node, stream, entry_id, fields, env, deliveries)
@@ -146,12 +149,15 @@ class Worker:
     # -- executing ----------------------------------------------------------------------
     async def _executor(self) -> None:
         queue = self._queue
+        clock = time.perf_counter
         while (job := await queue.get()) is not None:
+            started = clock()
             try:
                 outcome = await self._execute(job)
             except asyncio.CancelledError:
                 self._finish(Released(job))  # shutdown grace ran out: hand it back now
                 raise
+            self.stats.executed(job.node, outcome, clock() - started)
             self._finish(outcome)
 
     async def _execute(self, job: Job) -> Outcome:
@@ -224,6 +230,11 @@ class Worker:
     async def _settle(self, batch: list[Outcome]) -> None:
         plan = plan_settle(batch, self.settle_cfg)
         flags = await self._until_ok(lambda: self.broker.settle(plan))
+        nodes = self.stats.nodes
+        for outcome, flag in zip(batch, flags, strict=True):
+            s = nodes[source(outcome)[0]]
+            s.settled += flag
+            s.late_settles += 1 - flag
         late = len(flags) - sum(flags)
         if late:
             # Reclaimed and settled by another worker while we ran them: the script
