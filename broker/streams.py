@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from broker.codec import unpack
-from broker.keys import ENVELOPE_FIELD, GROUP, Keys
+from broker.keys import GROUP, Keys
 from broker.plan import SettlePlan
 
 RawRedis: TypeAlias = Any
@@ -43,6 +43,7 @@ class Broker:
         self._reclaim = client.register_script(_lua("reclaim.lua"))
         self._heartbeat = client.register_script(_lua("heartbeat.lua"))
         self._redrive = client.register_script(_lua("redrive.lua"))
+        self._publish = client.register_script(_lua("publish.lua"))
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:
         """Create each node's stream and group from id 0, so entries added before any
@@ -140,13 +141,14 @@ class Broker:
         raw = await self.client.lrange(self.keys.collected(run_id, unite, target_state), 0, -1)
         return [unpack(r) for r in raw]
 
-    async def publish(self, node: str, envelopes: Sequence[bytes], chunk: int = 1000) -> list[str]:
-        """XADD many envelopes to `node`'s stream, pipelined in chunks; returns entry ids."""
+    async def publish(self, node: str, envelopes: Sequence[bytes], chunk: int = 2000) -> list[str]:
+        """XADD many envelopes to `node`'s stream: one script call per chunk (redis-py
+        spends ~30 us building and parsing each separate command; a script call carries
+        thousands). Returns entry ids."""
         stream = self.keys.queue(node)
         ids: list[str] = []
         for start in range(0, len(envelopes), chunk):
-            pipe = self.client.pipeline(transaction=False)
-            for env in envelopes[start : start + chunk]:
-                pipe.xadd(stream, {ENVELOPE_FIELD: env})
-            ids += [i.decode() if isinstance(i, bytes) else str(i) for i in await pipe.execute()]
+            part = envelopes[start : start + chunk]
+            reply = await self._publish(keys=[stream], args=list(part))
+            ids += [i.decode() for i in reply]
         return ids
