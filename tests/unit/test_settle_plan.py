@@ -1,0 +1,133 @@
+"""Pure settle planning: outcomes -> script ops, without Redis."""
+
+from __future__ import annotations
+
+import msgpack
+
+from broker.codec import Envelope, encode
+from broker.keys import Keys
+from broker.plan import GROUP_INIT, GROUP_STEP, RUN_STEP, XADD, ZADD_DELAYED, SettlePlan
+from exospherehost.graph import CompiledGraph
+from exospherehost.models import GraphNodeModel, RetryPolicyModel, RetryStrategyEnum
+from exospherehost.outcomes import Completed, Failed, Job, Malformed, Released, Requeued
+from exospherehost.settle import SettleConfig, plan_settle
+
+K = Keys("ns")
+
+
+def job(env: Envelope, node: str = "A") -> Job:
+    return Job(node, K.queue(node), b"1-1", {b"_exo": encode(env)}, env)
+
+
+def ops(plan: SettlePlan, i: int = 0) -> list[list[object]]:
+    return plan.items[i][2]  # type: ignore[no-any-return]
+
+
+def key(plan: SettlePlan, op: list[object], pos: int = 1) -> str:
+    return plan.keys[int(op[pos]) - 1]  # type: ignore[call-overload]
+
+
+def cfg(**kw: object) -> SettleConfig:
+    g = CompiledGraph.build(
+        "g",
+        1,
+        [
+            GraphNodeModel(
+                node_name="A", namespace="ns", identifier="a", inputs={}, next_nodes=["b"]
+            ),
+            GraphNodeModel(
+                node_name="B", namespace="ns", identifier="b", inputs={"x": "${{ a.outputs.x }}"}
+            ),
+        ],
+        RetryPolicyModel(max_retries=2, strategy=RetryStrategyEnum.FIXED, backoff_factor=500),
+    )
+    return SettleConfig(keys=K, graphs={("g", 1): g}, clock=lambda: 1.0, **kw)  # type: ignore[arg-type]
+
+
+def test_graphless_success_goes_to_the_output_stream() -> None:
+    plan = plan_settle([Completed(job(Envelope("s", {})), [{"ok": True}], False)], cfg())
+    [op] = ops(plan)
+    assert op[0] == XADD and key(plan, op) == K.output("A")
+    fields = dict(zip(op[3::2], op[4::2], strict=True))
+    assert fields["state"] == "s" and msgpack.unpackb(fields["outputs"]) == {"ok": True}
+
+
+def test_graph_success_emits_successors_then_run_step() -> None:
+    env = Envelope("s", {}, "r", "g", 1, "a")
+    plan = plan_settle([Completed(job(env), [{"x": 1}, {"x": 2}], True)], cfg())
+    codes = [op[0] for op in ops(plan)]
+    assert codes == [XADD, XADD, RUN_STEP]
+    run = ops(plan)[-1]
+    assert run[4] == 1  # open: +2 successors -1 itself
+    assert dict(zip(run[-4::2], run[-3::2], strict=True)) == {"s:a": 1, "c:b": 2}
+
+
+def test_failure_is_retried_per_policy_then_dead_lettered() -> None:
+    env = Envelope("s", {}, "r", "g", 1, "a", attempt=0)
+    plan = plan_settle([Failed(job(env), "boom", "tb")], cfg())
+    delay, run = ops(plan)
+    assert delay[0] == ZADD_DELAYED and delay[2] == 500 and key(plan, delay) == K.delayed("A")
+    assert msgpack.unpackb(delay[3])["a"] == 1  # next attempt
+    assert run[0] == RUN_STEP and run[4] == 0  # the run stays open
+    last = Envelope("s", {}, "r", "g", 1, "a", attempt=2)
+    plan = plan_settle([Failed(job(last), "boom", "tb")], cfg())
+    dead, run = ops(plan)
+    assert key(plan, dead) == K.dead() and run[4] == -1 and run[5] == 1
+
+
+def test_permanent_failure_skips_retries() -> None:
+    plan = plan_settle([Failed(job(Envelope("s", {})), "bad inputs", "", permanent=True)], cfg())
+    assert [key(plan, op) for op in ops(plan)] == [K.dead(), K.output("A")]
+
+
+def test_requeue_release_and_malformed() -> None:
+    env = Envelope("s", {"k": 1})
+    plan = plan_settle(
+        [
+            Requeued(job(env), 250),
+            Released(job(env)),
+            Malformed("A", K.queue("A"), b"2-2", {b"x": b"\xff"}, "not text"),
+        ],
+        cfg(),
+    )
+    [requeue], [release], [dead] = ops(plan, 0), ops(plan, 1), ops(plan, 2)
+    assert requeue[0] == ZADD_DELAYED and requeue[2] == 250
+    assert "a" not in msgpack.unpackb(requeue[3])  # not a retry: the attempt stays 0
+    assert release[0] == XADD and key(plan, release) == K.queue("A")
+    assert key(plan, dead) == K.dead()
+
+
+def test_an_unsettleable_output_becomes_a_permanent_failure_of_that_state_only() -> None:
+    good = Completed(job(Envelope("g", {})), [{"ok": 1}], False)
+    bad = Completed(job(Envelope("b", {})), [{"x": object()}], False)
+    plan = plan_settle([good, bad], cfg())
+    assert len(plan.items) == 2
+    bad_ops = ops(plan, 1)
+    assert [key(plan, op) for op in bad_ops] == [K.dead(), K.output("A")]
+    fields = dict(zip(bad_ops[0][3::2], bad_ops[0][4::2], strict=True))
+    assert "cannot settle Completed" in fields["error"]
+
+
+def test_group_ops_come_before_the_run_step() -> None:
+    from exospherehost.models import UnitesModel
+
+    g = CompiledGraph.build(
+        "u",
+        1,
+        [
+            GraphNodeModel(
+                node_name="A", namespace="ns", identifier="a", inputs={}, next_nodes=["u"]
+            ),
+            GraphNodeModel(
+                node_name="U",
+                namespace="ns",
+                identifier="u",
+                inputs={},
+                unites=UnitesModel(identifier="a"),
+            ),
+        ],
+    )
+    c = SettleConfig(keys=K, graphs={("u", 1): g})
+    env = Envelope("s", {}, "r", "u", 1, "a")
+    plan = plan_settle([Completed(job(env), [{}, {}], True)], c)
+    assert [op[0] for op in ops(plan)] == [GROUP_INIT, GROUP_STEP, RUN_STEP]
