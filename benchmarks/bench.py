@@ -1,0 +1,848 @@
+"""Batch-throughput benchmarks of the SDK on Redis Streams.
+
+    .venv/bin/python -m benchmarks.bench [--workload w1|w2|enqueue|all] [--n N]
+        [--processes W[,W...]] [--repeat R] [--redis-url URL] [--py-spy DIR]
+
+Workloads (see benchmarks/README.md for the exact definitions):
+
+- ``w1``: drain a backlog of N no-op states with W Runtime processes (states/s);
+- ``w2``: drain N triggered runs of a 3-stage graph A -> B -> C (runs/s; each run is
+  three states, so states/s is three times that);
+- ``enqueue``: ``StateManager.enqueue_many`` of N states (states/s).
+
+Unless ``--redis-url`` is given a private redis-server is started (and stopped) for the
+invocation. Every measurement uses a fresh namespace and deletes its keys afterwards;
+nothing else on the server is touched (no FLUSHALL, ever).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any
+
+import redis.asyncio as aioredis
+
+from benchmarks.worker import go_key, ready_key
+from broker.codec import unpack
+from broker.keys import GROUP, Keys
+from broker.server import PrivateServer
+from broker.streams import RawRedis
+from exospherehost import GraphNodeModel, StateManager
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+DEFAULT_N = {"w1": 20_000, "w2": 5_000, "enqueue": 100_000}
+UNIT = {"w1": "states/s", "w2": "runs/s", "enqueue": "states/s"}
+GRAPH = "bench-chain"
+POLL_MIN_S, POLL_MAX_S = 0.001, 0.02
+"""Completion polling bounds (see wait_drained)."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"name": f"item-{i}", "data": {"i": i, "tag": "x"}}
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass
+class Ctx:
+    url: str
+    client: RawRedis
+    batch_size: int
+    timeout: float
+    py_spy: Path | None
+    py_spy_rate: int
+    external: bool
+    py_spy_lines: bool = False
+    quiet_s: float = 0.0
+
+    async def settle_machine(self) -> None:
+        """With --wait-quiet, hold the measurement until other processes are idle."""
+        if self.quiet_s > 0:
+            load = await wait_quiet(self.quiet_s)
+            if load >= 0.25:
+                log(f"machine still busy ({load:.2f} cores) after {self.quiet_s}s; measuring")
+
+    def namespace(self, workload: str) -> str:
+        return f"bench-{workload}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """CPU and command counters at one instant, to attribute a window's CPU time."""
+
+    at: float  # time.monotonic()
+    redis_cpu_s: float
+    machine_busy_s: float  # all cores, from /proc/stat (0 where unavailable)
+    steal_s: float
+    harness_cpu_s: float
+    commands: dict[str, tuple[int, int]]  # command -> (calls, usec), INFO commandstats
+
+
+def _proc_stat() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of all cores since boot, from Linux /proc/stat: busy is
+    user+nice+system+irq+softirq; steal is time a virtual CPU wanted to run but the
+    hypervisor ran something else (a noisy neighbour outside this machine)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) / hz, ticks[7] / hz
+
+
+def _machine_busy_s() -> float:
+    return _proc_stat()[0]
+
+
+async def wait_quiet(limit_s: float, threshold: float = 0.25, window_s: float = 0.5) -> float:
+    """Wait (at most `limit_s`) until the machine's CPU use over `window_s` is below
+    `threshold` cores, i.e. nothing else is running; returns the last load seen."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        b0, t0 = _machine_busy_s(), time.monotonic()
+        await asyncio.sleep(window_s)
+        load = (_machine_busy_s() - b0) / (time.monotonic() - t0)
+        if load < threshold or time.monotonic() >= deadline:
+            return load
+
+
+async def snapshot(client: RawRedis) -> Snapshot:
+    cpu = await client.info("cpu")
+    stats = await client.info("commandstats")
+    commands = {
+        name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+        for name, v in stats.items()
+        if isinstance(v, dict)
+    }
+    busy, steal = _proc_stat()
+    return Snapshot(
+        at=time.monotonic(),
+        redis_cpu_s=float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+        machine_busy_s=busy,
+        steal_s=steal,
+        harness_cpu_s=time.process_time(),
+        commands=commands,
+    )
+
+
+def command_deltas(a: Snapshot, b: Snapshot, top: int = 8) -> dict[str, dict[str, float]]:
+    """The commands Redis spent most time on between two snapshots (commands run inside
+    scripts are counted too, under their own names)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, (calls, usec) in b.commands.items():
+        c0, u0 = a.commands.get(name, (0, 0))
+        if calls > c0:
+            out[name] = {"calls": calls - c0, "usec": usec - u0}
+    ranked = sorted(out.items(), key=lambda kv: -kv[1]["usec"])[:top]
+    return {k: {**v, "usec_per_call": round(v["usec"] / v["calls"], 2)} for k, v in ranked}
+
+
+def source_fingerprint() -> dict[str, str]:
+    """sha256 of the SDK sources measured (the tree changes; numbers belong to a version)."""
+    digest = hashlib.sha256()
+    newest = 0.0
+    for pattern in ("exospherehost/*.py", "broker/*.py", "broker/lua/*.lua"):
+        for path in sorted(ROOT.glob(pattern)):
+            digest.update(path.relative_to(ROOT).as_posix().encode())
+            digest.update(path.read_bytes())
+            newest = max(newest, path.stat().st_mtime)
+    return {
+        "sdk_sha256": digest.hexdigest()[:16],
+        "sdk_newest_mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(newest)),
+    }
+
+
+async def cleanup(client: RawRedis, namespace: str) -> int:
+    """UNLINK every key of `namespace` (all share the prefix exo:{ns}:)."""
+    deleted = 0
+    batch: list[bytes] = []
+    async for key in client.scan_iter(match=f"exo:{{{namespace}}}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += await client.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += await client.unlink(*batch)
+    return int(deleted)
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _worker_argv(url: str, namespace: str, nodes: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.worker",
+        "--url",
+        url,
+        "--namespace",
+        namespace,
+        "--nodes",
+        nodes,
+    ]
+
+
+@dataclass
+class Workers:
+    """W `benchmarks.worker` processes, held at the start line until `go()`."""
+
+    ctx: Ctx
+    namespace: str
+    nodes: str
+    count: int
+    output_maxlen: int = 100_000
+    label: str = "run"
+    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
+    spies: list[asyncio.subprocess.Process] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    # Worker stderr goes to files, not pipes: a chatty worker must never block on a full
+    # pipe in the middle of a measurement.
+    logs: list[IO[bytes]] = field(default_factory=list)
+
+    def _log_of(self, i: int) -> str:
+        log_file = self.logs[i]
+        log_file.seek(0)
+        return log_file.read().decode(errors="replace")
+
+    async def start(self, timeout: float = 60.0) -> None:
+        for i in range(self.count):
+            self.logs.append(tempfile.TemporaryFile())  # noqa: SIM115 - closed in stop/kill
+            proc = await asyncio.create_subprocess_exec(
+                *_worker_argv(self.ctx.url, self.namespace, self.nodes),
+                "--index",
+                str(i),
+                "--batch-size",
+                str(self.ctx.batch_size),
+                "--output-maxlen",
+                str(self.output_maxlen),
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=self.logs[-1],
+            )
+            self.procs.append(proc)
+        deadline = time.monotonic() + timeout
+        while len(self.pids) < self.count:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.count - len(self.pids)} workers not ready")
+            got = await self.ctx.client.blpop([ready_key(self.namespace)], timeout=1)
+            if got:
+                self.pids.append(int(json.loads(got[1])["pid"]))
+        if self.ctx.py_spy is not None:
+            await self._attach_py_spy(self.ctx.py_spy)
+
+    async def _attach_py_spy(self, out_dir: Path) -> None:
+        exe = Path(sys.executable).parent / "py-spy"
+        for i, pid in enumerate(self.pids):
+            spy = await asyncio.create_subprocess_exec(
+                str(exe),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                *([] if self.ctx.py_spy_lines else ["--function"]),
+                "--rate",
+                str(self.ctx.py_spy_rate),
+                "-o",
+                str(out_dir / f"{self.label}-w{i}.txt"),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            self.spies.append(spy)
+        await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
+
+    async def go(self) -> None:
+        """Release every worker at once (one pipelined round trip)."""
+        pipe = self.ctx.client.pipeline(transaction=False)
+        for i in range(self.count):
+            pipe.rpush(go_key(self.namespace, i), 1)
+        await pipe.execute()
+
+    def check_alive(self) -> None:
+        dead = [p for p in self.procs if p.returncode is not None]
+        if dead:
+            raise RuntimeError(f"worker pid {dead[0].pid} exited with code {dead[0].returncode}")
+
+    async def stop(self, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """SIGTERM every worker, wait for clean exits; returns their JSON reports."""
+        # py-spy first (SIGINT makes it write its profile and detach): a signal sent to a
+        # process py-spy is ptrace-sampling can be swallowed by a sampling stop.
+        for spy in self.spies:
+            if spy.returncode is None:
+                spy.send_signal(signal.SIGINT)
+        for spy in self.spies:
+            try:
+                _, err = await asyncio.wait_for(spy.communicate(), timeout)
+            except TimeoutError:
+                spy.kill()
+                _, err = await spy.communicate()
+            if spy.returncode != 0:
+                log(f"py-spy exited with {spy.returncode}: {err.decode()[-500:]}")
+        self.spies.clear()
+        for p in self.procs:
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+        reports: list[dict[str, Any]] = []
+        for i, p in enumerate(self.procs):
+            try:
+                out, _ = await asyncio.wait_for(p.communicate(), timeout)
+            except TimeoutError:
+                p.kill()
+                out, _ = await p.communicate()
+            lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+            report = json.loads(lines[-1]) if lines else {}
+            if "settled" not in report:
+                raise RuntimeError(
+                    f"worker pid {p.pid} exited with {p.returncode} and no report:\n"
+                    f"{self._log_of(i)[-3000:]}"
+                )
+            report["clean_exit"] = p.returncode == 0
+            if p.returncode != 0:
+                log(
+                    f"warning: worker pid {p.pid} did not shut down cleanly "
+                    f"(exit {p.returncode}); its report was taken at SIGTERM:\n"
+                    f"{self._log_of(i)[-600:]}"
+                )
+            reports.append(report)
+        self.procs.clear()
+        self._close_logs()
+        return reports
+
+    def _close_logs(self) -> None:
+        for log_file in self.logs:
+            log_file.close()
+        self.logs.clear()
+
+    async def kill(self) -> None:
+        """Kill whatever is still running (after a failure) and show the workers' logs."""
+        for p in [*self.procs, *self.spies]:
+            if p.returncode is None:
+                p.kill()
+        for i, p in enumerate(self.procs):
+            await p.communicate()
+            text = self._log_of(i).strip()
+            if text:
+                log(f"--- worker pid {p.pid} (exit {p.returncode}) stderr:\n{text[-2000:]}")
+        for p in self.spies:
+            await p.wait()
+        self.procs.clear()
+        self.spies.clear()
+        self._close_logs()
+
+
+async def wait_drained(
+    ctx: Ctx, keys: Sequence[tuple[str, str]], workers: Workers, timeout: float
+) -> float:
+    """Poll until every stream (XLEN) and delayed set (ZCARD) in `keys` is empty.
+
+    Settling XACKs, XDELs and emits successors in one script, so an empty set of
+    streams means every state was settled; returns that moment (time.monotonic).
+    Polls are adaptive: every POLL_MAX_S while far from done, then at half the
+    estimated time left (at least POLL_MIN_S), so the end is caught within ~1 ms while
+    the poller itself costs the measured machine next to nothing."""
+    deadline = time.monotonic() + timeout
+    last: tuple[float, int] | None = None
+    checked = time.monotonic()
+    while True:
+        pipe = ctx.client.pipeline(transaction=False)
+        for kind, key in keys:
+            if kind == "stream":
+                pipe.xlen(key)
+            else:
+                pipe.zcard(key)
+        counts = await pipe.execute()
+        now = time.monotonic()
+        left = sum(int(c) for c in counts)
+        if not left:
+            return now
+        wait = POLL_MAX_S
+        if last is not None and last[1] > left:
+            rate = (last[1] - left) / (now - last[0])
+            wait = min(POLL_MAX_S, max(POLL_MIN_S, left / rate / 2))
+        last = (now, left)
+        if now - checked > 0.5:
+            checked = now
+            workers.check_alive()
+            if now > deadline:
+                by_key = {key: c for (_, key), c in zip(keys, counts, strict=True)}
+                raise TimeoutError(f"not drained after {timeout}s: {by_key}")
+        await asyncio.sleep(wait)
+
+
+def _measurement(
+    n: int, a: Snapshot, b: Snapshot, reports: list[dict[str, Any]], external: bool
+) -> dict[str, Any]:
+    """Rates and CPU use of one timed window [a.at, b.at].
+
+    CPU figures are in cores (CPU seconds per wall second). `other_cpu` is what the
+    machine spent beyond the harness, the workers and Redis: other processes competing
+    for the cores; a large value marks a disturbed measurement."""
+    elapsed = b.at - a.at
+    worker_cpu = sum(float(r["cpu_s"]) for r in reports)
+    redis_cpu = b.redis_cpu_s - a.redis_cpu_s
+    harness_cpu = b.harness_cpu_s - a.harness_cpu_s
+    result: dict[str, Any] = {
+        "n": n,
+        "seconds": round(elapsed, 4),
+        "rate": round(n / elapsed, 1),
+        "worker_cpu": round(worker_cpu / elapsed, 3),
+        "redis_cpu": round(redis_cpu / elapsed, 3),
+        "harness_cpu": round(harness_cpu / elapsed, 3),
+        # CPU cost per item, steadier than rates on a shared machine.
+        "worker_us_per_item": round(worker_cpu / n * 1e6, 2),
+        "redis_us_per_item": round(redis_cpu / n * 1e6, 2),
+    }
+    if b.machine_busy_s and not external:
+        busy = b.machine_busy_s - a.machine_busy_s
+        other = busy - worker_cpu - redis_cpu - harness_cpu
+        result["other_cpu"] = round(max(0.0, other) / elapsed, 3)
+        result["steal_cpu"] = round((b.steal_s - a.steal_s) / elapsed, 3)
+    if reports:
+        # From "go" to the slowest worker's Runtime having registered and created groups.
+        result["startup_ms"] = round(max(r["started_at"] - a.at for r in reports) * 1000, 1)
+        result["workers"] = reports
+    result["redis_commands"] = command_deltas(a, b)
+    return result
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+async def w1_drain(ctx: Ctx, n: int, processes: int, label: str) -> dict[str, Any]:
+    """Enqueue N no-op states, release W workers, time until all are settled."""
+    ns = ctx.namespace("w1")
+    keys = Keys(ns)
+    sm = StateManager(ns, redis_url=ctx.url)
+    workers = Workers(ctx, ns, "noop", processes, output_maxlen=max(2 * n, 100_000), label=label)
+    try:
+        await sm.enqueue_many("Noop", [payload(i) for i in range(n)])
+        await workers.start()
+        await ctx.settle_machine()
+        a = await snapshot(ctx.client)
+        await workers.go()
+        drained = await wait_drained(ctx, [("stream", keys.queue("Noop"))], workers, ctx.timeout)
+        b = replace(await snapshot(ctx.client), at=drained)
+        reports = await workers.stop()
+        await _verify_w1(ctx, keys, n, reports)
+        return _measurement(n, a, b, reports, ctx.external)
+    finally:
+        await workers.kill()
+        await sm.close()
+        await cleanup(ctx.client, ns)
+
+
+async def _verify_w1(ctx: Ctx, keys: Keys, n: int, reports: list[dict[str, Any]]) -> None:
+    c = ctx.client
+    out = keys.output("Noop")
+    pending = (await c.xpending(keys.queue("Noop"), GROUP))["pending"]
+    statuses: dict[bytes, int] = {}
+    after = "-"
+    while True:
+        chunk = await c.xrange(out, min=after, count=5000)
+        for _, f in chunk:
+            statuses[f[b"status"]] = statuses.get(f[b"status"], 0) + 1
+        if len(chunk) < 5000:
+            break
+        after = "(" + chunk[-1][0].decode()
+    settled = sum(int(r["settled"]) for r in reports)
+    problems = []
+    if statuses != {b"SUCCEEDED": n}:
+        problems.append(f"output statuses {statuses}, expected {n} SUCCEEDED")
+    if pending:
+        problems.append(f"{pending} states still pending")
+    if settled != n:
+        problems.append(f"workers report {settled} settled, expected {n}")
+    if await c.xlen(keys.dead()):
+        problems.append("dead letters were written")
+    if problems:
+        raise AssertionError("w1 check failed: " + "; ".join(problems))
+
+
+def chain_graph(namespace: str) -> list[GraphNodeModel]:
+    def node(name: str, ident: str, x: object, nxt: str | None) -> GraphNodeModel:
+        return GraphNodeModel(
+            node_name=name,
+            namespace=namespace,
+            identifier=ident,
+            inputs={"x": x},
+            next_nodes=[nxt] if nxt else None,
+        )
+
+    return [
+        node("A", "a", 0, "b"),
+        node("B", "b", "${{ a.outputs.x }}", "c"),
+        node("C", "c", "${{ b.outputs.x }}", None),
+    ]
+
+
+async def register_chain(url: str, namespace: str, timeout: float = 30.0) -> None:
+    """Register A, B, C from a short-lived Runtime process (`--register-only`), so
+    the graph can be upserted and runs triggered before the workers are released."""
+    proc = await asyncio.create_subprocess_exec(
+        *_worker_argv(url, namespace, "chain"),
+        "--register-only",
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        _, err = await proc.communicate()
+    if proc.returncode != 0:
+        log(f"warning: registration runtime exited with {proc.returncode}: {err.decode()[-600:]}")
+
+
+async def trigger_runs(sm: StateManager, n: int, concurrency: int = 64) -> list[str]:
+    ids: list[str] = []
+    for start in range(0, n, concurrency):
+        stop = min(n, start + concurrency)
+        ids += await asyncio.gather(
+            *(sm.trigger(GRAPH, inputs={"x": i}) for i in range(start, stop))
+        )
+    return ids
+
+
+async def w2_pipeline(ctx: Ctx, n: int, processes: int, label: str) -> dict[str, Any]:
+    """Trigger N runs of A -> B -> C, release W workers, time until every run finished."""
+    ns = ctx.namespace("w2")
+    keys = Keys(ns)
+    sm = StateManager(ns, redis_url=ctx.url)
+    workers = Workers(ctx, ns, "chain", processes, label=label)
+    try:
+        await register_chain(ctx.url, ns)
+        await sm.upsert_graph(GRAPH, chain_graph(ns), secrets={}, validation_timeout=10)
+        tt = time.perf_counter()
+        run_ids = await trigger_runs(sm, n)
+        trigger_rate = n / (time.perf_counter() - tt)
+        await workers.start()
+        watch: list[tuple[str, str]] = []
+        for node in ("A", "B", "C"):
+            watch += [("stream", keys.queue(node)), ("zset", keys.delayed(node))]
+        await ctx.settle_machine()
+        a = await snapshot(ctx.client)
+        await workers.go()
+        drained = await wait_drained(ctx, watch, workers, ctx.timeout)
+        b = replace(await snapshot(ctx.client), at=drained)
+        reports = await workers.stop()
+        await _verify_w2(ctx, keys, run_ids, reports)
+        result = _measurement(n, a, b, reports, ctx.external)
+        result["states_per_s"] = round(3 * n / (b.at - a.at), 1)
+        result["trigger_rate"] = round(trigger_rate, 1)
+        return result
+    finally:
+        await workers.kill()
+        await sm.close()
+        await cleanup(ctx.client, ns)
+
+
+async def _verify_w2(
+    ctx: Ctx, keys: Keys, run_ids: list[str], reports: list[dict[str, Any]]
+) -> None:
+    c = ctx.client
+    pipe = c.pipeline(transaction=False)
+    for run in run_ids:
+        pipe.hget(keys.run(run), "status")
+        pipe.lrange(keys.run_results(run), 0, -1)
+    replies = await pipe.execute()
+    problems: list[str] = []
+    statuses = list(replies[0::2])
+    bad_status = sum(1 for s in statuses if s != b"SUCCEEDED")
+    if bad_status:
+        problems.append(f"{bad_status} runs not SUCCEEDED (e.g. {statuses[0]!r})")
+    wrong = 0
+    for i, results in enumerate(replies[1::2]):
+        xs = [unpack(r)["outputs"]["x"] for r in results]
+        if xs != [i + 3]:
+            wrong += 1
+    if wrong:
+        problems.append(f"{wrong} runs have a wrong result (expected C.outputs.x == i + 3)")
+    settled = sum(int(r["settled"]) for r in reports)
+    if settled != 3 * len(run_ids):
+        problems.append(f"workers report {settled} settled, expected {3 * len(run_ids)}")
+    if await c.xlen(keys.dead()):
+        problems.append("dead letters were written")
+    if problems:
+        raise AssertionError("w2 check failed: " + "; ".join(problems))
+
+
+async def enqueue_rate(ctx: Ctx, n: int, processes: int, label: str) -> dict[str, Any]:
+    """Time StateManager.enqueue_many of N states (payloads built beforehand)."""
+    del processes, label
+    ns = ctx.namespace("enq")
+    keys = Keys(ns)
+    sm = StateManager(ns, redis_url=ctx.url)
+    try:
+        items = [payload(i) for i in range(n)]
+        await sm.client.ping()  # open the connection outside the timing
+        await ctx.settle_machine()
+        a = await snapshot(ctx.client)
+        ids = await sm.enqueue_many("Noop", items)
+        b = await snapshot(ctx.client)
+        length = await ctx.client.xlen(keys.queue("Noop"))
+        if len(ids) != n or length != n:
+            raise AssertionError(f"enqueue check failed: {len(ids)} ids, stream length {length}")
+        result = _measurement(n, a, b, [], ctx.external)
+        del result["worker_cpu"], result["worker_us_per_item"]
+        return result
+    finally:
+        await sm.close()
+        await cleanup(ctx.client, ns)
+
+
+WORKLOADS: dict[str, Callable[[Ctx, int, int, str], Awaitable[dict[str, Any]]]] = {
+    "w1": w1_drain,
+    "w2": w2_pipeline,
+    "enqueue": enqueue_rate,
+}
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def machine_info(server_version: str, server_kind: str) -> dict[str, Any]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "redis_version": server_version,
+        "redis_server": server_kind,
+    }
+
+
+def summarise(workload: str, processes: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rates = [r["rate"] for r in runs]
+    median = statistics.median(rates)
+    row: dict[str, Any] = {
+        "workload": workload,
+        "n": runs[0]["n"],
+        "processes": processes if workload != "enqueue" else None,
+        "unit": UNIT[workload],
+        "median_rate": round(median, 1),
+        "min_rate": min(rates),
+        "max_rate": max(rates),
+        "median_seconds": round(statistics.median(r["seconds"] for r in runs), 4),
+    }
+    for cpu in (
+        "worker_cpu",
+        "redis_cpu",
+        "harness_cpu",
+        "other_cpu",
+        "steal_cpu",
+        "worker_us_per_item",
+        "redis_us_per_item",
+    ):
+        values = [r[cpu] for r in runs if cpu in r]
+        if values:
+            row[cpu] = statistics.median(values)
+    if workload == "w2":
+        row["median_states_per_s"] = round(3 * median, 1)
+        row["median_trigger_rate"] = statistics.median(r["trigger_rate"] for r in runs)
+    row["repeats"] = runs
+    return row
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """Results table. CPU columns are medians over the repeats: `worker CPU` / `redis CPU`
+    in cores, `µs/item` CPU time per item, `other` what other processes (plus hypervisor
+    steal) used meanwhile: a large value marks a disturbed measurement."""
+
+    def num(row: dict[str, Any], key: str, fmt: str = ".2f") -> str:
+        return format(row[key], fmt) if key in row else "-"
+
+    head = (
+        "| workload | N | procs | median | min | max | unit | median s | worker CPU "
+        "| worker µs/item | redis CPU | redis µs/item | other CPU |\n"
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for r in rows:
+        procs = "-" if r["processes"] is None else str(r["processes"])
+        unit = r["unit"]
+        if r["workload"] == "w2":
+            unit += f" (= {r['median_states_per_s']:,.0f} states/s)"
+        other = "-"
+        if "other_cpu" in r:
+            other = f"{r['other_cpu'] + r.get('steal_cpu', 0):.2f}"
+        lines.append(
+            f"| {r['workload']} | {r['n']:,} | {procs} | {r['median_rate']:,.0f} "
+            f"| {r['min_rate']:,.0f} | {r['max_rate']:,.0f} | {unit} "
+            f"| {r['median_seconds']:.3f} | {num(r, 'worker_cpu')} "
+            f"| {num(r, 'worker_us_per_item', '.1f')} | {num(r, 'redis_cpu')} "
+            f"| {num(r, 'redis_us_per_item', '.1f')} | {other} |"
+        )
+    return head + "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _processes(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("--processes takes positive integers, e.g. 1 or 1,2")
+    return values
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--workload", choices=["w1", "w2", "enqueue", "all"], default="all")
+    p.add_argument("--n", type=int, help=f"items per measurement (default {DEFAULT_N})")
+    p.add_argument(
+        "--processes", type=_processes, default=[1], help="worker processes, e.g. 1 or 1,2"
+    )
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--redis-url", help="use this server instead of a private one")
+    p.add_argument("--batch-size", type=int, default=100, help="Runtime(batch_size=...)")
+    p.add_argument("--timeout", type=float, default=90.0, help="per measurement, seconds")
+    p.add_argument("--py-spy", type=Path, help="record a py-spy raw profile per worker here")
+    p.add_argument("--py-spy-rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument(
+        "--py-spy-lines",
+        action="store_true",
+        help="keep line numbers in py-spy profiles (default: aggregate by function)",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each measurement wait up to S seconds for other processes to go idle",
+    )
+    p.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
+    args = p.parse_args(argv)
+    if args.n is not None and args.n < 1:
+        p.error("--n must be positive")
+    if args.repeat < 1:
+        p.error("--repeat must be positive")
+    return args
+
+
+async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> dict[str, Any]:
+    client: RawRedis = aioredis.Redis.from_url(url, decode_responses=False)
+    source_at_start = source_fingerprint()
+    try:
+        info = await client.info("server")
+        # Cache the SDK's Lua scripts in the server as a long-running deployment has them,
+        # so no measurement pays the one-off NOSCRIPT -> EVAL fallback. (Harmless on a
+        # shared server: SCRIPT LOAD only adds to the script cache.)
+        for script in resources.files("broker").joinpath("lua").iterdir():
+            if script.name.endswith(".lua"):
+                await client.script_load(script.read_text())
+        ctx = Ctx(
+            url=url,
+            client=client,
+            batch_size=args.batch_size,
+            timeout=args.timeout,
+            py_spy=args.py_spy,
+            py_spy_rate=args.py_spy_rate,
+            external=external,
+            quiet_s=args.wait_quiet,
+            py_spy_lines=args.py_spy_lines,
+        )
+        names = ["enqueue", "w1", "w2"] if args.workload == "all" else [args.workload]
+        rows: list[dict[str, Any]] = []
+        for name in names:
+            n = args.n or DEFAULT_N[name]
+            for procs in [1] if name == "enqueue" else args.processes:
+                runs = []
+                for rep in range(args.repeat):
+                    label = f"{name}-p{procs}-r{rep}"
+                    result = await WORKLOADS[name](ctx, n, procs, label)
+                    noise = ""
+                    if "other_cpu" in result:
+                        noise = (
+                            f" (other CPU {result['other_cpu']:.2f},"
+                            f" steal {result['steal_cpu']:.2f} cores)"
+                        )
+                    log(
+                        f"{label}: {result['rate']:,.0f} {UNIT[name]}"
+                        f" in {result['seconds']:.3f}s{noise}"
+                    )
+                    runs.append(result)
+                rows.append(summarise(name, procs, runs))
+        return {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(["python -m benchmarks.bench", *sys.argv[1:]]),
+            "machine": machine_info(str(info.get("redis_version", "?")), kind),
+            "source": {
+                **source_at_start,
+                # Others may edit the tree while this runs: then the numbers mix versions.
+                "changed_during_run": source_fingerprint() != source_at_start,
+            },
+            "config": {
+                "batch_size": args.batch_size,
+                "repeat": args.repeat,
+                "external_redis": external,
+                "wait_quiet_s": args.wait_quiet,
+            },
+            "results": rows,
+        }
+    finally:
+        await client.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.py_spy is not None:
+        args.py_spy.mkdir(parents=True, exist_ok=True)
+    server: PrivateServer | None = None
+    if args.redis_url:
+        url, kind = args.redis_url, "external"
+    else:
+        server = PrivateServer()
+        started = server.start()
+        url, kind = started.url, started.kind
+        log(f"private server {kind} at {url}")
+    try:
+        report = asyncio.run(run(args, url, server is None, kind))
+    finally:
+        if server is not None:
+            server.stop()
+    print(markdown(report["results"]))
+    if report["source"]["changed_during_run"]:
+        log("warning: the SDK sources changed during the run; results mix versions")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

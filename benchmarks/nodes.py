@@ -1,0 +1,64 @@
+"""Node classes of the throughput benchmarks (served by `benchmarks.worker`).
+
+`Noop` does nothing, so a drain of its stream measures the SDK's per-state overhead:
+read, decode, validate inputs, call `execute`, dump outputs, plan and run the settle
+script. `A` -> `B` -> `C` is a three-stage chain: each adds one to `x`, so a run started
+with `x = i` ends with `C.outputs.x == i + 3` (checked by the benchmark).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from exospherehost import BaseNode
+
+
+class Noop(BaseNode):
+    class Inputs(BaseModel):
+        name: str
+        data: dict[str, Any]
+
+    class Outputs(BaseModel):
+        ok: bool
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(ok=True)
+
+
+class A(BaseNode):
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(x=self.inputs.x + 1)
+
+
+class B(BaseNode):
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(x=self.inputs.x + 1)
+
+
+class C(BaseNode):
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(x=self.inputs.x + 1)
+
+
+NODE_SETS: dict[str, list[type[BaseNode]]] = {"noop": [Noop], "chain": [A, B, C]}
+"""What a benchmark worker serves, by the name passed on its command line."""
