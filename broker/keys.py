@@ -90,6 +90,11 @@ class Keys:
         """List of msgpack records, one per settled outcome of the run's states."""
         return f"{self.base}:run:{run_id}:history"
 
+    def run_store(self, run_id: str) -> str:
+        """Hash store key -> msgpack value: the run's key-value store (nodes read and write
+        it through `BaseNode.store`); expires with the run."""
+        return f"{self.base}:run:{run_id}:store"
+
     def group(self, run_id: str, unite: str, target_state: str) -> str:
         """Hash of one fan-in group: open members, bad branches, the uniting envelope."""
         return f"{self.base}:run:{run_id}:g:{unite}:{target_state}"
@@ -101,3 +106,8 @@ class Keys:
     def runs(self, graph: str) -> str:
         """Sorted set run id -> creation time, per graph (run listing)."""
         return f"{self.base}:runs:{graph}"
+
+    def cron_marker(self, graph: str, fire_ts: int) -> str:
+        """String set (NX, with an expiry) by the one scheduler that fires `graph`'s cron
+        run for fire time `fire_ts` (seconds since the epoch, UTC); value = the run id."""
+        return f"{self.base}:cron:{graph}:{fire_ts}"

@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 from broker.codec import unpack
 from broker.keys import GROUP, Keys
 from broker.plan import SettlePlan
+from broker.runstart import RunStart
 
 RawRedis: TypeAlias = Any
 """A `redis.asyncio.Redis` with decode_responses=False. redis-py's stubs type every reply as
@@ -44,6 +45,9 @@ class Broker:
         self._heartbeat = client.register_script(_lua("heartbeat.lua"))
         self._redrive = client.register_script(_lua("redrive.lua"))
         self._publish = client.register_script(_lua("publish.lua"))
+        self._retire = client.register_script(_lua("retire.lua"))
+        self._cron_fire = client.register_script(_lua("cron_fire.lua"))
+        self._store_set = client.register_script(_lua("store_set.lua"))
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:
         """Create each node's stream and group from id 0, so entries added before any
@@ -55,18 +59,41 @@ class Broker:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
+    async def join(self, consumer: str, nodes: Iterable[str]) -> None:
+        """Register the consumer on every stream at start, so monitoring sees a live worker
+        before it has received anything."""
+        for node in nodes:
+            await self.client.execute_command(
+                "XGROUP", "CREATECONSUMER", self.keys.queue(node), GROUP, consumer
+            )
+
+    async def retire(self, consumer: str, nodes: Iterable[str]) -> int:
+        """Remove the consumer from streams where it holds nothing pending (clean stop);
+        returns on how many streams it was kept because something is still pending."""
+        kept = 0
+        for node in nodes:
+            kept += 1 - int(
+                await self._retire(keys=[self.keys.queue(node)], args=[GROUP, consumer])
+            )
+        return kept
+
     async def read(
         self, consumer: str, nodes: Sequence[str], count: int, block_ms: int | None
     ) -> list[tuple[str, list[Entry]]]:
         """One XREADGROUP over all node streams: [(node, entries), ...]."""
         streams = {self.keys.queue(n): ">" for n in nodes}
-        reply = await self.client.xreadgroup(
-            GROUP,
-            consumer,
-            streams,
-            count=count,
-            block=block_ms,
-        )
+        try:
+            reply = await self.client.xreadgroup(
+                GROUP, consumer, streams, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
+                raise
+            # A stream (and its group) was deleted under us, e.g. by DEL or FLUSHDB
+            # (Redis answers NOGROUP, or UNBLOCKED to a read blocked on it): recreate
+            # and carry on rather than stop serving every node.
+            await self.ensure_groups(nodes)
+            return []
         if not reply:
             return []
         prefix = len(self.keys.queue(""))
@@ -130,11 +157,60 @@ class Broker:
         gone, -1 its run expired."""
         run_key = self.keys.run(run_id) if run_id else self.keys.dead()
         results_key = self.keys.run_results(run_id) if run_id else self.keys.dead()
+        store_key = self.keys.run_store(run_id) if run_id else self.keys.dead()
         flat: list[bytes | str] = []
         for k, v in fields.items():
             flat += (k, v)
-        keys = [self.keys.dead(), self.keys.queue(node), run_key, results_key]
+        history_key = self.keys.run_history(run_id) if run_id else self.keys.dead()
+        keys = [
+            self.keys.dead(),
+            self.keys.queue(node),
+            run_key,
+            results_key,
+            store_key,
+            history_key,
+        ]
         return int(await self._redrive(keys=keys, args=[dead_id, identifier, *flat]))
+
+    # -- starting runs ------------------------------------------------------------------
+    async def start_run(self, start: RunStart) -> None:
+        """Start a run (StateManager.trigger): every write of `start` in one MULTI."""
+        pipe = self.client.pipeline(transaction=True)
+        start.write(pipe)
+        await pipe.execute()
+
+    async def cron_fire(
+        self, start: RunStart, version: int, fire_ts: int, marker_ttl_s: int
+    ) -> int:
+        """Start `start` only if no one fired its graph for `fire_ts` yet and `version` is
+        still the graph's current one: 1 fired, 0 already fired, -1 stale version."""
+        keys = [
+            self.keys.cron_marker(start.graph, fire_ts),
+            self.keys.graphs(),
+            *start.script_keys(),
+        ]
+        args = [marker_ttl_s, start.graph, version, *start.script_args()]
+        return int(await self._cron_fire(keys=keys, args=args))
+
+    # -- run stores ---------------------------------------------------------------------
+    async def store_get(self, run_id: str, key: str) -> bytes | None:
+        raw: bytes | None = await self.client.hget(self.keys.run_store(run_id), key)
+        return raw
+
+    async def store_all(self, run_id: str) -> dict[bytes, bytes]:
+        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.run_store(run_id))
+        return raw
+
+    async def store_set(self, run_id: str, values: dict[str, bytes]) -> bool:
+        """Write encoded values to the run's store; False when the run does not exist."""
+        flat: list[str | bytes] = []
+        for k, v in values.items():
+            flat += (k, v)
+        keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
+        return int(await self._store_set(keys=keys, args=flat)) == 1
+
+    async def store_delete(self, run_id: str, key: str) -> bool:
+        return int(await self.client.hdel(self.keys.run_store(run_id), key)) == 1
 
     async def collected(self, run_id: str, unite: str, target_state: str) -> list[Any]:
         """What the branches of a fan-in group left for the uniting state (decoded)."""

@@ -89,11 +89,26 @@ class DeadLettersMixin:
         return done == 1
 
     async def redrive_all(self) -> int:
-        """Redrive every dead letter; returns how many were put back."""
+        """Redrive every dead letter present when called; returns how many were put back.
+        Letters that die again meanwhile land after the starting tail and are left alone
+        (otherwise a state that always fails would be redriven forever)."""
+        tail = await self.client.xrevrange(self.keys.dead(), count=1)
+        if not tail:
+            return 0
+        last = tail[0][0].decode()
         count = 0
         after = "-"
         while batch := await self.dead_letters(1000, after):
             for dead in batch:
+                if _id_after(dead.id, last):
+                    return count
                 count += await self.redrive(dead.id)
             after = batch[-1].id
         return count
+
+
+def _id_after(a: str, b: str) -> bool:
+    """Stream id order: `a` > `b`."""
+    ams, _, aseq = a.partition("-")
+    bms, _, bseq = b.partition("-")
+    return (int(ams), int(aseq or 0)) > (int(bms), int(bseq or 0))

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from exospherehost.graph import CompiledGraph
 from exospherehost.node import BaseNode
 from exospherehost.outcomes import Completed, Failed, Job, Outcome, Pruned, Requeued
+from exospherehost.secrets import SecretsError
 from exospherehost.signals import PruneSignal, ReQueueAfterSignal
+from exospherehost.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from broker.streams import Broker
 
 
 def _short(exc: ValidationError) -> str:
@@ -69,8 +75,14 @@ def _maybe_json(value: Any) -> Any:
 
 
 async def execute(
-    spec: NodeSpec, job: Job, graph: CompiledGraph | None, secrets: dict[str, str]
+    spec: NodeSpec,
+    job: Job,
+    graph: CompiledGraph | None,
+    secrets: Mapping[str, str] | SecretsError,
+    broker: Broker | None = None,
 ) -> Outcome:
+    """`secrets`: the graph's decrypted secrets, or why they cannot be had (which fails
+    only nodes that declare secrets). `broker`: backs `self.store` (created on first use)."""
     env = job.env
     if env.run_id is not None:
         if graph is None:
@@ -83,6 +95,10 @@ async def execute(
         inputs = spec.parse_inputs(env.inputs, env.foreign)
     except ValidationError as exc:
         return Failed(job, f"invalid inputs for {spec.name}: {_short(exc)}", "", permanent=True)
+    if isinstance(secrets, SecretsError):
+        if spec.cls.Secrets.model_fields:
+            return Failed(job, f"secrets for {spec.name}: {secrets}", "", permanent=True)
+        secrets = {}
     try:
         secret_model = spec.cls.Secrets.model_validate(secrets)
     except ValidationError as exc:
@@ -90,12 +106,15 @@ async def execute(
     node = spec.cls()
     node.state_id = env.state_id
     node.run_id = env.run_id
+    node._broker = broker
     try:
         result = await node._execute(inputs, secret_model)
     except PruneSignal as sig:
         return Pruned(job, sig.data)
     except ReQueueAfterSignal as sig:
         return Requeued(job, int(sig.delay.total_seconds() * 1000))
+    except StoreUnavailable as exc:  # no store for this state: a retry cannot help
+        return Failed(job, f"StoreUnavailable: {exc}", traceback.format_exc(), permanent=True)
     except Exception as exc:
         return Failed(job, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     return spec.outputs(job, result)

@@ -15,6 +15,7 @@ from broker.keys import Keys
 from broker.streams import RawRedis
 from exospherehost.graph import CompiledGraph
 from exospherehost.models import GraphNodeModel, RetryPolicyModel, StoreConfigModel
+from exospherehost.secrets import SecretsCipher, SecretsError, decrypt_secrets
 
 
 class GraphDoc(TypedDict):
@@ -49,9 +50,9 @@ class GraphStore:
     async def next_version(self, name: str) -> int:
         return int(await self.client.hincrby(self.keys.graph_seq(), name, 1))
 
-    async def save(self, doc: GraphDoc, secrets: dict[str, str] | None) -> None:
-        """Write the document, then point the graph at it (a crash in between leaves an
-        unused version, never a pointer to a missing document)."""
+    async def save(self, doc: GraphDoc, secrets: dict[str, bytes] | None) -> None:
+        """Write the document and the graph's (already encrypted) secrets, and point the
+        graph at the document, in one MULTI."""
         name = doc["name"]
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.keys.graph(name, doc["version"]), pack(doc))
@@ -77,19 +78,22 @@ class GraphStore:
     async def names(self) -> list[str]:
         return sorted(k.decode() for k in await self.client.hkeys(self.keys.graphs()))
 
-    async def secrets(self, name: str) -> dict[str, str]:
-        raw = await self.client.hgetall(self.keys.secrets(name))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+    async def stored_secrets(self, name: str) -> dict[bytes, bytes]:
+        """The graph's secrets as stored: name -> Fernet token (see exospherehost.secrets)."""
+        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.secrets(name))
+        return raw
 
 
 class GraphCache:
-    """Compiled graphs and their secrets by (name, version), loaded once per process.
-    Concurrent first uses of one version share one load."""
+    """Compiled graphs and their decrypted secrets by (name, version), loaded once per
+    process. Concurrent first uses of one version share one load. Secrets that cannot be
+    decrypted are kept as the SecretsError, which fails the states that need them."""
 
-    def __init__(self, store: GraphStore) -> None:
+    def __init__(self, store: GraphStore, cipher: SecretsCipher | None = None) -> None:
         self.store = store
+        self.cipher = cipher
         self.compiled: dict[tuple[str, int], CompiledGraph] = {}
-        self._secrets: dict[tuple[str, int], dict[str, str]] = {}
+        self._secrets: dict[tuple[str, int], dict[str, str] | SecretsError] = {}
         self._loading: dict[tuple[str, int], asyncio.Future[CompiledGraph | None]] = {}
 
     async def get(self, name: str, version: int) -> CompiledGraph | None:
@@ -106,7 +110,11 @@ class GraphCache:
             doc = await self.store.load(name, version)
             graph = compile_doc(doc) if doc is not None else None
             if graph is not None:
-                self._secrets[key] = await self.store.secrets(name)
+                stored = await self.store.stored_secrets(name)
+                try:
+                    self._secrets[key] = decrypt_secrets(self.cipher, name, stored)
+                except SecretsError as exc:
+                    self._secrets[key] = exc
                 self.compiled[key] = graph
             fut.set_result(graph)
             return graph
@@ -117,5 +125,5 @@ class GraphCache:
         finally:
             del self._loading[key]
 
-    def secrets(self, name: str, version: int) -> dict[str, str]:
+    def secrets(self, name: str, version: int) -> dict[str, str] | SecretsError:
         return self._secrets.get((name, version), {})

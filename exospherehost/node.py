@@ -5,9 +5,14 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
+
+from exospherehost.store import RunStore, StoreUnavailable
+
+if TYPE_CHECKING:
+    from broker.streams import Broker
 
 
 class BaseNode(ABC):
@@ -17,6 +22,9 @@ class BaseNode(ABC):
 
     Execution is at-least-once (a state whose worker died is run again elsewhere),
     so `execute` should be idempotent; stage transitions are exactly-once.
+
+    A state of a graph run reads and writes the run's key-value store through
+    `self.store` (`await self.store.get(key)`, `.set(key, value)`, `.all()`, ...).
     """
 
     class Inputs(BaseModel):
@@ -34,12 +42,33 @@ class BaseNode(ABC):
     state_id: str
     run_id: str | None
     _node_name: ClassVar[str]
+    _broker: Broker | None = None  # set by the Runtime: backs `store`
+    _store: RunStore | None = None
 
     def __init__(self) -> None:
         self.inputs = None
         self.secrets = None
         self.state_id = ""
         self.run_id = None
+
+    @property
+    def store(self) -> RunStore:
+        """The key-value store of this state's graph run (see `RunStore`): values given to
+        `trigger(store=...)` plus the graph's defaults, and whatever nodes of the run wrote.
+        Raises StoreUnavailable for a state enqueued without a graph."""
+        if self._store is None:
+            if self.run_id is None:
+                raise StoreUnavailable(
+                    f"{type(self).__name__}.store is only available to states of a graph "
+                    f"run; state {self.state_id!r} was enqueued without a graph"
+                )
+            if self._broker is None:
+                raise StoreUnavailable(
+                    f"{type(self).__name__}.store needs the Runtime's Redis connection: it "
+                    f"is available only while a Runtime executes the node"
+                )
+            self._store = RunStore(self._broker, self.run_id)
+        return self._store
 
     async def _execute(self, inputs: BaseModel, secrets: BaseModel) -> Any:
         self.inputs = inputs

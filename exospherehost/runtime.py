@@ -14,15 +14,19 @@ import socket
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 
 from broker.keys import check_name
 from broker.streams import Broker
 from exospherehost.config import resolve
+from exospherehost.cron import CronScheduler
 from exospherehost.execution import NodeSpec
 from exospherehost.graphstore import GraphCache, GraphStore
+from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
 from exospherehost.node import node_schema, validate_nodes
-from exospherehost.settle import SettleConfig
+from exospherehost.secrets import SecretsCipher, check_namespace_secrets
+from exospherehost.settle import SettleConfig, will_retry
 from exospherehost.stats import RuntimeStats
 from exospherehost.worker import Worker
 
@@ -52,6 +56,7 @@ class Runtime:
         grace_period: float = 30.0,
         visibility_timeout: float = 30.0,
         max_deliveries: int = 5,
+        metrics_port: int | None = None,
     ) -> None:
         self.namespace = check_name("namespace", namespace)
         self.name = check_name("name", name)
@@ -70,6 +75,13 @@ class Runtime:
             raise ValueError(
                 f"block_ms must be at most 5000 (the socket timeout is 10 s), got {block_ms}"
             )
+        if metrics_port is not None and (
+            isinstance(metrics_port, bool)
+            or not isinstance(metrics_port, int)
+            or not 1 <= metrics_port <= 65535
+        ):
+            raise ValueError(f"metrics_port must be a port number (1-65535), got {metrics_port!r}")
+        self.metrics_port = metrics_port
         self.config = resolve(redis_url, key)
         self.batch_size, self.workers, self.block_ms = batch_size, workers, block_ms
         self.default_retry_policy = default_retry_policy or RetryPolicyModel()
@@ -81,6 +93,7 @@ class Runtime:
         # Replicas share `name`; host, pid and a random part keep consumers apart.
         self.consumer = f"{name}:{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._worker: Worker | None = None
+        self._cron: CronScheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
         self.started = asyncio.Event()
@@ -94,9 +107,15 @@ class Runtime:
         """Live per-node counters of this process (None before start)."""
         return self._worker.stats if self._worker else None
 
+    @property
+    def cron(self) -> CronScheduler | None:
+        """This process's cron scheduler (None before start); see exospherehost.cron."""
+        return self._cron
+
     def start(self) -> asyncio.Task[None] | None:
         """Block serving nodes until stopped (SIGINT/SIGTERM stop it cleanly); inside a
         running event loop, return the serving task instead."""
+        setup_logging()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -118,10 +137,13 @@ class Runtime:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self.stop)
         client = self.config.client()
+        exporter = None
         try:
             broker = Broker(client, self.namespace)
             store = GraphStore(client, broker.keys)
-            cache = GraphCache(store)
+            # EXOSPHERE_SECRETS_KEY: decrypts graph secrets (checked below, at start).
+            cipher = SecretsCipher.from_env()
+            cache = GraphCache(store, cipher)
             settle_cfg = SettleConfig(
                 keys=broker.keys,
                 graphs=cache.compiled,
@@ -143,8 +165,17 @@ class Runtime:
                 visibility_ms=self.visibility_ms,
                 max_deliveries=self.max_deliveries,
             )
+            # Lets the stats split failures into retried / dead-lettered as settling will.
+            self._worker.stats.will_retry = partial(will_retry, cfg=settle_cfg)
+            if self.metrics_port is not None:
+                # Imported on use: only Runtimes that export load prometheus_client.
+                from exospherehost.metrics import MetricsExporter
+
+                exporter = MetricsExporter(self, self.metrics_port)
+                await exporter.start()
             if self._stop_requested:
                 self._worker.stop()
+            await self._worker._until_ok(lambda: self._check_secrets(store, cipher))
             await self._worker._until_ok(lambda: self._register(broker))
             log.info(
                 "runtime %s serving %s in namespace %s as %s",
@@ -153,13 +184,32 @@ class Runtime:
                 self.namespace,
                 self.consumer,
             )
-            self.started.set()
-            await self._worker.run()
+            # `started` is set by the worker once its consumers joined the groups.
+            self._worker.ready = self.started
+            # Every Runtime schedules the namespace's cron triggers (fires are exactly-once).
+            self._cron = CronScheduler(broker, store, outage=self._worker.outage)
+            cron_task = asyncio.create_task(self._cron.run(), name="exo-cron")
+            try:
+                await self._worker.run()
+            finally:
+                self._cron.stop()  # cooperative; cancel only one stuck in a Redis call
+                _, stuck = await asyncio.wait([cron_task], timeout=5)
+                for task in stuck:
+                    task.cancel()
+                await asyncio.gather(cron_task, return_exceptions=True)
         finally:
+            if exporter is not None:
+                await exporter.aclose()
             await client.aclose()
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
+
+    async def _check_secrets(self, store: GraphStore, cipher: SecretsCipher | None) -> None:
+        """Refuse to start without EXOSPHERE_SECRETS_KEY when a graph has secrets."""
+        names = await store.names()
+        keys = {n: store.keys.secrets(n) for n in names}
+        await check_namespace_secrets(store.client, keys, cipher)
 
     async def _register(self, broker: Broker) -> None:
         """Record the nodes' schemas so graphs can be validated against them."""

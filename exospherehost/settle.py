@@ -220,9 +220,8 @@ def _ended_in_groups(
 
 def _failed(plan: SettlePlan, ops: list[list[Any]], failed: Failed, cfg: SettleConfig) -> None:
     job, env = failed.job, failed.job.env
-    graph = cfg.graphs.get((env.graph or "", env.graph_version)) if env.run_id else None
-    policy = graph.retry_policy if graph is not None else cfg.default_retry
-    if not failed.permanent and env.attempt < policy.max_retries:
+    if will_retry(failed, cfg):
+        policy = _policy(env, cfg)
         env2 = Envelope(
             env.state_id,
             env.inputs,
@@ -278,6 +277,19 @@ def _failed(plan: SettlePlan, ops: list[list[Any]], failed: Failed, cfg: SettleC
         )
 
 
+def _policy(env: Envelope, cfg: SettleConfig) -> RetryPolicyModel:
+    graph = cfg.graphs.get((env.graph or "", env.graph_version)) if env.run_id else None
+    return graph.retry_policy if graph is not None else cfg.default_retry
+
+
+def will_retry(failed: Failed, cfg: SettleConfig) -> bool:
+    """Whether a failure gets another attempt (else it is dead-lettered): not permanent and
+    the retry budget of the state's graph version (or the Runtime default) not spent."""
+    return (
+        not failed.permanent and failed.job.env.attempt < _policy(failed.job.env, cfg).max_retries
+    )
+
+
 def _history(cfg: SettleConfig, job: Job, status: str, error: str = "") -> bytes:
     """One line of the run's history (the run step appends it only if the run exists)."""
     env = job.env
@@ -315,7 +327,7 @@ def _run_step(
         retention_s=cfg.run_retention_s,
         history_key=cfg.keys.run_history(run_id),
         history=history,
-        expire_with_run=[cfg.keys.run_results(run_id)],
+        expire_with_run=[cfg.keys.run_results(run_id), cfg.keys.run_store(run_id)],
         counters=counters,
     )
 

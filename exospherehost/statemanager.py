@@ -12,9 +12,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from broker.codec import Envelope, encode, unpack
-from broker.keys import ENVELOPE_FIELD, GROUP, Keys, check_name
+from broker.keys import GROUP, Keys, check_name
 from broker.streams import Broker, RawRedis
 from exospherehost.config import resolve
+from exospherehost.cron import CronExpressionError, check_expression
 from exospherehost.deadletters import DeadLetter, DeadLettersMixin
 from exospherehost.graph import CompiledGraph
 from exospherehost.graph_validation import NodeSchema, validate_graph
@@ -33,10 +34,9 @@ from exospherehost.runs import (
     RunStatus,
     StateRecord,
 )
+from exospherehost.runstart import plan_run, run_store
+from exospherehost.secrets import require_cipher
 from exospherehost.settle import new_id
-
-_RUN_INDEX_SIZE = 10_000
-"""Newest runs kept in a graph's run index (bounded memory; runs themselves expire)."""
 
 __all__ = [
     "DeadLetter",
@@ -96,6 +96,25 @@ def _inputs_dict(inputs: Mapping[str, Any] | BaseModel, what: str) -> dict[str, 
     if bad:
         raise TypeError(f"{what} keys must be strings, got {bad!r}")
     return dict(inputs)
+
+
+def _trigger_errors(
+    triggers: Sequence[CronTrigger], store_config: StoreConfigModel | None
+) -> list[str]:
+    errors: list[str] = []
+    for t in triggers:
+        try:
+            check_expression(t.expression)
+        except CronExpressionError as exc:
+            errors.append(str(exc))
+    if triggers and store_config is not None:
+        missing = [k for k in store_config.required_keys if k not in store_config.default_values]
+        if missing:
+            errors.append(
+                f"a graph with cron triggers cannot require store keys without a default "
+                f"value (a scheduled run has no trigger store): {missing}"
+            )
+    return errors
 
 
 class StateManager(RunsMixin, DeadLettersMixin):
@@ -216,17 +235,26 @@ class StateManager(RunsMixin, DeadLettersMixin):
         """Validate and store a graph. Structural problems are rejected at once, all
         listed; nodes not yet registered by a Runtime are waited for up to
         `validation_timeout` seconds (as the original state manager validates
-        asynchronously). Raises GraphValidationError; returns the stored graph."""
+        asynchronously). Raises GraphValidationError; returns the stored graph.
+
+        `secrets` are encrypted with EXOSPHERE_SECRETS_KEY before they are stored (a
+        ConfigError says how to make a key when it is not set). `triggers` are cron
+        triggers (see exospherehost.cron), fired by the namespace's Runtimes."""
         check_name("graph name", graph_name)
         nodes = [GraphNodeModel.model_validate(n) for n in graph_nodes]
         secret_map = {str(k): str(v) for k, v in (secrets or {}).items()}
+        cipher = require_cipher(graph_name) if secret_map else None
+        cron = [CronTrigger.model_validate(t) for t in triggers or ()]
+        trigger_errors = _trigger_errors(cron, store_config)
         errors = validate_graph(self.namespace, nodes, store_config, None, secret_map)
+        errors += trigger_errors
         if errors:
             raise GraphValidationError(graph_name, errors)
         deadline = time.monotonic() + validation_timeout
         while True:
             schemas = await self._schemas()
             errors = validate_graph(self.namespace, nodes, store_config, schemas, secret_map)
+            errors += trigger_errors
             unregistered = {n.node_name for n in nodes} - schemas.keys()
             if not errors or not unregistered or time.monotonic() >= deadline:
                 break
@@ -237,7 +265,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
             "nodes": [n.model_dump(mode="json") for n in nodes],
             "retry_policy": retry_policy.model_dump(mode="json") if retry_policy else None,
             "store_config": store_config.model_dump(mode="json") if store_config else None,
-            "triggers": [t.model_dump(mode="json") for t in triggers or ()],
+            "triggers": [t.model_dump(mode="json") for t in cron],
             "secret_names": sorted(secret_map),
             "validation_status": "INVALID" if errors else "VALID",
             "validation_errors": errors,
@@ -245,7 +273,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
         }
         if errors:
             raise GraphValidationError(graph_name, errors)
-        await self.graphs.save(doc, secret_map)
+        await self.graphs.save(doc, cipher.encrypt(secret_map) if cipher else {})
         return dict(doc)
 
     async def get_graph(self, graph_name: str) -> dict[str, Any]:
@@ -277,38 +305,21 @@ class StateManager(RunsMixin, DeadLettersMixin):
         `start_delay` is in milliseconds (as in the original SDK)."""
         _check_delay("start_delay", start_delay)
         graph = await self._compiled_current(graph_name)
-        cfg = graph.store_config
-        full_store = {**cfg.default_values, **_inputs_dict(store or {}, "store")}
-        missing = [k for k in cfg.required_keys if k not in full_store]
-        if missing:
-            raise ValueError(f"graph {graph_name!r} requires store keys {missing} at trigger")
-        root = graph.root_state(full_store, _inputs_dict(inputs or {}, "inputs"))
-        run_id = new_id()
-        env = Envelope(
-            new_id(), root.inputs, run_id, graph.name, graph.version, root.node.identifier, root.ctx
+        start = plan_run(
+            graph,
+            self.keys,
+            inputs=_inputs_dict(inputs or {}, "inputs"),
+            store=run_store(graph, _inputs_dict(store or {}, "store")),
+            start_delay_ms=start_delay,
+            now_ms=int(time.time() * 1000),
         )
-        now = int(time.time() * 1000)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(
-            self.keys.run(run_id),
-            mapping={
-                "graph": graph.name,
-                "version": graph.version,
-                "status": "RUNNING",
-                "open": 1,
-                "failed": 0,
-                "created_ms": now,
-                f"c:{root.node.identifier}": 1,
-            },
-        )
-        pipe.zadd(self.keys.runs(graph.name), {run_id: now})
-        pipe.zremrangebyrank(self.keys.runs(graph.name), 0, -_RUN_INDEX_SIZE - 1)
-        if start_delay:
-            pipe.zadd(self.keys.delayed(root.node.node_name), {encode(env): now + start_delay})
-        else:
-            pipe.xadd(self.keys.queue(root.node.node_name), {ENVELOPE_FIELD: encode(env)})
-        await pipe.execute()
-        return run_id
+        await self.broker.start_run(start)
+        return start.run_id
+
+    async def run_store(self, run_id: str) -> dict[str, Any]:
+        """The run's store as it is now (trigger values, defaults and nodes' writes)."""
+        raw = await self.client.hgetall(self.keys.run_store(run_id))
+        return {k.decode(): unpack(v) for k, v in raw.items()}
 
     async def graph_names(self) -> list[str]:
         return await self.graphs.names()

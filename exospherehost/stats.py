@@ -3,9 +3,14 @@ Exporters (Prometheus metrics, the CLI) read them; nothing here does I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exospherehost.outcomes import Completed, Failed, Outcome, Pruned, Requeued
+
+if TYPE_CHECKING:
+    pass
 
 # Execution-time histogram bucket upper bounds, seconds (Prometheus-style, cumulative).
 BUCKETS: tuple[float, ...] = (
@@ -33,6 +38,8 @@ class NodeStats:
     executed: int = 0  # executions finished, whatever the outcome
     succeeded: int = 0
     failed: int = 0  # executions that raised (retried or not)
+    retried: int = 0  # ... of which scheduled for another attempt
+    dead_lettered: int = 0  # ... of which dead-lettered (retries spent, or permanent)
     pruned: int = 0
     requeued: int = 0
     malformed: int = 0  # entries that could not be decoded
@@ -53,6 +60,9 @@ class NodeStats:
 class RuntimeStats:
     def __init__(self, nodes: list[str]) -> None:
         self.nodes: dict[str, NodeStats] = {n: NodeStats() for n in nodes}
+        # Set by the Runtime (it owns the settle config) to split `failed` into
+        # retried / dead_lettered; unset, only `failed` is counted.
+        self.will_retry: Callable[[Failed], bool] | None = None
 
     def executed(self, node: str, outcome: Outcome, seconds: float) -> None:
         s = self.nodes[node]
@@ -62,6 +72,11 @@ class RuntimeStats:
             s.succeeded += 1
         elif isinstance(outcome, Failed):
             s.failed += 1
+            if self.will_retry is not None:
+                if self.will_retry(outcome):
+                    s.retried += 1
+                else:
+                    s.dead_lettered += 1
         elif isinstance(outcome, Pruned):
             s.pruned += 1
         elif isinstance(outcome, Requeued):

@@ -11,6 +11,7 @@ is bounded by `max_inflight`, which is also the most states a crash can leave pe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,8 @@ from broker.streams import Broker
 from exospherehost.execution import NodeSpec, execute
 from exospherehost.graphstore import GraphCache
 from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
+from exospherehost.resilience import OutageLog
+from exospherehost.secrets import SecretsError
 from exospherehost.settle import SettleConfig, plan_settle
 from exospherehost.stats import RuntimeStats
 
@@ -74,8 +77,10 @@ class Worker:
         self._has_outcomes = asyncio.Event()
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._done = asyncio.Event()  # everything read was settled or released
+        self.ready = asyncio.Event()  # groups exist and this consumer joined them
         self._executing: set[asyncio.Task[None]] = set()
-        self._outage_since: float | None = None
+        self.outage = OutageLog()  # shared with the Runtime's other loops (cron)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -83,6 +88,8 @@ class Worker:
     async def run(self) -> None:
         nodes = list(self.specs)
         await self._until_ok(lambda: self.broker.ensure_groups(nodes))
+        await self._until_ok(lambda: self.broker.join(self.consumer, nodes))
+        self.ready.set()
         settler = asyncio.create_task(self._settler(), name="exo-settler")
         background = [
             asyncio.create_task(self._promoter(), name="exo-promoter"),
@@ -97,12 +104,19 @@ class Worker:
         try:
             await self._reader()
         finally:
+            self._stopping.set()  # also when the reader failed: let the settler finish
             await self._drain(executors)
             self._has_outcomes.set()
             await settler
-            for task in background:
+            # Background loops end on their own at their next wake-up (cancelling them
+            # mid-call is unreliable: redis-py can swallow a cancellation into a retry);
+            # only one stuck in an outage is cancelled after a bound.
+            self._done.set()
+            _, stuck = await asyncio.wait(background, timeout=5)
+            for task in stuck:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await self._retire(nodes)
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
@@ -113,7 +127,9 @@ class Worker:
                 self._room.clear()
                 await _first(self._room.wait(), self._stopping.wait())
                 continue
-            count = min(self.batch_size, room)
+            # XREADGROUP's COUNT applies per stream: share the room between the streams so
+            # a read never overshoots what may be in flight (a read then overlaps settles).
+            count = max(1, min(self.batch_size, room) // len(nodes))
             batches = await self._until_ok(
                 partial(self.broker.read, self.consumer, nodes, count, self.block_ms)
             )
@@ -162,7 +178,8 @@ class Worker:
 
     async def _execute(self, job: Job) -> Outcome:
         env = job.env
-        graph, secrets = None, {}
+        graph = None
+        secrets: dict[str, str] | SecretsError = {}
         if env.run_id is not None and env.graph is not None:
             graph = await self._until_ok(partial(self.graphs.get, env.graph, env.graph_version))
             secrets = self.graphs.secrets(env.graph, env.graph_version)
@@ -177,7 +194,7 @@ class Worker:
                 except Exception as exc:
                     reason = f"cannot build the inputs of uniting node {ident!r}: {exc}"
                     return Failed(job, reason, "", permanent=True)
-        return await execute(self.specs[job.node], job, graph, secrets)
+        return await execute(self.specs[job.node], job, graph, secrets, self.broker)
 
     def _finish(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
@@ -246,12 +263,23 @@ class Worker:
         """Move due retries / delayed states to their streams. Every Runtime runs this;
         the script is atomic, so many promoters never duplicate a state."""
         nodes = list(self.specs)
-        while True:
+        while not self._stopping.is_set():
             moved, next_due = await self._until_ok(lambda: self.broker.promote(nodes))
             if moved:
                 continue
             wait = 0.5 if next_due < 0 else max(0.002, min(0.5, next_due / 1000 - time.time()))
-            await asyncio.sleep(wait)
+            await _pause(wait, self._stopping)
+
+    async def _retire(self, nodes: list[str]) -> None:
+        """Leave the consumer groups on a clean stop, so stopped workers do not pile up as
+        consumers; a consumer still holding pending entries stays (they get reclaimed)."""
+        try:
+            kept = await self.broker.retire(self.consumer, nodes)
+        except _TRANSIENT as exc:
+            log.warning("could not leave the consumer groups (%s)", exc)
+            return
+        if kept:
+            log.warning("%d stream(s) still hold unsettled entries of %s", kept, self.consumer)
 
     # -- reclaiming and heartbeats ------------------------------------------------------
     async def _reclaimer(self) -> None:
@@ -262,7 +290,7 @@ class Worker:
         never drags a batch of innocent states towards the delivery limit with it. A
         state already delivered `max_deliveries` times is dead-lettered, not run."""
         interval = self.visibility_ms / 2000
-        while True:
+        while not self._stopping.is_set():
             claimed_any = False
             for node in self.specs:
                 claimed = await self._until_ok(
@@ -284,7 +312,7 @@ class Worker:
                     self._accept(node, entry_id, fields, poison, deliveries + 1)
                     await settled.wait()
             if not claimed_any:
-                await asyncio.sleep(interval)
+                await _pause(interval, self._stopping)
 
     def _settled_event(self, node: str, entry_id: bytes) -> asyncio.Event:
         event = asyncio.Event()
@@ -295,8 +323,9 @@ class Worker:
         """Keep our claim on entries held longer than a third of the visibility timeout,
         so a healthy slow execution is not reclaimed by another worker."""
         interval = self.visibility_ms / 3000
-        while True:
-            await asyncio.sleep(interval)
+        # Runs until everything is settled: executions finishing in the grace period
+        # still need their claims kept.
+        while not await _pause(interval, self._done):
             old = time.monotonic() - interval
             for node, held in self._held.items():
                 ids = [i for i, t in held.items() if t <= old]
@@ -321,17 +350,24 @@ class Worker:
             try:
                 result = await call()
             except _TRANSIENT as exc:
-                if self._outage_since is None:
-                    self._outage_since = time.monotonic()
-                    log.warning("Redis unavailable (%s); retrying with backoff", exc)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py may turn a cancelled read into a connection error; the
+                    # cancellation (shutdown) wins over retrying.
+                    raise asyncio.CancelledError from exc
+                self.outage.down(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            if self._outage_since is not None:
-                down = time.monotonic() - self._outage_since
-                self._outage_since = None
-                log.warning("Redis reachable again after %.1fs", down)
+            self.outage.up()
             return result
+
+
+async def _pause(seconds: float, stop: asyncio.Event) -> bool:
+    """Sleep up to `seconds`, waking early when `stop` is set; returns whether it is."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
 
 
 async def _first(*aws: Awaitable[object]) -> None:

@@ -10,8 +10,8 @@ local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local lost = {}
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local owned = redis.call('XPENDING', stream, group, id, id, 1, consumer)
-  if owned[1] then
+  local owned = redis.pcall('XPENDING', stream, group, id, id, 1, consumer)
+  if not owned.err and owned[1] then
     redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
   else
     lost[#lost + 1] = id

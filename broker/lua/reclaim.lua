@@ -9,7 +9,10 @@
 
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local min_idle, count = tonumber(ARGV[3]), tonumber(ARGV[4])
-local pending = redis.call('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', count)
+local pending = redis.pcall('XPENDING', stream, group, 'IDLE', min_idle, '-', '+', count)
+if pending.err then
+  return {}  -- the stream or its group was deleted: nothing to reclaim
+end
 local out = {}
 for _, p in ipairs(pending) do
   local id, deliveries = p[1], p[4]

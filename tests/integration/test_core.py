@@ -218,3 +218,15 @@ async def test_streams_do_not_grow_acked_entries_are_deleted(
     assert await sm.client.xlen(q) == 0
     groups = await sm.client.xinfo_groups(q)
     assert groups[0]["pending"] == 0 and groups[0]["name"] == GROUP.encode()
+
+
+async def test_a_deleted_stream_is_recreated_and_serving_goes_on(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    async with running(runtime(redis_url, namespace, SampleNode)):
+        first = await sm.enqueue("SampleNode", {"name": "a", "data": {}})
+        await sm.wait_for_states("SampleNode", [first], timeout=10)
+        await sm.client.delete(sm.keys.queue("SampleNode"))  # group gone with it
+        second = await sm.enqueue("SampleNode", {"name": "b", "data": {}})
+        results = await sm.wait_for_states("SampleNode", [second], timeout=10)
+    assert results[second].status == "SUCCEEDED"

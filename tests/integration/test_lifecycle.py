@@ -108,3 +108,18 @@ async def test_sigterm_stops_a_blocking_runtime_process_cleanly(
     assert proc.returncode == 0, out.decode()
     assert b"runtime stopped cleanly" in out
     assert await sm.pending("SampleNode") == {"length": 0, "pending": 0, "delayed": 0}
+
+
+async def test_consumer_joins_at_start_and_leaves_on_a_clean_stop(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    rt = Runtime(namespace=namespace, name="t", nodes=[Gated], redis_url=redis_url)
+    task = rt.start()
+    assert task is not None
+    await asyncio.wait_for(rt.started.wait(), 10)
+    q = sm.keys.queue("Gated")
+    names = [c["name"] for c in await sm.client.xinfo_consumers(q, "exo")]
+    assert names == [rt.consumer.encode()]  # visible before it received anything
+    rt.stop()
+    await asyncio.wait_for(task, 10)
+    assert await sm.client.xinfo_consumers(q, "exo") == []

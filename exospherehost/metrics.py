@@ -1,0 +1,245 @@
+"""Prometheus metrics of a Runtime process (opt-in: ``Runtime(..., metrics_port=9464)``).
+
+Counters and the execution-time histogram are read from the Runtime's in-process
+:class:`~exospherehost.stats.RuntimeStats` when Prometheus scrapes, so the hot path does
+nothing but its integer adds. Queue gauges (backlog, pending, delayed) come from Redis:
+a small asyncio task in the Runtime's loop refreshes a snapshot every few seconds, and the
+scrape (in the HTTP server's thread) only reads that snapshot; it never touches the
+asyncio Redis client, which belongs to the loop.
+
+Series (labels ``namespace``, ``node``):
+
+- ``exosphere_node_executions_total{outcome=succeeded|failed|pruned|requeued}``
+- ``exosphere_node_retries_total``, ``exosphere_node_dead_lettered_total``: failed
+  executions given another attempt / sent to the dead letters
+- ``exosphere_node_settled_total``, ``exosphere_node_late_settles_total``,
+  ``exosphere_node_malformed_total``
+- ``exosphere_node_execution_seconds`` (histogram, buckets ``stats.BUCKETS``)
+- ``exosphere_node_backlog``, ``exosphere_node_pending``, ``exosphere_node_delayed``
+  (gauges, refreshed every ``GAUGE_REFRESH_S``)
+
+plus the standard ``process_*``, ``python_gc_*`` and ``python_info`` series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    start_http_server,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+
+from exospherehost.stats import BUCKETS, RuntimeStats
+
+if TYPE_CHECKING:
+    from exospherehost.runtime import Runtime
+    from exospherehost.statemanager import StateManager
+
+log = logging.getLogger("exospherehost.metrics")
+
+GAUGE_REFRESH_S = 5.0
+"""Seconds between two reads of the queue gauges from Redis."""
+
+OUTCOMES = ("succeeded", "failed", "pruned", "requeued")
+LABELS = ["namespace", "node"]
+Gauges = Mapping[str, Mapping[str, int]]
+"""node -> {"backlog", "pending", "delayed"}"""
+
+
+class MetricsPortError(OSError):
+    """The metrics port cannot be bound (in use, or not allowed)."""
+
+
+def _le(bound: float) -> str:
+    # The text format's bucket label: Go's float formatting ("+Inf", "0.5", "10.0").
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+class RuntimeCollector(Collector):
+    """Builds the exosphere_* families from a Runtime's counters at scrape time."""
+
+    def __init__(
+        self,
+        namespace: str,
+        stats: Callable[[], RuntimeStats | None],
+        gauges: Callable[[], Gauges],
+    ) -> None:
+        self.namespace = namespace
+        self._stats = stats
+        self._gauges = gauges
+
+    def describe(self) -> Iterable[Metric]:
+        # Names without samples: registering then does not run a full collect.
+        return list(self._families(None, {}))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self._stats(), self._gauges()))
+
+    def _families(self, stats: RuntimeStats | None, gauges: Gauges) -> Iterator[Metric]:
+        ns = self.namespace
+        executions = CounterMetricFamily(
+            "exosphere_node_executions",
+            "Executions of a node finished in this process, by outcome.",
+            labels=[*LABELS, "outcome"],
+        )
+        simple = {
+            "retried": CounterMetricFamily(
+                "exosphere_node_retries",
+                "Failed executions scheduled for another attempt (retry policy).",
+                labels=LABELS,
+            ),
+            "dead_lettered": CounterMetricFamily(
+                "exosphere_node_dead_lettered",
+                "Failed executions sent to the dead-letter stream (retries spent or a "
+                "permanent failure).",
+                labels=LABELS,
+            ),
+            "settled": CounterMetricFamily(
+                "exosphere_node_settled",
+                "States settled by this process (outcome written by the settle script).",
+                labels=LABELS,
+            ),
+            "late_settles": CounterMetricFamily(
+                "exosphere_node_late_settles",
+                "Settles skipped because another worker had settled the state first.",
+                labels=LABELS,
+            ),
+            "malformed": CounterMetricFamily(
+                "exosphere_node_malformed",
+                "Stream entries that could not be decoded (dead-lettered unexecuted).",
+                labels=LABELS,
+            ),
+        }
+        seconds = HistogramMetricFamily(
+            "exosphere_node_execution_seconds",
+            "Time spent in a node's execute(), seconds.",
+            labels=LABELS,
+        )
+        for node, s in (stats.nodes if stats is not None else {}).items():
+            for outcome in OUTCOMES:
+                executions.add_metric([ns, node, outcome], getattr(s, outcome))
+            for attr, family in simple.items():
+                family.add_metric([ns, node], getattr(s, attr))
+            counts = list(s.exec_buckets)  # copy: the loop thread keeps adding
+            cumulative, buckets = 0, []
+            for bound, count in zip((*BUCKETS, math.inf), counts, strict=True):
+                cumulative += count
+                buckets.append((_le(bound), float(cumulative)))
+            seconds.add_metric([ns, node], buckets, s.exec_seconds_sum)
+        yield executions
+        yield from simple.values()
+        yield seconds
+        for kind, doc in (
+            ("backlog", "States on the node's stream not yet handed to a worker."),
+            ("pending", "States handed to a worker and not yet settled."),
+            ("delayed", "States waiting for their due time (retries, delays, requeues)."),
+        ):
+            gauge = GaugeMetricFamily(f"exosphere_node_{kind}", doc, labels=LABELS)
+            for node, values in gauges.items():
+                gauge.add_metric([ns, node], values[kind])
+            yield gauge
+
+
+class MetricsExporter:
+    """The HTTP endpoint and gauge refresher of one Runtime; lives in the Runtime's loop."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        port: int,
+        addr: str = "0.0.0.0",
+        refresh_s: float | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.port = port
+        self.addr = addr
+        # Read at construction, not at import, so tests can shorten it.
+        self.refresh_s = GAUGE_REFRESH_S if refresh_s is None else refresh_s
+        # Replaced whole by the refresher, read by the scrape thread: no lock needed.
+        self.gauges: Gauges = {}
+        # A registry of our own: several Runtimes in one process must not collide in
+        # the global one, and nothing else registered there is ours to expose.
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(
+            RuntimeCollector(runtime.namespace, lambda: runtime.stats, lambda: self.gauges)
+        )
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(standard)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sm: StateManager | None = None
+
+    async def start(self) -> None:
+        from exospherehost.statemanager import StateManager
+
+        try:
+            self._server, self._thread = start_http_server(
+                self.port, self.addr, registry=self.registry
+            )
+        except OSError as exc:
+            raise MetricsPortError(
+                f"cannot serve metrics on {self.addr}:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        cfg = self.runtime.config
+        self._sm = StateManager(self.runtime.namespace, cfg.url, cfg.password)
+        self._task = asyncio.create_task(self._refresh(self._sm), name="exo-metrics-gauges")
+        log.info("serving Prometheus metrics on http://%s:%d/metrics", self.addr, self.port)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._server is not None:
+            # shutdown() waits for serve_forever to notice (up to its 0.5 s poll): off-loop.
+            await asyncio.to_thread(self._server.shutdown)
+            self._server.server_close()
+        if self._sm is not None:
+            await self._sm.close()
+
+    async def _refresh(self, sm: StateManager) -> None:
+        ours = {n.__name__ for n in self.runtime.nodes}
+        # The first read after registration, so our nodes are already listed.
+        await self.runtime.started.wait()
+        failing = False
+        while True:
+            try:
+                stats = await sm.node_stats()
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    log.warning("cannot read queue gauges from Redis (%s); retrying", exc)
+                failing = True
+                self.gauges = {}  # absent beats stale: an outage must not look like a calm
+            else:
+                failing = False
+                self.gauges = {
+                    node: {
+                        # Settled entries are deleted, so the stream holds backlog + pending.
+                        "backlog": max(0, int(s["length"]) - int(s["pending"])),
+                        "pending": int(s["pending"]),
+                        "delayed": int(s["delayed"]),
+                    }
+                    for node, s in stats.items()
+                    if node in ours
+                }
+            await asyncio.sleep(self.refresh_s)

@@ -1,0 +1,72 @@
+"""What starting a graph run writes, decided in Python once for both ways a run starts:
+`StateManager.trigger` (applied in one MULTI) and a cron trigger firing (applied by the
+cron_fire script after it wins the fire marker)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from broker.codec import Envelope, encode
+from broker.keys import Keys
+from broker.runstart import RunStart
+from exospherehost.graph import CompiledGraph
+from exospherehost.settle import new_id
+from exospherehost.store import check_store_key, encode_store
+
+
+def run_store(graph: CompiledGraph, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The graph's store defaults overlaid with the trigger's values; raises ValueError
+    naming missing required keys or invalid key names."""
+    for key in given:
+        check_store_key(key)
+    full = {**graph.store_config.default_values, **given}
+    missing = [k for k in graph.store_config.required_keys if k not in full]
+    if missing:
+        raise ValueError(f"graph {graph.name!r} requires store keys {missing} at trigger")
+    return full
+
+
+def plan_run(
+    graph: CompiledGraph,
+    keys: Keys,
+    *,
+    inputs: Mapping[str, Any],
+    store: Mapping[str, Any],
+    start_delay_ms: int,
+    now_ms: int,
+    extra_fields: Mapping[str, str | int] | None = None,
+) -> RunStart:
+    """The run hash, store, index entry and root state of a new run of `graph`.
+    `store` is the full store (see `run_store`); `extra_fields` go into the run hash."""
+    full_store = dict(store)
+    root = graph.root_state(full_store, dict(inputs))
+    run_id = new_id()
+    env = Envelope(
+        new_id(), root.inputs, run_id, graph.name, graph.version, root.node.identifier, root.ctx
+    )
+    fields: dict[str, str | int] = {
+        "graph": graph.name,
+        "version": graph.version,
+        "status": "RUNNING",
+        "open": 1,
+        "failed": 0,
+        "created_ms": now_ms,
+        f"c:{root.node.identifier}": 1,
+    }
+    if extra_fields:
+        fields.update(extra_fields)
+    node = root.node.node_name
+    return RunStart(
+        run_id=run_id,
+        graph=graph.name,
+        run_key=keys.run(run_id),
+        run_fields=fields,
+        store_key=keys.run_store(run_id),
+        store=encode_store(full_store),
+        index_key=keys.runs(graph.name),
+        created_ms=now_ms,
+        target_key=keys.delayed(node) if start_delay_ms else keys.queue(node),
+        due_ms=now_ms + start_delay_ms if start_delay_ms else 0,
+        envelope=encode(env),
+    )
