@@ -1,0 +1,255 @@
+"""`exosphere runs ...` and `exosphere dead ...`: read (and redrive) what happened."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import click
+
+from broker.codec import MalformedEntry, decode
+from exospherehost.cli._common import (
+    Settings,
+    age,
+    clock,
+    namespace_option,
+    pass_settings,
+    run,
+    table,
+    to_json,
+)
+from exospherehost.deadletters import DeadLetter
+from exospherehost.runs import RunStatus
+
+# -- runs -------------------------------------------------------------------------------
+
+
+@click.group(short_help="List and show graph runs.")
+@namespace_option
+def runs() -> None:
+    """Graph runs: list a graph's recent runs, show one."""
+
+
+def _totals(status: RunStatus) -> tuple[int, int, int]:
+    """(finished states, created states, failed states) over the run's nodes."""
+    done = sum(c.succeeded + c.failed + c.pruned for c in status.nodes.values())
+    pending = sum(c.pending for c in status.nodes.values())
+    failed = sum(c.failed for c in status.nodes.values())
+    return done, done + pending, failed
+
+
+def _duration(status: RunStatus) -> str:
+    end = status.finished_ms or int(time.time() * 1000)
+    text = age(end - status.created_ms) if status.created_ms else "-"
+    return text if status.finished_ms else f"{text}+"
+
+
+@runs.command("list", short_help="Recent runs of a graph, newest first.")
+@click.argument("graph")
+@namespace_option
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the newest N runs.")
+@click.option(
+    "--count", type=click.IntRange(min=1), default=20, show_default=True, help="Runs to list."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_settings
+def runs_list(settings: Settings, graph: str, offset: int, count: int, as_json: bool) -> None:
+    """Recent runs of GRAPH, newest first (runs expire after the run retention)."""
+
+    async def main() -> list[RunStatus]:
+        async with settings.manager() as sm:
+            await sm.get_graph(graph)  # an unknown graph is an error, not an empty list
+            return await sm.list_runs(graph, offset, count)
+
+    found = run(settings, main)
+    if as_json:
+        click.echo(to_json(found))
+        return
+    if not found:
+        click.echo(f"no runs of {graph!r}" + (f" after the newest {offset}" if offset else ""))
+        return
+    rows = []
+    for st in found:
+        done, created, failed = _totals(st)
+        rows.append(
+            [st.run_id, st.status, clock(st.created_ms), _duration(st), f"{done}/{created}", failed]
+        )
+    click.echo(table(["RUN", "STATUS", "CREATED", "TOOK", "STATES", "FAILED"], rows))
+
+
+@runs.command("show", short_help="A run: counts, notes, history, results.")
+@click.argument("run_id")
+@namespace_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@pass_settings
+def runs_show(settings: Settings, run_id: str, as_json: bool) -> None:
+    """A run: status, per-node counts and notes, its history of settled states, and the
+    results of its leaf states."""
+
+    async def main() -> dict[str, Any]:
+        async with settings.manager() as sm:
+            status = await sm.status(run_id)
+            return {
+                "status": status,
+                "history": await sm.run_history(run_id),
+                "results": await sm.results(run_id),
+            }
+
+    got = run(settings, main)
+    if as_json:
+        click.echo(to_json(got))
+        return
+    st: RunStatus = got["status"]
+    done, created, _ = _totals(st)
+    click.echo(
+        f"run {st.run_id}  graph {st.graph}  {st.status}  created {clock(st.created_ms)}  "
+        f"took {_duration(st)}  states {done}/{created}  open {st.open}"
+    )
+    rows = [
+        [ident, c.pending, c.succeeded, c.failed, c.pruned, c.retried, c.skipped]
+        for ident, c in st.nodes.items()
+    ]
+    click.echo()
+    heads = ["NODE", "PENDING", "SUCCEEDED", "FAILED", "PRUNED", "RETRIED", "SKIPPED"]
+    click.echo(table(heads, rows))
+    if st.notes:
+        click.echo("\nnotes:")
+        for ident, why in st.notes.items():
+            click.echo(f"  {ident}: {why}")
+    history = got["history"]
+    click.echo(f"\nhistory ({len(history)}):")
+    hist_rows = [
+        [clock(h.time_ms), h.identifier, h.node, h.status, h.attempt, h.state_id, h.error]
+        for h in history
+    ]
+    if hist_rows:
+        click.echo(table(["TIME", "NODE", "CLASS", "STATUS", "TRY", "STATE", "ERROR"], hist_rows))
+    click.echo(f"\nresults ({len(got['results'])}):")
+    for result in got["results"]:
+        click.echo(to_json(result, None))
+
+
+# -- dead letters -----------------------------------------------------------------------
+
+
+@click.group(short_help="List, show and redrive dead letters.")
+@namespace_option
+def dead() -> None:
+    """Dead letters: states that could not be processed (retries spent, malformed,
+    poison). List, inspect, and redrive them back to their streams."""
+
+
+_ENTRY_ID = re.compile(r"^\d+-\d+$")
+
+
+def _dead_id(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A stream entry id (e.g. 1718000000000-0), checked before Redis would refuse it."""
+    if value is not None and not _ENTRY_ID.match(value):
+        raise click.BadParameter(f"{value!r} is not a dead-letter id like 1718000000000-0")
+    return value
+
+
+def _first_line(text: str, width: int = 70) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+@dead.command("list")
+@namespace_option
+@click.option(
+    "--count", type=click.IntRange(min=1), default=100, show_default=True, help="How many."
+)
+@click.option("--after", default="-", metavar="ID", help="Start after this dead-letter id.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_settings
+def dead_list(settings: Settings, count: int, after: str, as_json: bool) -> None:
+    """Dead letters, oldest first."""
+
+    async def main() -> list[DeadLetter]:
+        async with settings.manager() as sm:
+            return await sm.dead_letters(count, after)
+
+    letters = run(settings, main)
+    if as_json:
+        click.echo(to_json([_dead_view(d) for d in letters]))
+        return
+    if not letters:
+        click.echo("no dead letters")
+        return
+    rows = [
+        [d.id, d.node, d.state_id, d.run_id, d.attempts, clock(d.time_ms), _first_line(d.error)]
+        for d in letters
+    ]
+    click.echo(table(["ID", "NODE", "STATE", "RUN", "TRIES", "WHEN", "ERROR"], rows))
+    if len(letters) == count:
+        click.echo(f"(more may follow: --after {letters[-1].id})")
+
+
+def _dead_view(d: DeadLetter) -> dict[str, Any]:
+    """A dead letter as JSON-able data, with its original entry decoded to inputs."""
+    try:
+        inputs: Any = decode(d.entry.encode() or b"0-0", d.original).inputs
+    except MalformedEntry as exc:
+        fields = {
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+            for k, v in d.original.items()
+        }
+        inputs = {"undecodable": str(exc), "fields": fields}
+    view = {k: v for k, v in vars(d).items() if k != "original"}
+    view["inputs"] = inputs
+    return view
+
+
+@dead.command("show", short_help="One dead letter, with inputs and traceback.")
+@click.argument("dead_id", callback=_dead_id)
+@namespace_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@pass_settings
+def dead_show(settings: Settings, dead_id: str, as_json: bool) -> None:
+    """One dead letter: where it came from, why it died, its inputs and traceback."""
+
+    async def main() -> DeadLetter | None:
+        async with settings.manager() as sm:
+            return await sm.dead_letter(dead_id)
+
+    letter = run(settings, main)
+    if letter is None:
+        raise click.ClickException(f"no dead letter {dead_id!r} (redriven already?)")
+    view = _dead_view(letter)
+    if as_json:
+        click.echo(to_json(view))
+        return
+    for label in ("id", "node", "state_id", "run_id", "identifier", "attempts", "deliveries"):
+        click.echo(f"{label + ':':<12} {view[label] if view[label] is not None else '-'}")
+    click.echo(f"{'time:':<12} {clock(letter.time_ms)}")
+    click.echo(f"{'error:':<12} {letter.error}")
+    click.echo(f"{'inputs:':<12} {to_json(view['inputs'], None)}")
+    if letter.traceback:
+        click.echo("\n" + letter.traceback.rstrip())
+
+
+@dead.command("redrive", short_help="Put dead letters back on their streams.")
+@click.argument("dead_id", required=False, callback=_dead_id)
+@namespace_option
+@click.option("--all", "everything", is_flag=True, help="Redrive every dead letter.")
+@pass_settings
+def dead_redrive(settings: Settings, dead_id: str | None, everything: bool) -> None:
+    """Put dead letter DEAD_ID (or --all) back on its node's stream with a fresh retry
+    budget. Idempotent: a dead letter is redriven once."""
+    if everything == (dead_id is not None):
+        raise click.UsageError("give a dead-letter ID or --all (not both)")
+
+    async def main() -> int:
+        async with settings.manager() as sm:
+            if dead_id is None:
+                return await sm.redrive_all()
+            return int(await sm.redrive(dead_id))
+
+    moved = run(settings, main)
+    if dead_id is None:
+        click.echo(f"redrove {moved} dead letter{'s' if moved != 1 else ''}")
+    elif moved:
+        click.echo(f"redrove {dead_id}")
+    else:
+        raise click.ClickException(f"no dead letter {dead_id!r} (redriven already?)")
