@@ -1,0 +1,164 @@
+"""The dashboard's HTTP side: a Starlette app serving one static page and a small JSON API.
+
+The page (static/) polls the API about once a second; every endpoint is one function of
+views.py over a StateManager, so the dashboard reads Redis only through the SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import redis.exceptions
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from broker.keys import check_name
+from exospherehost.config import resolve
+from exospherehost.dashboard import views
+from exospherehost.statemanager import StateManager
+
+STATIC = Path(__file__).with_name("static")
+
+CSRF_HEADER = "x-exo-dashboard"
+"""Required on POSTs. A custom header makes a cross-site request need a CORS preflight,
+which this app never grants, so another web page cannot redrive through a user's browser."""
+
+MAX_MANAGERS = 32
+"""Namespaces with an open StateManager (each holds a connection pool); least recently
+used ones are closed beyond this, as namespaces come from URLs."""
+
+
+def _json_default(value: object) -> Any:
+    # Results and inputs are user data from msgpack: bytes and odd types still render.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class Json(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=_json_default, separators=(",", ":")).encode()
+
+
+class Managers:
+    """One StateManager per namespace, created on first use and kept (LRU-bounded)."""
+
+    def __init__(self, redis_url: str | None, key: str | None, only: str | None) -> None:
+        self.redis_url, self.key, self.only = redis_url, key, only
+        self._open: OrderedDict[str, StateManager] = OrderedDict()
+
+    async def get(self, namespace: str) -> StateManager:
+        if self.only is not None and namespace != self.only:
+            raise KeyError(f"this dashboard shows namespace {self.only!r} only")
+        sm = self._open.pop(namespace, None)
+        if sm is None:
+            sm = StateManager(namespace, self.redis_url, self.key)  # validates the name
+        self._open[namespace] = sm
+        while len(self._open) > MAX_MANAGERS:
+            _, old = self._open.popitem(last=False)
+            await old.close()
+        return sm
+
+    async def namespaces(self) -> list[str]:
+        if self.only is not None:
+            return [self.only]
+        return await StateManager.namespaces(self.redis_url, self.key)
+
+    async def close(self) -> None:
+        while self._open:
+            await self._open.popitem()[1].close()
+
+
+def _int(request: Request, name: str, default: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    try:
+        value = int(raw) if raw is not None else default
+    except ValueError:
+        raise ValueError(f"query parameter {name} must be an integer") from None
+    return min(max(value, 0), high)
+
+
+def _error(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        return Json({"error": str(message)}, status_code=status)
+
+    return handler
+
+
+def create_app(
+    redis_url: str | None = None, key: str | None = None, namespace: str | None = None
+) -> Starlette:
+    """The dashboard as an ASGI app. `redis_url`/`key` default to EXOSPHERE_REDIS_URL /
+    EXOSPHERE_API_KEY; with `namespace`, only that namespace is shown (and no SCAN for
+    namespaces is needed, e.g. under an ACL that allows only its keys)."""
+    resolve(redis_url, key)  # fail at start-up, not on the first request, on bad config
+    if namespace is not None:
+        check_name("namespace", namespace)
+    managers = Managers(redis_url, key, namespace)
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+    async def namespaces(request: Request) -> Response:
+        return Json({"namespaces": await managers.namespaces(), "pinned": namespace})
+
+    async def overview(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        return Json(await views.overview(sm))
+
+    async def graph(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        offset = _int(request, "offset", 0, 1_000_000)
+        count = _int(request, "count", 50, 500)
+        return Json(await views.graph_runs(sm, request.path_params["graph"], offset, count))
+
+    async def run(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        return Json(await views.run_detail(sm, request.path_params["run"]))
+
+    async def dead(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        return Json(await views.dead_letters(sm, _int(request, "count", 100, 1000)))
+
+    async def redrive(request: Request) -> Response:
+        if request.headers.get(CSRF_HEADER) != "1":
+            return Json({"error": f"missing header {CSRF_HEADER}: 1"}, status_code=403)
+        sm = await managers.get(request.path_params["ns"])
+        dead_id = request.path_params.get("dead")
+        if dead_id is None:
+            return Json({"redriven": await sm.redrive_all()})
+        return Json({"redriven": int(await sm.redrive(dead_id))})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await managers.close()
+
+    api = "/api/ns/{ns}"
+    routes = [
+        Route("/", index),
+        Route("/api/namespaces", namespaces),
+        Route(api, overview),
+        Route(api + "/graphs/{graph}", graph),
+        Route(api + "/runs/{run}", run),
+        Route(api + "/dead", dead),
+        Route(api + "/dead/redrive-all", redrive, methods=["POST"]),
+        Route(api + "/dead/{dead}/redrive", redrive, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC)),
+    ]
+    handlers = {
+        KeyError: _error(404),  # unknown graph or run (RunNotFound is a KeyError)
+        ValueError: _error(400),  # invalid names (KeyNameError) and query parameters
+        redis.exceptions.ConnectionError: _error(503),
+        redis.exceptions.TimeoutError: _error(503),
+    }
+    return Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)

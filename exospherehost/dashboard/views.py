@@ -1,0 +1,120 @@
+"""What each dashboard page shows, composed from StateManager calls only (never raw Redis
+commands), as JSON-ready dicts. One function per API endpoint; app.py does the HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import Any
+
+from broker.codec import MalformedEntry, decode, printable_fields
+from exospherehost.dashboard.layout import layout
+from exospherehost.deadletters import DeadLetter
+from exospherehost.statemanager import StateManager
+
+DEAD_COUNT_CAP = 200
+"""Dead letters counted for the overview; the SDK has no count call, so the page says
+"200+" past this rather than read (and parse) a long stream once a second."""
+
+HISTORY_CAP = 500
+"""Newest history records and results shown on a run page (the SDK reads them whole)."""
+
+_layouts: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+"""Layouts by (namespace, graph, version, updated_ms): versions are immutable, so each is
+laid out once (updated_ms tells apart a version number reused after a Redis wipe)."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def graph_view(sm: StateManager, name: str) -> dict[str, Any]:
+    """A graph's current version with its DAG geometry."""
+    doc = await sm.get_graph(name)
+    key = (sm.namespace, name, int(doc["version"]), int(doc.get("updated_ms") or 0))
+    if key not in _layouts:
+        if len(_layouts) > 1000:  # graphs are upserted rarely; this only bounds a leak
+            _layouts.clear()
+        _layouts[key] = asdict(layout(doc["nodes"]))
+    return {
+        "name": name,
+        "version": doc["version"],
+        "validation_status": doc.get("validation_status"),
+        "validation_errors": doc.get("validation_errors") or [],
+        "updated_ms": doc.get("updated_ms"),
+        "layout": _layouts[key],
+    }
+
+
+async def overview(sm: StateManager) -> dict[str, Any]:
+    """A namespace: its graphs drawn, per-node queue figures, and the dead-letter count."""
+    names = await sm.graph_names()
+    graphs, stats, dead = await asyncio.gather(
+        asyncio.gather(*(graph_view(sm, n) for n in names)),
+        sm.node_stats(),
+        sm.dead_letters(count=DEAD_COUNT_CAP),
+    )
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "graphs": list(graphs),
+        "nodes": stats,
+        "dead": {"count": len(dead), "capped": len(dead) >= DEAD_COUNT_CAP},
+    }
+
+
+async def graph_runs(sm: StateManager, name: str, offset: int, count: int) -> dict[str, Any]:
+    """One graph with its queue figures and its newest runs."""
+    graph, stats, runs = await asyncio.gather(
+        graph_view(sm, name), sm.node_stats(), sm.list_runs(name, offset, count)
+    )
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "graph": graph,
+        "nodes": stats,
+        "runs": [asdict(r) for r in runs],
+    }
+
+
+async def run_detail(sm: StateManager, run_id: str) -> dict[str, Any]:
+    """A run's status, every settled outcome of its states, and its leaf results.
+    Raises RunNotFound (a KeyError) for an unknown or expired run."""
+    status = await sm.status(run_id)
+    history, results = await asyncio.gather(sm.run_history(run_id), sm.results(run_id))
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "status": asdict(status),
+        "history": [asdict(h) for h in history[-HISTORY_CAP:]],
+        "history_total": len(history),
+        "results": results[-HISTORY_CAP:],
+        "results_total": len(results),
+    }
+
+
+def _dead_inputs(dead: DeadLetter) -> dict[str, Any]:
+    """The dead state's inputs, decoded the way a worker would; a malformed entry (the
+    usual reason it is dead) is shown as its readable raw fields instead."""
+    try:
+        return decode(b"0-0", dead.original).inputs
+    except MalformedEntry:
+        return printable_fields(dead.original, limit=1024)
+
+
+def dead_view(dead: DeadLetter) -> dict[str, Any]:
+    row = asdict(dead)
+    del row["original"]  # bytes; shown decoded as `inputs`
+    row["inputs"] = _dead_inputs(dead)
+    return row
+
+
+async def dead_letters(sm: StateManager, count: int) -> dict[str, Any]:
+    dead = await sm.dead_letters(count=count)
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "dead": [dead_view(d) for d in dead],
+        "capped": len(dead) >= count,
+    }
