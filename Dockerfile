@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY . .
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[dashboard]" \
     && useradd --system --uid 10001 --no-create-home exosphere
 USER exosphere
 

@@ -100,7 +100,7 @@ def test_dockerfile() -> None:
     instructions = [ln for ln in lines if ln and not ln.startswith("#")]
     assert instructions[0] == "FROM python:3.11-slim"
     assert any(ln.startswith("COPY . ") for ln in instructions)
-    assert any("pip install --no-cache-dir ." in ln for ln in instructions)
+    assert any('pip install --no-cache-dir ".[dashboard]"' in ln for ln in instructions)
     cmds = [ln for ln in instructions if ln.startswith("CMD ")]
     assert len(cmds) == 1, cmds
     # Exec form, so the Runtime (not a shell) receives SIGTERM.
@@ -188,3 +188,16 @@ def test_example_graph_is_valid() -> None:
     assert [n.identifier for n in nodes] == ["split", "square", "label"]
     assert validate_graph("demo", nodes) == []
     assert validate_graph("demo", nodes, schemas=_schemas(), secrets={}) == []
+
+
+def test_dashboard_service(services: dict[str, Any]) -> None:
+    dash = services["dashboard"]
+    assert dash["build"] == "."
+    cmd = argv(dash["command"])
+    assert cmd[:2] == ["exosphere", "dashboard"] and "--port" in cmd
+    port = cmd[cmd.index("--port") + 1]
+    assert any(str(p).endswith(f":{port}") for p in dash["ports"])
+    assert env(dash)["EXOSPHERE_REDIS_URL"].startswith("redis://redis:")
+    assert dash["depends_on"]["redis"]["condition"] == "service_healthy"
+    # The image must carry the dashboard's extra dependencies.
+    assert '".[dashboard]"' in (ROOT / "Dockerfile").read_text()
