@@ -92,8 +92,10 @@ def _decode_envelope(raw: bytes) -> Envelope:
     if not isinstance(inputs, dict):
         raise MalformedEntry("envelope inputs (key 'in') must be a map")
     run_id = m.get("r")
-    ctx = m.get("c") or {}
     attempt = m.get("a", 0)
+    if run_id is None and len(m) == 3:  # the common graphless envelope {v, i, in}: fast path
+        return Envelope(state_id, inputs)
+    ctx = m.get("c") or {}
     if run_id is not None and not (isinstance(m.get("g"), str) and isinstance(m.get("n"), str)):
         raise MalformedEntry("envelope of a graph run needs graph 'g' and identifier 'n'")
     if not isinstance(ctx, dict) or not isinstance(attempt, int):

@@ -32,12 +32,19 @@ class NodeSpec:
     cls: type[BaseNode]
     name: str
     str_fields: frozenset[str]  # fields typed `str`: a plain-XADD value is taken verbatim
+    no_secrets: bool  # the Secrets model declares nothing: skip validating it per state
+    empty_secrets: BaseModel | None
 
     @classmethod
     def of(cls, node: type[BaseNode]) -> NodeSpec:
         fields = node.Inputs.model_fields
+        no_secrets = not node.Secrets.model_fields
         return cls(
-            node, node.__name__, frozenset(k for k, f in fields.items() if f.annotation is str)
+            node,
+            node.__name__,
+            frozenset(k for k, f in fields.items() if f.annotation is str),
+            no_secrets,
+            node.Secrets() if no_secrets else None,
         )
 
     def parse_inputs(self, raw: dict[str, Any], foreign: bool) -> BaseModel:
@@ -99,10 +106,15 @@ async def execute(
         if spec.cls.Secrets.model_fields:
             return Failed(job, f"secrets for {spec.name}: {secrets}", "", permanent=True)
         secrets = {}
-    try:
-        secret_model = spec.cls.Secrets.model_validate(secrets)
-    except ValidationError as exc:
-        return Failed(job, f"missing secrets for {spec.name}: {_short(exc)}", "", permanent=True)
+    secret_model: BaseModel
+    if spec.empty_secrets is not None:
+        secret_model = spec.empty_secrets  # nothing to validate: one shared instance
+    else:
+        try:
+            secret_model = spec.cls.Secrets.model_validate(secrets)
+        except ValidationError as exc:
+            reason = f"missing secrets for {spec.name}: {_short(exc)}"
+            return Failed(job, reason, "", permanent=True)
     node = spec.cls()
     node.state_id = env.state_id
     node.run_id = env.run_id

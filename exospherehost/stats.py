@@ -3,6 +3,7 @@ Exporters (Prometheus metrics, the CLI) read them; nothing here does I/O."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -50,11 +51,8 @@ class NodeStats:
 
     def observe(self, seconds: float) -> None:
         self.exec_seconds_sum += seconds
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                self.exec_buckets[i] += 1
-                return
-        self.exec_buckets[-1] += 1
+        # The bucket index is also the overflow slot when `seconds` exceeds every bound.
+        self.exec_buckets[bisect_left(BUCKETS, seconds)] += 1
 
 
 class RuntimeStats:

@@ -26,6 +26,7 @@ from broker.codec import MalformedEntry, decode
 from broker.streams import Broker
 from exospherehost.execution import NodeSpec, execute
 from exospherehost.graphstore import GraphCache
+from exospherehost.jobqueue import JobQueue
 from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
 from exospherehost.resilience import OutageLog
 from exospherehost.secrets import SecretsError
@@ -72,7 +73,7 @@ class Worker:
         self.settled = 0
         self.late_settles = 0
         self.stats = RuntimeStats(list(self.specs))
-        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._queue: JobQueue[Job] = JobQueue()
         self._outcomes: list[Outcome] = []
         self._has_outcomes = asyncio.Event()
         self._room = asyncio.Event()
@@ -160,7 +161,7 @@ class Worker:
         if poison is not None:
             self._finish(Failed(job, poison, "", permanent=True))
         else:
-            self._queue.put_nowait(job)
+            self._queue.put(job)
 
     # -- executing ----------------------------------------------------------------------
     async def _executor(self) -> None:
@@ -202,16 +203,13 @@ class Worker:
 
     async def _drain(self, executors: list[asyncio.Task[None]]) -> None:
         """Finish what was read within the grace period; release the rest at once."""
-        for _ in executors:
-            self._queue.put_nowait(None)
+        self._queue.close()
         _, late = await asyncio.wait(executors, timeout=self.grace_s)
         for task in late:
             task.cancel()
         await asyncio.gather(*executors, return_exceptions=True)
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
-            if job is not None:
-                self._finish(Released(job))
+        for job in self._queue.drain():
+            self._finish(Released(job))
 
     # -- settling -----------------------------------------------------------------------
     async def _settler(self) -> None:
