@@ -2,7 +2,7 @@
 
 The session server is a :class:`broker.server.PrivateServer` on a free 127.0.0.1 port
 in its own temp dir; no fixture ever connects to a server it did not start (so never
-to one on 6379) and none issues FLUSHALL. Tests isolate themselves by keeping every
+to one on 6379) and none empties a database. Tests isolate themselves by keeping every
 key under their ``namespace``.
 """
 

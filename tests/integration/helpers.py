@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
-from exospherehost import Runtime
+from exospherehost import GraphNodeModel, Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,3 +73,33 @@ def stop_processes(procs: Sequence[subprocess.Popen[str]], timeout: float = 20.0
             out, _ = p.communicate()
         outs.append(out or "")
     return outs
+
+
+def squares_graph(ns: str, items: int | str = 3, base: int = 0) -> list[GraphNodeModel]:
+    """split (fan-out) -> square -> label; label reads its parent and its grandparent."""
+    return [
+        GraphNodeModel(
+            node_name="Split",
+            namespace=ns,
+            identifier="split",
+            inputs={"items": items, "base": base},
+            next_nodes=["square"],
+        ),
+        GraphNodeModel(
+            node_name="Square",
+            namespace=ns,
+            identifier="square",
+            inputs={"value": "${{ split.outputs.value }}"},
+            next_nodes=["label"],
+        ),
+        GraphNodeModel(
+            node_name="Label",
+            namespace=ns,
+            identifier="label",
+            inputs={
+                "square": "${{ square.outputs.square }}",
+                "value": "${{ split.outputs.value }}",
+                "text": "v=${{ split.outputs.value }} sq=${{ square.outputs.square }}",
+            },
+        ),
+    ]

@@ -28,7 +28,7 @@ from exospherehost import GraphNodeModel, RetryPolicyModel, Runtime, StateManage
 from exospherehost.cli import cli, monitor
 from exospherehost.cli._common import Settings
 from tests.integration.apps.nodes import Label, SampleNode, Split, Square, Work
-from tests.integration.helpers import ROOT, running
+from tests.integration.helpers import ROOT, running, squares_graph
 
 pytestmark = pytest.mark.redis
 
@@ -58,35 +58,6 @@ def one_line_error(result: Result, code: int = 1) -> str:
     if code == 1:
         assert len(lines) == 1, result.stderr
     return lines[-1]
-
-
-def squares(ns: str) -> list[GraphNodeModel]:
-    return [
-        GraphNodeModel(
-            node_name="Split",
-            namespace=ns,
-            identifier="split",
-            inputs={"items": "${{ store.n }}"},
-            next_nodes=["square"],
-        ),
-        GraphNodeModel(
-            node_name="Square",
-            namespace=ns,
-            identifier="square",
-            inputs={"value": "${{ split.outputs.value }}"},
-            next_nodes=["label"],
-        ),
-        GraphNodeModel(
-            node_name="Label",
-            namespace=ns,
-            identifier="label",
-            inputs={
-                "square": "${{ square.outputs.square }}",
-                "value": "${{ split.outputs.value }}",
-                "text": "v=${{ split.outputs.value }}",
-            },
-        ),
-    ]
 
 
 def failing(ns: str) -> list[GraphNodeModel]:
@@ -283,7 +254,9 @@ async def test_trigger_wait_shows_progress_then_results_and_runs_show_it(
 ) -> None:
     async with running(runtime(redis_url, namespace)):
         await sm.upsert_graph(
-            "squares", squares(namespace), store_config=StoreConfigModel(required_keys=["n"])
+            "squares",
+            squares_graph(namespace, items="${{ store.n }}"),
+            store_config=StoreConfigModel(required_keys=["n"]),
         )
         result = await arun(
             redis_url,
@@ -365,7 +338,9 @@ async def test_trigger_and_runs_errors_are_one_line(
 ) -> None:
     async with running(runtime(redis_url, namespace)):  # registers the nodes, then stops
         await sm.upsert_graph(
-            "squares", squares(namespace), store_config=StoreConfigModel(required_keys=["n"])
+            "squares",
+            squares_graph(namespace, items="${{ store.n }}"),
+            store_config=StoreConfigModel(required_keys=["n"]),
         )
     assert f"graph 'nope' not found in namespace '{namespace}'" in one_line_error(
         await arun(redis_url, namespace, "trigger", "nope")

@@ -48,7 +48,7 @@ from exospherehost import (
 from exospherehost.dashboard import create_app
 from exospherehost.dashboard.layout import layout
 from tests.integration.apps.nodes import Collect, Label, Split, Square, Work
-from tests.integration.helpers import running
+from tests.integration.helpers import running, squares_graph
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -209,35 +209,6 @@ class Page:
 
 
 # ---- graphs -------------------------------------------------------------------------------
-def chain(ns: str) -> list[GraphNodeModel]:
-    return [
-        GraphNodeModel(
-            node_name="Split",
-            namespace=ns,
-            identifier="split",
-            inputs={"items": 3, "base": 1},
-            next_nodes=["square"],
-        ),
-        GraphNodeModel(
-            node_name="Square",
-            namespace=ns,
-            identifier="square",
-            inputs={"value": "${{ split.outputs.value }}"},
-            next_nodes=["label"],
-        ),
-        GraphNodeModel(
-            node_name="Label",
-            namespace=ns,
-            identifier="label",
-            inputs={
-                "square": "${{ square.outputs.square }}",
-                "value": "${{ split.outputs.value }}",
-                "text": "v=${{ split.outputs.value }}",
-            },
-        ),
-    ]
-
-
 def fan_in(ns: str) -> list[GraphNodeModel]:
     return [
         GraphNodeModel(
@@ -273,7 +244,7 @@ async def test_dashboard_shows_runs_and_redrives_dead_letters(
     page = Page(browser)
     ns = namespace
     async with StateManager(ns, redis_url=redis_url) as sm, running(rt):
-        await sm.upsert_graph("squares", chain(ns), secrets={})
+        await sm.upsert_graph("squares", squares_graph(ns, base=1), secrets={})
         await sm.upsert_graph(
             "fanin", fan_in(ns), secrets={}, store_config=StoreConfigModel(required_keys=["n"])
         )
@@ -314,7 +285,7 @@ async def test_dashboard_shows_runs_and_redrives_dead_letters(
             await page.text_of("#run-status", "SUCCEEDED")
             await page.css("#history tbody tr[data-state]", 7)
             await page.css("#results tbody tr", 3)
-            await page.text_of("#results", '"text": "v=3"')
+            await page.text_of("#results", '"text": "v=3 sq=9"')
             if shot := os.environ.get("EXO_DASHBOARD_SCREENSHOT"):
                 await asyncio.to_thread(browser.save_screenshot, shot)
 

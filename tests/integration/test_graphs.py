@@ -10,36 +10,7 @@ import pytest
 from exospherehost import GraphNodeModel, Runtime, StateManager, StoreConfigModel
 from exospherehost.statemanager import GraphValidationError, RunNotFound
 from tests.integration.apps.nodes import ALL, Label, Split, Square
-from tests.integration.helpers import running, stop_processes, worker_processes
-
-
-def chain(ns: str, items: int = 3) -> list[GraphNodeModel]:
-    return [
-        GraphNodeModel(
-            node_name="Split",
-            namespace=ns,
-            identifier="split",
-            inputs={"items": items, "base": 0},
-            next_nodes=["square"],
-        ),
-        GraphNodeModel(
-            node_name="Square",
-            namespace=ns,
-            identifier="square",
-            inputs={"value": "${{ split.outputs.value }}"},
-            next_nodes=["label"],
-        ),
-        GraphNodeModel(
-            node_name="Label",
-            namespace=ns,
-            identifier="label",
-            inputs={
-                "square": "${{ square.outputs.square }}",
-                "value": "${{ split.outputs.value }}",
-                "text": "v=${{ split.outputs.value }} sq=${{ square.outputs.square }}",
-            },
-        ),
-    ]
+from tests.integration.helpers import running, squares_graph, stop_processes, worker_processes
 
 
 @pytest.fixture
@@ -94,14 +65,14 @@ async def test_unregistered_node_is_reported_after_the_validation_timeout(
     namespace: str, sm: StateManager
 ) -> None:
     with pytest.raises(GraphValidationError, match="not registered"):
-        await sm.upsert_graph("g", chain(namespace), secrets={}, validation_timeout=0.2)
+        await sm.upsert_graph("g", squares_graph(namespace), secrets={}, validation_timeout=0.2)
 
 
 async def test_graph_run_with_fanout_and_ancestor_templates(
     redis_url: str, namespace: str, sm: StateManager
 ) -> None:
     async with running(rt(redis_url, namespace)):
-        graph = await sm.upsert_graph("g", chain(namespace, items=4), secrets={})
+        graph = await sm.upsert_graph("g", squares_graph(namespace, items=4), secrets={})
         assert graph["validation_status"] == "VALID"
         assert (await sm.get_graph("g"))["validation_status"] == "VALID"
         run = await sm.trigger("g", inputs={"base": 10})
@@ -153,7 +124,7 @@ async def test_start_delay_and_status_while_running(
     redis_url: str, namespace: str, sm: StateManager
 ) -> None:
     async with running(rt(redis_url, namespace)):
-        await sm.upsert_graph("g", chain(namespace, items=1), secrets={})
+        await sm.upsert_graph("g", squares_graph(namespace, items=1), secrets={})
         run = await sm.trigger("g", start_delay=300)
         early = await sm.status(run)
         assert early.status == "RUNNING" and early.nodes["split"].pending == 1
@@ -170,7 +141,7 @@ async def test_wait_times_out_with_a_clear_error(
     namespace: str, sm: StateManager, redis_url: str
 ) -> None:
     async with running(rt(redis_url, namespace)):
-        await sm.upsert_graph("g", chain(namespace), secrets={})
+        await sm.upsert_graph("g", squares_graph(namespace), secrets={})
     run = await sm.trigger("g")  # no runtime serves it now
     with pytest.raises(TimeoutError, match=run):
         await sm.wait(run, timeout=0.3)
@@ -182,7 +153,9 @@ async def test_thousand_runs_two_runtime_processes(
 ) -> None:
     runs_n = 1000
     with worker_processes(redis_url, namespace, 2) as procs:
-        await sm.upsert_graph("g", chain(namespace, items=3), secrets={}, validation_timeout=30)
+        await sm.upsert_graph(
+            "g", squares_graph(namespace, items=3), secrets={}, validation_timeout=30
+        )
         runs = [await sm.trigger("g", inputs={"base": 10 * k}) for k in range(runs_n)]
         statuses = list((await sm.wait_all(runs, timeout=120)).values())
         all_results = [await sm.results(r) for r in runs]
@@ -206,7 +179,7 @@ async def test_run_listing_history_and_node_stats(
     redis_url: str, namespace: str, sm: StateManager
 ) -> None:
     async with running(rt(redis_url, namespace)):
-        await sm.upsert_graph("g", chain(namespace, items=2), secrets={})
+        await sm.upsert_graph("g", squares_graph(namespace, items=2), secrets={})
         runs = [await sm.trigger("g", inputs={"base": k}) for k in range(3)]
         await sm.wait_all(runs, timeout=10)
         stats = await sm.node_stats()
