@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
 
@@ -31,6 +31,16 @@ from exospherehost.stats import RuntimeStats
 from exospherehost.worker import Worker
 
 log = logging.getLogger("exospherehost.runtime")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (an optional speed-up of the blocking
+    start(); inside a caller's loop we use theirs), else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _positive(name: str, value: float) -> None:
@@ -119,7 +129,8 @@ class Runtime:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            asyncio.run(self._main(install_signals=True))
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(self._main(install_signals=True))
             return None
         return loop.create_task(self._main(install_signals=False), name=f"exo-runtime-{self.name}")
 
