@@ -291,6 +291,8 @@ class Worker:
         while not self._stopping.is_set():
             claimed_any = False
             for node in self.specs:
+                if self._stopping.is_set():
+                    return  # claim nothing more once stopping: it could not be run
                 claimed = await self._until_ok(
                     partial(self.broker.reclaim, node, self.consumer, self.visibility_ms, 1)
                 )
