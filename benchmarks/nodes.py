@@ -4,6 +4,11 @@
 read, decode, validate inputs, call `execute`, dump outputs, plan and run the settle
 script. `A` -> `B` -> `C` is a three-stage chain: each adds one to `x`, so a run started
 with `x = i` ends with `C.outputs.x == i + 3` (checked by the benchmark).
+
+`Fan` -> `Branch` -> `Unite` is the fan-out/fan-in graph of W3: `Fan` returns `n` outputs
+`x = run * n + j` (j = 0..n-1), each `Branch` adds one, and `Unite` (a uniting node on
+`Fan`) receives the list of every branch's `x` and returns it, so run `i` ends with one
+result `values == [i * n + j + 1 for j in range(n)]` (checked by the benchmark).
 """
 
 from __future__ import annotations
@@ -60,5 +65,44 @@ class C(BaseNode):
         return self.Outputs(x=self.inputs.x + 1)
 
 
-NODE_SETS: dict[str, list[type[BaseNode]]] = {"noop": [Noop], "chain": [A, B, C]}
+class Fan(BaseNode):
+    class Inputs(BaseModel):
+        run: int
+        n: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> list[Outputs]:
+        base = self.inputs.run * self.inputs.n
+        return [self.Outputs(x=base + j) for j in range(self.inputs.n)]
+
+
+class Branch(BaseNode):
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(x=self.inputs.x + 1)
+
+
+class Unite(BaseNode):
+    class Inputs(BaseModel):
+        values: list[int]
+
+    class Outputs(BaseModel):
+        values: list[int]
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(values=self.inputs.values)
+
+
+NODE_SETS: dict[str, list[type[BaseNode]]] = {
+    "noop": [Noop],
+    "chain": [A, B, C],
+    "fan": [Fan, Branch, Unite],
+}
 """What a benchmark worker serves, by the name passed on its command line."""
