@@ -75,12 +75,19 @@ class Runtime:
             ("batch_size", batch_size),
             ("workers", workers),
             ("block_ms", block_ms),
-            ("output_maxlen", output_maxlen),
             ("grace_period", grace_period),
             ("visibility_timeout", visibility_timeout),
             ("max_deliveries", max_deliveries),
         ):
             _positive(label, value)
+        if (
+            isinstance(output_maxlen, bool)
+            or not isinstance(output_maxlen, int)
+            or output_maxlen < 0
+        ):
+            raise ValueError(
+                f"output_maxlen must be an int >= 0 (0 = keep no results), got {output_maxlen!r}"
+            )
         if block_ms > 5000:
             raise ValueError(
                 f"block_ms must be at most 5000 (the socket timeout is 10 s), got {block_ms}"

@@ -340,6 +340,8 @@ def _output(
     status: str,
     **extra: bytes | str,
 ) -> None:
+    if cfg.output_maxlen == 0:
+        return  # fire-and-forget: the Runtime keeps no results of graphless states
     fields: dict[str, Any] = {"state": job.env.state_id, "status": status, **extra}
     plan.xadd(ops, cfg.keys.output(job.node), fields, maxlen=cfg.output_maxlen)
 

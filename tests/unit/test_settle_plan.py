@@ -131,3 +131,10 @@ def test_group_ops_come_before_the_run_step() -> None:
     env = Envelope("s", {}, "r", "u", 1, "a")
     plan = plan_settle([Completed(job(env), [{}, {}], True)], c)
     assert [op[0] for op in ops(plan)] == [GROUP_INIT, GROUP_STEP, RUN_STEP]
+
+
+def test_output_maxlen_zero_keeps_no_results() -> None:
+    plan = plan_settle(
+        [Completed(job(Envelope("s", {})), [{"ok": True}], False)], cfg(output_maxlen=0)
+    )
+    assert ops(plan) == []  # acked and deleted, nothing written
