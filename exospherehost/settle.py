@@ -103,16 +103,7 @@ def _plan_one(plan: SettlePlan, outcome: Outcome, cfg: SettleConfig) -> None:
         if env.run_id is None:
             _output(plan, ops, cfg, job, "PRUNED", data=pack(outcome.data))
         else:
-            _ended_in_groups(plan, ops, cfg, env)
-            _run_step(
-                plan,
-                ops,
-                cfg,
-                env,
-                open_delta=-1,
-                counters={f"p:{env.identifier}": 1},
-                history=_history(cfg, job, "PRUNED", str(outcome.data)),
-            )
+            _ended(plan, ops, cfg, job, "PRUNED", "p", str(outcome.data))
     elif isinstance(outcome, Requeued):
         plan.delay(ops, cfg.keys.delayed(job.node), outcome.delay_ms, encode(env))
     elif isinstance(outcome, Released):
@@ -191,6 +182,32 @@ def _completed(plan: SettlePlan, ops: list[list[Any]], done: Completed, cfg: Set
     )
 
 
+def _ended(
+    plan: SettlePlan,
+    ops: list[list[Any]],
+    cfg: SettleConfig,
+    job: Job,
+    status: str,
+    counter: str,
+    note: str,
+    failed: int = 0,
+) -> None:
+    """A graph state ended without success (pruned, or failed for good): its fan-in
+    groups lose a member and the run one open state."""
+    env = job.env
+    _ended_in_groups(plan, ops, cfg, env)
+    _run_step(
+        plan,
+        ops,
+        cfg,
+        env,
+        open_delta=-1,
+        failed=failed,
+        counters={f"{counter}:{env.identifier}": 1},
+        history=_history(cfg, job, status, note),
+    )
+
+
 def _ended_in_groups(
     plan: SettlePlan, ops: list[list[Any]], cfg: SettleConfig, env: Envelope
 ) -> None:
@@ -264,17 +281,7 @@ def _failed(plan: SettlePlan, ops: list[list[Any]], failed: Failed, cfg: SettleC
     if env.run_id is None:
         _output(plan, ops, cfg, job, "FAILED", error=failed.error)
     else:
-        _ended_in_groups(plan, ops, cfg, env)
-        _run_step(
-            plan,
-            ops,
-            cfg,
-            env,
-            open_delta=-1,
-            failed=1,
-            counters={f"f:{env.identifier}": 1},
-            history=_history(cfg, job, "FAILED", failed.error),
-        )
+        _ended(plan, ops, cfg, job, "FAILED", "f", failed.error, failed=1)
 
 
 def _policy(env: Envelope, cfg: SettleConfig) -> RetryPolicyModel:
