@@ -175,9 +175,16 @@ class Broker:
     # -- starting runs ------------------------------------------------------------------
     async def start_run(self, start: RunStart) -> None:
         """Start a run (StateManager.trigger): every write of `start` in one MULTI."""
-        pipe = self.client.pipeline(transaction=True)
-        start.write(pipe)
-        await pipe.execute()
+        await self.start_runs([start])
+
+    async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> None:
+        """Start many runs: one MULTI (one round trip) per chunk, so each run is written
+        whole or not at all, and a batch costs a few round trips instead of one per run."""
+        for first in range(0, len(starts), chunk):
+            pipe = self.client.pipeline(transaction=True)
+            for start in starts[first : first + chunk]:
+                start.write(pipe)
+            await pipe.execute()
 
     async def cron_fire(
         self, start: RunStart, version: int, fire_ts: int, marker_ttl_s: int

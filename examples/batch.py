@@ -87,7 +87,7 @@ async def run_batch(url: str, runs: int, worker_count: int) -> bool:
                 f"Triggering {runs} runs..."
             )
             start = time.perf_counter()
-            run_ids = [await sm.trigger(GRAPH_NAME, inputs={"base": 10 * k}) for k in range(runs)]
+            run_ids = await sm.trigger_many(GRAPH_NAME, [{"base": 10 * k} for k in range(runs)])
             waiter = asyncio.ensure_future(sm.wait_all(run_ids, timeout=300))
             while not waiter.done():
                 await asyncio.wait([waiter], timeout=0.25)

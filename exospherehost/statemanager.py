@@ -316,6 +316,33 @@ class StateManager(RunsMixin, DeadLettersMixin):
         await self.broker.start_run(start)
         return start.run_id
 
+    async def trigger_many(
+        self,
+        graph_name: str,
+        inputs: Iterable[Mapping[str, Any] | None],
+        store: Mapping[str, Any] | None = None,
+        start_delay: int = 0,
+    ) -> list[str]:
+        """Start one run per element of `inputs` (each as `trigger(inputs=...)`, sharing
+        `store`), in a few round trips; returns the run ids in order."""
+        _check_delay("start_delay", start_delay)
+        graph = await self._compiled_current(graph_name)
+        full_store = run_store(graph, _inputs_dict(store or {}, "store"))
+        now = int(time.time() * 1000)
+        starts = [
+            plan_run(
+                graph,
+                self.keys,
+                inputs=_inputs_dict(item or {}, f"inputs[{i}]"),
+                store=full_store,
+                start_delay_ms=start_delay,
+                now_ms=now,
+            )
+            for i, item in enumerate(inputs)
+        ]
+        await self.broker.start_runs(starts)
+        return [s.run_id for s in starts]
+
     async def run_store(self, run_id: str) -> dict[str, Any]:
         """The run's store as it is now (trigger values, defaults and nodes' writes)."""
         raw = await self.client.hgetall(self.keys.run_store(run_id))

@@ -156,7 +156,7 @@ async def test_thousand_runs_two_runtime_processes(
         await sm.upsert_graph(
             "g", squares_graph(namespace, items=3), secrets={}, validation_timeout=30
         )
-        runs = [await sm.trigger("g", inputs={"base": 10 * k}) for k in range(runs_n)]
+        runs = await sm.trigger_many("g", [{"base": 10 * k} for k in range(runs_n)])
         statuses = list((await sm.wait_all(runs, timeout=120)).values())
         all_results = [await sm.results(r) for r in runs]
         outs = stop_processes(procs)
