@@ -288,6 +288,7 @@ class Worker:
         never drags a batch of innocent states towards the delivery limit with it. A
         state already delivered `max_deliveries` times is dead-lettered, not run."""
         interval = self.visibility_ms / 2000
+        streak = 0  # reclaimed since the last quiet round: logged once, not per state
         while not self._stopping.is_set():
             claimed_any = False
             for node in self.specs:
@@ -300,18 +301,22 @@ class Worker:
                     if entry_id in self._held[node]:
                         continue  # already ours (our own heartbeat lagged): no second copy
                     claimed_any = True
+                    streak += 1
                     poison = None
                     if deliveries >= self.max_deliveries:
                         poison = (
                             f"delivered {deliveries} times without being settled: the worker "
                             f"running it died or hung each time (poison message)"
                         )
-                    log.info("reclaimed %s %s (delivered %d times)", node, entry_id, deliveries)
+                    log.debug("reclaimed %s %s (delivered %d times)", node, entry_id, deliveries)
                     settled = self._settled_event(node, entry_id)
                     # XCLAIM counted one more delivery (to us).
                     self._accept(node, entry_id, fields, poison, deliveries + 1)
                     await settled.wait()
             if not claimed_any:
+                if streak:
+                    log.info("took over %d states of dead or hung workers", streak)
+                    streak = 0
                 await _pause(interval, self._stopping)
 
     def _settled_event(self, node: str, entry_id: bytes) -> asyncio.Event:
