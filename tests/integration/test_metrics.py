@@ -154,7 +154,7 @@ async def test_queue_gauges_are_refreshed_from_redis(
     monkeypatch.setattr("exospherehost.metrics.GAUGE_REFRESH_S", 0.1)
     Gate.opened = asyncio.Event()
     port = free_port()
-    # At most batch_size*2 + workers = 3 states in flight: the other 7 stay in the backlog.
+    # At most batch_size*4 + workers = 5 states in flight: the other 5 stay in the backlog.
     rt = Runtime(
         namespace, "gauges", [Gate], redis_url=redis_url, metrics_port=port, batch_size=1, workers=1
     )
@@ -166,8 +166,8 @@ async def test_queue_gauges_are_refreshed_from_redis(
         async def gauges_show_it() -> bool:
             samples = await scrape(port)
             return (
-                samples.get(("exosphere_node_pending", frozenset(labels.items()))) == 3
-                and samples.get(("exosphere_node_backlog", frozenset(labels.items()))) == 7
+                samples.get(("exosphere_node_pending", frozenset(labels.items()))) == 5
+                and samples.get(("exosphere_node_backlog", frozenset(labels.items()))) == 5
                 and samples.get(("exosphere_node_delayed", frozenset(labels.items()))) == 4
             )
 
