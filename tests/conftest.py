@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from broker.server import PrivateServer, ServerInfo
+from exospherehost import StateManager
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +49,13 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def sm(redis_url: str, namespace: str) -> AsyncIterator[StateManager]:
+    """A StateManager of the test's namespace on the session server, closed after the test."""
+    manager = StateManager(namespace, redis_url=redis_url)
+    try:
+        yield manager
+    finally:
+        await manager.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from typing import Any
 
 import pytest
 
@@ -13,13 +12,6 @@ from exospherehost import GraphNodeModel, StateManager
 from tests.integration.helpers import start_worker, stop_processes
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def sm(redis_url: str, namespace: str) -> Any:
-    manager = StateManager(namespace, redis_url=redis_url)
-    yield manager
-    await manager.close()
 
 
 async def _exit_code(proc: subprocess.Popen[str], timeout: float) -> int:

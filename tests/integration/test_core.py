@@ -17,13 +17,6 @@ from tests.integration.apps.nodes import SampleNode, Typed
 from tests.integration.helpers import running
 
 
-@pytest.fixture
-async def sm(redis_url: str, namespace: str) -> Any:
-    manager = StateManager(namespace, redis_url=redis_url)
-    yield manager
-    await manager.close()
-
-
 def runtime(url: str, ns: str, *nodes: type[BaseNode], **kw: Any) -> Runtime:
     return Runtime(namespace=ns, name="test", nodes=list(nodes), redis_url=url, **kw)
 

@@ -91,13 +91,10 @@ class Slow(BaseNode):
         return self.Outputs(x=self.inputs.x)
 
 
-@pytest.fixture
-async def sm(redis_url: str, namespace: str) -> Any:
+@pytest.fixture(autouse=True)
+def _fresh_node_state() -> None:
     Flaky.attempts, Flaky.fail_times, Later.runs, Slow.executions = [], 2, [], 0
     Slow.started = asyncio.Event()
-    manager = StateManager(namespace, redis_url=redis_url)
-    yield manager
-    await manager.close()
 
 
 async def _until(condition: Any, timeout: float) -> None:

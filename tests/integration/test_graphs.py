@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import pytest
 
@@ -11,13 +10,6 @@ from exospherehost import GraphNodeModel, Runtime, StateManager, StoreConfigMode
 from exospherehost.statemanager import GraphValidationError, RunNotFound
 from tests.integration.apps.nodes import ALL, Label, Split, Square
 from tests.integration.helpers import running, squares_graph, stop_processes, worker_processes
-
-
-@pytest.fixture
-async def sm(redis_url: str, namespace: str) -> Any:
-    manager = StateManager(namespace, redis_url=redis_url)
-    yield manager
-    await manager.close()
 
 
 def rt(url: str, ns: str) -> Runtime:

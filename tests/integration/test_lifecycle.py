@@ -6,7 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 from pydantic import BaseModel
@@ -33,13 +33,10 @@ class Gated(BaseNode):
         return self.Outputs(i=self.inputs.i)
 
 
-@pytest.fixture
-async def sm(redis_url: str, namespace: str) -> Any:
+@pytest.fixture(autouse=True)
+def _fresh_gate() -> None:
     Gated.gate = asyncio.Event()
     Gated.started = asyncio.Queue()
-    manager = StateManager(namespace, redis_url=redis_url)
-    yield manager
-    await manager.close()
 
 
 async def _started(n: int) -> None:

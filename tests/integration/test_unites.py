@@ -3,8 +3,6 @@ under two concurrent worker processes."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from exospherehost import (
@@ -55,13 +53,6 @@ CASES = {
     "done-pruned": (S.ALL_DONE, 99, -1, True, "SUCCEEDED"),
     "done-failed": (S.ALL_DONE, -1, 0, True, "FAILED"),
 }
-
-
-@pytest.fixture
-async def sm(redis_url: str, namespace: str) -> Any:
-    manager = StateManager(namespace, redis_url=redis_url)
-    yield manager
-    await manager.close()
 
 
 @pytest.mark.slow
