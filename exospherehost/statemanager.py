@@ -303,18 +303,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
     ) -> str:
         """Start a run of the graph's current version; returns the run id.
         `start_delay` is in milliseconds (as in the original SDK)."""
-        _check_delay("start_delay", start_delay)
-        graph = await self._compiled_current(graph_name)
-        start = plan_run(
-            graph,
-            self.keys,
-            inputs=_inputs_dict(inputs or {}, "inputs"),
-            store=run_store(graph, _inputs_dict(store or {}, "store")),
-            start_delay_ms=start_delay,
-            now_ms=int(time.time() * 1000),
-        )
-        await self.broker.start_run(start)
-        return start.run_id
+        return (await self.trigger_many(graph_name, [inputs], store, start_delay))[0]
 
     async def trigger_many(
         self,

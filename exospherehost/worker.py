@@ -73,7 +73,6 @@ class Worker:
         self.max_inflight = batch_size * 4 + concurrency
         self.inflight = 0
         self.settled = 0
-        self.late_settles = 0
         self.stats = RuntimeStats(list(self.specs))
         self._queue: JobQueue[Job] = JobQueue()
         self._outcomes: list[Outcome] = []
@@ -256,7 +255,6 @@ class Worker:
         if late:
             # Reclaimed and settled by another worker while we ran them: the script
             # emitted nothing for these (stage transitions happen once).
-            self.late_settles += late
             log.info("%d late settles skipped: already settled by another worker", late)
 
     async def _promoter(self) -> None:
