@@ -7,6 +7,7 @@ import time
 
 from pydantic import BaseModel
 
+from examples.nodes import Split, Square  # the example graph's nodes, shared
 from exospherehost import BaseNode, PruneSignal
 
 
@@ -60,31 +61,6 @@ class Typed(BaseNode):
                 "maybe": i.maybe,
             },
         )
-
-
-class Split(BaseNode):
-    """Fans out: one output (hence one successor) per item."""
-
-    class Inputs(BaseModel):
-        items: int
-        base: int = 0
-
-    class Outputs(BaseModel):
-        value: int
-
-    async def execute(self) -> list[Outputs]:
-        return [self.Outputs(value=self.inputs.base + k) for k in range(self.inputs.items)]
-
-
-class Square(BaseNode):
-    class Inputs(BaseModel):
-        value: int
-
-    class Outputs(BaseModel):
-        square: int
-
-    async def execute(self) -> Outputs:
-        return self.Outputs(square=self.inputs.value**2)
 
 
 class Label(BaseNode):
