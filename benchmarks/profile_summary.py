@@ -50,7 +50,6 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("Worker._accept (", "read: accept bookkeeping"),
     ("Worker._reader (", "read: other"),
     ("NodeSpec.parse_inputs (", "execute: Inputs validation (pydantic)"),
-    ("BaseNode._execute (", "execute: node body (builds Outputs)"),
     ("NodeSpec.outputs (", "execute: Outputs model_dump"),
     ("execute (exospherehost/execution.py)", "execute: Secrets validation + other"),
     ("Queue.get (", "execute: queue hand-off (asyncio)"),
@@ -65,8 +64,14 @@ PHASES: tuple[tuple[str, str], ...] = (
 """Phases of the Runtime's worker loop (exospherehost/worker.py) for `--phases`."""
 
 
+_NODE_BODY = re.compile(r"^\w+\.execute \((?!exospherehost/)")
+"""A node's own `execute` (called by exospherehost/execution.py), e.g. `Noop.execute (...)`."""
+
+
 def phase_of(frames: Sequence[str]) -> str:
     for frame in reversed(frames):
+        if _NODE_BODY.match(frame):
+            return "execute: node body (builds Outputs)"
         for prefix, phase in PHASES:
             if frame.startswith(prefix):
                 return phase

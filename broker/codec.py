@@ -4,6 +4,8 @@ which are the node's inputs as strings (coerced later by the node's Inputs model
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +38,31 @@ class Envelope:
     unite: str | None = None  # a fired uniting state: the target state id of its group
 
 
+def packer(**options: Any) -> Callable[[Any], bytes]:
+    """A `pack` function reusing one msgpack.Packer per thread: packb builds a Packer per
+    call, which costs more than packing a small map (~0.5 vs 0.15 us). Per thread because
+    a Packer is not thread-safe (its `default` hook runs Python code mid-pack)."""
+    local = threading.local()
+
+    def pack_with(value: Any) -> bytes:
+        try:
+            p = local.packer
+        except AttributeError:
+            p = local.packer = msgpack.Packer(**options)
+        return p.pack(value)  # type: ignore[no-any-return]
+
+    return pack_with
+
+
+# `default` turns what msgpack lacks (datetime, UUID, Decimal, enums, models) into its
+# JSON-compatible form, as pydantic's JSON mode would.
+_pack = packer(use_bin_type=True, default=to_jsonable_python)
+
+
 def pack(value: Any) -> bytes:
     """msgpack with a clear error for values msgpack cannot carry."""
     try:
-        # `default` turns what msgpack lacks (datetime, UUID, Decimal, enums, models) into
-        # its JSON-compatible form, as pydantic's JSON mode would.
-        return msgpack.packb(value, use_bin_type=True, default=to_jsonable_python)
+        return _pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"value is not msgpack-serialisable: {exc}") from exc
 
@@ -81,6 +102,11 @@ def _decode_envelope(raw: bytes) -> Envelope:
         m = unpack(raw)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise MalformedEntry(f"field {ENVELOPE_FIELD!r} is not valid msgpack ({exc})") from None
+    if type(m) is dict and len(m) == 3 and m.get("v") == WIRE_VERSION:
+        # The common graphless envelope {v, i, in}: fast path, same checks.
+        state_id, inputs = m.get("i"), m.get("in")
+        if type(state_id) is str and state_id and type(inputs) is dict:
+            return Envelope(state_id, inputs)
     if not isinstance(m, dict):
         raise MalformedEntry(f"envelope must be a msgpack map, got {type(m).__name__}")
     version = m.get("v")
@@ -93,8 +119,6 @@ def _decode_envelope(raw: bytes) -> Envelope:
         raise MalformedEntry("envelope inputs (key 'in') must be a map")
     run_id = m.get("r")
     attempt = m.get("a", 0)
-    if run_id is None and len(m) == 3:  # the common graphless envelope {v, i, in}: fast path
-        return Envelope(state_id, inputs)
     ctx = m.get("c") or {}
     if run_id is not None and not (isinstance(m.get("g"), str) and isinstance(m.get("n"), str)):
         raise MalformedEntry("envelope of a graph run needs graph 'g' and identifier 'n'")

@@ -7,8 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import msgpack
+from broker.codec import packer
 
+# Redis' Lua cmsgpack predates the msgpack bin types: bytes go as raw strings, which Lua
+# strings hold byte for byte.
+_pack_plan = packer(use_bin_type=False)
 XADD, ZADD_DELAYED, RPUSH, RUN_STEP, GROUP_INIT, GROUP_STEP = 1, 2, 3, 4, 5, 6
 
 
@@ -51,6 +54,12 @@ class SettlePlan:
         for k, v in fields.items():
             op += (k, v)
         ops.append(op)
+
+    def xadd_pairs(
+        self, ops: list[list[Any]], stream: str, maxlen: int, pairs: Sequence[Any]
+    ) -> None:
+        """`xadd` with the fields given flat: (f1, v1, f2, v2, ...)."""
+        ops.append([XADD, self.key(stream), maxlen, *pairs])
 
     def delay(self, ops: list[list[Any]], zset: str, delay_ms: int, member: bytes) -> None:
         ops.append([ZADD_DELAYED, self.key(zset), max(0, int(delay_ms)), member])
@@ -131,6 +140,4 @@ class SettlePlan:
         ops.append(op)
 
     def encode(self) -> bytes:
-        # Redis' Lua cmsgpack predates the msgpack bin types: bytes go as raw strings,
-        # which Lua strings hold byte for byte.
-        return msgpack.packb(self.items, use_bin_type=False)
+        return _pack_plan(self.items)

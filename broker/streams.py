@@ -31,6 +31,30 @@ def _lua(name: str) -> str:
     return resources.files("broker").joinpath("lua", name).read_text()
 
 
+def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:
+    """XREADGROUP's raw reply -> [(node, [(entry id, fields), ...]), ...]. RESP2 gives
+    [[stream, entries], ...], RESP3 {stream: entries}; an entry is [id, [f1, v1, ...]]
+    (its fields are nil if it was deleted while pending) or, if redis-py's callback did
+    run after all, (id, {f: v})."""
+    if not reply:
+        return []
+    out: list[tuple[str, list[Entry]]] = []
+    for stream, raw in reply.items() if isinstance(reply, dict) else reply:
+        entries: list[Entry] = []
+        for entry_id, flat in raw:
+            if isinstance(flat, dict):
+                entries.append((entry_id, flat))
+            elif flat is None:
+                entries.append((entry_id, {}))
+            elif len(flat) == 2:  # the SDK's one-field envelope
+                entries.append((entry_id, {flat[0]: flat[1]}))
+            else:
+                entries.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=False))))
+        name = stream.decode() if isinstance(stream, bytes) else str(stream)
+        out.append((name[prefix:], entries))
+    return out
+
+
 class Broker:
     """One namespace's streams on one Redis connection pool."""
 
@@ -81,11 +105,16 @@ class Broker:
         self, consumer: str, nodes: Sequence[str], count: int, block_ms: int | None
     ) -> list[tuple[str, list[Entry]]]:
         """One XREADGROUP over all node streams: [(node, entries), ...]."""
-        streams = {self.keys.queue(n): ">" for n in nodes}
+        streams = [self.keys.queue(n) for n in nodes]
         try:
-            reply = await self.client.xreadgroup(
-                GROUP, consumer, streams, count=count, block=block_ms
-            )
+            # The command name as bytes skips redis-py's reply callback (it matches names
+            # as str): the raw nested lists are parsed below in one pass, ~1 us per entry
+            # cheaper than the callback's per-entry tuple and dict building.
+            reply = await self.client.execute_command(
+                b"XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count,
+                *(("BLOCK", block_ms) if block_ms is not None else ()),
+                "STREAMS", *streams, *(">" for _ in streams),
+            )  # fmt: skip
         except ResponseError as exc:
             if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
@@ -94,18 +123,7 @@ class Broker:
             # and carry on rather than stop serving every node.
             await self.ensure_groups(nodes)
             return []
-        if not reply:
-            return []
-        prefix = len(self.keys.queue(""))
-        out: list[tuple[str, list[Entry]]] = []
-        # RESP2 gives [[stream, entries], ...]; RESP3 gives {stream: [entries]}.
-        pairs = reply.items() if isinstance(reply, dict) else reply
-        for stream, entries in pairs:
-            name = stream.decode() if isinstance(stream, bytes) else str(stream)
-            if isinstance(entries, list) and entries and isinstance(entries[0], list):
-                entries = entries[0]
-            out.append((name[prefix:], cast(list[Entry], entries)))
-        return out
+        return parse_read_reply(reply, len(self.keys.queue("")))
 
     async def settle(self, plan: SettlePlan) -> list[int]:
         """Run the settle script for the whole plan (one round trip)."""

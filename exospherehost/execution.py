@@ -52,16 +52,19 @@ class NodeSpec:
         something else, a JSON value (`{"k":1}`, `[1,2]`, `3`, `true`) is decoded first."""
         if foreign:
             raw = {k: v if k in self.str_fields else _maybe_json(v) for k, v in raw.items()}
-        return self.cls.Inputs.model_validate(raw)
+        # The validator itself: model_validate only forwards to it (~0.4 us per call).
+        return self.cls.Inputs.__pydantic_validator__.validate_python(raw)  # type: ignore[no-any-return]
 
     def outputs(self, job: Job, result: Any) -> Outcome:
         out_cls = self.cls.Outputs
+        # The serializer itself is what model_dump() calls, minus ~0.3 us of forwarding.
         if isinstance(result, out_cls):
-            return Completed(job, [result.model_dump()], fanout=False)
+            return Completed(job, [result.__pydantic_serializer__.to_python(result)], False)
         if result is None:
             return Completed(job, [], fanout=True)
         if isinstance(result, list) and all(isinstance(r, out_cls) for r in result):
-            return Completed(job, [r.model_dump() for r in result], fanout=True)
+            dumped = [r.__pydantic_serializer__.to_python(r) for r in result]
+            return Completed(job, dumped, fanout=True)
         got = type(result).__name__
         return Failed(
             job,
@@ -119,8 +122,10 @@ async def execute(
     node.state_id = env.state_id
     node.run_id = env.run_id
     node._broker = broker
+    node.inputs = inputs
+    node.secrets = secret_model
     try:
-        result = await node._execute(inputs, secret_model)
+        result = await node.execute()
     except PruneSignal as sig:
         return Pruned(job, sig.data)
     except ReQueueAfterSignal as sig:

@@ -70,11 +70,6 @@ class BaseNode(ABC):
             self._store = RunStore(self._broker, self.run_id)
         return self._store
 
-    async def _execute(self, inputs: BaseModel, secrets: BaseModel) -> Any:
-        self.inputs = inputs
-        self.secrets = secrets
-        return await self.execute()
-
     @abstractmethod
     async def execute(self) -> Any:
         """Do the work with `self.inputs` / `self.secrets`; return Outputs or list[Outputs]."""
