@@ -109,6 +109,8 @@ class Ctx:
     warmup_s: float = 0.5  # latency: states sent (and discarded) before measuring
     output_maxlen: int = 100_000  # memory: the Runtime's output_maxlen (its default)
     dramatiq_threads: int = 8  # peers: `dramatiq --threads` (its default)
+    loop: str = "asyncio"  # the workers' event loop: asyncio or uvloop
+    untuned_gc: bool = False  # workers with Runtime(tune_gc=False)
 
     async def settle_machine(self) -> None:
         """With --wait-quiet, hold the measurement until other processes are idle."""
@@ -272,6 +274,9 @@ class Workers:
                 str(self.ctx.batch_size),
                 "--output-maxlen",
                 str(self.output_maxlen),
+                "--loop",
+                self.ctx.loop,
+                *(["--untuned-gc"] if self.ctx.untuned_gc else []),
                 cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
                 stdout=asyncio.subprocess.PIPE,
@@ -1325,6 +1330,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, help="repeats per row (default 3; memory: 1)")
     p.add_argument("--redis-url", help="use this server instead of a private one")
     p.add_argument("--batch-size", type=int, default=100, help="Runtime(batch_size=...)")
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the workers' event loop (uvloop: what Runtime.start() uses when the `fast` "
+        "extra is installed)",
+    )
+    p.add_argument(
+        "--untuned-gc",
+        action="store_true",
+        help="workers with Runtime(tune_gc=False): CPython's default collector settings",
+    )
     p.add_argument("--timeout", type=float, default=90.0, help="per measurement, seconds")
     p.add_argument("--branches", type=int, default=100, help="w3: fan-out per run")
     p.add_argument("--rate", type=float, default=1000.0, help="latency: offered states/s")
@@ -1421,6 +1438,8 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
             warmup_s=args.warmup,
             output_maxlen=args.output_maxlen,
             dramatiq_threads=args.dramatiq_threads,
+            loop=args.loop,
+            untuned_gc=args.untuned_gc,
         )
         peers: list[str] = []
         unavailable: dict[str, str] = {}
@@ -1477,6 +1496,8 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
             },
             "config": {
                 "batch_size": args.batch_size,
+                "loop": args.loop,
+                "untuned_gc": args.untuned_gc,
                 "repeat": args.repeat,
                 "external_redis": external,
                 "wait_quiet_s": args.wait_quiet,

@@ -61,6 +61,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-maxlen", type=int, default=100_000)
     p.add_argument("--go-timeout", type=float, default=120.0)
     p.add_argument("--exit-timeout", type=float, default=8.0)
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    p.add_argument("--untuned-gc", action="store_true", help="Runtime(tune_gc=False)")
     p.add_argument("--register-only", action="store_true")
     return p.parse_args(argv)
 
@@ -147,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         block_ms=args.block_ms,
         output_maxlen=args.output_maxlen,
         grace_period=5.0,
+        # A dedicated worker process, as under a blocking Runtime.start() (which tunes the
+        # collector by default); the Runtime runs as a task here only to report.
+        tune_gc=not args.untuned_gc,
     )
     if args.register_only:
         asyncio.run(_register_only(runtime))
@@ -154,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     if not _wait_for_go(args.url, args.namespace, args.index, args.go_timeout):
         print(json.dumps({"index": args.index, "error": "no go signal"}), flush=True)
         return 1
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop  # the `fast` extra, as Runtime.start() would pick it
+
+        factory = uvloop.new_event_loop
     go_at, cpu0 = time.monotonic(), time.process_time()
-    asyncio.run(_serve(runtime, args.index, go_at, cpu0, args.exit_timeout))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_serve(runtime, args.index, go_at, cpu0, args.exit_timeout))
     return 0
 
 

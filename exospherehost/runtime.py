@@ -21,6 +21,7 @@ from broker.streams import Broker
 from exospherehost.config import resolve
 from exospherehost.cron import CronScheduler
 from exospherehost.execution import NodeSpec
+from exospherehost.gctune import tune_for_throughput
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
@@ -67,6 +68,7 @@ class Runtime:
         visibility_timeout: float = 30.0,
         max_deliveries: int = 5,
         metrics_port: int | None = None,
+        tune_gc: bool | None = None,
     ) -> None:
         self.namespace = check_name("namespace", namespace)
         self.name = check_name("name", name)
@@ -99,6 +101,11 @@ class Runtime:
         ):
             raise ValueError(f"metrics_port must be a port number (1-65535), got {metrics_port!r}")
         self.metrics_port = metrics_port
+        if tune_gc is not None and not isinstance(tune_gc, bool):
+            raise ValueError(f"tune_gc must be True, False or None, got {tune_gc!r}")
+        # None: tune the collector (exospherehost.gctune) only when start() owns the
+        # process, i.e. runs its own event loop; inside a caller's loop, leave it alone.
+        self.tune_gc = tune_gc
         self.config = resolve(redis_url, key)
         self.batch_size, self.workers, self.block_ms = batch_size, workers, block_ms
         self.default_retry_policy = default_retry_policy or RetryPolicyModel()
@@ -137,9 +144,10 @@ class Runtime:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                runner.run(self._main(install_signals=True))
+                runner.run(self._main(install_signals=True, tune_gc=self.tune_gc is not False))
             return None
-        return loop.create_task(self._main(install_signals=False), name=f"exo-runtime-{self.name}")
+        main = self._main(install_signals=False, tune_gc=self.tune_gc is True)
+        return loop.create_task(main, name=f"exo-runtime-{self.name}")
 
     def stop(self) -> None:
         """Stop reading, finish in-flight states (up to grace_period), settle them, release
@@ -149,7 +157,7 @@ class Runtime:
         if loop is not None and worker is not None:
             loop.call_soon_threadsafe(worker.stop)
 
-    async def _main(self, install_signals: bool) -> None:
+    async def _main(self, install_signals: bool, tune_gc: bool) -> None:
         self._loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -207,6 +215,8 @@ class Runtime:
             # Every Runtime schedules the namespace's cron triggers (fires are exactly-once).
             self._cron = CronScheduler(broker, store, outage=self._worker.outage)
             cron_task = asyncio.create_task(self._cron.run(), name="exo-cron")
+            if tune_gc:
+                tune_for_throughput()  # set up: what exists now lives as long as we serve
             try:
                 await self._worker.run()
             finally:

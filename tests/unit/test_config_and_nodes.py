@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import subprocess
+import sys
 
 import pytest
 from pydantic import BaseModel
@@ -91,3 +94,55 @@ def test_bad_runtime_arguments() -> None:
         Runtime(namespace="a{b}", name="r", nodes=[Good], redis_url="redis://x:1")
     with pytest.raises(NodeValidationError, match="at least one"):
         Runtime(namespace="ns", name="r", nodes=[], redis_url="redis://x:1")
+    with pytest.raises(ValueError, match="tune_gc must be True, False or None, got 'yes'"):
+        Runtime(namespace="ns", name="r", nodes=[Good], redis_url="redis://x:1", tune_gc="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("tune_gc", "blocking", "expected"),
+    [
+        (None, True, True),  # start() owns the process: tuned by default
+        (None, False, False),  # a task in the caller's loop: their process, left alone
+        (False, True, False),
+        (True, False, True),
+    ],
+)
+def test_runtime_tunes_the_collector_only_in_a_process_it_owns(
+    monkeypatch: pytest.MonkeyPatch, tune_gc: bool | None, blocking: bool, expected: bool
+) -> None:
+    seen: list[bool] = []
+
+    async def fake_main(self: Runtime, install_signals: bool, tune_gc: bool) -> None:
+        seen.append(tune_gc)
+
+    monkeypatch.setattr(Runtime, "_main", fake_main)
+    rt = Runtime(namespace="ns", name="r", nodes=[Good], redis_url="redis://x:1", tune_gc=tune_gc)
+    if blocking:
+        assert rt.start() is None
+    else:
+
+        async def in_a_loop() -> None:
+            task = rt.start()
+            assert task is not None
+            await task
+
+        asyncio.run(in_a_loop())
+    assert seen == [expected]
+
+
+def test_tune_for_throughput_freezes_and_raises_gen0_only() -> None:
+    """Process-wide settings: checked in a fresh interpreter, not in the test process."""
+    script = """
+import gc
+from exospherehost.gctune import tune_for_throughput
+gc.set_threshold(700, 10, 10); tune_for_throughput()
+print(gc.get_threshold(), gc.get_freeze_count() > 0)
+gc.set_threshold(50_000, 5, 5); tune_for_throughput()
+print(gc.get_threshold())
+gc.set_threshold(0); tune_for_throughput()
+print(gc.get_threshold()[0])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[:3] == ["(20000, 10, 10) True", "(50000, 5, 5)", "0"]
