@@ -12,7 +12,7 @@ from broker.keys import ENVELOPE_FIELD, GROUP, Keys
 from broker.streams import Broker, parse_read_reply
 from exospherehost.graph import CompiledGraph
 from exospherehost.models import GraphNodeModel
-from exospherehost.outcomes import Completed, Job
+from exospherehost.outcomes import Completed, Job, Outcome
 from exospherehost.settle import SettleConfig, plan_settle
 
 
@@ -122,3 +122,56 @@ def test_parse_read_reply_shapes() -> None:
     parsed = [[b"exo:{n}:q:A", [(b"1-0", {b"f": b"v"})]]]
     assert parse_read_reply(parsed, len("exo:{n}:q:")) == [("A", [(b"1-0", {b"f": b"v"})])]
     assert parse_read_reply(None, 0) == [] and parse_read_reply([], 0) == []
+
+
+async def test_settled_entries_leave_the_stream_but_older_in_flight_ones_stay(
+    redis: Redis, namespace: str
+) -> None:
+    """Settling trims the stream below its oldest entry still in flight and deletes the
+    settled ones above it: nothing settled lingers, nothing unsettled (pending, or not yet
+    delivered to a second group) is lost, so a reclaim can still read it."""
+    broker = Broker(redis, namespace)
+    keys = broker.keys
+    q = keys.queue("A")
+    await broker.ensure_groups(["A"])
+    ids = [await redis.xadd(q, {ENVELOPE_FIELD: encode(Envelope(f"s{i}", {}))}) for i in range(6)]
+    [(_, old)] = await broker.read("slow", ["A"], 2, None)  # s0, s1: held by a slow worker
+    [(_, new)] = await broker.read("fast", ["A"], 3, None)  # s2..s4 settle first
+    cfg = SettleConfig(keys=keys, graphs={}, output_maxlen=0)
+
+    def done(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Outcome]:
+        return [Completed(Job("A", q, e, f, decode(e, f)), [{}], False) for e, f in entries]
+
+    assert await broker.settle(plan_settle(done(new), cfg)) == [1, 1, 1]
+    left = [e for e, _ in await redis.xrange(q)]
+    assert left == [ids[0], ids[1], ids[5]]  # in flight, in flight, never delivered
+    assert [e for e, _ in await redis.xclaim(q, GROUP, "other", 0, [ids[0]])] == [ids[0]]
+    assert await broker.settle(plan_settle(done(old[1:]), cfg)) == [1]
+    assert [e for e, _ in await redis.xrange(q)] == [ids[0], ids[5]]
+    assert await broker.settle(plan_settle(done(old[:1]), cfg)) == [1]
+    assert [e for e, _ in await redis.xrange(q)] == [ids[5]]
+    # A second group (a foreign reader) that has not read anything keeps the rest alive.
+    await redis.xgroup_create(q, "tap", id="0")
+    [(_, last)] = await broker.read("fast", ["A"], 10, None)
+    assert await broker.settle(plan_settle(done(last), cfg)) == [1]
+    assert [e for e, _ in await redis.xrange(q)] == []  # XDEL'd as before: ours to delete
+    assert await redis.xlen(q) == 0
+
+
+async def test_trim_floor_survives_a_group_moved_back(redis: Redis, namespace: str) -> None:
+    """After XGROUP SETID moves the group back, entries above its new last-delivered id
+    are undelivered again: a settle must not trim them away."""
+    broker = Broker(redis, namespace)
+    keys = broker.keys
+    q = keys.queue("A")
+    await broker.ensure_groups(["A"])
+    ids = [await redis.xadd(q, {ENVELOPE_FIELD: encode(Envelope(f"s{i}", {}))}) for i in range(4)]
+    [(_, entries)] = await broker.read("w", ["A"], 4, None)
+    await redis.xgroup_setid(q, GROUP, ids[1])  # an operator replays from s2
+    cfg = SettleConfig(keys=keys, graphs={}, output_maxlen=0)
+    jobs = [Job("A", q, e, f, decode(e, f)) for e, f in entries[:2]]
+    assert await broker.settle(plan_settle([Completed(j, [{}], False) for j in jobs], cfg)) == [
+        1,
+        1,
+    ]
+    assert [e for e, _ in await redis.xrange(q)] == ids[2:]
