@@ -12,6 +12,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from broker.connection import faster
+
 ENV_URL = "EXOSPHERE_REDIS_URL"
 ENV_KEY = "EXOSPHERE_API_KEY"
 _SCHEMES = ("redis", "rediss", "unix")
@@ -47,6 +49,9 @@ class RedisConfig:
         pool = aioredis.BlockingConnectionPool.from_url(
             self.url, max_connections=64, timeout=30, **opts
         )
+        # from_url picks the class by scheme (redis, rediss, unix); keep it, packing with
+        # hiredis (broker.connection).
+        pool.connection_class = faster(pool.connection_class)
         return aioredis.Redis(connection_pool=pool)
 
 
