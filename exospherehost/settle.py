@@ -334,7 +334,11 @@ def _run_step(
         retention_s=cfg.run_retention_s,
         history_key=cfg.keys.run_history(run_id),
         history=history,
-        expire_with_run=[cfg.keys.run_results(run_id), cfg.keys.run_store(run_id)],
+        # Only a step closing more states than it opens can end the run; the others
+        # leave these KEYS out (fewer keys per settle call to send and to look up).
+        expire_with_run=(
+            [cfg.keys.run_results(run_id), cfg.keys.run_store(run_id)] if open_delta < 0 else []
+        ),
         counters=counters,
     )
 

@@ -12,7 +12,8 @@
 --   {4, run_k, events_k, run_id, open_delta, failed_delta, retention_s, hist_k, record,
 --       n, exp_k1..exp_kn, field1, incr1, ...}
 --                                   run bookkeeping (+ a history record, '' for none);
---                                   finishes the run when no state is open
+--                                   finishes the run when no state is open (only a
+--                                   negative open_delta can; exp_k are sent only then)
 --   {5, g_k, open, strategy, env, unite_ident}
 --                                   open a fan-in group (unites) when its target settles
 --   {6, g_k, c_k, q_k, run_k, open_delta, bad_delta, retention_s,
@@ -30,8 +31,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function run_step(op)
   local run = KEYS[op[2]]
-  if redis.call('EXISTS', run) == 0 then
-    -- Unknown run (a forged entry) or one that expired: do not create a stray hash.
+  -- `open` first: its reply also tells whether the run exists. Only a missing hash (a
+  -- forged entry, or a run that expired) comes back as exactly the delta without a
+  -- status; that stray hash is removed again and nothing else is written.
+  local open = redis.call('HINCRBY', run, 'open', op[5])
+  if open == op[5] and redis.call('HEXISTS', run, 'status') == 0 then
+    redis.call('DEL', run)
     return
   end
   if op[9] ~= '' then
@@ -44,10 +49,10 @@ local function run_step(op)
   if op[6] ~= 0 then
     redis.call('HINCRBY', run, 'failed', op[6])
   end
-  local open = redis.call('HINCRBY', run, 'open', op[5])
-  if open == 0 then
+  if open == 0 and op[5] < 0 then
     -- The last open state of the run settled. This branch runs once per run: `open`
-    -- only changes inside acked settles, and nothing is open afterwards.
+    -- only changes inside acked settles, and nothing is open afterwards. (A step that
+    -- opens as many states as it closes cannot end a run: the settling state was open.)
     local failed = tonumber(redis.call('HGET', run, 'failed') or '0')
     local status = 'SUCCEEDED'
     if failed > 0 then status = 'FAILED' end
