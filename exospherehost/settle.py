@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.codec import Envelope, encode, pack
-from broker.keys import Keys
+from broker.keys import ENVELOPE_FIELD, Keys
 from broker.plan import SettlePlan
 from exospherehost.graph import CompiledGraph
 from exospherehost.models import RetryPolicyModel
@@ -135,7 +135,7 @@ def _completed(plan: SettlePlan, ops: list[list[Any]], done: Completed, cfg: Set
             groups=grp,
             path=list(succ.path),
         )
-        plan.xadd(ops, cfg.keys.queue(child.node_name), {"_exo": encode(nxt)})
+        plan.xadd_pairs(ops, cfg.keys.queue(child.node_name), 0, (ENVELOPE_FIELD, encode(nxt)))
         counters[f"c:{child.identifier}"] = counters.get(f"c:{child.identifier}", 0) + 1
     for step in completion.groups:
         # Group ops go before the run step: a firing unite re-opens the run first.
