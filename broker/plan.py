@@ -12,7 +12,7 @@ from broker.codec import packer
 # Redis' Lua cmsgpack predates the msgpack bin types: bytes go as raw strings, which Lua
 # strings hold byte for byte.
 _pack_plan = packer(use_bin_type=False)
-XADD, ZADD_DELAYED, RPUSH, RUN_STEP, GROUP_INIT, GROUP_STEP = 1, 2, 3, 4, 5, 6
+XADD, ZADD_DELAYED, RPUSH, RUN_STEP, GROUP_INIT, GROUP_STEP, RUN_OPEN = 1, 2, 3, 4, 5, 6, 7
 
 
 class SettlePlan:
@@ -81,7 +81,12 @@ class SettlePlan:
         history: bytes,
         expire_with_run: Sequence[str],
         counters: dict[str, int],
+        open_at: int = 0,
     ) -> None:
+        """Run bookkeeping of the entry (the last of its ops), and at `open_at` in its
+        ops the change of the run's open count, which also checks that the run exists:
+        if not, the ops from there on are skipped (ops before it, e.g. a dead letter,
+        are written anyway)."""
         op: list[Any] = [
             RUN_STEP,
             self.key(run_key),
@@ -98,6 +103,7 @@ class SettlePlan:
         for field, incr in counters.items():
             op += (field, incr)
         ops.append(op)
+        ops.insert(open_at, [RUN_OPEN, op[1], open_delta])
 
     def group_init(
         self,

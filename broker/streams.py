@@ -126,7 +126,9 @@ class Broker:
         return parse_read_reply(reply, len(self.keys.queue("")))
 
     async def settle(self, plan: SettlePlan) -> list[int]:
-        """Run the settle script for the whole plan (one round trip)."""
+        """Run the settle script for the whole plan (one round trip). One flag per entry:
+        1 settled, 0 not pending any more (settled elsewhere), 2 acked but nothing emitted
+        (its run does not exist)."""
         if not plan.items:
             return []
         flags = await self._settle(keys=plan.keys, args=[GROUP, plan.encode()])

@@ -193,8 +193,10 @@ def _ended(
     failed: int = 0,
 ) -> None:
     """A graph state ended without success (pruned, or failed for good): its fan-in
-    groups lose a member and the run one open state."""
+    groups lose a member and the run one open state. A dead letter already in `ops` is
+    written even if the run no longer exists (the run's ops start after it)."""
     env = job.env
+    open_at = len(ops)
     _ended_in_groups(plan, ops, cfg, env)
     _run_step(
         plan,
@@ -205,6 +207,7 @@ def _ended(
         failed=failed,
         counters={f"{counter}:{env.identifier}": 1},
         history=_history(cfg, job, status, note),
+        open_at=open_at,
     )
 
 
@@ -322,6 +325,7 @@ def _run_step(
     counters: dict[str, int],
     history: bytes,
     failed: int = 0,
+    open_at: int = 0,
 ) -> None:
     run_id = env.run_id or ""
     plan.run_step(
@@ -340,6 +344,7 @@ def _run_step(
             [cfg.keys.run_results(run_id), cfg.keys.run_store(run_id)] if open_delta < 0 else []
         ),
         counters=counters,
+        open_at=open_at,
     )
 
 

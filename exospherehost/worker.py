@@ -263,7 +263,7 @@ class Worker:
     async def _settle(self, batch: list[Outcome]) -> None:
         plan = plan_settle(batch, self.settle_cfg)
         flags = await self._until_ok(lambda: self.broker.settle(plan))
-        late = len(flags) - sum(flags)
+        late = flags.count(0)
         nodes = self.stats.nodes
         if len(nodes) == 1:  # one node served: count in bulk
             s = next(iter(nodes.values()))
@@ -272,12 +272,30 @@ class Worker:
         else:
             for outcome, flag in zip(batch, flags, strict=True):
                 s = nodes[source(outcome)[0]]
-                s.settled += flag
-                s.late_settles += 1 - flag
+                s.settled += flag != 0
+                s.late_settles += flag == 0
+        if 2 in flags:
+            self._log_orphans(batch, flags)
         if late:
             # Reclaimed and settled by another worker while we ran them: the script
             # emitted nothing for these (stage transitions happen once).
             log.info("%d late settles skipped: already settled by another worker", late)
+
+    def _log_orphans(self, batch: list[Outcome], flags: list[int]) -> None:
+        """States settled without effect because their run does not exist (it expired
+        after run_retention, or the entry was forged): say which, once per batch."""
+        orphans = [
+            f"{o.job.node} state {o.job.env.state_id} of run {o.job.env.run_id} "
+            f"(graph {o.job.env.graph!r})"
+            for o, flag in zip(batch, flags, strict=True)
+            if flag == 2 and not isinstance(o, Malformed)
+        ]
+        log.warning(
+            "%d state(s) settled without effect, their run does not exist (expired after "
+            "run_retention, or a forged entry): %s",
+            len(orphans),
+            "; ".join(orphans[:10]) + (" ..." if len(orphans) > 10 else ""),
+        )
 
     async def _promoter(self) -> None:
         """Move due retries / delayed states to their streams. Every Runtime runs this;

@@ -9,6 +9,10 @@
 --   {1, k, maxlen, f1, v1, ...}     XADD KEYS[k] [MAXLEN ~ maxlen] * f1 v1 ...
 --   {2, k, delay_ms, member}        ZADD KEYS[k] (now + delay_ms) member
 --   {3, k, value}                   RPUSH KEYS[k] value
+--   {7, run_k, open_delta}          a graph state's change to its run's open count, before
+--                                   its other run ops; if the run does not exist (expired,
+--                                   or a forged entry) the entry's remaining ops are
+--                                   skipped (flag 2); ops before it (a dead letter) stay
 --   {4, run_k, events_k, run_id, open_delta, failed_delta, retention_s, hist_k, record,
 --       n, exp_k1..exp_kn, field1, incr1, ...}
 --                                   run bookkeeping (+ a history record, '' for none);
@@ -22,23 +26,33 @@
 --                                   (XADD env to q_k) when the group's last member is done
 -- Ops of one entry run in order; group ops come before the run op, so a firing unite
 -- re-opens the run before the run could be seen as finished.
--- Returns one flag per entry: 1 applied, 0 skipped (was not pending any more).
+-- Returns one flag per entry: 1 applied, 0 skipped (was not pending any more), 2 acked
+-- but nothing emitted (its run does not exist).
 
 local group = ARGV[1]
 local plan = cmsgpack.unpack(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- The run's `open` count as of the entry being applied: set by its run-open op (7), kept
+-- current by a unite it fires, read by its run step (4).
+local run_open = nil
+
+local function run_open_op(op)
+  -- `open` first: its reply also tells whether the run exists. Only a missing hash (an
+  -- expired run, or a forged entry) comes back as exactly the delta without a status:
+  -- that stray hash is removed again and the entry's remaining ops are skipped.
+  local run = KEYS[op[2]]
+  run_open = redis.call('HINCRBY', run, 'open', op[3])
+  if run_open == op[3] and redis.call('HEXISTS', run, 'status') == 0 then
+    redis.call('DEL', run)
+    return false
+  end
+  return true
+end
+
 local function run_step(op)
   local run = KEYS[op[2]]
-  -- `open` first: its reply also tells whether the run exists. Only a missing hash (a
-  -- forged entry, or a run that expired) comes back as exactly the delta without a
-  -- status; that stray hash is removed again and nothing else is written.
-  local open = redis.call('HINCRBY', run, 'open', op[5])
-  if open == op[5] and redis.call('HEXISTS', run, 'status') == 0 then
-    redis.call('DEL', run)
-    return
-  end
   if op[9] ~= '' then
     redis.call('RPUSH', KEYS[op[8]], op[9])
   end
@@ -49,7 +63,7 @@ local function run_step(op)
   if op[6] ~= 0 then
     redis.call('HINCRBY', run, 'failed', op[6])
   end
-  if open == 0 and op[5] < 0 then
+  if run_open == 0 and op[5] < 0 then
     -- The last open state of the run settled. This branch runs once per run: `open`
     -- only changes inside acked settles, and nothing is open afterwards. (A step that
     -- opens as many states as it closes cannot end a run: the settling state was open.)
@@ -94,7 +108,7 @@ local function group_step(op)
   local bad = tonumber(redis.call('HGET', g, 'bad'))
   if redis.call('HGET', g, 'strategy') == 'ALL_DONE' or bad == 0 then
     redis.call('XADD', q, '*', '_exo', redis.call('HGET', g, 'env'))
-    redis.call('HINCRBY', run, 'open', 1)
+    run_open = redis.call('HINCRBY', run, 'open', 1)
     redis.call('HINCRBY', run, 'c:' .. unite, 1)
     for i = 10, 9 + n_outer do
       redis.call('HINCRBY', KEYS[op[i]], 'open', 1)
@@ -122,9 +136,15 @@ for n, item in ipairs(plan) do
     end
     ids[#ids + 1] = id
     flags[n] = 1
+    run_open = nil
     for _, op in ipairs(item[3]) do
       local code = op[1]
-      if code == 1 then
+      if code == 7 then
+        if not run_open_op(op) then
+          flags[n] = 2
+          break
+        end
+      elseif code == 1 then
         if op[3] > 0 then
           redis.call('XADD', KEYS[op[2]], 'MAXLEN', '~', op[3], '*', unpack(op, 4))
         else

@@ -12,7 +12,7 @@ from broker.keys import ENVELOPE_FIELD, GROUP, Keys
 from broker.streams import Broker, parse_read_reply
 from exospherehost.graph import CompiledGraph
 from exospherehost.models import GraphNodeModel
-from exospherehost.outcomes import Completed, Job, Outcome
+from exospherehost.outcomes import Completed, Failed, Job, Outcome
 from exospherehost.settle import SettleConfig, plan_settle
 
 
@@ -175,3 +175,36 @@ async def test_trim_floor_survives_a_group_moved_back(redis: Redis, namespace: s
         1,
     ]
     assert [e for e, _ in await redis.xrange(q)] == ids[2:]
+
+
+async def test_states_of_a_missing_run_are_acked_without_effect(
+    redis: Redis, namespace: str
+) -> None:
+    """An entry naming a run that does not exist (expired, or forged by a foreign client)
+    is acked and removed, but emits nothing: no successors, no result, no stray run keys.
+    A dead letter planned for it is still written (it says why the state failed)."""
+    broker = Broker(redis, namespace)
+    keys = broker.keys
+    await broker.ensure_groups(["A", "B"])
+    for node, ident in (("A", "a"), ("B", "b")):
+        env = encode(Envelope(f"s-{ident}", {}, "ghost", "g", 1, ident))
+        await redis.xadd(keys.queue(node), {ENVELOPE_FIELD: env})
+    read = dict(await broker.read("w", ["A", "B"], 10, None))
+    cfg = SettleConfig(keys=keys, graphs={("g", 1): _graph(namespace)})
+    jobs = [Job(n, keys.queue(n), e, f, decode(e, f)) for n in ("A", "B") for e, f in read[n]]
+    outcomes: list[Outcome] = [
+        Completed(jobs[0], [{"x": 1}], False),  # would emit a B successor
+        Failed(jobs[1], "boom", "tb", permanent=True),  # a leaf failing for good
+    ]
+    assert await broker.settle(plan_settle(outcomes, cfg)) == [2, 2]
+    assert await redis.xlen(keys.queue("A")) == 0 and await redis.xlen(keys.queue("B")) == 0
+    assert await redis.xpending(keys.queue("A"), GROUP) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+    for key in (keys.run("ghost"), keys.run_results("ghost"), keys.run_history("ghost")):
+        assert not await redis.exists(key), key
+    [(_, dead)] = await redis.xrange(keys.dead())
+    assert dead[b"state"] == b"s-b" and dead[b"error"] == b"boom"

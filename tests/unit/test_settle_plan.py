@@ -6,7 +6,15 @@ import msgpack
 
 from broker.codec import Envelope, encode
 from broker.keys import Keys
-from broker.plan import GROUP_INIT, GROUP_STEP, RUN_STEP, XADD, ZADD_DELAYED, SettlePlan
+from broker.plan import (
+    GROUP_INIT,
+    GROUP_STEP,
+    RUN_OPEN,
+    RUN_STEP,
+    XADD,
+    ZADD_DELAYED,
+    SettlePlan,
+)
 from exospherehost.graph import CompiledGraph
 from exospherehost.models import GraphNodeModel, RetryPolicyModel, RetryStrategyEnum
 from exospherehost.outcomes import Completed, Failed, Job, Malformed, Released, Requeued
@@ -56,23 +64,27 @@ def test_graph_success_emits_successors_then_run_step() -> None:
     env = Envelope("s", {}, "r", "g", 1, "a")
     plan = plan_settle([Completed(job(env), [{"x": 1}, {"x": 2}], True)], cfg())
     codes = [op[0] for op in ops(plan)]
-    assert codes == [XADD, XADD, RUN_STEP]
-    run = ops(plan)[-1]
-    assert run[4] == 1  # open: +2 successors -1 itself
+    # The run's open count changes first (it also checks the run exists), then the rest.
+    assert codes == [RUN_OPEN, XADD, XADD, RUN_STEP]
+    opened, run = ops(plan)[0], ops(plan)[-1]
+    assert opened[2] == run[4] == 1  # open: +2 successors -1 itself
     assert dict(zip(run[-4::2], run[-3::2], strict=True)) == {"s:a": 1, "c:b": 2}
 
 
 def test_failure_is_retried_per_policy_then_dead_lettered() -> None:
     env = Envelope("s", {}, "r", "g", 1, "a", attempt=0)
     plan = plan_settle([Failed(job(env), "boom", "tb")], cfg())
-    delay, run = ops(plan)
+    opened, delay, run = ops(plan)
+    assert opened == [RUN_OPEN, run[1], 0]
     assert delay[0] == ZADD_DELAYED and delay[2] == 500 and key(plan, delay) == K.delayed("A")
     assert msgpack.unpackb(delay[3])["a"] == 1  # next attempt
     assert run[0] == RUN_STEP and run[4] == 0  # the run stays open
     last = Envelope("s", {}, "r", "g", 1, "a", attempt=2)
     plan = plan_settle([Failed(job(last), "boom", "tb")], cfg())
-    dead, run = ops(plan)
-    assert key(plan, dead) == K.dead() and run[4] == -1 and run[5] == 1
+    # The dead letter comes before the run's ops: it is written even if the run is gone.
+    dead, opened, run = ops(plan)
+    assert opened[0] == RUN_OPEN and key(plan, dead) == K.dead()
+    assert opened[2] == run[4] == -1 and run[5] == 1
 
 
 def test_permanent_failure_skips_retries() -> None:
@@ -130,7 +142,7 @@ def test_group_ops_come_before_the_run_step() -> None:
     c = SettleConfig(keys=K, graphs={("u", 1): g})
     env = Envelope("s", {}, "r", "u", 1, "a")
     plan = plan_settle([Completed(job(env), [{}, {}], True)], c)
-    assert [op[0] for op in ops(plan)] == [GROUP_INIT, GROUP_STEP, RUN_STEP]
+    assert [op[0] for op in ops(plan)] == [RUN_OPEN, GROUP_INIT, GROUP_STEP, RUN_STEP]
 
 
 def test_output_maxlen_zero_keeps_no_results() -> None:
