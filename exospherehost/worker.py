@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.codec import MalformedEntry, decode
+from broker.lane import Lane
 from broker.streams import Broker
 from exospherehost.execution import NodeSpec, execute
 from exospherehost.graphstore import GraphCache
@@ -83,9 +84,13 @@ class Worker:
         self.ready = asyncio.Event()  # groups exist and this consumer joined them
         self._executing: set[asyncio.Task[None]] = set()
         self.outage = OutageLog()  # shared with the Runtime's other loops (cron)
+        # A connection each for the reader's and the settler's one-call-per-batch loops.
+        self._read_lane = Lane(broker.client)
+        self._settle_lane = Lane(broker.client)
 
     def stop(self) -> None:
         self._stopping.set()
+        self._room.set()  # a reader waiting for room wakes up and sees the stop
 
     async def run(self) -> None:
         nodes = list(self.specs)
@@ -119,6 +124,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._retire(nodes)
+            await self._read_lane.close()
+            await self._settle_lane.close()
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
@@ -127,13 +134,17 @@ class Worker:
             room = self.max_inflight - self.inflight
             if room < self.batch_size // 2 + 1:
                 self._room.clear()
-                await _first(self._room.wait(), self._stopping.wait())
+                # One event, set by settles and by stop(): waiting on two would cost two
+                # tasks per wait, and the reader waits here about once per batch.
+                await self._room.wait()
                 continue
             # XREADGROUP's COUNT applies per stream: share the room between the streams so
             # a read never overshoots what may be in flight (a read then overlaps settles).
             count = max(1, min(self.batch_size, room) // len(nodes))
             batches = await self._until_ok(
-                partial(self.broker.read, self.consumer, nodes, count, self.block_ms)
+                partial(
+                    self.broker.read, self.consumer, nodes, count, self.block_ms, self._read_lane
+                )
             )
             for node, entries in batches:
                 self._accept_batch(node, entries)
@@ -262,7 +273,7 @@ class Worker:
 
     async def _settle(self, batch: list[Outcome]) -> None:
         plan = plan_settle(batch, self.settle_cfg)
-        flags = await self._until_ok(lambda: self.broker.settle(plan))
+        flags = await self._until_ok(lambda: self.broker.settle(plan, self._settle_lane))
         late = flags.count(0)
         nodes = self.stats.nodes
         if len(nodes) == 1:  # one node served: count in bulk
@@ -413,12 +424,3 @@ async def _pause(seconds: float, stop: asyncio.Event) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
     return stop.is_set()
-
-
-async def _first(*aws: Awaitable[object]) -> None:
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
