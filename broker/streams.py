@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from typing import Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from broker.codec import unpack
 from broker.keys import GROUP, Keys
 from broker.plan import SettlePlan
 from broker.runstart import RunStart
+
+if TYPE_CHECKING:
+    from broker.lane import Lane
 
 RawRedis: TypeAlias = Any
 """A `redis.asyncio.Redis` with decode_responses=False. redis-py's stubs type every reply as
@@ -102,15 +105,21 @@ class Broker:
         return kept
 
     async def read(
-        self, consumer: str, nodes: Sequence[str], count: int, block_ms: int | None
+        self,
+        consumer: str,
+        nodes: Sequence[str],
+        count: int,
+        block_ms: int | None,
+        lane: Lane | None = None,
     ) -> list[tuple[str, list[Entry]]]:
-        """One XREADGROUP over all node streams: [(node, entries), ...]."""
+        """One XREADGROUP over all node streams: [(node, entries), ...]; through `lane`
+        if given (the worker's reader), else the client."""
         streams = [self.keys.queue(n) for n in nodes]
         try:
             # The command name as bytes skips redis-py's reply callback (it matches names
-            # as str): the raw nested lists are parsed below in one pass, ~1 us per entry
-            # cheaper than the callback's per-entry tuple and dict building.
-            reply = await self.client.execute_command(
+            # as str); a lane has none. The raw nested lists are parsed below in one pass,
+            # ~1 us per entry cheaper than the callback's per-entry tuple and dict building.
+            reply = await (lane.call if lane is not None else self.client.execute_command)(
                 b"XREADGROUP", "GROUP", GROUP, consumer, "COUNT", count,
                 *(("BLOCK", block_ms) if block_ms is not None else ()),
                 "STREAMS", *streams, *(">" for _ in streams),
@@ -125,13 +134,22 @@ class Broker:
             return []
         return parse_read_reply(reply, len(self.keys.queue("")))
 
-    async def settle(self, plan: SettlePlan) -> list[int]:
-        """Run the settle script for the whole plan (one round trip). One flag per entry:
+    async def settle(self, plan: SettlePlan, lane: Lane | None = None) -> list[int]:
+        """Run the settle script for the whole plan (one round trip; through `lane` if
+        given, the worker's settler, else the client). One flag per entry:
         1 settled, 0 not pending any more (settled elsewhere), 2 acked but nothing emitted
         (its run does not exist)."""
         if not plan.items:
             return []
-        flags = await self._settle(keys=plan.keys, args=[GROUP, plan.encode()])
+        if lane is None:
+            flags = await self._settle(keys=plan.keys, args=[GROUP, plan.encode()])
+        else:
+            args = ("EVALSHA", self._settle.sha, len(plan.keys), *plan.keys, GROUP, plan.encode())
+            try:
+                flags = await lane.call(*args)
+            except NoScriptError:  # e.g. Redis restarted and lost its script cache
+                await lane.call("SCRIPT", "LOAD", self._settle.script)
+                flags = await lane.call(*args)
         return [int(f) for f in cast(list[Any], flags)]
 
     async def promote(self, nodes: Sequence[str], limit: int = 1000) -> tuple[int, int]:
