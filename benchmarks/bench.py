@@ -16,7 +16,7 @@ Workloads (see benchmarks/README.md for the exact definitions):
 - ``memory``: Redis used_memory before and after 1,000,000 states went through W1.
 
 ``all`` is enqueue,w1,w2,w3. ``--peers`` also runs w1/w2 on taskiq-redis and dramatiq
-(benchmarks/requirements-peers.txt) in the same invocation, interleaved with ours.
+(the `peers` extra: pip install -e '.[peers]') in the same invocation, interleaved with ours.
 
 Unless ``--redis-url`` is given a private redis-server is started (and stopped) for the
 invocation. Every measurement uses a fresh namespace and deletes its keys afterwards;
@@ -1357,7 +1357,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--peers",
         action="store_true",
-        help="also run w1/w2 on taskiq-redis and dramatiq (benchmarks/requirements-peers.txt)",
+        help="also run w1/w2 on taskiq-redis and dramatiq (the `peers` extra)",
     )
     p.add_argument(
         "--peer-repeat",

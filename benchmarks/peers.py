@@ -5,7 +5,7 @@
 - dramatiq 2.x: `RedisBroker` (a list + a hash of messages, moved and acked by its Lua
   dispatch script), workers started with `dramatiq ... --processes W --threads 8`.
 
-Install them with `.venv/bin/pip install -r benchmarks/requirements-peers.txt`.
+Install them with `.venv/bin/pip install -e '.[peers]'` (the `peers` extra; `./dev bench` does).
 
 Each measurement mirrors ours (see benchmarks/README.md): the backlog is enqueued first
 through the library's own client API; the workers are started with the library's CLI and
@@ -52,7 +52,7 @@ def available(system: str) -> str | None:
     try:
         __import__(module)
     except ImportError as exc:
-        return f"{exc} (pip install -r benchmarks/requirements-peers.txt)"
+        return f"{exc} (pip install -e '.[peers]')"
     exe = Path(sys.executable).parent / system
     if not exe.exists():
         return f"{exe} not found"
