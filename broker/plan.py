@@ -50,10 +50,7 @@ class SettlePlan:
     def xadd(
         self, ops: list[list[Any]], stream: str, fields: dict[str, Any], maxlen: int = 0
     ) -> None:
-        op: list[Any] = [XADD, self.key(stream), maxlen]
-        for k, v in fields.items():
-            op += (k, v)
-        ops.append(op)
+        self.xadd_pairs(ops, stream, maxlen, [x for pair in fields.items() for x in pair])
 
     def xadd_pairs(
         self, ops: list[list[Any]], stream: str, maxlen: int, pairs: Sequence[Any]

@@ -147,11 +147,18 @@ class Worker:
                 )
             )
             for node, entries in batches:
-                self._accept_batch(node, entries)
+                self._accept(node, entries)
 
-    def _accept_batch(self, node: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """`_accept` for a read's entries of one node, with what they share looked up once
-        (the hot path: this runs for every state read)."""
+    def _accept(
+        self,
+        node: str,
+        entries: list[tuple[bytes, dict[bytes, bytes]]],
+        poison: str | None = None,
+        deliveries: int = 1,
+    ) -> None:
+        """Take delivered entries of `node` into the pipeline (a reclaimed poison message
+        straight to its settle). The hot path: it runs for every state read, so what the
+        entries share is looked up once."""
         self.inflight += len(entries)
         held = self._held[node]
         now = time.monotonic()
@@ -163,34 +170,14 @@ class Worker:
                 env = decode(entry_id, fields)
             except MalformedEntry as exc:
                 self.stats.malformed(node)
-                self._finish(Malformed(node, stream, entry_id, fields, str(exc), 1))
+                reason = poison or str(exc)
+                self._finish(Malformed(node, stream, entry_id, fields, reason, deliveries))
                 continue
-            put(Job(node, stream, entry_id, fields, env))
-
-    def _accept(
-        self,
-        node: str,
-        entry_id: bytes,
-        fields: dict[bytes, bytes],
-        poison: str | None = None,
-        deliveries: int = 1,
-    ) -> None:
-        """Take one delivered entry into the pipeline (or straight to its settle)."""
-        self.inflight += 1
-        self._held[node][entry_id] = time.monotonic()
-        stream = self.broker.keys.queue(node)
-        try:
-            env = decode(entry_id, fields)
-        except MalformedEntry as exc:
-            reason = poison or str(exc)
-            self.stats.malformed(node)
-            self._finish(Malformed(node, stream, entry_id, fields, reason, deliveries))
-            return
-        job = Job(node, stream, entry_id, fields, env, deliveries)
-        if poison is not None:
-            self._finish(Failed(job, poison, "", permanent=True))
-        else:
-            self._queue.put(job)
+            job = Job(node, stream, entry_id, fields, env, deliveries)
+            if poison is not None:
+                self._finish(Failed(job, poison, "", permanent=True))
+            else:
+                put(job)
 
     # -- executing ----------------------------------------------------------------------
     async def _executor(self) -> None:
@@ -362,7 +349,7 @@ class Worker:
                     log.debug("reclaimed %s %s (delivered %d times)", node, entry_id, deliveries)
                     settled = self._settled_event(node, entry_id)
                     # XCLAIM counted one more delivery (to us).
-                    self._accept(node, entry_id, fields, poison, deliveries + 1)
+                    self._accept(node, [(entry_id, fields)], poison, deliveries + 1)
                     await settled.wait()
             if not claimed_any:
                 if streak:
