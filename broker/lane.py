@@ -29,6 +29,12 @@ class Lane:
         self._pool = client.connection_pool
         self._conn: AbstractConnection | None = None
 
+    async def open(self) -> None:
+        """Take the connection now rather than on the first call (so the first calls of
+        several lanes are not ordered by how long each took to connect)."""
+        if self._conn is None:
+            self._conn = await self._pool.get_connection()
+
     async def call(self, *args: Any) -> Any:
         """Send one command and return its raw reply (no redis-py reply callback). An
         error reply raises ResponseError and keeps the connection. A broken connection

@@ -97,6 +97,10 @@ class Worker:
         nodes = list(self.specs)
         await self._until_ok(lambda: self.broker.ensure_groups(nodes))
         await self._until_ok(lambda: self.broker.join(self.consumer, nodes))
+        for lane in self._settle_lanes:
+            # Connected up front: settles then reach Redis in the order they were sent
+            # (a lane connecting lazily would let a later batch overtake).
+            await self._until_ok(lane.open)
         self.ready.set()
         settler = asyncio.create_task(self._settler(), name="exo-settler")
         background = [

@@ -478,7 +478,8 @@ async def test_dead_letters_list_show_and_redrive(
     assert "invalid inputs for Square" in lines[1]
     letters = json.loads((await arun(redis_url, namespace, "dead", "list", "--json")).stdout)
     first, second, third = (d["id"] for d in letters)
-    assert [d["inputs"] for d in letters] == [{"value": "abc"}, {"value": "def"}, {"value": "ghi"}]
+    # Listed in settle order; settles of different batches may overtake each other.
+    assert sorted(d["inputs"]["value"] for d in letters) == ["abc", "def", "ghi"]
     paged = await arun(redis_url, namespace, "dead", "list", "--count", "1", "--after", first)
     assert second in paged.stdout and third not in paged.stdout
     assert f"(more may follow: --after {second})" in paged.stdout
@@ -487,7 +488,7 @@ async def test_dead_letters_list_show_and_redrive(
     assert shown.exit_code == 0, shown.output
     assert re.search(r"^node:\s+Square$", shown.stdout, re.M)
     assert re.search(r"^error:\s+invalid inputs for Square", shown.stdout, re.M)
-    assert '{"value": "abc"}' in shown.stdout
+    assert json.dumps(letters[0]["inputs"]) in shown.stdout
 
     redriven = await arun(redis_url, namespace, "dead", "redrive", first)
     assert redriven.exit_code == 0 and redriven.stdout.strip() == f"redrove {first}"
