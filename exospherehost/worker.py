@@ -1,11 +1,13 @@
 """The hot loop of one Runtime process: read -> execute -> settle, as three kinds of
-coroutines joined by two buffers, so a read, executions and a settle overlap:
+coroutines joined by two buffers, so a read, executions and settles overlap:
 
-    reader ──Jobs──▶ queue ──▶ N executors ──Outcomes──▶ buffer ──▶ settler (1 script/batch)
+    reader ──Jobs──▶ queue ──▶ N executors ──Outcomes──▶ buffer ──▶ settler (1 script/batch,
+                                                                   2 batches in flight)
 
 No task is spawned per state: `concurrency` long-lived executors pull from the queue, and
 a state whose node never awaits runs straight through. `inflight` (read, not yet settled)
 is bounded by `max_inflight`, which is also the most states a crash can leave pending.
+The reader and each settle slot keep their own Redis connection (broker.lane).
 """
 
 from __future__ import annotations
