@@ -117,29 +117,49 @@ def _decode_envelope(raw: bytes) -> Envelope:
         raise MalformedEntry("envelope has no state id (key 'i' must be a non-empty string)")
     if not isinstance(inputs, dict):
         raise MalformedEntry("envelope inputs (key 'in') must be a map")
-    run_id = m.get("r")
-    attempt = m.get("a", 0)
-    ctx = m.get("c") or {}
-    if run_id is not None and not (isinstance(m.get("g"), str) and isinstance(m.get("n"), str)):
-        raise MalformedEntry("envelope of a graph run needs graph 'g' and identifier 'n'")
-    if not isinstance(ctx, dict) or not isinstance(attempt, int):
-        raise MalformedEntry("envelope ctx 'c' must be a map and attempt 'a' an integer")
-    if not isinstance(m.get("gr") or {}, dict) or not isinstance(m.get("p") or [], list):
-        raise MalformedEntry("envelope groups 'gr' must be a map and path 'p' a list")
-    return Envelope(
-        state_id,
-        inputs,
-        run_id,
-        m.get("g"),
-        int(m.get("gv") or 0),
-        m.get("n"),
-        ctx,
-        attempt,
-        bool(m.get("f")),
+    run_id, graph, version, ident = m.get("r"), m.get("g"), m.get("gv") or 0, m.get("n")
+    attempt, ctx, groups, path, unite = (
+        m.get("a") or 0,
+        m.get("c") or {},
         m.get("gr") or {},
         m.get("p") or [],
         m.get("u"),
     )
+    if run_id is not None:
+        if not (isinstance(run_id, str) and isinstance(graph, str) and isinstance(ident, str)):
+            raise MalformedEntry(
+                "envelope of a graph run needs strings run 'r', graph 'g' and identifier 'n'"
+            )
+        if not _is_count(version):
+            raise MalformedEntry(f"envelope graph version 'gv' must be an integer, got {version!r}")
+    if not _is_count(attempt):
+        raise MalformedEntry(f"envelope attempt 'a' must be an integer >= 0, got {attempt!r}")
+    if not isinstance(ctx, dict):
+        raise MalformedEntry("envelope ctx 'c' must be a map")
+    if not (isinstance(groups, dict) and all(isinstance(v, str) for v in groups.values())):
+        raise MalformedEntry("envelope groups 'gr' must be a map of strings")
+    if not (isinstance(path, list) and all(_is_count(i) for i in path)):
+        raise MalformedEntry("envelope path 'p' must be a list of integers")
+    if unite is not None and not isinstance(unite, str):
+        raise MalformedEntry("envelope unite 'u' must be a string")
+    return Envelope(
+        state_id,
+        inputs,
+        run_id,
+        graph if run_id is not None else None,
+        version if run_id is not None else 0,
+        ident if run_id is not None else None,
+        ctx,
+        attempt,
+        bool(m.get("f")),
+        groups,
+        path,
+        unite,
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def decode(entry_id: bytes, fields: dict[bytes, bytes]) -> Envelope:

@@ -175,9 +175,11 @@ class Worker:
             held[entry_id] = now
             try:
                 env = decode(entry_id, fields)
-            except MalformedEntry as exc:
+            except Exception as exc:  # MalformedEntry; anything else would be a codec bug,
+                # and one entry must never stop the reader: it is dead-lettered all the same.
                 self.stats.malformed(node)
-                reason = poison or str(exc)
+                why = str(exc) if isinstance(exc, MalformedEntry) else f"cannot decode: {exc!r}"
+                reason = poison or why
                 self._finish(Malformed(node, stream, entry_id, fields, reason, deliveries))
                 continue
             job = Job(node, stream, entry_id, fields, env, deliveries)

@@ -129,6 +129,15 @@ async def test_malformed_entries_are_dead_lettered_and_the_batch_goes_on(
         "'name' is not UTF-8 text": {"name": b"\xff\xfe", "data": "{}"},
         # A huge value of the wrong type: the reason stays short (no 2 MB echo).
         "data: Input should be a valid dictionary ": {"name": "h", "data": "x" * 2_000_000},
+        # Wrongly typed envelope fields from a foreign client: named, not a crashed reader.
+        "graph version 'gv' must be an integer, got 'x'": {
+            "_exo": msgpack.packb(
+                {"v": 1, "i": "s", "in": {}, "r": "run", "g": "g", "gv": "x", "n": "a"}
+            )
+        },
+        "path 'p' must be a list of integers": {
+            "_exo": msgpack.packb({"v": 1, "i": "s", "in": {}, "p": ["x"]})
+        },
         "graph 'nope' version 1 not found": {
             "_exo": msgpack.packb(
                 {"v": 1, "i": "s", "in": {}, "r": "run", "g": "nope", "gv": 1, "n": "a"}

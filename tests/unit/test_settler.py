@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import cast
+
+import pytest
 
 from benchmarks.nodes import Noop
 from broker.codec import Envelope
 from broker.keys import Keys
 from broker.plan import SettlePlan
+from broker.streams import Broker
+from exospherehost import worker as worker_module
 from exospherehost.execution import NodeSpec
-from exospherehost.outcomes import Completed, Job
+from exospherehost.graphstore import GraphCache
+from exospherehost.outcomes import Completed, Job, Malformed
 from exospherehost.settle import SettleConfig
 from exospherehost.worker import SETTLES_IN_FLIGHT, Worker
 
@@ -40,6 +46,11 @@ class StubBroker:
             await self.changed.wait_for(lambda: len(self.calls) == n)
 
 
+def make_worker(broker: StubBroker) -> Worker:
+    cfg = SettleConfig(keys=KEYS, graphs={})
+    return Worker(cast(Broker, broker), [NodeSpec.of(Noop)], "c", cast(GraphCache, None), cfg)
+
+
 async def _run_ready_callbacks() -> None:
     """Let every task that can run, run (no clock involved)."""
     for _ in range(20):
@@ -49,8 +60,7 @@ async def _run_ready_callbacks() -> None:
 async def test_batches_overlap_up_to_the_limit_and_each_settles_once() -> None:
     assert SETTLES_IN_FLIGHT == 2
     broker = StubBroker()
-    cfg = SettleConfig(keys=KEYS, graphs={})
-    worker = Worker(broker, [NodeSpec.of(Noop)], "c", None, cfg)  # type: ignore[arg-type]
+    worker = make_worker(broker)
     settler = asyncio.create_task(worker._settler())
 
     def finish(i: int) -> None:
@@ -79,3 +89,23 @@ async def test_batches_overlap_up_to_the_limit_and_each_settles_once() -> None:
     worker._stopping.set()  # no executors ran: the settler ends once nothing is left
     worker._has_outcomes.set()
     await asyncio.wait_for(settler, 5)
+
+
+def test_an_entry_the_codec_chokes_on_is_dead_lettered_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One entry must never stop the reader: even an exception the codec does not turn
+    into MalformedEntry (a codec bug) makes a Malformed outcome for that entry alone."""
+
+    def broken(entry_id: bytes, fields: dict[bytes, bytes]) -> Envelope:
+        if entry_id == b"1-1":
+            raise KeyError("boom")
+        return Envelope("ok", {})
+
+    monkeypatch.setattr(worker_module, "decode", broken)
+    worker = make_worker(StubBroker())
+    worker._accept("Noop", [(b"1-0", {}), (b"1-1", {}), (b"1-2", {})])
+    [bad] = worker._outcomes
+    assert isinstance(bad, Malformed) and bad.entry_id == b"1-1"
+    assert bad.reason == "cannot decode: KeyError('boom')"
+    assert len(worker._queue) == 2 and worker.inflight == 3

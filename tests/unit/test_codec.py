@@ -1,0 +1,45 @@
+"""Envelope decoding: every wrongly typed field of a foreign or forged envelope is named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from broker.codec import Envelope, MalformedEntry, decode, encode
+
+GRAPH_STATE: dict[str, Any] = {"v": 1, "i": "s", "in": {}, "r": "run", "g": "g", "gv": 1, "n": "a"}
+
+
+def _decode(m: dict[str, Any]) -> Envelope:
+    return decode(b"1-0", {b"_exo": msgpack.packb(m)})
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"gv": "x"}, "graph version 'gv' must be an integer, got 'x'"),
+        ({"gv": 1.5}, "graph version 'gv' must be an integer, got 1.5"),
+        ({"r": 5}, "needs strings run 'r', graph 'g' and identifier 'n'"),
+        ({"g": None}, "needs strings run 'r', graph 'g' and identifier 'n'"),
+        ({"a": -1}, "attempt 'a' must be an integer >= 0, got -1"),
+        ({"a": True}, "attempt 'a' must be an integer >= 0, got True"),
+        ({"c": [1]}, "ctx 'c' must be a map"),
+        ({"gr": {"u": 1}}, "groups 'gr' must be a map of strings"),
+        ({"p": ["x"]}, "path 'p' must be a list of integers"),
+        ({"u": [1]}, "unite 'u' must be a string"),
+    ],
+)
+def test_wrongly_typed_fields_are_named(extra: dict[str, Any], reason: str) -> None:
+    with pytest.raises(MalformedEntry, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        _decode({**GRAPH_STATE, **extra})
+
+
+def test_every_field_round_trips() -> None:
+    env = Envelope(
+        "s", {"x": 1}, "run", "g", 3, "a", {"k": {"f": 1}}, 2, False, {"u": "t"}, [0, 2], "t"
+    )
+    assert decode(b"1-0", {b"_exo": encode(env)}) == env
+    graphless = Envelope("s", {"x": "1"}, attempt=1, foreign=True)
+    assert decode(b"1-0", {b"_exo": encode(graphless)}) == graphless
