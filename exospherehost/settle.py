@@ -132,11 +132,14 @@ def _completed(plan: SettlePlan, ops: list[list[Any]], done: Completed, cfg: Set
             env.graph_version,
             child.identifier,
             succ.ctx,
-            groups=grp,
-            path=list(succ.path),
+            0,
+            False,
+            grp,
+            list(succ.path),
         )
         plan.xadd_pairs(ops, cfg.keys.queue(child.node_name), 0, (ENVELOPE_FIELD, encode(nxt)))
-        counters[f"c:{child.identifier}"] = counters.get(f"c:{child.identifier}", 0) + 1
+        created = f"c:{child.identifier}"
+        counters[created] = counters.get(created, 0) + 1
     for step in completion.groups:
         # Group ops go before the run step: a firing unite re-opens the run first.
         unite = graph.nodes[step.unite]
