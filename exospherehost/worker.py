@@ -207,7 +207,9 @@ class Worker:
         graph = None
         secrets: dict[str, str] | SecretsError = {}
         if env.run_id is not None and env.graph is not None:
-            graph = await self._until_ok(partial(self.graphs.get, env.graph, env.graph_version))
+            graph = self.graphs.compiled.get((env.graph, env.graph_version))  # cached: no await
+            if graph is None:  # first state of this graph version here: load it
+                graph = await self._until_ok(partial(self.graphs.get, env.graph, env.graph_version))
             secrets = self.graphs.secrets(env.graph, env.graph_version)
             ident = env.identifier or ""
             if graph is not None and env.unite is not None and ident in graph.unites:
