@@ -42,9 +42,9 @@ class Lane:
         sent once more on a fresh one, as redis-py's own retry would; a second failure
         is raised for the caller's retry loop."""
         for attempt in (1, 2):
+            await self.open()
             conn = self._conn
-            if conn is None:
-                conn = self._conn = await self._pool.get_connection()
+            assert conn is not None
             try:
                 await conn.send_command(*args)
                 return await conn.read_response()

@@ -38,6 +38,7 @@ from exospherehost.stats import RuntimeStats
 
 log = logging.getLogger("exospherehost.worker")
 SETTLES_IN_FLIGHT = 2  # see Worker._settler
+_UNSETTLED = -1  # flag of a state whose settle failed: left pending, counted nowhere
 T = TypeVar("T")
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -268,49 +269,46 @@ class Worker:
     ) -> None:
         try:
             try:
-                await self._settle(batch, lane)
+                flags = await self._settle(batch, lane)
             except ResponseError as exc:
                 # A script error must not take the batch down with one bad state:
                 # settle one by one; what still fails stays pending (reclaimed later).
                 log.error("settle of %d states failed (%s); settling one by one", len(batch), exc)
+                flags = []
                 for outcome in batch:
                     try:
-                        await self._settle([outcome], lane)
+                        flags += await self._settle([outcome], lane)
                     except ResponseError:
                         log.exception("cannot settle %r; left pending", outcome)
+                        flags.append(_UNSETTLED)
         finally:
             lanes.append(lane)
             slots.release()
-        held, watch = self._held, self._watch
-        for outcome in batch:
+        # One pass over the batch: release what was held, wake watchers, count per node.
+        held, watch, nodes = self._held, self._watch, self.stats.nodes
+        for outcome, flag in zip(batch, flags, strict=True):
             node, entry_id = source(outcome)
             held[node].pop(entry_id, None)
             if watch and (watcher := watch.pop((node, entry_id), None)) is not None:
                 watcher.set()
+            if flag > 0:
+                nodes[node].settled += 1
+            elif flag == 0:
+                nodes[node].late_settles += 1
         self.inflight -= len(batch)
         self.settled += len(batch)
         self._room.set()
-
-    async def _settle(self, batch: list[Outcome], lane: Lane) -> None:
-        plan = plan_settle(batch, self.settle_cfg)
-        flags = await self._until_ok(lambda: self.broker.settle(plan, lane))
-        late = flags.count(0)
-        nodes = self.stats.nodes
-        if len(nodes) == 1:  # one node served: count in bulk
-            s = next(iter(nodes.values()))
-            s.settled += len(flags) - late
-            s.late_settles += late
-        else:
-            for outcome, flag in zip(batch, flags, strict=True):
-                s = nodes[source(outcome)[0]]
-                s.settled += flag != 0
-                s.late_settles += flag == 0
         if 2 in flags:
             self._log_orphans(batch, flags)
-        if late:
+        if late := flags.count(0):
             # Reclaimed and settled by another worker while we ran them: the script
             # emitted nothing for these (stage transitions happen once).
             log.info("%d late settles skipped: already settled by another worker", late)
+
+    async def _settle(self, batch: list[Outcome], lane: Lane) -> list[int]:
+        """One settle script call for `batch`: its flags (see Broker.settle)."""
+        plan = plan_settle(batch, self.settle_cfg)
+        return await self._until_ok(lambda: self.broker.settle(plan, lane))
 
     def _log_orphans(self, batch: list[Outcome], flags: list[int]) -> None:
         """States settled without effect because their run does not exist (it expired
