@@ -39,9 +39,6 @@ class CompiledNode:
     carry_outputs: tuple[tuple[str, tuple[str, ...]], ...]
     carry_store: tuple[str, ...]
     groups: tuple[str, ...]  # uniting nodes whose groups this node's states belong to
-    # No fan-in role at all (not a member or target of a group, no uniting or member
-    # child): `complete` skips the group bookkeeping.
-    plain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +147,6 @@ class CompiledGraph:
                 carry_outputs=tuple((i, tuple(sorted(f))) for i, f in sorted(outputs.items())),
                 carry_store=tuple(sorted(r.key for r in refs if isinstance(r, StoreRef))),
                 groups=tuple(sorted(u for u, un in unites.items() if n.identifier in un.members)),
-                plain=all(
-                    i not in unites and i != un.target and i not in un.members
-                    for i in (n.identifier, *children[n.identifier])
-                    for un in unites.values()
-                )
-                if unites
-                else True,
             )
         targets: dict[str, list[str]] = {}
         for u, un in sorted(unites.items()):
@@ -194,9 +184,7 @@ class CompiledGraph:
         """What a successful state of `identifier` emits: successors (one set per output),
         and its effect on every fan-in group it belongs to or opens."""
         node = self.nodes[identifier]
-        if node.plain:
-            return self._complete_plain(node, ctx, path, outputs, fanout)
-        steps: dict[str, GroupStep] = {}
+        steps: dict[str, GroupStep] = {}  # stays empty for a node with no fan-in role
         for u in node.groups:  # a member settling: it closes, its successors open
             steps[u] = GroupStep(u, grp[u], open_delta=-1)
         for u in self.targets.get(identifier, ()):  # the target settling opens the group
@@ -215,7 +203,7 @@ class CompiledGraph:
             store = full.get(STORE) or {}
             child_path = (*path, idx) if fanout else tuple(path)
             for child_id in node.children:
-                step = steps.get(child_id)
+                step = steps.get(child_id) if steps else None
                 if step is not None and child_id in self.unites:
                     # A branch reaches the uniting node: leave what U references.
                     un = self.unites[child_id]
@@ -232,27 +220,6 @@ class CompiledGraph:
                 inputs = child.template.render(full, store)
                 succs.append((Successor(child, inputs, _carry(child, full), child_path), child_grp))
         return Completion(succs, list(steps.values()), leaf=not node.children)
-
-    def _complete_plain(
-        self,
-        node: CompiledNode,
-        ctx: Mapping[str, Any],
-        path: Sequence[int],
-        outputs: Sequence[Mapping[str, Any]],
-        fanout: bool,
-    ) -> Completion:
-        """`complete` for a node with no fan-in role (most nodes): no group bookkeeping."""
-        succs: list[tuple[Successor, dict[str, str]]] = []
-        ident = node.identifier
-        for idx, out in enumerate(outputs):
-            full = {**ctx, ident: out}
-            store = full.get(STORE) or {}
-            child_path = (*path, idx) if fanout else tuple(path)
-            for child_id in node.children:
-                child = self.nodes[child_id]
-                inputs = child.template.render(full, store)
-                succs.append((Successor(child, inputs, _carry(child, full), child_path), {}))
-        return Completion(succs, [], leaf=not node.children)
 
     def unite_inputs(
         self, identifier: str, ctx: Mapping[str, Any], collected: Sequence[Mapping[str, Any]]

@@ -113,21 +113,9 @@ def test_strategies_are_compiled() -> None:
     assert g.unites["u"].members == frozenset({"b"}) and g.targets == {"x": ("u",)}
 
 
-def test_only_nodes_without_a_fan_in_role_take_the_plain_path() -> None:
-    g = fan_in()
-    # x opens the group, b and c are members, u unites; only `after` has no role.
-    assert {i: n.plain for i, n in g.nodes.items()} == {
-        "x": False,
-        "b": False,
-        "c": False,
-        "u": False,
-        "after": True,
-    }
-    chain = CompiledGraph.build(
-        "c", 1, [node("a", {}, ["b"]), node("b", {"v": "${{ a.outputs.v }}"})]
-    )
-    assert all(n.plain for n in chain.nodes.values())
-    # The plain path emits what the general one would: one successor, no group steps.
+def test_a_node_without_a_fan_in_role_emits_successors_and_no_group_steps() -> None:
+    nodes = [node("a", {}, ["b"]), node("b", {"v": "${{ a.outputs.v }}"})]
+    chain = CompiledGraph.build("c", 1, nodes)
     done = chain.complete("a", "s1", {}, {}, [], [{"v": 3}], False)
     assert [(s.node.identifier, s.inputs, grp) for s, grp in done.successors] == [
         ("b", {"v": 3}, {})
