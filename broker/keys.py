@@ -12,20 +12,31 @@ GROUP = "exo"
 ENVELOPE_FIELD = "_exo"
 """Stream-entry field holding a msgpack envelope. Any other fields are plain inputs."""
 
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+NAME_ALPHABET = "A-Z a-z 0-9 _ . -"
+"""What namespaces, node (class) names, graph names and node identifiers may contain."""
+
+# fullmatch, not `^...$` with match: `$` also matches before a final newline ("ok\n").
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 
 
 class KeyNameError(ValueError):
     pass
 
 
+def name_problem(kind: str, value: object) -> str | None:
+    """Why `value` cannot be a `kind` (a name that goes into key names), or None when it
+    can: 1-200 characters from NAME_ALPHABET. No braces, which would break the `{ns}` hash
+    tag; no ':', which separates key parts; ASCII only, so every client spells it alike."""
+    if isinstance(value, str) and _NAME.fullmatch(value):
+        return None
+    return f"{kind} {value!r} is not valid: use 1-200 characters from {NAME_ALPHABET}"
+
+
 def check_name(kind: str, value: str) -> str:
-    """Namespaces, node and graph names go into key names: keep them to a safe alphabet
-    (no braces, which would break the hash tag, and no ':' which separates key parts)."""
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise KeyNameError(
-            f"{kind} {value!r} is not valid: use 1-200 characters from A-Z a-z 0-9 _ . -"
-        )
+    """`value` when it is a valid `kind` (see name_problem); else raise KeyNameError."""
+    problem = name_problem(kind, value)
+    if problem is not None:
+        raise KeyNameError(problem)
     return value
 
 
@@ -67,7 +78,8 @@ class Keys:
         return f"{self.base}:graphs"
 
     def graph_seq(self) -> str:
-        """Hash graph name -> last version number handed out."""
+        """Hash graph name -> last version number handed out (a graph's first version
+        counts from Redis's clock in ms: see GraphStore.next_version)."""
         return f"{self.base}:graphseq"
 
     def graph(self, name: str, version: int) -> str:

@@ -12,6 +12,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from broker.keys import name_problem
 from exospherehost.models import GraphNodeModel, StoreConfigModel
 from exospherehost.templating import OutputRef, Ref, StoreRef, TemplateError, compile_template
 
@@ -176,6 +177,7 @@ def validate_graph(
     errors: list[str] = []
     graph = _Graph(nodes)
     errors += _check_identity(namespace, nodes)
+    errors += _check_names(nodes)
     errors += _check_structure(nodes, graph)
 
     doms = _Dominators(graph)
@@ -205,6 +207,21 @@ def _check_identity(namespace: str, nodes: Sequence[GraphNodeModel]) -> list[str
         for n in nodes
         if n.namespace != namespace
     ]
+    return errors
+
+
+def _check_names(nodes: Sequence[GraphNodeModel]) -> list[str]:
+    """Identifiers become parts of key names (fan-in groups) and node names name streams:
+    both keep to the key-name alphabet. Refused at once, not after waiting for a Runtime
+    to register a node that no Runtime can serve."""
+    errors: list[str] = []
+    for n in nodes:
+        bad_ident = name_problem("node identifier", n.identifier)
+        if bad_ident is not None:
+            errors.append(bad_ident)
+        bad_name = name_problem("node name", n.node_name)
+        if bad_name is not None:
+            errors.append(f"{bad_name} (identifier {n.identifier!r})")
     return errors
 
 

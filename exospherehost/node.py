@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
+from broker.keys import name_problem
 from exospherehost.store import RunStore, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -95,6 +96,10 @@ def node_problems(cls: object) -> list[str]:
     if not (isinstance(cls, type) and issubclass(cls, BaseNode)):
         return [f"{cls!r} is not a subclass of exospherehost.BaseNode"]
     problems: list[str] = []
+    # The class name names the node's streams and registry entry: a key part.
+    bad_name = name_problem("node class name", cls.__name__)
+    if bad_name is not None:
+        problems.append(f"{bad_name} (class {cls.__module__}.{cls.__qualname__})")
     for attr in ("Inputs", "Outputs", "Secrets"):
         problems += _model_problems(cls, attr)
     execute = getattr(cls, "execute", None)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.codec import unpack
-from broker.keys import Keys
+from broker.keys import Keys, check_name
 from broker.streams import RawRedis
 
 MAX_BLOCK_S = 1.0
@@ -65,7 +65,7 @@ class RunsMixin:
     keys: Keys
 
     async def status(self, run_id: str) -> RunStatus:
-        raw = await self.client.hgetall(self.keys.run(run_id))
+        raw = await self.client.hgetall(self.keys.run(check_name("run id", run_id)))
         if not raw:
             raise RunNotFound(f"run {run_id!r} not found (unknown, or expired after retention)")
         h = {k.decode(): v.decode() for k, v in raw.items()}
@@ -104,7 +104,7 @@ class RunsMixin:
     async def wait_all(self, run_ids: Iterable[str], timeout: float = 60.0) -> dict[str, RunStatus]:
         """Wait until every run is finished, following the namespace's event stream (one
         connection however many runs); raises TimeoutError naming what is unfinished."""
-        waiting = set(run_ids)
+        waiting = {check_name("run id", r) for r in run_ids}
         deadline = time.monotonic() + timeout
         last = await self._events_tail()  # before the first check: no event is missed
         candidates = set(waiting)
@@ -154,6 +154,7 @@ class RunsMixin:
     async def results(self, run_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
         """Outputs of the run's leaf states ({identifier, state, outputs}); with `timeout`,
         wait for the run to finish first."""
+        check_name("run id", run_id)
         if timeout is not None:
             await self.wait(run_id, timeout)
         raw = await self.client.lrange(self.keys.run_results(run_id), 0, -1)
@@ -161,6 +162,7 @@ class RunsMixin:
 
     async def list_runs(self, graph_name: str, offset: int = 0, count: int = 50) -> list[RunStatus]:
         """Recent runs of a graph, newest first (runs expired after retention are dropped)."""
+        check_name("graph name", graph_name)
         ids = await self.client.zrevrange(self.keys.runs(graph_name), offset, offset + count - 1)
         out: list[RunStatus] = []
         gone: list[bytes] = []
@@ -175,7 +177,7 @@ class RunsMixin:
 
     async def run_history(self, run_id: str) -> list[StateRecord]:
         """Every settled outcome of the run's states, in settle order."""
-        raw = await self.client.lrange(self.keys.run_history(run_id), 0, -1)
+        raw = await self.client.lrange(self.keys.run_history(check_name("run id", run_id)), 0, -1)
         out: list[StateRecord] = []
         for r in raw:
             d = unpack(r)

@@ -334,7 +334,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
 
     async def run_store(self, run_id: str) -> dict[str, Any]:
         """The run's store as it is now (trigger values, defaults and nodes' writes)."""
-        raw = await self.client.hgetall(self.keys.run_store(run_id))
+        raw = await self.client.hgetall(self.keys.run_store(check_name("run id", run_id)))
         return {k.decode(): unpack(v) for k, v in raw.items()}
 
     async def graph_names(self) -> list[str]:
