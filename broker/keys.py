@@ -79,7 +79,7 @@ class Keys:
 
     def graph_seq(self) -> str:
         """Hash graph name -> last version number handed out (a graph's first version
-        counts from Redis's clock in ms: see GraphStore.next_version)."""
+        counts from Redis's clock in µs: see GraphStore.next_version)."""
         return f"{self.base}:graphseq"
 
     def graph(self, name: str, version: int) -> str:

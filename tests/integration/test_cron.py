@@ -209,7 +209,7 @@ async def test_scheduler_with_an_injected_clock(
 
     # Upserted meanwhile (c has not reloaded): the script refuses the stale version,
     # c reloads and fires with the current one.
-    await sm.upsert_graph(
+    upserted = await sm.upsert_graph(
         "c",
         tick_graph(namespace),
         store_config=STORE,
@@ -218,7 +218,9 @@ async def test_scheduler_with_an_injected_clock(
     now[0] = t0 + 502.0
     assert await c.tick() == 1
     by_ts = {ts: run for run, ts in (await fire_times(redis, namespace, "c")).items()}
-    assert (await redis.hget(f"exo:{{{namespace}}}:run:{by_ts[t0 + 502]}", "version")) == b"2"
+    assert (await redis.hget(f"exo:{{{namespace}}}:run:{by_ts[t0 + 502]}", "version")) == str(
+        upserted["version"]
+    ).encode()
     # Triggers removed: nothing is scheduled any more.
     await sm.upsert_graph("c", tick_graph(namespace), store_config=STORE, triggers=[])
     now[0] = t0 + 503.0

@@ -467,3 +467,11 @@ def test_unite_bypassed_by_a_node_outside_the_target_group_is_rejected() -> None
     ]
     errors = validate_graph(ns, nodes)
     assert any("unites 'x'" in e for e in errors), errors
+
+
+def test_version_floor_is_redis_time_in_microseconds() -> None:
+    from exospherehost.graphstore import version_floor
+
+    assert version_floor(1_764_582_725, 999_999) == 1_764_582_725_999_999
+    assert version_floor(8_000_000_000, 0) < 2**53  # exact as a double (Lua, JSON) until 2223
+    assert version_floor(0, 0) == 0
