@@ -6,6 +6,7 @@ so Redis hands each state to exactly one of them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,10 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from broker.keys import check_name
 from broker.streams import Broker
 from exospherehost.config import resolve
@@ -25,13 +30,14 @@ from exospherehost.gctune import tune_for_throughput
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
-from exospherehost.node import node_schema, validate_nodes
+from exospherehost.node import BaseNode, node_schema, validate_nodes
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
 from exospherehost.settle import SettleConfig, will_retry
 from exospherehost.stats import RuntimeStats
 from exospherehost.worker import Worker
 
 log = logging.getLogger("exospherehost.runtime")
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -49,7 +55,23 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
+def unregistered(names: Sequence[str], present: Sequence[object]) -> list[str]:
+    """The node names whose registry entry is missing (`present`: HEXISTS replies)."""
+    return [n for n, p in zip(names, present, strict=True) if not p]
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`, waking early when `stop` is set; returns whether it is."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
 class Runtime:
+    registry_check_s: float = 5.0
+    """Seconds between checks that this Runtime's nodes are still in the namespace's node
+    registry (graphs are validated against it); a Redis that lost its data lost it too."""
+
     def __init__(
         self,
         namespace: str,
@@ -121,6 +143,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
         self.started = asyncio.Event()
+        self.registry_checks = 0  # completed registry checks (tests wait on it)
 
     @property
     def settled(self) -> int:
@@ -215,16 +238,23 @@ class Runtime:
             # Every Runtime schedules the namespace's cron triggers (fires are exactly-once).
             self._cron = CronScheduler(broker, store, outage=self._worker.outage)
             cron_task = asyncio.create_task(self._cron.run(), name="exo-cron")
+            registry_stop = asyncio.Event()
+            registry_task = asyncio.create_task(
+                self._keep_registered(broker, registry_stop), name="exo-registry"
+            )
             if tune_gc:
                 tune_for_throughput()  # set up: what exists now lives as long as we serve
             try:
                 await self._worker.run()
             finally:
-                self._cron.stop()  # cooperative; cancel only one stuck in a Redis call
-                _, stuck = await asyncio.wait([cron_task], timeout=5)
+                # Cooperative stops; cancel only a loop stuck in a Redis call.
+                self._cron.stop()
+                registry_stop.set()
+                loops = [cron_task, registry_task]
+                _, stuck = await asyncio.wait(loops, timeout=5)
                 for task in stuck:
                     task.cancel()
-                await asyncio.gather(cron_task, return_exceptions=True)
+                await asyncio.gather(*loops, return_exceptions=True)
         finally:
             if exporter is not None:
                 await exporter.aclose()
@@ -239,11 +269,45 @@ class Runtime:
         keys = {n: store.keys.secrets(n) for n in names}
         await check_namespace_secrets(store.client, keys, cipher)
 
-    async def _register(self, broker: Broker) -> None:
-        """Record the nodes' schemas so graphs can be validated against them."""
+    async def _register(self, broker: Broker, nodes: Sequence[type[BaseNode]] = ()) -> None:
+        """Record the schemas of `nodes` (default: all of ours) so graphs can be validated
+        against them."""
         now = int(time.time() * 1000)
         mapping = {
             n.__name__: json.dumps({**node_schema(n), "runtime": self.name, "registered_ms": now})
-            for n in self.nodes
+            for n in nodes or self.nodes
         }
         await broker.client.hset(broker.keys.nodes(), mapping=mapping)
+
+    async def _keep_registered(self, broker: Broker, stop: asyncio.Event) -> None:
+        """Every `registry_check_s`, write again the registry entries of our nodes that are
+        gone (Redis restarted without persistence, an operator's FLUSHDB): without them
+        `upsert_graph` refuses graphs of nodes we serve. One pipelined HEXISTS per node
+        per check, never per state."""
+        names = [n.__name__ for n in self.nodes]
+        last_error = ""
+        while not await _stopped_within(stop, self.registry_check_s):
+            try:
+                pipe = broker.client.pipeline(transaction=False)
+                for name in names:
+                    pipe.hexists(broker.keys.nodes(), name)
+                missing = unregistered(names, await pipe.execute())
+                if missing:
+                    await self._register(broker, [n for n in self.nodes if n.__name__ in missing])
+                    log.warning(
+                        "node registry of namespace %s was missing (Redis lost data?); "
+                        "re-registered %d nodes: %s",
+                        self.namespace,
+                        len(missing),
+                        ", ".join(missing),
+                    )
+                last_error = ""
+            except _TRANSIENT:
+                pass  # an outage: the worker's loops log it; the next check retries
+            except RedisError as exc:  # e.g. an ACL without HEXISTS: say so once
+                if str(exc) != last_error:
+                    log.warning(
+                        "node registry check in namespace %s failed: %s", self.namespace, exc
+                    )
+                last_error = str(exc)
+            self.registry_checks += 1
