@@ -14,7 +14,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from broker.codec import unpack
 from broker.keys import GROUP, Keys
-from broker.plan import SettlePlan
+from broker.plan import SettleFlags, SettlePlan
 from broker.runstart import RunStart
 
 if TYPE_CHECKING:
@@ -134,13 +134,14 @@ class Broker:
             return []
         return parse_read_reply(reply, len(self.keys.queue("")))
 
-    async def settle(self, plan: SettlePlan, lane: Lane | None = None) -> list[int]:
+    async def settle(self, plan: SettlePlan, lane: Lane | None = None) -> SettleFlags:
         """Run the settle script for the whole plan (one round trip; through `lane` if
         given, the worker's settler, else the client). One flag per entry:
         1 settled, 0 not pending any more (settled elsewhere), 2 acked but nothing emitted
-        (its run does not exist)."""
+        (its run does not exist), 3 acked but its ops failed part-way, 4 refused (not
+        acked, nothing written); `errors` says why for 3 and 4."""
         if not plan.items:
-            return []
+            return SettleFlags([], {})
         if lane is None:
             flags = await self._settle(keys=plan.keys, args=[GROUP, plan.encode()])
         else:
@@ -150,7 +151,7 @@ class Broker:
             except NoScriptError:  # e.g. Redis restarted and lost its script cache
                 await lane.call("SCRIPT", "LOAD", self._settle.script)
                 flags = await lane.call(*args)
-        return [int(f) for f in cast(list[Any], flags)]
+        return SettleFlags.parse(cast(list[Any], flags))
 
     async def promote(self, nodes: Sequence[str], limit: int = 1000) -> tuple[int, int]:
         """Move due delayed states of `nodes` to their streams: (moved, next_due_ms or -1)."""
