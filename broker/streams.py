@@ -5,7 +5,8 @@ Everything here is a thin, typed wrapper over one Redis round trip; decisions li
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
@@ -20,11 +21,16 @@ from broker.runstart import RunStart
 if TYPE_CHECKING:
     from broker.lane import Lane
 
+log = logging.getLogger("exospherehost.broker")
+
 RawRedis: TypeAlias = Any
 """A `redis.asyncio.Redis` with decode_responses=False. redis-py's stubs type every reply as
 the union of all decode_responses shapes (bytes | str) and mapping arguments invariantly;
 this project always uses bytes replies, so the client is handled untyped and replies are
 decoded where they are read."""
+
+REDRIVE_REFUSED = -2
+"""Broker.redrive's code for a call the script refused (nothing written)."""
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 """(entry id, fields) as redis-py returns them with decode_responses=False."""
@@ -75,6 +81,7 @@ class Broker:
         self._retire = client.register_script(_lua("retire.lua"))
         self._cron_fire = client.register_script(_lua("cron_fire.lua"))
         self._store_set = client.register_script(_lua("store_set.lua"))
+        self._reported: set[str] = set()  # problems the promote script reported, logged once
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:
         """Create each node's stream and group from id 0, so entries added before any
@@ -158,7 +165,12 @@ class Broker:
         keys: list[str] = []
         for n in nodes:
             keys += (self.keys.delayed(n), self.keys.queue(n))
-        moved, next_due = cast(list[int], await self._promote(keys=keys, args=[limit]))
+        moved, next_due, *problems = cast(list[Any], await self._promote(keys=keys, args=[limit]))
+        for p in problems:
+            text = p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p)
+            if text not in self._reported:  # logged once: the promoter calls every 0.5 s
+                self._reported.add(text)
+                log.error("delayed states not promoted (they stay delayed): %s", text)
         return int(moved), int(next_due)
 
     async def reclaim(
@@ -190,10 +202,11 @@ class Broker:
         node: str,
         run_id: str | None,
         identifier: str,
-        fields: dict[str, bytes | str],
-    ) -> int:
-        """Move a dead letter back to `node`'s stream with `fields`: 1 done, 0 already
-        gone, -1 its run expired."""
+        fields: Mapping[bytes | str, bytes | str],
+    ) -> tuple[int, str]:
+        """Move a dead letter back to `node`'s stream with `fields`: (1, '') done, (0, '')
+        already gone, (-1, '') its run expired, (REDRIVE_REFUSED, why) refused with nothing
+        written, (1, why) redriven but re-opening its run failed part-way."""
         run_key = self.keys.run(run_id) if run_id else self.keys.dead()
         results_key = self.keys.run_results(run_id) if run_id else self.keys.dead()
         store_key = self.keys.run_store(run_id) if run_id else self.keys.dead()
@@ -209,7 +222,13 @@ class Broker:
             store_key,
             history_key,
         ]
-        return int(await self._redrive(keys=keys, args=[dead_id, identifier, *flat]))
+        reply = await self._redrive(keys=keys, args=[dead_id, identifier, *flat])
+        if not isinstance(reply, bytes | str):
+            return int(reply), ""
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+        if text.startswith("1 "):
+            return 1, text[2:]
+        return REDRIVE_REFUSED, text
 
     # -- starting runs ------------------------------------------------------------------
     async def start_run(self, start: RunStart) -> None:
