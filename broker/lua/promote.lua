@@ -60,11 +60,13 @@ for i = 1, #KEYS, 2 do
     end
     moved = moved + #due
   end
-  local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-  if head[2] and not p then
-    local score = tonumber(head[2])
-    if next_due < 0 or score < next_due then
-      next_due = score
+  if not p then  -- a skipped pair's due members would only wake the promoter at once again
+    local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    if head[2] then
+      local score = tonumber(head[2])
+      if next_due < 0 or score < next_due then
+        next_due = score
+      end
     end
   end
 end
