@@ -334,22 +334,27 @@ class Worker:
         cfg = self.settle_cfg
         reason = f"cannot settle {type(outcome).__name__}: {why}"
         acked = flag == FAILED
-        try:
-            if not acked and (failure := as_failure(outcome, reason)) is not None:
-                plan = plan_settle([failure], cfg)
+        if not acked and (failure := as_failure(outcome, reason)) is not None:
+            plan = plan_settle([failure], cfg)
+            try:
                 got = await self._until_ok(lambda: self.broker.settle(plan, lane))
+            except ResponseError as exc:
+                reason += f"; nor as a failure: {exc}"
+            else:
                 if not got.errors:
                     return got[0]
                 acked = got[0] == FAILED
                 reason += f"; nor as a failure: {got.errors[0]}"
-            bare = plan_dead_letters([(outcome, reason)], cfg, acked=acked)
+        bare = plan_dead_letters([(outcome, reason)], cfg, acked=acked)
+        try:
             got = await self._until_ok(lambda: self.broker.settle(bare, lane))
+        except ResponseError as exc:
+            reason += f"; nor as a bare dead letter: {exc}"
+        else:
             if not got.errors:
                 log.error("dead-lettered %s: %s", _name(outcome), reason)
                 return APPLIED if acked else got[0]
             reason += f"; nor as a bare dead letter: {got.errors[0]}"
-        except ResponseError as exc:
-            reason += f"; dead letter refused: {exc}"
         where = "ACKED BUT NOT DEAD-LETTERED" if acked else "left pending"
         log.error("%s %s (fields %s): %s", where, _name(outcome), _fields(outcome), reason)
         return _UNSETTLED
