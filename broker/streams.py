@@ -29,6 +29,29 @@ the union of all decode_responses shapes (bytes | str) and mapping arguments inv
 this project always uses bytes replies, so the client is handled untyped and replies are
 decoded where they are read."""
 
+
+class KeyRefused(ResponseError):
+    """A call checked the keys it would write and wrote nothing: one holds another type
+    (a foreign client's), or a stream has used up its entry ids. The message names it."""
+
+
+def stream_is_full(last_id: str) -> bool:
+    """Whether a stream whose last-generated id is `last_id` can take no more `XADD *`
+    (the scripts check the same: ms part 2^64-1 and a sequence near the top)."""
+    ms, _, seq = last_id.partition("-")
+    return ms == "18446744073709551615" and len(seq) >= 19
+
+
+def run_start_keys(starts: Sequence[RunStart]) -> dict[str, str]:
+    """The shared keys starting `starts` writes, with the type each must have (the run's
+    own hash and store are new)."""
+    wanted: dict[str, str] = {}
+    for start in starts:
+        wanted[start.index_key] = "zset"
+        wanted[start.target_key] = "zset" if start.due_ms else "stream"
+    return wanted
+
+
 REDRIVE_REFUSED = -2
 """Broker.redrive's code for a call the script refused (nothing written)."""
 
@@ -236,13 +259,47 @@ class Broker:
         await self.start_runs([start])
 
     async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> None:
-        """Start many runs: one MULTI (one round trip) per chunk, so each run is written
-        whole or not at all, and a batch costs a few round trips instead of one per run."""
+        """Start many runs: one MULTI (one round trip) per chunk, and a batch costs a few
+        round trips instead of one per run. A MULTI does not roll back either: a command
+        refused inside it (a foreign client's wrong-typed key, a root stream out of ids)
+        would leave its run RUNNING without a root state. So the shared keys the chunk
+        writes (run indexes, root streams or delayed sets) are checked first, once each,
+        and a bad one refuses the chunk before anything is written (KeyRefused)."""
         for first in range(0, len(starts), chunk):
+            part = starts[first : first + chunk]
+            await self._check_keys(run_start_keys(part))
             pipe = self.client.pipeline(transaction=True)
-            for start in starts[first : first + chunk]:
+            for start in part:
                 start.write(pipe)
             await pipe.execute()
+
+    async def _check_keys(self, wanted: dict[str, str]) -> None:
+        """Raise KeyRefused unless each key holds its wanted type (or nothing) and each
+        stream still has entry ids left: one pipelined round trip (TYPE of each key, and
+        XINFO STREAM of each that should be a stream; its error when the key is missing
+        or of another type is read through TYPE)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key, want in wanted.items():
+            pipe.type(key)
+            if want == "stream":
+                pipe.execute_command("XINFO", "STREAM", key)
+        replies = iter(await pipe.execute(raise_on_error=False))
+        for key, want in wanted.items():
+            raw = next(replies)
+            have = raw.decode() if isinstance(raw, bytes) else str(raw)
+            info = next(replies) if want == "stream" else None
+            if have not in ("none", want):
+                raise KeyRefused(f"key {key} holds a {have}, not a {want}: nothing written")
+            if have == "stream" and isinstance(info, list | dict):
+                # A map (redis-py's reply callback, or RESP3) or the flat RESP2 list.
+                fields = (
+                    info
+                    if isinstance(info, dict)
+                    else dict(zip(info[::2], info[1::2], strict=True))
+                )
+                last = fields.get(b"last-generated-id", b"")
+                if stream_is_full(last.decode() if isinstance(last, bytes) else str(last)):
+                    raise KeyRefused(f"stream {key} has used up its entry ids: nothing written")
 
     async def cron_fire(
         self, start: RunStart, version: int, fire_ts: int, marker_ttl_s: int

@@ -21,7 +21,7 @@ from broker.codec import Envelope, decode, encode
 from broker.keys import ENVELOPE_FIELD, GROUP
 from broker.runstart import RunStart
 from broker.server import PrivateServer
-from broker.streams import Broker
+from broker.streams import Broker, KeyRefused
 from exospherehost import (
     BaseNode,
     GraphNodeModel,
@@ -350,6 +350,28 @@ async def test_settle_is_refused_up_front_over_maxmemory(namespace: str) -> None
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_trigger_into_a_used_up_root_stream_writes_nothing(
+    redis: Redis, redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """Not a script but a MULTI, which does not roll back either: a refused root XADD
+    would leave a run RUNNING with no state. The keys are checked before it."""
+    await _trigger_then(sm, redis_url, namespace)  # registers the graph
+    before = set(await redis.keys(sm.keys.run("*")))
+    await _exhaust(redis, sm.keys.queue("Echo"))
+    with pytest.raises(KeyRefused, match="used up its entry ids"):
+        await sm.trigger("one")
+    await redis.delete(sm.keys.queue("Echo"))
+    await redis.set(sm.keys.delayed("Echo"), "clobbered")
+    with pytest.raises(KeyRefused, match="holds a string, not a zset"):
+        await sm.trigger("one", start_delay=1000)
+    assert set(await redis.keys(sm.keys.run("*"))) == before
+    assert await redis.zcard(sm.keys.runs("one")) == 1  # only the first run
+    await redis.delete(sm.keys.delayed("Echo"))
+    run = await sm.trigger("one")  # healthy keys again: it starts
+    async with running(_runtime(namespace, redis_url, [Echo])):
+        assert (await sm.wait(run, timeout=20)).status == "SUCCEEDED"
 
 
 # -- redrive.lua and redrive_all ----------------------------------------------------------
