@@ -36,6 +36,9 @@ class Envelope:
     groups: dict[str, str] = field(default_factory=dict)  # fan-in groups: unite -> target state
     path: list[int] = field(default_factory=list)  # fan-out indices from the root (branch order)
     unite: str | None = None  # a fired uniting state: the target state id of its group
+    # Deliveries of earlier entries of this state that ended unsettled (it was released at
+    # shutdown, which re-adds it as a new entry whose Redis delivery count starts afresh).
+    deliveries: int = 0
 
 
 def packer(**options: Any) -> Callable[[Any], bytes]:
@@ -90,6 +93,8 @@ def encode(env: Envelope) -> bytes:
         m["a"] = env.attempt
     if env.foreign:
         m["f"] = 1  # inputs are strings from a plain XADD: coerce them again on retry
+    if env.deliveries:
+        m["d"] = env.deliveries
     return pack(m)
 
 
@@ -118,8 +123,9 @@ def _decode_envelope(raw: bytes) -> Envelope:
     if not isinstance(inputs, dict):
         raise MalformedEntry("envelope inputs (key 'in') must be a map")
     run_id, graph, version, ident = m.get("r"), m.get("g"), m.get("gv") or 0, m.get("n")
-    attempt, ctx, groups, path, unite = (
+    attempt, deliveries, ctx, groups, path, unite = (
         m.get("a") or 0,
+        m.get("d") or 0,
         m.get("c") or {},
         m.get("gr") or {},
         m.get("p") or [],
@@ -134,6 +140,8 @@ def _decode_envelope(raw: bytes) -> Envelope:
             raise MalformedEntry(f"envelope graph version 'gv' must be an integer, got {version!r}")
     if not _is_count(attempt):
         raise MalformedEntry(f"envelope attempt 'a' must be an integer >= 0, got {attempt!r}")
+    if not _is_count(deliveries):
+        raise MalformedEntry(f"envelope deliveries 'd' must be an integer >= 0, got {deliveries!r}")
     if not isinstance(ctx, dict):
         raise MalformedEntry("envelope ctx 'c' must be a map")
     if not (isinstance(groups, dict) and all(isinstance(v, str) for v in groups.values())):
@@ -155,6 +163,7 @@ def _decode_envelope(raw: bytes) -> Envelope:
         groups,
         path,
         unite,
+        deliveries,
     )
 
 

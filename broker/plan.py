@@ -13,6 +13,36 @@ from broker.codec import packer
 # strings hold byte for byte.
 _pack_plan = packer(use_bin_type=False)
 XADD, ZADD_DELAYED, RPUSH, RUN_STEP, GROUP_INIT, GROUP_STEP, RUN_OPEN = 1, 2, 3, 4, 5, 6, 7
+MAX_XADD_FIELDS = 3000
+"""Most fields one script XADD can take: Lua's `unpack` fits ~8000 values on its C stack.
+Plans only ever XADD a handful (entries travel as one `_exo` envelope field); the settle
+script refuses an op above this instead of failing half-way."""
+
+# Settle results, one per plan item (see settle.lua).
+LATE, APPLIED, ORPHANED, FAILED, REFUSED = 0, 1, 2, 3, 4
+
+
+class SettleFlags(list[int]):
+    """One flag per plan item; `errors[i]` says why item i FAILED (acked, but its ops
+    stopped part-way on an error) or was REFUSED (untouched and still pending)."""
+
+    def __init__(self, flags: list[int], errors: dict[int, str]) -> None:
+        super().__init__(flags)
+        self.errors = errors
+
+    @classmethod
+    def parse(cls, reply: list[Any]) -> SettleFlags:
+        flags: list[int] = []
+        errors: dict[int, str] = {}
+        for i, r in enumerate(reply):
+            if isinstance(r, bytes | str):
+                text = r.decode("utf-8", "replace") if isinstance(r, bytes) else r
+                code, _, why = text.partition(" ")
+                flags.append(int(code))
+                errors[i] = why
+            else:
+                flags.append(int(r))
+        return cls(flags, errors)
 
 
 class SettlePlan:
@@ -41,10 +71,12 @@ class SettlePlan:
             idx = self._index[name] = len(self.keys)
         return idx
 
-    def entry(self, stream: str, entry_id: bytes | str) -> list[list[Any]]:
-        """Settle `entry_id` of `stream`; returns its op list for the emit helpers below."""
+    def entry(self, stream: str, entry_id: bytes | str, ack: bool = True) -> list[list[Any]]:
+        """Settle `entry_id` of `stream`; returns its op list for the emit helpers below.
+        `ack=False`: the entry was acked already (by a call that failed part-way after its
+        ack), the ops are written unconditionally."""
         ops: list[list[Any]] = []
-        self.items.append([self.key(stream), entry_id, ops])
+        self.items.append([self.key(stream), entry_id if ack else "", ops])
         return ops
 
     def xadd(

@@ -5,7 +5,8 @@ Everything here is a thin, typed wrapper over one Redis round trip; decisions li
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
@@ -14,17 +15,45 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from broker.codec import unpack
 from broker.keys import GROUP, Keys
-from broker.plan import SettlePlan
+from broker.plan import SettleFlags, SettlePlan
 from broker.runstart import RunStart
 
 if TYPE_CHECKING:
     from broker.lane import Lane
+
+log = logging.getLogger("exospherehost.broker")
 
 RawRedis: TypeAlias = Any
 """A `redis.asyncio.Redis` with decode_responses=False. redis-py's stubs type every reply as
 the union of all decode_responses shapes (bytes | str) and mapping arguments invariantly;
 this project always uses bytes replies, so the client is handled untyped and replies are
 decoded where they are read."""
+
+
+class KeyRefused(ResponseError):
+    """A call checked the keys it would write and wrote nothing: one holds another type
+    (a foreign client's), or a stream has used up its entry ids. The message names it."""
+
+
+def stream_is_full(last_id: str) -> bool:
+    """Whether a stream whose last-generated id is `last_id` can take no more `XADD *`
+    (the scripts check the same: ms part 2^64-1 and a sequence near the top)."""
+    ms, _, seq = last_id.partition("-")
+    return ms == "18446744073709551615" and len(seq) >= 19
+
+
+def run_start_keys(starts: Sequence[RunStart]) -> dict[str, str]:
+    """The shared keys starting `starts` writes, with the type each must have (the run's
+    own hash and store are new)."""
+    wanted: dict[str, str] = {}
+    for start in starts:
+        wanted[start.index_key] = "zset"
+        wanted[start.target_key] = "zset" if start.due_ms else "stream"
+    return wanted
+
+
+REDRIVE_REFUSED = -2
+"""Broker.redrive's code for a call the script refused (nothing written)."""
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 """(entry id, fields) as redis-py returns them with decode_responses=False."""
@@ -75,6 +104,7 @@ class Broker:
         self._retire = client.register_script(_lua("retire.lua"))
         self._cron_fire = client.register_script(_lua("cron_fire.lua"))
         self._store_set = client.register_script(_lua("store_set.lua"))
+        self._reported: set[str] = set()  # problems the promote script reported, logged once
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:
         """Create each node's stream and group from id 0, so entries added before any
@@ -134,13 +164,14 @@ class Broker:
             return []
         return parse_read_reply(reply, len(self.keys.queue("")))
 
-    async def settle(self, plan: SettlePlan, lane: Lane | None = None) -> list[int]:
+    async def settle(self, plan: SettlePlan, lane: Lane | None = None) -> SettleFlags:
         """Run the settle script for the whole plan (one round trip; through `lane` if
         given, the worker's settler, else the client). One flag per entry:
         1 settled, 0 not pending any more (settled elsewhere), 2 acked but nothing emitted
-        (its run does not exist)."""
+        (its run does not exist), 3 acked but its ops failed part-way, 4 refused (not
+        acked, nothing written); `errors` says why for 3 and 4."""
         if not plan.items:
-            return []
+            return SettleFlags([], {})
         if lane is None:
             flags = await self._settle(keys=plan.keys, args=[GROUP, plan.encode()])
         else:
@@ -150,14 +181,19 @@ class Broker:
             except NoScriptError:  # e.g. Redis restarted and lost its script cache
                 await lane.call("SCRIPT", "LOAD", self._settle.script)
                 flags = await lane.call(*args)
-        return [int(f) for f in cast(list[Any], flags)]
+        return SettleFlags.parse(cast(list[Any], flags))
 
     async def promote(self, nodes: Sequence[str], limit: int = 1000) -> tuple[int, int]:
         """Move due delayed states of `nodes` to their streams: (moved, next_due_ms or -1)."""
         keys: list[str] = []
         for n in nodes:
             keys += (self.keys.delayed(n), self.keys.queue(n))
-        moved, next_due = cast(list[int], await self._promote(keys=keys, args=[limit]))
+        moved, next_due, *problems = cast(list[Any], await self._promote(keys=keys, args=[limit]))
+        for p in problems:
+            text = p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p)
+            if text not in self._reported:  # logged once: the promoter calls every 0.5 s
+                self._reported.add(text)
+                log.error("delayed states not promoted (they stay delayed): %s", text)
         return int(moved), int(next_due)
 
     async def reclaim(
@@ -189,10 +225,11 @@ class Broker:
         node: str,
         run_id: str | None,
         identifier: str,
-        fields: dict[str, bytes | str],
-    ) -> int:
-        """Move a dead letter back to `node`'s stream with `fields`: 1 done, 0 already
-        gone, -1 its run expired."""
+        fields: Mapping[bytes | str, bytes | str],
+    ) -> tuple[int, str]:
+        """Move a dead letter back to `node`'s stream with `fields`: (1, '') done, (0, '')
+        already gone, (-1, '') its run expired, (REDRIVE_REFUSED, why) refused with nothing
+        written, (1, why) redriven but re-opening its run failed part-way."""
         run_key = self.keys.run(run_id) if run_id else self.keys.dead()
         results_key = self.keys.run_results(run_id) if run_id else self.keys.dead()
         store_key = self.keys.run_store(run_id) if run_id else self.keys.dead()
@@ -208,7 +245,13 @@ class Broker:
             store_key,
             history_key,
         ]
-        return int(await self._redrive(keys=keys, args=[dead_id, identifier, *flat]))
+        reply = await self._redrive(keys=keys, args=[dead_id, identifier, *flat])
+        if not isinstance(reply, bytes | str):
+            return int(reply), ""
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+        if text.startswith("1 "):
+            return 1, text[2:]
+        return REDRIVE_REFUSED, text
 
     # -- starting runs ------------------------------------------------------------------
     async def start_run(self, start: RunStart) -> None:
@@ -216,13 +259,47 @@ class Broker:
         await self.start_runs([start])
 
     async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> None:
-        """Start many runs: one MULTI (one round trip) per chunk, so each run is written
-        whole or not at all, and a batch costs a few round trips instead of one per run."""
+        """Start many runs: one MULTI (one round trip) per chunk, and a batch costs a few
+        round trips instead of one per run. A MULTI does not roll back either: a command
+        refused inside it (a foreign client's wrong-typed key, a root stream out of ids)
+        would leave its run RUNNING without a root state. So the shared keys the chunk
+        writes (run indexes, root streams or delayed sets) are checked first, once each,
+        and a bad one refuses the chunk before anything is written (KeyRefused)."""
         for first in range(0, len(starts), chunk):
+            part = starts[first : first + chunk]
+            await self._check_keys(run_start_keys(part))
             pipe = self.client.pipeline(transaction=True)
-            for start in starts[first : first + chunk]:
+            for start in part:
                 start.write(pipe)
             await pipe.execute()
+
+    async def _check_keys(self, wanted: dict[str, str]) -> None:
+        """Raise KeyRefused unless each key holds its wanted type (or nothing) and each
+        stream still has entry ids left: one pipelined round trip (TYPE of each key, and
+        XINFO STREAM of each that should be a stream; its error when the key is missing
+        or of another type is read through TYPE)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key, want in wanted.items():
+            pipe.type(key)
+            if want == "stream":
+                pipe.execute_command("XINFO", "STREAM", key)
+        replies = iter(await pipe.execute(raise_on_error=False))
+        for key, want in wanted.items():
+            raw = next(replies)
+            have = raw.decode() if isinstance(raw, bytes) else str(raw)
+            info = next(replies) if want == "stream" else None
+            if have not in ("none", want):
+                raise KeyRefused(f"key {key} holds a {have}, not a {want}: nothing written")
+            if have == "stream" and isinstance(info, list | dict):
+                # A map (redis-py's reply callback, or RESP3) or the flat RESP2 list.
+                fields = (
+                    info
+                    if isinstance(info, dict)
+                    else dict(zip(info[::2], info[1::2], strict=True))
+                )
+                last = fields.get(b"last-generated-id", b"")
+                if stream_is_full(last.decode() if isinstance(last, bytes) else str(last)):
+                    raise KeyRefused(f"stream {key} has used up its entry ids: nothing written")
 
     async def cron_fire(
         self, start: RunStart, version: int, fire_ts: int, marker_ttl_s: int

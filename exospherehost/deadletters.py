@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+
+from redis.exceptions import ResponseError
 
 from broker.codec import MalformedEntry, decode, encode, unpack
 from broker.keys import ENVELOPE_FIELD, Keys, check_name
-from broker.streams import Broker, RawRedis
+from broker.plan import MAX_XADD_FIELDS
+from broker.streams import REDRIVE_REFUSED, Broker, RawRedis
 from exospherehost.runs import RunNotFound
+
+log = logging.getLogger("exospherehost.deadletters")
+
+
+class RedriveRefused(ValueError):
+    """The redrive script checked the call and wrote nothing (e.g. the node's stream key
+    holds another type, or its entry ids are used up): the message says why."""
+
+
+@dataclass
+class RedriveReport:
+    """What `redrive_all` did: how many dead letters went back, and which could not (they
+    stay in the dead-letter stream), each with why."""
+
+    redriven: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # dead-letter id -> reason
 
 
 @dataclass
@@ -65,46 +85,70 @@ class DeadLettersMixin:
         return DeadLetter.parse(*entries[0]) if entries else None
 
     async def redrive(self, dead_id: str) -> bool:
-        """Put a dead letter back on its node's stream for a fresh set of attempts.
-        Idempotent: returns False (and adds nothing) when it was already redriven."""
+        """Put a dead letter back on its node's stream for a fresh set of attempts, under
+        its state id. Idempotent: returns False (and adds nothing) when it was already
+        redriven. Raises RunNotFound (its run expired), KeyNameError (a bad node name) or
+        RedriveRefused / ValueError (it cannot be re-added; it stays a dead letter)."""
         dead = await self.dead_letter(dead_id)
         if dead is None:
             return False
-        fields: dict[str, bytes | str] = {k.decode(): v for k, v in dead.original.items()}
-        if set(fields) == {ENVELOPE_FIELD}:
-            try:
-                env = decode(b"0-0", dead.original)
-            except MalformedEntry:
-                pass
-            else:
-                env.attempt = 0  # a redrive starts the retry budget afresh
-                fields = {ENVELOPE_FIELD: encode(env)}
-        if not fields:
-            raise ValueError(f"dead letter {dead_id} has no original entry to redrive")
-        done = await self.broker.redrive(
+        fields = redrive_fields(dead)
+        done, problem = await self.broker.redrive(
             dead_id, check_name("node name", dead.node), dead.run_id, dead.identifier or "", fields
         )
+        if done == REDRIVE_REFUSED:
+            raise RedriveRefused(f"cannot redrive {dead_id}: {problem}")
         if done < 0:
             raise RunNotFound(f"cannot redrive {dead_id}: run {dead.run_id} expired")
+        if problem:
+            log.warning(
+                "redrove %s, but re-opening run %s failed: %s", dead_id, dead.run_id, problem
+            )
         return done == 1
 
-    async def redrive_all(self) -> int:
-        """Redrive every dead letter present when called; returns how many were put back.
-        Letters that die again meanwhile land after the starting tail and are left alone
-        (otherwise a state that always fails would be redriven forever)."""
+    async def redrive_all(self) -> RedriveReport:
+        """Redrive every dead letter present when called. A letter that cannot be redriven
+        (its run expired, a bad node name, refused by the script) is skipped and reported;
+        the others go on. Letters that die again meanwhile land after the starting tail and
+        are left alone (otherwise a state that always fails would be redriven forever)."""
+        report = RedriveReport()
         tail = await self.client.xrevrange(self.keys.dead(), count=1)
         if not tail:
-            return 0
+            return report
         last = tail[0][0].decode()
-        count = 0
         after = "-"
         while batch := await self.dead_letters(1000, after):
             for dead in batch:
                 if _id_after(dead.id, last):
-                    return count
-                count += await self.redrive(dead.id)
+                    return report
+                try:
+                    report.redriven += await self.redrive(dead.id)
+                except (RunNotFound, ValueError, ResponseError) as exc:
+                    report.skipped[dead.id] = str(exc).strip("'\"")
             after = batch[-1].id
-        return count
+        return report
+
+
+def redrive_fields(dead: DeadLetter) -> dict[bytes | str, bytes | str]:
+    """The entry a dead letter goes back as: one envelope keeping its state id (a plain
+    entry's id was its state id; the `f` flag keeps its string inputs coerced), with a
+    fresh retry budget and delivery count. An original that does not decode (it will be
+    dead-lettered again, with the reason) goes back byte for byte."""
+    original = dead.original
+    if not original:
+        raise ValueError(f"dead letter {dead.id} has no original entry to redrive")
+    try:
+        env = decode((dead.state_id or dead.entry).encode(), original)
+    except MalformedEntry:
+        if len(original) > MAX_XADD_FIELDS:
+            raise ValueError(
+                f"dead letter {dead.id} holds an undecodable entry of {len(original)} fields, "
+                f"more than can be re-added ({MAX_XADD_FIELDS})"
+            ) from None
+        return {k: v for k, v in original.items()}
+    env.attempt = 0  # a redrive starts the retry budget afresh
+    env.deliveries = 0
+    return {ENVELOPE_FIELD: encode(env)}
 
 
 def _id_after(a: str, b: str) -> bool:

@@ -5,6 +5,7 @@ run bookkeeping) is made here, without I/O, so it is testable without Redis."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import traceback as tb
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.codec import Envelope, encode, pack
+from broker.codec import Envelope, decode, encode, pack
 from broker.keys import ENVELOPE_FIELD, Keys
 from broker.plan import SettlePlan
 from exospherehost.graph import CompiledGraph
@@ -59,9 +60,16 @@ class SettleConfig:
     clock: Callable[[], float] = time.time
 
 
-def plan_settle(outcomes: Iterable[Outcome], cfg: SettleConfig) -> SettlePlan:
+def plan_settle(
+    outcomes: Iterable[Outcome], cfg: SettleConfig, max_deliveries: int = 0
+) -> SettlePlan:
+    """One plan for `outcomes`. `max_deliveries` (0: no limit) is the poison limit: a
+    state released at shutdown after that many deliveries without a settle (counted
+    across its releases) is dead-lettered instead of released once more."""
     plan = SettlePlan()
     for outcome in outcomes:
+        if isinstance(outcome, Released) and max_deliveries > 0:
+            outcome = _poisoned(outcome, max_deliveries)
         mark = plan.mark()
         try:
             _plan_one(plan, outcome, cfg)
@@ -105,9 +113,71 @@ def _plan_one(plan: SettlePlan, outcome: Outcome, cfg: SettleConfig) -> None:
         else:
             _ended(plan, ops, cfg, job, "PRUNED", "p", str(outcome.data))
     elif isinstance(outcome, Requeued):
-        plan.delay(ops, cfg.keys.delayed(job.node), outcome.delay_ms, encode(env))
+        # Settled: deliveries carried from earlier releases start afresh.
+        member = encode(dataclasses.replace(env, deliveries=0) if env.deliveries else env)
+        plan.delay(ops, cfg.keys.delayed(job.node), outcome.delay_ms, member)
     elif isinstance(outcome, Released):
-        plan.xadd(ops, job.stream, {k.decode(): v for k, v in job.fields.items()})
+        plan.xadd_pairs(ops, job.stream, 0, (ENVELOPE_FIELD, released_envelope(job)))
+
+
+def released_envelope(job: Job) -> bytes:
+    """The entry a released state goes back as: always one envelope field, so it keeps its
+    state id (a plain entry's id is its state id; the envelope's `f` flag keeps its string
+    inputs coerced as before) and a bounded size whatever its field count, and it carries
+    the deliveries so far (the new entry's Redis count starts at 0 again). Decoded afresh
+    from the fields read: execution may have changed `job.env` (a unite's inputs)."""
+    env = decode(job.entry_id, job.fields)
+    env.deliveries += job.deliveries
+    return encode(env)
+
+
+def deliveries_so_far(job: Job) -> int:
+    """Times the state was handed to a worker without being settled: this entry's
+    deliveries plus those carried over from entries it was released from."""
+    return job.env.deliveries + job.deliveries
+
+
+def _poisoned(released: Released, max_deliveries: int) -> Released | Failed:
+    total = deliveries_so_far(released.job)
+    if total < max_deliveries:
+        return released
+    reason = (
+        f"delivered {total} times without being settled: its worker stopped or died "
+        f"each time before it finished (poison message)"
+    )
+    return Failed(released.job, reason, "", permanent=True)
+
+
+def as_failure(outcome: Outcome, reason: str) -> Failed | None:
+    """A state whose settle was refused, as a permanent failure with the reason (dead
+    letter + run bookkeeping); None for a malformed entry (its settle is one already)."""
+    if isinstance(outcome, Malformed):
+        return None
+    return Failed(outcome.job, reason, "", permanent=True)
+
+
+def plan_dead_letters(
+    failures: Iterable[tuple[Outcome, str]], cfg: SettleConfig, *, acked: bool
+) -> SettlePlan:
+    """Last resort: only a dead letter per state (no run bookkeeping, no outputs), for
+    states whose settle failed or was refused. `acked`: their entries were acked by the
+    failed call already, so the dead letters are written without an ack."""
+    plan = SettlePlan()
+    for outcome, reason in failures:
+        if isinstance(outcome, Malformed):
+            ops = plan.entry(outcome.stream, outcome.entry_id, ack=not acked)
+            _dead_letter(
+                plan, ops, cfg, outcome.node, outcome.entry_id, outcome.fields, None,
+                reason, "", outcome.deliveries,
+            )  # fmt: skip
+        else:
+            job = outcome.job
+            ops = plan.entry(job.stream, job.entry_id, ack=not acked)
+            _dead_letter(
+                plan, ops, cfg, job.node, job.entry_id, job.fields, job.env, reason, "",
+                job.deliveries,
+            )  # fmt: skip
+    return plan
 
 
 def _completed(plan: SettlePlan, ops: list[list[Any]], done: Completed, cfg: SettleConfig) -> None:
@@ -389,7 +459,8 @@ def _dead_letter(
             "run": (env.run_id or "") if env else "",
             "identifier": (env.identifier or "") if env else "",
             "attempts": (env.attempt + 1) if env else 0,
-            "deliveries": deliveries,
+            # Counted across releases at shutdown too (the envelope carries them).
+            "deliveries": deliveries + (env.deliveries if env else 0),
             "error": error,
             "traceback": traceback,
             "time_ms": int(cfg.clock() * 1000),

@@ -24,8 +24,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broker.codec import MalformedEntry, decode
+from broker.codec import MalformedEntry, decode, printable_fields
 from broker.lane import Lane
+from broker.plan import APPLIED, FAILED, REFUSED
 from broker.streams import Broker
 from exospherehost.execution import NodeSpec, execute
 from exospherehost.graphstore import GraphCache
@@ -33,7 +34,7 @@ from exospherehost.jobqueue import JobQueue
 from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
 from exospherehost.resilience import OutageLog
 from exospherehost.secrets import SecretsError
-from exospherehost.settle import SettleConfig, plan_settle
+from exospherehost.settle import SettleConfig, as_failure, plan_dead_letters, plan_settle
 from exospherehost.stats import RuntimeStats
 
 log = logging.getLogger("exospherehost.worker")
@@ -271,16 +272,12 @@ class Worker:
             try:
                 flags = await self._settle(batch, lane)
             except ResponseError as exc:
-                # A script error must not take the batch down with one bad state:
-                # settle one by one; what still fails stays pending (reclaimed later).
-                log.error("settle of %d states failed (%s); settling one by one", len(batch), exc)
-                flags = []
-                for outcome in batch:
-                    try:
-                        flags += await self._settle([outcome], lane)
-                    except ResponseError:
-                        log.exception("cannot settle %r; left pending", outcome)
-                        flags.append(_UNSETTLED)
+                # The call was refused as a whole, before it wrote anything (the script
+                # checks what can fail before its first write and catches what fails
+                # after it; over maxmemory Redis refuses it up front). Settle one by one,
+                # so one state cannot hold up the others.
+                log.error("settle of %d states refused (%s); settling one by one", len(batch), exc)
+                flags = [await self._settle_alone(outcome, lane) for outcome in batch]
         finally:
             lanes.append(lane)
             slots.release()
@@ -306,9 +303,61 @@ class Worker:
             log.info("%d late settles skipped: already settled by another worker", late)
 
     async def _settle(self, batch: list[Outcome], lane: Lane) -> list[int]:
-        """One settle script call for `batch`: its flags (see Broker.settle)."""
-        plan = plan_settle(batch, self.settle_cfg)
-        return await self._until_ok(lambda: self.broker.settle(plan, lane))
+        """One settle script call for `batch`: its flags (see Broker.settle). States the
+        script refused or could not finish are dead-lettered here (`_rescue`), so the
+        flags come back as 1, 2, 0 or _UNSETTLED."""
+        plan = plan_settle(batch, self.settle_cfg, self.max_deliveries)
+        flags = await self._until_ok(lambda: self.broker.settle(plan, lane))
+        if not flags.errors:
+            return flags
+        out = list(flags)
+        for i, why in flags.errors.items():
+            out[i] = await self._rescue(batch[i], flags[i], why, lane)
+        return out
+
+    async def _settle_alone(self, outcome: Outcome, lane: Lane) -> int:
+        """Settle one state after its batch's call was refused; if its own call is refused
+        too, dead-letter it with the reason; if even that is refused, leave it pending."""
+        try:
+            return (await self._settle([outcome], lane))[0]
+        except ResponseError as exc:
+            return await self._rescue(
+                outcome, REFUSED, f"the settle script refused it: {exc}", lane
+            )
+
+    async def _rescue(self, outcome: Outcome, flag: int, why: str, lane: Lane) -> int:
+        """A state whose settle failed part-way (FAILED: acked, its ops stopped) or was
+        refused (REFUSED: untouched, still pending): dead-letter it with the reason. While
+        still pending, as a permanent failure (its run learns of it); else, or when that
+        is refused too, as a bare dead letter. If nothing can be written it stays pending
+        (reclaimed later) with an ERROR log naming it; it never vanishes silently."""
+        cfg = self.settle_cfg
+        reason = f"cannot settle {type(outcome).__name__}: {why}"
+        acked = flag == FAILED
+        if not acked and (failure := as_failure(outcome, reason)) is not None:
+            plan = plan_settle([failure], cfg)
+            try:
+                got = await self._until_ok(lambda: self.broker.settle(plan, lane))
+            except ResponseError as exc:
+                reason += f"; nor as a failure: {exc}"
+            else:
+                if not got.errors:
+                    return got[0]
+                acked = got[0] == FAILED
+                reason += f"; nor as a failure: {got.errors[0]}"
+        bare = plan_dead_letters([(outcome, reason)], cfg, acked=acked)
+        try:
+            got = await self._until_ok(lambda: self.broker.settle(bare, lane))
+        except ResponseError as exc:
+            reason += f"; nor as a bare dead letter: {exc}"
+        else:
+            if not got.errors:
+                log.error("dead-lettered %s: %s", _name(outcome), reason)
+                return APPLIED if acked else got[0]
+            reason += f"; nor as a bare dead letter: {got.errors[0]}"
+        where = "ACKED BUT NOT DEAD-LETTERED" if acked else "left pending"
+        log.error("%s %s (fields %s): %s", where, _name(outcome), _fields(outcome), reason)
+        return _UNSETTLED
 
     def _log_orphans(self, batch: list[Outcome], flags: list[int]) -> None:
         """States settled without effect because their run does not exist (it expired
@@ -435,6 +484,17 @@ class Worker:
                 continue
             self.outage.up()
             return result
+
+
+def _name(outcome: Outcome) -> str:
+    node, entry_id = source(outcome)
+    state = "" if isinstance(outcome, Malformed) else f" state {outcome.job.env.state_id}"
+    return f"{node}{state} (entry {entry_id.decode()})"
+
+
+def _fields(outcome: Outcome) -> dict[str, str]:
+    fields = outcome.fields if isinstance(outcome, Malformed) else outcome.job.fields
+    return printable_fields(dict(list(fields.items())[:20]), limit=200)
 
 
 async def _pause(seconds: float, stop: asyncio.Event) -> bool:

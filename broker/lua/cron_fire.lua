@@ -1,16 +1,48 @@
+#!lua
 -- Fire one cron trigger of a graph for one fire time, exactly once across every Runtime:
 -- only the call that sets the fire marker (SET NX) starts the run, writing exactly what
 -- StateManager.trigger writes (run hash, run store, runs index, the root state).
+-- Every key is checked before the marker is set (types; the target stream has entry ids
+-- left), and hashes are written in bounded chunks: nothing can fail after the first write,
+-- so a fire is never marked done without its run. The `#!lua` shebang makes Redis refuse
+-- the call up front when over maxmemory.
 --
 -- KEYS: marker, graphs hash, run hash, run store, runs index, target (the root node's
 --       stream, or its delayed set when due_ms > 0).
 -- ARGV: marker ttl (s), graph name, graph version, run id, created ms, index size,
 --       envelope, due_ms, n run fields, run field/value x n, store key/value ...
 -- Returns 1 fired, 0 already fired (marker taken), -1 the graph's current version is not
--- ARGV[3] any more (the caller reloads the graph and tries again).
+-- ARGV[3] any more (the caller reloads the graph and tries again); an error when a key
+-- holds the wrong type (nothing written).
 
 local marker, graphs, run, store, index, target =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local due_ms = tonumber(ARGV[8])
+
+local function check(key, want)
+  local ty = redis.call('TYPE', key)['ok']
+  if ty ~= 'none' and ty ~= want then
+    return redis.error_reply('cron_fire: key ' .. key .. ' holds a ' .. ty .. ', not a ' .. want)
+  end
+  if want == 'stream' and ty == 'stream' then
+    local info = redis.call('XINFO', 'STREAM', key)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
+        if ms == '18446744073709551615' and #seq >= 19 then
+          return redis.error_reply('cron_fire: stream ' .. key ..
+                                   ' has used up its entry ids: it cannot take another entry')
+        end
+      end
+    end
+  end
+  return nil
+end
+
+local bad = check(graphs, 'hash') or check(marker, 'string') or check(run, 'hash')
+            or check(store, 'hash') or check(index, 'zset')
+            or check(target, due_ms > 0 and 'zset' or 'stream')
+if bad then return bad end
 if redis.call('HGET', graphs, ARGV[2]) ~= ARGV[3] then
   return -1
 end
@@ -18,15 +50,22 @@ local run_id = ARGV[4]
 if not redis.call('SET', marker, run_id, 'NX', 'EX', ARGV[1]) then
   return 0
 end
+
+local function hset_chunks(key, first, last)  -- bounded unpack: Lua's C stack holds ~8000
+  for i = first, last, 2000 do
+    redis.call('HSET', key, unpack(ARGV, i, math.min(i + 1999, last)))
+  end
+end
+
 local n = tonumber(ARGV[9])
 local first_store = 10 + 2 * n
-redis.call('HSET', run, unpack(ARGV, 10, first_store - 1))
+hset_chunks(run, 10, first_store - 1)
 if #ARGV >= first_store then
-  redis.call('HSET', store, unpack(ARGV, first_store))
+  hset_chunks(store, first_store, #ARGV)
 end
 redis.call('ZADD', index, ARGV[5], run_id)
 redis.call('ZREMRANGEBYRANK', index, 0, -tonumber(ARGV[6]) - 1)
-if tonumber(ARGV[8]) > 0 then
+if due_ms > 0 then
   redis.call('ZADD', target, ARGV[8], ARGV[7])
 else
   redis.call('XADD', target, '*', '_exo', ARGV[7])

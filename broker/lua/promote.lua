@@ -1,28 +1,75 @@
+#!lua
 -- Move due delayed states to their streams, atomically (a state is never both delayed and
 -- queued, never lost in between). Any Runtime may run it; no single scheduler to lose.
+-- Each member is XADDed before it is ZREMed, and each pair is checked first (the zset and
+-- the stream hold their types, the stream has entry ids left): a bad pair is skipped and
+-- reported, so it neither fails the call half-way nor blocks the other nodes' promotions.
 --
 -- KEYS:    pairs {delayed zset, stream} (the stream receives entries `_exo <member>`).
 -- ARGV[1]: max entries moved per zset in this call.
--- Returns {moved, next_due_ms} (next_due_ms = -1 when nothing else is delayed).
+-- Returns {moved, next_due_ms, problem...} (next_due_ms = -1 when nothing else is delayed;
+-- one text per skipped pair).
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[1])
 local moved = 0
 local next_due = -1
-for i = 1, #KEYS, 2 do
-  local due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, limit)
-  for _, member in ipairs(due) do
-    redis.call('XADD', KEYS[i + 1], '*', '_exo', member)
-    redis.call('ZREM', KEYS[i], member)
+local problems = {}
+
+local function zset_problem(zset)
+  local zt = redis.call('TYPE', zset)['ok']
+  if zt ~= 'none' and zt ~= 'zset' then
+    return 'key ' .. zset .. ' holds a ' .. zt .. ', not a zset'
   end
-  moved = moved + #due
-  local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
-  if head[2] then
-    local score = tonumber(head[2])
-    if next_due < 0 or score < next_due then
-      next_due = score
+  return nil
+end
+
+local function stream_problem(stream)
+  local st = redis.call('TYPE', stream)['ok']
+  if st ~= 'none' and st ~= 'stream' then
+    return 'key ' .. stream .. ' holds a ' .. st .. ', not a stream'
+  end
+  if st == 'stream' then
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then
+        local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
+        if ms == '18446744073709551615' and #seq >= 19 then
+          return 'stream ' .. stream .. ' has used up its entry ids: it cannot take another entry'
+        end
+      end
+    end
+  end
+  return nil
+end
+
+for i = 1, #KEYS, 2 do
+  local p = zset_problem(KEYS[i])
+  local due = {}
+  if not p then
+    due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, limit)
+    if #due > 0 then p = stream_problem(KEYS[i + 1]) end  -- checked only when there is work
+  end
+  if p then
+    problems[#problems + 1] = p
+  else
+    for _, member in ipairs(due) do
+      redis.call('XADD', KEYS[i + 1], '*', '_exo', member)
+      redis.call('ZREM', KEYS[i], member)
+    end
+    moved = moved + #due
+  end
+  if not p then  -- a skipped pair's due members would only wake the promoter at once again
+    local head = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+    if head[2] then
+      local score = tonumber(head[2])
+      if next_due < 0 or score < next_due then
+        next_due = score
+      end
     end
   end
 end
-return {moved, next_due}
+local out = {moved, next_due}
+for _, p in ipairs(problems) do out[#out + 1] = p end
+return out

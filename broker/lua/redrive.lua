@@ -1,30 +1,80 @@
--- Move one dead letter back to its node's stream, atomically and at most once: only the
--- call that deletes the dead letter re-adds the state (a second redrive finds it gone).
--- For a state of a graph run, the run is re-opened: the failure it counted is undone.
+#!lua
+-- Move one dead letter back to its node's stream, atomically and at most once: only a call
+-- that finds the dead letter re-adds the state and deletes it (a second redrive finds it
+-- gone). For a state of a graph run, the run is re-opened: the failure it counted is undone.
+--
+-- Nothing may fail after the first write (Redis does not roll a script back): every check
+-- comes first, and the re-add (XADD) goes before the delete (XDEL), so a refused XADD loses
+-- nothing. The `#!lua` shebang makes Redis refuse the call up front when over maxmemory.
 --
 -- KEYS: dead stream, node stream, run hash, run results, run store, run history (the last
 --       four: any keys of the namespace when no run).
 -- ARGV: dead entry id, identifier ('' when no run), field, value, ...
--- Returns 1 when redriven, 0 when the dead letter was not there, -1 when its run expired.
+-- Returns 1 when redriven, 0 when the dead letter was not there, -1 when its run expired,
+-- '<reason>' when refused (nothing written), '1 <error>' when redriven but re-opening its
+-- run failed part-way (a corrupted run hash).
 
 local dead, queue, run, results, store, history = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id, ident = ARGV[1], ARGV[2]
-if ident ~= '' and redis.call('EXISTS', run) == 0 then
-  return -1
+local n_values = #ARGV - 2
+if n_values < 2 or n_values % 2 ~= 0 then
+  return 'the state to redrive needs fields and values'
 end
-if redis.call('XDEL', dead, id) == 0 then
+if n_values > 7000 then  -- unpack below: Lua's C stack holds ~8000 values
+  return 'the state has ' .. (n_values / 2) .. ' fields, more than a script can re-add'
+end
+
+local function wrong_type(key, want)
+  local ty = redis.call('TYPE', key)['ok']
+  if ty ~= 'none' and ty ~= want then
+    return 'key ' .. key .. ' holds a ' .. ty .. ', not a ' .. want
+  end
+  return nil
+end
+
+local problem = wrong_type(dead, 'stream')
+if problem then return problem end
+if #redis.call('XRANGE', dead, id, id) == 0 then
   return 0
 end
-redis.call('XADD', queue, '*', unpack(ARGV, 3))
 if ident ~= '' then
-  redis.call('HINCRBY', run, 'open', 1)
-  redis.call('HINCRBY', run, 'failed', -1)
-  redis.call('HINCRBY', run, 'f:' .. ident, -1)
-  redis.call('HSET', run, 'status', 'RUNNING')
-  redis.call('HDEL', run, 'finished_ms')
-  redis.call('PERSIST', run)
-  redis.call('PERSIST', results)
-  redis.call('PERSIST', store)
-  redis.call('PERSIST', history)
+  if redis.call('EXISTS', run) == 0 then
+    return -1
+  end
+  problem = wrong_type(run, 'hash')
+  if problem then return problem end
+end
+problem = wrong_type(queue, 'stream')
+if problem then return problem end
+if redis.call('EXISTS', queue) == 1 then
+  local info = redis.call('XINFO', 'STREAM', queue)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
+      if ms == '18446744073709551615' and #seq >= 19 then
+        return 'stream ' .. queue .. ' has used up its entry ids: it cannot take another entry'
+      end
+    end
+  end
+end
+
+redis.call('XADD', queue, '*', unpack(ARGV, 3))
+redis.call('XDEL', dead, id)
+if ident ~= '' then
+  local ok, err = pcall(function()
+    redis.call('HINCRBY', run, 'open', 1)
+    redis.call('HINCRBY', run, 'failed', -1)
+    redis.call('HINCRBY', run, 'f:' .. ident, -1)
+    redis.call('HSET', run, 'status', 'RUNNING')
+    redis.call('HDEL', run, 'finished_ms')
+    redis.call('PERSIST', run)
+    redis.call('PERSIST', results)
+    redis.call('PERSIST', store)
+    redis.call('PERSIST', history)
+  end)
+  if not ok then
+    if type(err) == 'table' then err = err['err'] end
+    return '1 ' .. tostring(err)
+  end
 end
 return 1

@@ -19,7 +19,7 @@ from exospherehost.cli._common import (
     table,
     to_json,
 )
-from exospherehost.deadletters import DeadLetter
+from exospherehost.deadletters import DeadLetter, RedriveReport
 from exospherehost.runs import RunStatus
 
 # -- runs -------------------------------------------------------------------------------
@@ -240,15 +240,20 @@ def dead_redrive(settings: Settings, dead_id: str | None, everything: bool) -> N
     if everything == (dead_id is not None):
         raise click.UsageError("give a dead-letter ID or --all (not both)")
 
-    async def main() -> int:
+    async def main() -> RedriveReport | bool:
         async with settings.manager() as sm:
             if dead_id is None:
                 return await sm.redrive_all()
-            return int(await sm.redrive(dead_id))
+            return await sm.redrive(dead_id)
 
     moved = run(settings, main)
-    if dead_id is None:
-        click.echo(f"redrove {moved} dead letter{'s' if moved != 1 else ''}")
+    if isinstance(moved, RedriveReport):
+        n = moved.redriven
+        click.echo(f"redrove {n} dead letter{'s' if n != 1 else ''}")
+        for letter, why in moved.skipped.items():
+            click.echo(f"skipped {letter}: {why}", err=True)
+        if moved.skipped:
+            raise click.ClickException(f"{len(moved.skipped)} dead letter(s) could not be redriven")
     elif moved:
         click.echo(f"redrove {dead_id}")
     else:

@@ -135,7 +135,10 @@ def create_app(
         sm = await managers.get(request.path_params["ns"])
         dead_id = request.path_params.get("dead")
         if dead_id is None:
-            return Json({"redriven": await sm.redrive_all()})
+            report = await sm.redrive_all()
+            # `skipped` (dead id -> why) only when some letter could not be redriven.
+            extra = {"skipped": report.skipped} if report.skipped else {}
+            return Json({"redriven": report.redriven, **extra})
         return Json({"redriven": int(await sm.redrive(dead_id))})
 
     @contextlib.asynccontextmanager

@@ -174,8 +174,8 @@ async def test_redrive_all_for_graphless_states(
         first = await sm.wait_for_states("Flaky", ids, timeout=10)
         assert {r.status for r in first.values()} == {"FAILED"}
         assert len(await sm.dead_letters()) == 3
-        assert await sm.redrive_all() == 3
-        assert await sm.redrive_all() == 0
+        assert (await sm.redrive_all()).redriven == 3
+        assert (await sm.redrive_all()).redriven == 0
         out = await sm.outputs("Flaky")
         done = [r for r in out if r.status == "SUCCEEDED"]
         while len(done) < 3:

@@ -12,7 +12,7 @@ import pytest
 from benchmarks.nodes import Noop
 from broker.codec import Envelope
 from broker.keys import Keys
-from broker.plan import SettlePlan
+from broker.plan import SettleFlags, SettlePlan
 from broker.streams import Broker
 from exospherehost import worker as worker_module
 from exospherehost.execution import NodeSpec
@@ -33,13 +33,13 @@ class StubBroker:
         self.calls: list[tuple[list[bytes], asyncio.Event]] = []
         self.changed = asyncio.Condition()
 
-    async def settle(self, plan: SettlePlan, lane: object) -> list[int]:
+    async def settle(self, plan: SettlePlan, lane: object) -> SettleFlags:
         release = asyncio.Event()
         async with self.changed:
             self.calls.append(([item[1] for item in plan.items], release))
             self.changed.notify_all()
         await release.wait()
-        return [1] * len(plan.items)
+        return SettleFlags([1] * len(plan.items), {})
 
     async def wait_calls(self, n: int) -> None:
         async with asyncio.timeout(5), self.changed:
