@@ -85,6 +85,22 @@ class Sleeper(BaseNode):
         return self.Outputs(slept=self.inputs.seconds, pid=os.getpid())
 
 
+class LongHanger(BaseNode):
+    """Hangs like Hanger with a longer timeout: long enough to be caught by a kill -9."""
+
+    timeout: ClassVar[float | None] = 5.0
+
+    class Inputs(BaseModel):
+        i: int
+
+    class Outputs(BaseModel):
+        i: int
+
+    async def execute(self) -> Outputs:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
 class Hanger(BaseNode):
     """Never returns. Its class-level `timeout` (seconds, read by the Runtime) must end it."""
 
@@ -211,6 +227,7 @@ ALL: list[type[BaseNode]] = [
     Echo,
     Sleeper,
     Hanger,
+    LongHanger,
     Chaotic,
     Picky,
 ]
