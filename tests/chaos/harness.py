@@ -178,6 +178,15 @@ async def assert_runs_succeeded_once(
         assert not off, f"{len(off)} runs with wrong per-node counts, e.g. {off[:3]}"
 
 
+def squares_leaves(base: int, items: int = 3) -> list[Any]:
+    """The label results a run of tests.integration.helpers.squares_graph with inputs
+    {"items": items, "base": base} must have, once each."""
+    return [
+        leaf_summary({"outputs": {"square": v * v, "value": v, "text": f"v={v} sq={v * v}"}})
+        for v in range(base, base + items)
+    ]
+
+
 def leaf_summary(result: dict[str, Any]) -> Any:
     """What identifies a leaf result: its outputs without the process that ran it."""
     out = dict(result["outputs"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -20,25 +19,18 @@ from tests.chaos.harness import (
     assert_settled,
     fleet,
     held_by,
-    leaf_summary,
     long_only,
+    squares_leaves,
     until,
 )
 from tests.integration.helpers import squares_graph
 
 NODES = ("Split", "Square", "Label")
-ITEMS = 3  # each run: split fans out to 3 squares, each feeding one label (7 states)
+# squares_leaves' default: split fans out to 3 squares, each feeding one label (7 states)
+ITEMS = 3
 # A state can be caught by every kill of a storm: the poison-message limit must not
 # mistake that for a state killing its workers.
 CFG = WorkerConfig(nodes=NODES, visibility=1.0, max_deliveries=50)
-
-
-def leaves(base: int) -> list[Any]:
-    """The label results run `base` must have, once each."""
-    return [
-        leaf_summary({"outputs": {"square": v * v, "value": v, "text": f"v={v} sq={v * v}"}})
-        for v in range(base, base + ITEMS)
-    ]
 
 
 async def storm(
@@ -79,7 +71,7 @@ async def storm(
         await assert_runs_succeeded_once(
             sm,
             runs,
-            leaves,
+            squares_leaves,
             timeout=180,
             succeeded={"split": 1, "square": ITEMS, "label": ITEMS},
         )
