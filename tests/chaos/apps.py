@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, field_serializer, field_validator
 
-from exospherehost import BaseNode, RetryPolicyModel, RetryStrategyEnum, Runtime
+from exospherehost import BaseNode, GraphNodeModel, RetryPolicyModel, RetryStrategyEnum, Runtime
 from tests.integration.apps.nodes import Label, SampleNode, Split, Square
 
 # --------------------------------------------------------------------------- graph nodes
@@ -67,11 +67,30 @@ class Echo(BaseNode):
         return self.Outputs(tag=self.inputs.tag)
 
 
+def chain_graph(ns: str, ms: int = 0) -> list[GraphNodeModel]:
+    """nap (sleeps `ms`) -> leaf."""
+    return [
+        GraphNodeModel(
+            node_name="Nap",
+            namespace=ns,
+            identifier="nap",
+            inputs={"i": 0, "ms": ms},
+            next_nodes=["leaf"],
+        ),
+        GraphNodeModel(
+            node_name="Leaf", namespace=ns, identifier="leaf", inputs={"i": "${{ nap.outputs.i }}"}
+        ),
+    ]
+
+
 # --------------------------------------------------------------------------- slow and hung
 
 
 class Sleeper(BaseNode):
-    """Sleeps `seconds`, then succeeds: a healthy slow execution."""
+    """Sleeps `seconds` (at most `Sleeper.cap`, when an in-process test sets it), then
+    succeeds: a healthy slow execution."""
+
+    cap: ClassVar[float | None] = None
 
     class Inputs(BaseModel):
         seconds: float
@@ -81,8 +100,11 @@ class Sleeper(BaseNode):
         pid: int
 
     async def execute(self) -> Outputs:
-        await asyncio.sleep(self.inputs.seconds)
-        return self.Outputs(slept=self.inputs.seconds, pid=os.getpid())
+        seconds = (
+            self.inputs.seconds if Sleeper.cap is None else min(self.inputs.seconds, Sleeper.cap)
+        )
+        await asyncio.sleep(seconds)
+        return self.Outputs(slept=seconds, pid=os.getpid())
 
 
 class LongHanger(BaseNode):

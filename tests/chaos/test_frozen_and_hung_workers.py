@@ -12,8 +12,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from exospherehost import GraphNodeModel, StateManager
-from tests.chaos.apps import WorkerConfig
+from exospherehost import StateManager
+from tests.chaos.apps import WorkerConfig, chain_graph
 from tests.chaos.harness import (
     all_outputs,
     assert_each_once,
@@ -26,22 +26,6 @@ from tests.chaos.harness import (
     results_of,
     until,
 )
-
-
-def chain_graph(ns: str, ms: int) -> list[GraphNodeModel]:
-    """nap (sleeps ms) -> leaf."""
-    return [
-        GraphNodeModel(
-            node_name="Nap",
-            namespace=ns,
-            identifier="nap",
-            inputs={"i": 0, "ms": ms},
-            next_nodes=["leaf"],
-        ),
-        GraphNodeModel(
-            node_name="Leaf", namespace=ns, identifier="leaf", inputs={"i": "${{ nap.outputs.i }}"}
-        ),
-    ]
 
 
 def leaf_of(k: int) -> list[Any]:
