@@ -22,6 +22,7 @@ from tests.chaos.harness import (
     assert_runs_succeeded_once,
     assert_settled,
     fleet,
+    long_only,
     squares_leaves,
 )
 from tests.integration.helpers import squares_graph
@@ -83,32 +84,59 @@ async def own_sm(own_server: PrivateServer, namespace: str) -> AsyncIterator[Sta
         await manager.close()
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
-async def test_runs_complete_once_through_redis_faults(
-    fault: str, own_server: PrivateServer, own_sm: StateManager, namespace: str, tmp_path: Path
+async def faults_under_load(
+    server: PrivateServer,
+    sm: StateManager,
+    namespace: str,
+    log_dir: Path,
+    faults: list[str],
+    *,
+    wave: int,
+    workers: int,
 ) -> None:
-    sm, inject = own_sm, FAULTS[fault]
-    info = own_server.info
+    """Worker processes drain waves of runs; right after each wave the next fault strikes."""
+    info = server.info
     assert info is not None
-    rng = random.Random(fault)
+    rng = random.Random(",".join(faults))
     cfg = WorkerConfig(nodes=NODES, visibility=1.0)
-    async with fleet(info.url, namespace, cfg, tmp_path) as f:
-        workers = await f.start_ready(sm.client, 2)
+    async with fleet(info.url, namespace, cfg, log_dir) as f:
+        started = await f.start_ready(sm.client, workers)
         await sm.upsert_graph("faults", squares_graph(namespace, ITEMS), validation_timeout=30)
         runs: list[str] = []
-        for _ in range(3):  # the fault strikes three times, each right after a wave of load
-            wave = [{"items": ITEMS, "base": len(runs) + k} for k in range(300)]
-            runs += await sm.trigger_many("faults", wave)
+        for fault in faults:
+            load = [{"items": ITEMS, "base": len(runs) + k} for k in range(wave)]
+            runs += await sm.trigger_many("faults", load)
             await asyncio.sleep(rng.uniform(0, 0.1))
-            await inject(own_server, sm)
+            await FAULTS[fault](server, sm)
         await assert_runs_succeeded_once(
             sm,
             runs,
             squares_leaves,
-            timeout=120,
+            timeout=180,
             succeeded={"split": 1, "square": ITEMS, "label": ITEMS},
         )
-        assert [w.proc.poll() for w in workers] == [None, None], "a worker died of the fault"
+        dead = [w.pid for w in started if w.proc.poll() is not None]
+        assert not dead, f"workers {dead} died of the faults"
         codes = await f.stop_all()
     assert set(codes.values()) == {0}, codes
     assert await assert_settled(sm.client, namespace, NODES) == []
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+async def test_runs_complete_once_through_redis_faults(
+    fault: str, own_server: PrivateServer, own_sm: StateManager, namespace: str, tmp_path: Path
+) -> None:
+    # The fault strikes three times, each right after a wave of load.
+    await faults_under_load(
+        own_server, own_sm, namespace, tmp_path, [fault] * 3, wave=300, workers=2
+    )
+
+
+@long_only
+@pytest.mark.slow
+async def test_runs_complete_once_through_every_redis_fault_in_turn(
+    own_server: PrivateServer, own_sm: StateManager, namespace: str, tmp_path: Path
+) -> None:
+    faults = list(FAULTS) * 3
+    random.Random(3).shuffle(faults)
+    await faults_under_load(own_server, own_sm, namespace, tmp_path, faults, wave=1000, workers=3)
