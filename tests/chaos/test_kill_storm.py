@@ -82,21 +82,21 @@ async def storm(
     assert dead == [], [d.error for d in dead[:5]]
 
 
-async def test_kill_9_storm_quick(
+async def test_kill_9_storm_3000_runs(
     redis_url: str, namespace: str, sm: StateManager, redis: Redis, tmp_path: Path
 ) -> None:
     await storm(
-        redis_url, namespace, sm, redis, tmp_path, runs_per_wave=200, kills=4, workers=2, seed=1
+        redis_url, namespace, sm, redis, tmp_path, runs_per_wave=500, kills=6, workers=3, seed=1
     )
 
 
 @long_only
 @pytest.mark.slow
-async def test_kill_9_storm_thousands_of_runs(
+async def test_kill_9_storm_15000_runs_25_kills(
     redis_url: str, namespace: str, sm: StateManager, redis: Redis, tmp_path: Path
 ) -> None:
     await storm(
-        redis_url, namespace, sm, redis, tmp_path, runs_per_wave=400, kills=10, workers=3, seed=7
+        redis_url, namespace, sm, redis, tmp_path, runs_per_wave=600, kills=25, workers=3, seed=7
     )
 
 
