@@ -219,9 +219,12 @@ async def results_of(
                     )
                 )
         if time.monotonic() >= deadline:
+            alive = "".join(
+                f"\nworker {w.pid} still running; its output ends:\n{w.tail()}" for w in watch
+            )
             raise AssertionError(
                 f"{len(missing)} of {len(wanted)} states of {node} have no result after "
-                f"{timeout:.0f}s, e.g. {sorted(missing)[:3]}"
+                f"{timeout:.0f}s, e.g. {sorted(missing)[:3]}{alive}"
             )
         for r in await sm.outputs(node, after, 1000, block_ms=200):
             after = r.entry_id
