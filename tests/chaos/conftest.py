@@ -3,11 +3,10 @@ selects the suite, `-m "not chaos"` leaves it out)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
 from broker.server import PrivateServer
 
@@ -16,7 +15,7 @@ HERE = Path(__file__).parent
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if HERE in Path(str(item.fspath)).parents:
+        if HERE in item.path.parents:
             item.add_marker(pytest.mark.chaos)
 
 
@@ -30,14 +29,3 @@ def own_server() -> Iterator[PrivateServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-async def own_redis(own_server: PrivateServer) -> AsyncIterator[Redis]:
-    info = own_server.info
-    assert info is not None
-    client: Redis = Redis.from_url(info.url, decode_responses=False)
-    try:
-        yield client
-    finally:
-        await client.aclose()
