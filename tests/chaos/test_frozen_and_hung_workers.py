@@ -87,9 +87,8 @@ async def test_killed_worker_with_a_hung_and_30_slow_states(
         took = time.monotonic() - killed_at
         assert {r.status for r in done.values()} == {"SUCCEEDED"}
         assert {r.outputs["pid"] for r in done.values()} == {survivor.pid}
-        hung_result = (await results_of(sm, "LongHanger", [hung], timeout=30, watch=[survivor]))[
-            hung
-        ]
+        ended = await results_of(sm, "LongHanger", [hung], timeout=30, watch=[survivor])
+        hung_result = ended[hung]
         assert await f.stop(survivor) == 0, survivor.tail()
     assert took < bound
     assert hung_result.status == "FAILED"
