@@ -103,11 +103,12 @@ class Worker:
         self.suspect_timeout_s = (
             suspect_timeout_s if suspect_timeout_s is not None else visibility_ms / 100
         )
-        # Consumers idle this long holding nothing are dead workers' (kill -9 skips
-        # _retire): removed. A live one reads every block_ms; 3 x block_ms is the floor.
+        # A consumer holding nothing, idle and not recorded alive this long is a dead
+        # worker's (kill -9 skips _retire): removed (see _prune). Streams are pruned every
+        # half of it, so it has a floor: pruning must not become a busy loop.
         if consumer_idle_ms is None:
             consumer_idle_ms = max(10 * visibility_ms, 300_000)
-        self.consumer_idle_ms = max(consumer_idle_ms, 3 * block_ms)
+        self.consumer_idle_ms = max(consumer_idle_ms, 1000)
         self._prune_due: dict[str, float] = {}  # node -> monotonic time of its next prune
         self.consumers_removed = 0
 
@@ -389,7 +390,7 @@ class Worker:
             for node in self.specs:
                 if self._stopping.is_set():
                     return  # claim nothing more once stopping: it could not be run
-                room = self.max_inflight - self.inflight
+                room = self._reclaim_room()
                 if room <= 0:
                     more = True
                     break
@@ -397,7 +398,7 @@ class Worker:
                 streak += taken
                 more = more or filled
             if more:
-                if self.max_inflight - self.inflight <= 0:
+                if self._reclaim_room() <= 0:
                     self._room.clear()  # safe: the reader checks the room before waiting
                     # Set by settles and by stop(); bounded so prunes stay on time.
                     await _pause(max(0.0, min(interval, self._until_prune())), self._room)
@@ -407,10 +408,17 @@ class Worker:
                 streak = 0
             await self._reclaim_pause(interval)
 
+    def _reclaim_room(self) -> int:
+        """How many states may be claimed now. The reader's read may be on its way with
+        up to a batch (per stream at least one) not yet counted in `inflight`: that much
+        stays free for it, so both together never exceed max_inflight."""
+        return self.max_inflight - self.inflight - max(self.batch_size, len(self.specs))
+
     async def _reclaim(self, node: str, room: int) -> tuple[int, bool]:
         """One claim of `node`'s idle entries, up to `room`: (taken, whether room ran out)."""
         suspects = 1 if self._suspect_free() else 0
-        # The room is reserved during the call, so a read meanwhile cannot take it too.
+        # The room is reserved during the call, so a read starting meanwhile cannot take
+        # it too (one already on its way was left its share by _reclaim_room).
         self.inflight += room
         try:
             claimed = await self._until_ok(
@@ -494,7 +502,7 @@ class Worker:
     def _until_prune(self) -> float:
         """Seconds until a stream is due for pruning (also our liveness record)."""
         if not self._prune_due:
-            return 0.0
+            return float("inf")
         return min(self._prune_due.values()) - time.monotonic()
 
     async def _prune(self, node: str) -> None:

@@ -133,26 +133,84 @@ async def test_killed_workers_states_are_reclaimed_in_parallel_past_a_hanging_on
     print(f"30 slow states of a killed worker reclaimed and run in {took:.1f}s")
 
 
-# -- many orphans clear fast -------------------------------------------------------------
-async def test_many_orphaned_states_clear_in_bounded_time(
-    redis_url: str, namespace: str, sm: StateManager
+# -- many orphans clear fast, within the room -------------------------------------------
+async def test_many_orphaned_states_clear_in_bounded_time_within_the_room(
+    redis_url: str, namespace: str, sm: StateManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    n, nap = 2000, 0.02
+    n, fresh, nap = 2000, 1000, 0.02
     states = await sm.enqueue_many("Nap", [{"seconds": nap, "i": i} for i in range(n)])
     await _orphan(sm, "Nap", n)
+    # Read meanwhile by the same worker: reclaims and reads share max_inflight.
+    states += await sm.enqueue_many("Nap", [{"seconds": nap, "i": i} for i in range(fresh)])
+    peak = 0
+    accept = Worker._accept
+
+    def spy(self: Worker, *args: Any, **kwargs: Any) -> None:
+        nonlocal peak
+        accept(self, *args, **kwargs)
+        peak = max(peak, self.inflight)
+
+    monkeypatch.setattr(Worker, "_accept", spy)
     rt = Runtime(
         namespace=namespace, name="t", nodes=[Nap], redis_url=redis_url, visibility_timeout=0.5
     )
     started = time.monotonic()
     async with running(rt):
-        # One at a time: >= n x 20 ms = 40 s. In parallel (32 executors): ~1.3 s of naps.
+        # One at a time: >= n x 20 ms = 40 s. In parallel (32 executors): ~2 s of naps.
         done = await sm.wait_for_states("Nap", states, timeout=15)
         took = time.monotonic() - started
+        assert rt._worker is not None
+        limit = rt._worker.max_inflight
     assert {r.status for r in done.values()} == {"SUCCEEDED"}
-    assert len(await sm.outputs("Nap", count=n + 1)) == n  # each once
-    assert rt.settled == n
+    assert len(await sm.outputs("Nap", count=n + fresh + 1)) == n + fresh  # each once
+    assert rt.settled == n + fresh
+    assert 0 < peak <= limit, (peak, limit)
     await _all_clear(sm, "Nap")
-    print(f"{n} orphaned states cleared in {took:.1f}s")
+    print(f"{n} orphaned (+{fresh} fresh) states cleared in {took:.1f}s, peak in flight {peak}")
+
+
+# -- the claim script ------------------------------------------------------------------------
+async def _layout(sm: StateManager, node: str) -> list[bytes]:
+    """Seven pending entries of `node`, delivered 2, 1, 2, 3, 1, 1, 1 times (the last one
+    deleted from the stream while pending), all idle."""
+    await sm.enqueue_many(node, [{"i": i} for i in range(7)])
+    await _orphan(sm, node, 7)
+    stream = sm.keys.queue(node)
+    ids = [entry_id for entry_id, _ in await sm.client.xrange(stream)]
+    await sm.client.xclaim(stream, GROUP, "ghost-2", 0, [ids[0], ids[2], ids[3]])
+    await sm.client.xclaim(stream, GROUP, "ghost-3", 0, [ids[3]])
+    await sm.client.xdel(stream, ids[6])
+    return ids
+
+
+async def _deliveries(sm: StateManager, node: str) -> dict[bytes, tuple[str, int]]:
+    rows = await sm.client.xpending_range(sm.keys.queue(node), GROUP, "-", "+", 100)
+    return {r["message_id"]: (r["consumer"].decode(), int(r["times_delivered"])) for r in rows}
+
+
+async def test_claim_script_takes_one_suspect_the_poisoned_and_the_rest_up_to_count(
+    sm: StateManager,
+) -> None:
+    rules = {"suspect_from": 2, "poison_at": 3}
+    ids = await _layout(sm, "A")
+    claimed = await sm.broker.reclaim("A", "me", 0, 10, suspects=1, **rules)
+    # The first suspect, not the second; the poisoned one whatever the budget; the
+    # deleted one dropped (and acknowledged).
+    assert [(i, d) for i, d, _ in claimed] == [
+        (ids[0], 2), (ids[1], 1), (ids[3], 3), (ids[4], 1), (ids[5], 1)
+    ]  # fmt: skip
+    assert all(fields for _, _, fields in claimed)
+    assert await _deliveries(sm, "A") == {
+        ids[0]: ("me", 3), ids[1]: ("me", 2), ids[2]: ("ghost-2", 2), ids[3]: ("me", 4),
+        ids[4]: ("me", 2), ids[5]: ("me", 2),
+    }  # fmt: skip
+
+    ids = await _layout(sm, "B")
+    claimed = await sm.broker.reclaim("B", "me", 0, 2, suspects=0, **rules)
+    assert [i for i, _, _ in claimed] == [ids[1], ids[3]]  # count bounds the claim
+
+    ids = await _layout(sm, "C")
+    assert await sm.broker.reclaim("C", "me", 60_000, 10, suspects=1, **rules) == []  # not idle
 
 
 # -- suspects: one at a time, a hung one does not block the next --------------------------
