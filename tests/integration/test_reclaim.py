@@ -364,7 +364,7 @@ async def test_dead_consumers_are_removed_live_and_holding_ones_kept(
     await sm.client.xreadgroup(GROUP, "dead-holding", {stream: ">"}, count=1)
     for name in ("dead-empty-1", "dead-empty-2"):
         await sm.client.execute_command("XGROUP", "CREATECONSUMER", stream, GROUP, name)
-    _with_worker_options(monkeypatch, consumer_idle_ms=1000)
+    _with_worker_options(monkeypatch, consumer_idle_ms=2000)
 
     def make(visibility: float) -> Runtime:
         return Runtime(
@@ -387,7 +387,7 @@ async def test_dead_consumers_are_removed_live_and_holding_ones_kept(
         consumers = await _consumers(sm, "Nap")
         assert consumers.keys() == {one.consumer, two.consumer, "dead-holding"}
         assert consumers["dead-holding"]["pending"] == 1
-        assert consumers["dead-holding"]["idle"] > 1000  # kept for its entry, not for idling
+        assert consumers["dead-holding"]["idle"] >= 2000  # kept for its entry, not for idling
     # Stopped cleanly: they left the group. Now a worker that reclaims the held entry;
     # then dead-holding holds nothing and goes too.
     assert (await _consumers(sm, "Nap")).keys() == {"dead-holding"}
@@ -399,4 +399,6 @@ async def test_dead_consumers_are_removed_live_and_holding_ones_kept(
 
         await _until("the emptied dead consumer is removed", only_live_left, 15)
     assert result[held].status == "SUCCEEDED"
+    assert (await _consumers(sm, "Nap")).keys() == set()  # three left on its clean stop
+    assert await sm.client.zrange(f"{sm.keys.base}:alive", 0, -1) == []  # nobody alive
     await _all_clear(sm, "Nap")
