@@ -372,8 +372,8 @@ class Worker:
     # -- reclaiming and heartbeats ------------------------------------------------------
     async def _reclaimer(self) -> None:
         """Take over states whose worker died or hung (pending longer than the visibility
-        timeout), as many at once as there is room for: never more than max_inflight in
-        flight. An entry delivered once is mostly innocent read-ahead of one dead or hung
+        timeout), as many at once as there is free room (max_inflight - inflight) for,
+        never more. An entry delivered once is mostly innocent read-ahead of one dead or hung
         worker: those run in parallel, like read entries. An entry delivered more often is
         a suspect (it may be what killed its workers): suspects run ONE AT A TIME, the next
         claimed once the last one settled or after a bounded wait (the visibility timeout;
@@ -386,14 +386,15 @@ class Worker:
         while not self._stopping.is_set():
             for node in self.specs:
                 await self._prune(node)  # when due; also keeps our consumers marked alive
-            more = False  # the room ran out: there may be more to claim once it frees
+            # A claim filled its room: there may be more, claimed as room frees. Only then
+            # (not whenever reads fill the room) does a round follow the settles' pace.
+            more = False
             for node in self.specs:
                 if self._stopping.is_set():
                     return  # claim nothing more once stopping: it could not be run
                 room = self._reclaim_room()
                 if room <= 0:
-                    more = True
-                    break
+                    break  # full of read states: try again next round
                 taken, filled = await self._reclaim(node, room)
                 streak += taken
                 more = more or filled
@@ -409,16 +410,17 @@ class Worker:
             await self._reclaim_pause(interval)
 
     def _reclaim_room(self) -> int:
-        """How many states may be claimed now. The reader's read may be on its way with
-        up to a batch (per stream at least one) not yet counted in `inflight`: that much
-        stays free for it, so both together never exceed max_inflight."""
-        return self.max_inflight - self.inflight - max(self.batch_size, len(self.specs))
+        """How many states may be claimed now: the free room. Not less, e.g. to leave a
+        share for a read that may be on its way: a saturated worker (reads refill the
+        room as soon as half a batch is free) would then never reclaim at all. So a read
+        in flight during a claim can overshoot max_inflight by its count, once."""
+        return self.max_inflight - self.inflight
 
     async def _reclaim(self, node: str, room: int) -> tuple[int, bool]:
         """One claim of `node`'s idle entries, up to `room`: (taken, whether room ran out)."""
         suspects = 1 if self._suspect_free() else 0
         # The room is reserved during the call, so a read starting meanwhile cannot take
-        # it too (one already on its way was left its share by _reclaim_room).
+        # it too.
         self.inflight += room
         try:
             claimed = await self._until_ok(

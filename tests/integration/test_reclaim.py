@@ -140,7 +140,7 @@ async def test_many_orphaned_states_clear_in_bounded_time_within_the_room(
     n, fresh, nap = 2000, 1000, 0.02
     states = await sm.enqueue_many("Nap", [{"seconds": nap, "i": i} for i in range(n)])
     await _orphan(sm, "Nap", n)
-    # Read meanwhile by the same worker: reclaims and reads share max_inflight.
+    # Read meanwhile by the same worker: claims and reads share its room.
     states += await sm.enqueue_many("Nap", [{"seconds": nap, "i": i} for i in range(fresh)])
     peak = 0
     accept = Worker._accept
@@ -164,7 +164,8 @@ async def test_many_orphaned_states_clear_in_bounded_time_within_the_room(
     assert {r.status for r in done.values()} == {"SUCCEEDED"}
     assert len(await sm.outputs("Nap", count=n + fresh + 1)) == n + fresh  # each once
     assert rt.settled == n + fresh
-    assert 0 < peak <= limit, (peak, limit)
+    # A claim reserves its room; a read already on its way may overshoot by its count.
+    assert 0 < peak <= limit + rt.batch_size, (peak, limit)
     await _all_clear(sm, "Nap")
     print(f"{n} orphaned (+{fresh} fresh) states cleared in {took:.1f}s, peak in flight {peak}")
 
