@@ -170,6 +170,32 @@ async def test_many_orphaned_states_clear_in_bounded_time_within_the_room(
     print(f"{n} orphaned (+{fresh} fresh) states cleared in {took:.1f}s, peak in flight {peak}")
 
 
+async def test_a_saturated_worker_still_reclaims(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """Reads refill a busy worker's room as soon as half a batch is free; orphans must
+    still get in (not wait for the backlog to drain)."""
+    orphans = await sm.enqueue_many("Nap", [{"seconds": 0, "i": i} for i in range(20)])
+    await _orphan(sm, "Nap", 20)
+    backlog = await sm.enqueue_many("Nap", [{"seconds": 0.05, "i": i} for i in range(400)])
+    rt = Runtime(
+        namespace=namespace,
+        name="t",
+        nodes=[Nap],
+        redis_url=redis_url,
+        visibility_timeout=0.5,
+        batch_size=10,
+        workers=4,  # 80 backlog states/s: 5 s of backlog, room for 44 in flight
+    )
+    async with running(rt):
+        done = await sm.wait_for_states("Nap", orphans, timeout=30)
+        finished = {o.state_id for o in await sm.outputs("Nap", count=1000)}
+        assert len(finished & set(backlog)) < 300, "the orphans waited for the backlog"
+        done |= await sm.wait_for_states("Nap", backlog, timeout=60)
+    assert {r.status for r in done.values()} == {"SUCCEEDED"} and len(done) == 420
+    await _all_clear(sm, "Nap")
+
+
 # -- the claim script ------------------------------------------------------------------------
 async def _layout(sm: StateManager, node: str) -> list[bytes]:
     """Seven pending entries of `node`, delivered 2, 1, 2, 3, 1, 1, 1 times (the last one
