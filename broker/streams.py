@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from functools import cached_property
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
@@ -87,6 +88,13 @@ def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:
     return out
 
 
+def alive_key(keys: Keys) -> str:
+    """Sorted set of the namespace's consumers by when each last said it was alive (Redis
+    time, ms): see broker/lua/prune_consumers.lua. (Kept here with its only users; it
+    belongs with the other names in broker.keys.)"""
+    return f"{keys.base}:alive"
+
+
 class Broker:
     """One namespace's streams on one Redis connection pool."""
 
@@ -130,7 +138,9 @@ class Broker:
         kept = 0
         for node in nodes:
             kept += 1 - int(
-                await self._retire(keys=[self.keys.queue(node)], args=[GROUP, consumer])
+                await self._retire(
+                    keys=[self.keys.queue(node), alive_key(self.keys)], args=[GROUP, consumer]
+                )
             )
         return kept
 
@@ -197,12 +207,36 @@ class Broker:
         return int(moved), int(next_due)
 
     async def reclaim(
-        self, node: str, consumer: str, min_idle_ms: int, count: int = 100
+        self,
+        node: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int = 100,
+        *,
+        suspects: int | None = None,
+        suspect_from: int = 2,
+        poison_at: int | None = None,
+        scan: int | None = None,
     ) -> list[tuple[bytes, int, dict[bytes, bytes]]]:
-        """Claim entries of `node` idle longer than `min_idle_ms`:
-        [(entry id, deliveries before this claim, fields)]."""
+        """Claim up to `count` entries of `node` idle longer than `min_idle_ms`, in id
+        order: [(entry id, deliveries before this claim, fields)]. Of the entries
+        delivered `suspect_from` times or more (suspects) at most `suspects` are claimed
+        (default: no limit), except those delivered `poison_at` times or more, which are
+        always claimed (to be dead-lettered). At most `scan` idle entries are examined
+        (default: enough to look past a few hundred skipped suspects)."""
+        no_limit = count + 1
         reply = await self._reclaim(
-            keys=[self.keys.queue(node)], args=[GROUP, consumer, min_idle_ms, count]
+            keys=[self.keys.queue(node)],
+            args=[
+                GROUP,
+                consumer,
+                min_idle_ms,
+                count,
+                no_limit if suspects is None else suspects,
+                suspect_from,
+                2**31 if poison_at is None else poison_at,
+                max(2 * count, 1000) if scan is None else scan,
+            ],
         )
         out: list[tuple[bytes, int, dict[bytes, bytes]]] = []
         for entry_id, deliveries, flat in reply:
@@ -350,3 +384,18 @@ class Broker:
             reply = await self._publish(keys=[stream], args=list(part))
             ids += [i.decode() for i in reply]
         return ids
+
+    # -- consumers ----------------------------------------------------------------------
+    async def prune_consumers(self, node: str, keep: str, min_idle_ms: int) -> list[str]:
+        """Record `keep` (the caller) alive, and remove the consumers of `node`'s group
+        that hold no pending entry and were neither active nor recorded alive for
+        `min_idle_ms`: dead workers. Returns their names."""
+        removed = await self._prune_consumers_script(
+            keys=[self.keys.queue(node), alive_key(self.keys)], args=[GROUP, min_idle_ms, keep]
+        )
+        return [r.decode() if isinstance(r, bytes) else str(r) for r in removed]
+
+    @cached_property
+    def _prune_consumers_script(self) -> Any:
+        # Registered on first use (kept here, at the end, with its one caller).
+        return self.client.register_script(_lua("prune_consumers.lua"))

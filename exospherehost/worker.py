@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -59,6 +59,8 @@ class Worker:
         grace_s: float = 30.0,
         visibility_ms: int = 30_000,
         max_deliveries: int = 5,
+        suspect_timeout_s: float | None = None,
+        consumer_idle_ms: int | None = None,
     ) -> None:
         self.broker = broker
         self.specs = {s.name: s for s in specs}
@@ -92,6 +94,24 @@ class Worker:
         # A connection each for the reader's and the settles' one-call-per-batch loops.
         self._read_lane = Lane(broker.client)
         self._settle_lanes = [Lane(broker.client) for _ in range(SETTLES_IN_FLIGHT)]
+        # Reclaiming (see _reclaimer). From how many deliveries a reclaimed entry is a
+        # suspect, run alone; the one suspect awaited now: (node, id), settled, deadline.
+        self._suspect_from = suspect_threshold(max_deliveries)
+        self._suspect: tuple[tuple[str, bytes], asyncio.Event, float] | None = None
+        # A suspect's execution bound (Job.timeout): 10 visibility timeouts leave a healthy
+        # slow state room, and a hung one then fails under its retry policy instead of
+        # holding an executor for good (heartbeats keep its claim alive meanwhile).
+        self.suspect_timeout_s = (
+            suspect_timeout_s if suspect_timeout_s is not None else visibility_ms / 100
+        )
+        # A consumer holding nothing, idle and not recorded alive this long is a dead
+        # worker's (kill -9 skips _retire): removed (see _prune). Streams are pruned every
+        # half of it, so it has a floor: pruning must not become a busy loop.
+        if consumer_idle_ms is None:
+            consumer_idle_ms = max(10 * visibility_ms, 300_000)
+        self.consumer_idle_ms = max(consumer_idle_ms, 1000)
+        self._prune_due: dict[str, float] = {}  # node -> monotonic time of its next prune
+        self.consumers_removed = 0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -164,6 +184,7 @@ class Worker:
         entries: list[tuple[bytes, dict[bytes, bytes]]],
         poison: str | None = None,
         deliveries: int = 1,
+        timeout: float | None = None,
     ) -> None:
         """Take delivered entries of `node` into the pipeline (a reclaimed poison message
         straight to its settle). The hot path: it runs for every state read, so what the
@@ -184,7 +205,7 @@ class Worker:
                 reason = poison or why
                 self._finish(Malformed(node, stream, entry_id, fields, reason, deliveries))
                 continue
-            job = Job(node, stream, entry_id, fields, env, deliveries)
+            job = Job(node, stream, entry_id, fields, env, deliveries, timeout)
             if poison is not None:
                 self._finish(Failed(job, poison, "", permanent=True))
             else:
@@ -400,42 +421,165 @@ class Worker:
     # -- reclaiming and heartbeats ------------------------------------------------------
     async def _reclaimer(self) -> None:
         """Take over states whose worker died or hung (pending longer than the visibility
-        timeout). Each reclaimed state is a suspect — it may be what killed its worker —
-        so suspects are claimed and run ONE AT A TIME, each settled before the next is
-        claimed: a poison message then costs at most one more worker per delivery and
-        never drags a batch of innocent states towards the delivery limit with it. A
-        state already delivered `max_deliveries` times is dead-lettered, not run."""
+        timeout), as many at once as there is free room (max_inflight - inflight) for,
+        never more. An entry delivered once is mostly innocent read-ahead of one dead or hung
+        worker: those run in parallel, like read entries. An entry delivered more often is
+        a suspect (it may be what killed its workers): suspects run ONE AT A TIME, the next
+        claimed once the last one settled or after a bounded wait (the visibility timeout;
+        a hung one keeps its executor, under an execution bound). A poison message
+        therefore drags innocent batch-mates along for one delivery at most, never to the
+        delivery limit; one delivered `max_deliveries` times is dead-lettered, not run.
+        Now and then also removes dead workers' consumers from the groups."""
         interval = self.visibility_ms / 2000
         streak = 0  # reclaimed since the last quiet round: logged once, not per state
         while not self._stopping.is_set():
-            claimed_any = False
+            for node in self.specs:
+                await self._prune(node)  # when due; also keeps our consumers marked alive
+            # A claim filled its room: there may be more, claimed as room frees. Only then
+            # (not whenever reads fill the room) does a round follow the settles' pace.
+            more = False
             for node in self.specs:
                 if self._stopping.is_set():
                     return  # claim nothing more once stopping: it could not be run
-                claimed = await self._until_ok(
-                    partial(self.broker.reclaim, node, self.consumer, self.visibility_ms, 1)
+                room = self._reclaim_room()
+                if room <= 0:
+                    break  # full of read states: try again next round
+                taken, filled = await self._reclaim(node, room)
+                streak += taken
+                more = more or filled
+            if more:
+                if self._reclaim_room() <= 0:
+                    self._room.clear()  # safe: the reader checks the room before waiting
+                    # Set by settles and by stop(); bounded so prunes stay on time.
+                    await _pause(max(0.0, min(interval, self._until_prune())), self._room)
+                continue
+            if streak:
+                log.info("took over %d states of dead or hung workers", streak)
+                streak = 0
+            await self._reclaim_pause(interval)
+
+    def _reclaim_room(self) -> int:
+        """How many states may be claimed now: the free room. Not less, e.g. to leave a
+        share for a read that may be on its way: a saturated worker (reads refill the
+        room as soon as half a batch is free) would then never reclaim at all. So a read
+        in flight during a claim can overshoot max_inflight by its count, once."""
+        return self.max_inflight - self.inflight
+
+    async def _reclaim(self, node: str, room: int) -> tuple[int, bool]:
+        """One claim of `node`'s idle entries, up to `room`: (taken, whether room ran out)."""
+        suspects = 1 if self._suspect_free() else 0
+        # The room is reserved during the call, so a read starting meanwhile cannot take
+        # it too.
+        self.inflight += room
+        try:
+            claimed = await self._until_ok(
+                partial(
+                    self.broker.reclaim,
+                    node,
+                    self.consumer,
+                    self.visibility_ms,
+                    room,
+                    suspects=suspects,
+                    suspect_from=self._suspect_from,
+                    poison_at=self.max_deliveries,
                 )
-                for entry_id, deliveries, fields in claimed:
-                    if entry_id in self._held[node]:
-                        continue  # already ours (our own heartbeat lagged): no second copy
-                    claimed_any = True
-                    streak += 1
-                    poison = None
-                    if deliveries >= self.max_deliveries:
-                        poison = (
-                            f"delivered {deliveries} times without being settled: the worker "
-                            f"running it died or hung each time (poison message)"
-                        )
-                    log.debug("reclaimed %s %s (delivered %d times)", node, entry_id, deliveries)
-                    settled = self._settled_event(node, entry_id)
-                    # XCLAIM counted one more delivery (to us).
-                    self._accept(node, [(entry_id, fields)], poison, deliveries + 1)
-                    await settled.wait()
-            if not claimed_any:
-                if streak:
-                    log.info("took over %d states of dead or hung workers", streak)
-                    streak = 0
-                await _pause(interval, self._stopping)
+            )
+        finally:
+            self.inflight -= room
+            self._room.set()  # a reader that waited on the reservation looks again
+        if claimed and self._stopping.is_set():
+            # Too late to run them: they stay pending (not held, so not heartbeaten) and
+            # another worker reclaims them after the visibility timeout.
+            log.info("stopping: %d reclaimed %s states left for other workers", len(claimed), node)
+            return 0, False
+        return self._take(node, claimed), len(claimed) >= room
+
+    def _take(self, node: str, claimed: list[tuple[bytes, int, dict[bytes, bytes]]]) -> int:
+        """Accept what one claim returned, each kind its way; returns how many."""
+        held = self._held[node]
+        batches: dict[int, list[tuple[bytes, dict[bytes, bytes]]]] = {}
+        taken = 0
+        for entry_id, deliveries, fields in claimed:
+            if entry_id in held:
+                continue  # already ours (our own heartbeat lagged): no second copy
+            taken += 1
+            kind = triage(deliveries, self._suspect_from, self.max_deliveries)
+            # XCLAIM counted one more delivery (to us): deliveries + 1.
+            if kind == "poison":
+                self._accept(node, [(entry_id, fields)], _poison(deliveries), deliveries + 1)
+            elif kind == "suspect":
+                log.debug("suspect %s %s (delivered %d times)", node, entry_id, deliveries)
+                deadline = time.monotonic() + self.visibility_ms / 1000
+                self._suspect = ((node, entry_id), self._settled_event(node, entry_id), deadline)
+                self._accept(
+                    node, [(entry_id, fields)], None, deliveries + 1, self.suspect_timeout_s
+                )
+            else:
+                batches.setdefault(deliveries, []).append((entry_id, fields))
+        for deliveries, entries in batches.items():
+            self._accept(node, entries, None, deliveries + 1)
+        return taken
+
+    def _suspect_free(self) -> bool:
+        """Whether the next suspect may be claimed: the last one settled, or its wait ran
+        out (it runs on, bounded by suspect_timeout_s; reclaiming goes on without it)."""
+        if self._suspect is None:
+            return True
+        key, settled, deadline = self._suspect
+        if not settled.is_set():
+            if time.monotonic() < deadline:
+                return False
+            self._watch.pop(key, None)  # no longer waited for
+            log.warning(
+                "reclaimed suspect %s %s still runs after %.1fs; claiming the next one",
+                key[0],
+                key[1].decode(errors="replace"),
+                self.visibility_ms / 1000,
+            )
+        self._suspect = None
+        return True
+
+    async def _reclaim_pause(self, interval: float) -> None:
+        """Wait for the next round: `interval`, or less if the awaited suspect settles or
+        its wait runs out first, or a stream is due for pruning; stop() ends it at once."""
+        interval = min(interval, self._until_prune())
+        events = [self._stopping]
+        if self._suspect is not None:
+            _, settled, deadline = self._suspect
+            events.append(settled)
+            interval = min(interval, deadline - time.monotonic())
+        await _any_set(events, max(0.0, interval))
+
+    def _until_prune(self) -> float:
+        """Seconds until a stream is due for pruning (also our liveness record)."""
+        if not self._prune_due:
+            return float("inf")
+        return min(self._prune_due.values()) - time.monotonic()
+
+    async def _prune(self, node: str) -> None:
+        """Remove dead consumers of `node`'s group and record ours alive (see
+        broker/lua/prune_consumers.lua), every consumer_idle_ms / 2: more often than
+        the bound, so a live consumer always has a fresh record."""
+        now = time.monotonic()
+        if now < self._prune_due.get(node, 0.0):
+            return
+        self._prune_due[node] = now + self.consumer_idle_ms / 2000
+        try:
+            removed = await self._until_ok(
+                partial(self.broker.prune_consumers, node, self.consumer, self.consumer_idle_ms)
+            )
+        except ResponseError as exc:  # e.g. an ACL without XINFO: not worth retrying
+            log.warning("cannot remove dead consumers of %s (%s); not trying again", node, exc)
+            self._prune_due[node] = float("inf")
+            return
+        if removed:
+            self.consumers_removed += len(removed)
+            log.info(
+                "removed %d dead consumer(s) of %s: %s",
+                len(removed),
+                node,
+                ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""),
+            )
 
     def _settled_event(self, node: str, entry_id: bytes) -> asyncio.Event:
         event = asyncio.Event()
@@ -502,3 +646,45 @@ async def _pause(seconds: float, stop: asyncio.Event) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
     return stop.is_set()
+
+
+async def _any_set(events: Sequence[asyncio.Event], seconds: float) -> None:
+    """Sleep up to `seconds`, waking early when any of `events` is set."""
+    if any(e.is_set() for e in events):
+        return
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+def suspect_threshold(max_deliveries: int) -> int:
+    """Deliveries (before a claim) from which a reclaimed entry is a suspect, run alone.
+
+    Entries delivered once run in parallel. If one of them killed the worker that
+    reclaimed them, its batch-mates got one delivery more (2) and are suspects from then
+    on: the rule costs an innocent one delivery at most, which must leave it below the
+    limit. So with max_deliveries < 3 every reclaimed entry is a suspect."""
+    return 2 if max_deliveries >= 3 else 1
+
+
+def triage(
+    deliveries: int, suspect_from: int, max_deliveries: int
+) -> Literal["poison", "suspect", "run"]:
+    """What to do with an entry reclaimed after `deliveries` deliveries: "poison"
+    (dead-letter it, do not run it), "suspect" (run it alone) or "run" (with the rest).
+    broker/lua/reclaim.lua claims by the same rule."""
+    if deliveries >= max_deliveries:
+        return "poison"
+    if deliveries >= suspect_from:
+        return "suspect"
+    return "run"
+
+
+def _poison(deliveries: int) -> str:
+    return (
+        f"delivered {deliveries} times without being settled: the worker running it died "
+        f"or hung each time (poison message)"
+    )
