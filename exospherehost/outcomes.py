@@ -19,6 +19,7 @@ class Job:
     fields: dict[bytes, bytes]
     env: Envelope
     deliveries: int = 1  # times Redis handed this entry to a worker (reclaims add one)
+    timeout: float | None = None  # bound on this execution (s), else the node's own
 
 
 @dataclass(slots=True)
