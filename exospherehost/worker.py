@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from broker.codec import MalformedEntry, decode
 from broker.lane import Lane
 from broker.streams import Broker
-from exospherehost.execution import NodeSpec, execute
+from exospherehost.execution import InternalErrors, NodeSpec, describe, execute, format_traceback
 from exospherehost.graphstore import GraphCache
 from exospherehost.jobqueue import JobQueue
 from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
@@ -38,9 +38,17 @@ from exospherehost.stats import RuntimeStats
 
 log = logging.getLogger("exospherehost.worker")
 SETTLES_IN_FLIGHT = 2  # see Worker._settler
+# After the grace period, how long settles still retry through an outage before a
+# stopping worker gives up (what is unsettled then stays pending and gets reclaimed).
+SETTLE_AFTER_GRACE_S = 2.0
 _UNSETTLED = -1  # flag of a state whose settle failed: left pending, counted nowhere
 T = TypeVar("T")
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class ShutdownAbandoned(RedisConnectionError):
+    """A stopping worker gave up a Redis call: Redis stayed unreachable up to the stop
+    deadline. Whatever it held stays pending in Redis, for another worker to reclaim."""
 
 
 class Worker:
@@ -84,6 +92,9 @@ class Worker:
         self._has_outcomes = asyncio.Event()
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._stop_deadline = 0.0  # set by stop(): when a stopping worker gives up on Redis
+        self._serving: asyncio.Task[object] | None = None  # the task running run()
+        self._bugs = InternalErrors(log)  # bugs of our own, logged once per kind
         self._done = asyncio.Event()  # everything read was settled or released
         self.ready = asyncio.Event()  # groups exist and this consumer joined them
         self._executing: set[asyncio.Task[None]] = set()
@@ -93,17 +104,26 @@ class Worker:
         self._settle_lanes = [Lane(broker.client) for _ in range(SETTLES_IN_FLIGHT)]
 
     def stop(self) -> None:
+        if not self._stopping.is_set():
+            self._stop_deadline = time.monotonic() + self.grace_s + SETTLE_AFTER_GRACE_S
         self._stopping.set()
         self._room.set()  # a reader waiting for room wakes up and sees the stop
 
     async def run(self) -> None:
+        self._serving = asyncio.current_task()
         nodes = list(self.specs)
-        await self._until_ok(lambda: self.broker.ensure_groups(nodes))
-        await self._until_ok(lambda: self.broker.join(self.consumer, nodes))
-        for lane in self._settle_lanes:
-            # Connected up front: settles then reach Redis in the order they were sent
-            # (a lane connecting lazily would let a later batch overtake).
-            await self._until_ok(lane.open)
+        try:
+            await self._until_ok(lambda: self.broker.ensure_groups(nodes))
+            await self._until_ok(lambda: self.broker.join(self.consumer, nodes))
+            for lane in self._settle_lanes:
+                # Connected up front: settles then reach Redis in the order they were sent
+                # (a lane connecting lazily would let a later batch overtake).
+                await self._until_ok(lane.open)
+        except ShutdownAbandoned as exc:  # stopped before serving, Redis unreachable
+            log.warning("stopped before serving: %s", exc)
+            for lane in self._settle_lanes:
+                await lane.close()
+            return
         self.ready.set()
         settler = asyncio.create_task(self._settler(), name="exo-settler")
         background = [
@@ -116,13 +136,19 @@ class Worker:
             for i in range(self.concurrency)
         ]
         self._executing.update(executors)
+        abandoned = False  # a stopping worker gave up on an unreachable Redis
         try:
             await self._reader()
+        except ShutdownAbandoned:
+            pass  # stopped while Redis is unreachable: there is nothing more to read
         finally:
-            self._stopping.set()  # also when the reader failed: let the settler finish
+            self.stop()  # also when the reader failed: let the settler finish
             await self._drain(executors)
             self._has_outcomes.set()
-            await settler
+            try:
+                await settler
+            except ShutdownAbandoned:
+                abandoned = True
             # Background loops end on their own at their next wake-up (cancelling them
             # mid-call is unreliable: redis-py can swallow a cancellation into a retry);
             # only one stuck in an outage is cancelled after a bound.
@@ -131,7 +157,15 @@ class Worker:
             for task in stuck:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._retire(nodes)
+            if unsettled := sum(len(held) for held in self._held.values()):
+                log.warning(
+                    "stopped with %d states unsettled (Redis unreachable until the stop "
+                    "deadline); they stay pending and another worker reclaims them after "
+                    "visibility_timeout",
+                    unsettled,
+                )
+            if not abandoned:  # else Redis is down, and we hold pending entries anyway
+                await self._retire(nodes)
             for lane in (self._read_lane, *self._settle_lanes):
                 await lane.close()
 
@@ -191,17 +225,39 @@ class Worker:
 
     # -- executing ----------------------------------------------------------------------
     async def _executor(self) -> None:
+        """Run jobs until the queue closes. Survives anything but its own cancellation
+        (shutdown grace over): execute() turns whatever node code raises into an outcome,
+        and a bug of our own here fails the state, logged, instead of the executor."""
         queue = self._queue
         clock = time.perf_counter
+        me = asyncio.current_task()
+        assert me is not None
         while (job := await queue.get()) is not None:
             started = clock()
             try:
                 outcome = await self._execute(job)
-            except asyncio.CancelledError:
-                self._finish(Released(job))  # shutdown grace ran out: hand it back now
-                raise
-            self.stats.executed(job.node, outcome, clock() - started)
+            except ShutdownAbandoned:
+                self._finish(Released(job))  # Redis gone at shutdown: it stays pending
+                continue
+            except BaseException as exc:
+                if me.cancelling():
+                    self._finish(Released(job))  # shutdown grace ran out: hand it back now
+                    raise
+                outcome = self._internal_error(job, exc)
+            if me.cancelling():  # cancelled, and node code swallowed the cancellation
+                self._finish(Released(job) if isinstance(outcome, Failed) else outcome)
+                raise asyncio.CancelledError
+            try:
+                self.stats.executed(job.node, outcome, clock() - started)
+            except Exception as exc:  # counters are bookkeeping: the outcome still settles
+                self._bugs.report("counting an execution", exc)
             self._finish(outcome)
+
+    def _internal_error(self, job: Job, exc: BaseException) -> Failed:
+        """A bug in our own code path (not node code): the state fails for good."""
+        self._bugs.report(f"executing a {job.node} state", exc)
+        reason = f"internal error executing {job.node}: {describe(exc)}"
+        return Failed(job, reason, format_traceback(exc), permanent=True)
 
     async def _execute(self, job: Job) -> Outcome:
         env = job.env
@@ -230,9 +286,11 @@ class Worker:
         self._has_outcomes.set()
 
     async def _drain(self, executors: list[asyncio.Task[None]]) -> None:
-        """Finish what was read within the grace period; release the rest at once."""
+        """Finish what was read within the grace period (counted from stop()); release
+        the rest at once."""
         self._queue.close()
-        _, late = await asyncio.wait(executors, timeout=self.grace_s)
+        left = self._stop_deadline - SETTLE_AFTER_GRACE_S - time.monotonic()
+        _, late = await asyncio.wait(executors, timeout=max(0.0, left))
         for task in late:
             task.cancel()
         await asyncio.gather(*executors, return_exceptions=True)
@@ -418,7 +476,12 @@ class Worker:
 
     # -- resilience ---------------------------------------------------------------------
     async def _until_ok(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry a Redis call through an outage with capped backoff; log once per outage."""
+        """Retry a Redis call through an outage with capped backoff; log once per outage.
+
+        A stop bounds the retrying (raising ShutdownAbandoned): the serving task (start-up,
+        reading) gives up at once, as nothing new should start, and other loops (settles
+        above all) at the stop deadline, grace period + SETTLE_AFTER_GRACE_S. Nothing is
+        lost: what was not settled stays pending in Redis and is reclaimed elsewhere."""
         delay = 0.05
         while True:
             try:
@@ -430,7 +493,15 @@ class Worker:
                     # cancellation (shutdown) wins over retrying.
                     raise asyncio.CancelledError from exc
                 self.outage.down(exc)
-                await asyncio.sleep(delay)
+                if not self._stopping.is_set():
+                    await _pause(delay, self._stopping)  # a stop cuts the backoff short
+                else:
+                    # Before run() started, the only callers are start-up calls.
+                    serving = self._serving is None or task is self._serving
+                    left = 0.0 if serving else self._stop_deadline - time.monotonic()
+                    if left <= 0:
+                        raise ShutdownAbandoned(f"stopping, Redis unreachable: {exc}") from exc
+                    await asyncio.sleep(min(delay, left))
                 delay = min(delay * 2, 2.0)
                 continue
             self.outage.up()
