@@ -483,9 +483,17 @@ class Worker:
         above all) at the stop deadline, grace period + SETTLE_AFTER_GRACE_S. Nothing is
         lost: what was not settled stays pending in Redis and is reclaimed elsewhere."""
         delay = 0.05
+        # Set once stopping and failing: a retry must not outlast the stop deadline (one
+        # attempt can take seconds in redis-py's own retries). The first attempt is never
+        # bounded, so a healthy call after the deadline still goes through.
+        bound: float | None = None
         while True:
             try:
-                result = await call()
+                if bound is None:
+                    result = await call()
+                else:
+                    async with asyncio.timeout(bound):  # TimeoutError is an OSError
+                        result = await call()
             except _TRANSIENT as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -502,6 +510,7 @@ class Worker:
                     if left <= 0:
                         raise ShutdownAbandoned(f"stopping, Redis unreachable: {exc}") from exc
                     await asyncio.sleep(min(delay, left))
+                    bound = max(0.1, self._stop_deadline - time.monotonic())
                 delay = min(delay * 2, 2.0)
                 continue
             self.outage.up()
