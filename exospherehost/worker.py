@@ -278,7 +278,7 @@ class Worker:
                     env.inputs = graph.unite_inputs(ident, env.ctx, collected)
                 except Exception as exc:
                     reason = f"cannot build the inputs of uniting node {ident!r}: {exc}"
-                    return Failed(job, reason, "", permanent=True)
+                    return Failed(job, reason, format_traceback(exc), permanent=True)
         return await execute(self.specs[job.node], job, graph, secrets, self.broker)
 
     def _finish(self, outcome: Outcome) -> None:
