@@ -93,7 +93,9 @@ class Worker:
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stop_deadline = 0.0  # set by stop(): when a stopping worker gives up on Redis
-        self._serving: asyncio.Task[object] | None = None  # the task running run()
+        # Tasks with nothing to finish once stopping (run() itself: start-up and reading;
+        # promoter, reclaimer): in an outage they give up at once. None before run().
+        self._quit_first: set[asyncio.Task[object]] | None = None
         self._bugs = InternalErrors(log)  # bugs of our own, logged once per kind
         self._done = asyncio.Event()  # everything read was settled or released
         self.ready = asyncio.Event()  # groups exist and this consumer joined them
@@ -110,7 +112,8 @@ class Worker:
         self._room.set()  # a reader waiting for room wakes up and sees the stop
 
     async def run(self) -> None:
-        self._serving = asyncio.current_task()
+        serving = asyncio.current_task()
+        self._quit_first = {serving} if serving is not None else set()
         nodes = list(self.specs)
         try:
             await self._until_ok(lambda: self.broker.ensure_groups(nodes))
@@ -131,6 +134,7 @@ class Worker:
             asyncio.create_task(self._reclaimer(), name="exo-reclaimer"),
             asyncio.create_task(self._heartbeat(), name="exo-heartbeat"),
         ]
+        self._quit_first.update(background[:2])  # the heartbeat keeps claims in the grace
         executors = [
             asyncio.create_task(self._executor(), name=f"exo-exec-{i}")
             for i in range(self.concurrency)
@@ -164,7 +168,11 @@ class Worker:
                     "visibility_timeout",
                     unsettled,
                 )
-            if not abandoned:  # else Redis is down, and we hold pending entries anyway
+            if abandoned or self.outage.since is not None:
+                # Redis is down (and what we hold stays pending anyway): leaving the
+                # groups would only cost one more failing call.
+                log.warning("could not leave the consumer groups: Redis unreachable")
+            else:
                 await self._retire(nodes)
             for lane in (self._read_lane, *self._settle_lanes):
                 await lane.close()
@@ -478,10 +486,11 @@ class Worker:
     async def _until_ok(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retry a Redis call through an outage with capped backoff; log once per outage.
 
-        A stop bounds the retrying (raising ShutdownAbandoned): the serving task (start-up,
-        reading) gives up at once, as nothing new should start, and other loops (settles
-        above all) at the stop deadline, grace period + SETTLE_AFTER_GRACE_S. Nothing is
-        lost: what was not settled stays pending in Redis and is reclaimed elsewhere."""
+        A stop bounds the retrying (raising ShutdownAbandoned): start-up, the reader, the
+        promoter and the reclaimer give up at once, as nothing new should start; other
+        loops (settles above all) at the stop deadline, grace period +
+        SETTLE_AFTER_GRACE_S. Nothing is lost: what was not settled stays pending in Redis
+        and is reclaimed elsewhere."""
         delay = 0.05
         # Set once stopping and failing: a retry must not outlast the stop deadline (one
         # attempt can take seconds in redis-py's own retries). The first attempt is never
@@ -504,9 +513,9 @@ class Worker:
                 if not self._stopping.is_set():
                     await _pause(delay, self._stopping)  # a stop cuts the backoff short
                 else:
-                    # Before run() started, the only callers are start-up calls.
-                    serving = self._serving is None or task is self._serving
-                    left = 0.0 if serving else self._stop_deadline - time.monotonic()
+                    # Before run(), the only callers are start-up calls: nothing to finish.
+                    quit_now = self._quit_first is None or task in self._quit_first
+                    left = 0.0 if quit_now else self._stop_deadline - time.monotonic()
                     if left <= 0:
                         raise ShutdownAbandoned(f"stopping, Redis unreachable: {exc}") from exc
                     await asyncio.sleep(min(delay, left))

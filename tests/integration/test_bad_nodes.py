@@ -7,6 +7,8 @@ on serving. Also: node timeouts, and stop() while Redis is unreachable."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 import time
 from collections import Counter
 from typing import Any, ClassVar
@@ -23,7 +25,7 @@ from exospherehost import (
     StateManager,
 )
 from exospherehost.deadletters import DeadLetter
-from tests.integration.helpers import running
+from tests.integration.helpers import running, start_worker
 
 RETRY_ONCE = RetryPolicyModel(max_retries=1, strategy=RetryStrategyEnum.FIXED, backoff_factor=10)
 
@@ -353,5 +355,36 @@ async def test_stop_while_redis_is_unreachable_returns_in_bound_and_loses_nothin
         assert await sm.pending("Gated") == {"length": 0, "pending": 0, "delayed": 0}
         assert sum(Gated.runs.values()) >= 20 and set(Gated.runs) == set(ids)
     finally:
+        await sm.close()
+        server.stop()
+
+
+async def test_sigterm_while_redis_is_down_exits_cleanly_within_the_grace_period(
+    namespace: str,
+) -> None:
+    server = PrivateServer()
+    info = server.start()
+    sm = StateManager(namespace, redis_url=info.url)
+    grace = 3.0
+    proc = start_worker(info.url, namespace, EXO_TEST_NODES="SampleNode", EXO_TEST_GRACE="3")
+    try:
+        ids = await sm.enqueue_many("SampleNode", [{"name": "x", "data": {}}] * 20)
+        await sm.wait_for_states("SampleNode", ids, timeout=30)  # it serves
+        await sm.close()
+        server.kill()
+        proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        try:
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=grace + 20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM with Redis down: the process did not exit")
+        took = time.monotonic() - stopped
+        assert proc.returncode == 0, out
+        assert "runtime stopped cleanly" in out
+        assert took < grace + 8, f"SIGTERM with Redis down took {took:.1f} s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
         await sm.close()
         server.stop()
