@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,7 +27,12 @@ class BaseNode(ABC):
 
     A state of a graph run reads and writes the run's key-value store through
     `self.store` (`await self.store.get(key)`, `.set(key, value)`, `.all()`, ...).
+
+    `timeout` (seconds, or None for no bound) bounds each execution: one that runs longer
+    is cancelled and counts as a failure under the retry policy.
     """
+
+    timeout: ClassVar[float | None] = None
 
     class Inputs(BaseModel):
         pass
@@ -91,6 +97,23 @@ def _model_problems(cls: type, attr: str) -> list[str]:
     return []
 
 
+def _timeout_problems(cls: type) -> list[str]:
+    timeout = getattr(cls, "timeout", None)
+    if timeout is None:
+        return []
+    # bool is an int, and inf / nan would pass `> 0` or fail oddly in asyncio.timeout.
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        return [
+            f"{cls.__name__}.timeout must be a positive number of seconds or None, got {timeout!r}"
+        ]
+    return []
+
+
 def node_problems(cls: object) -> list[str]:
     """Every reason `cls` cannot be served by a Runtime (empty when it can)."""
     if not (isinstance(cls, type) and issubclass(cls, BaseNode)):
@@ -107,6 +130,7 @@ def node_problems(cls: object) -> list[str]:
         problems.append(f"{cls.__name__} must implement `async def execute(self)`")
     elif not inspect.iscoroutinefunction(execute):
         problems.append(f"{cls.__name__}.execute must be `async def`, it is a plain function")
+    problems += _timeout_problems(cls)
     if inspect.isabstract(cls) and not problems:
         missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
         problems.append(f"{cls.__name__} is abstract (unimplemented: {missing})")

@@ -28,7 +28,7 @@ from broker.codec import MalformedEntry, decode, printable_fields
 from broker.lane import Lane
 from broker.plan import APPLIED, FAILED, REFUSED
 from broker.streams import Broker
-from exospherehost.execution import NodeSpec, execute
+from exospherehost.execution import InternalErrors, NodeSpec, describe, execute, format_traceback
 from exospherehost.graphstore import GraphCache
 from exospherehost.jobqueue import JobQueue
 from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
@@ -39,9 +39,17 @@ from exospherehost.stats import RuntimeStats
 
 log = logging.getLogger("exospherehost.worker")
 SETTLES_IN_FLIGHT = 2  # see Worker._settler
+# After the grace period, how long settles still retry through an outage before a
+# stopping worker gives up (what is unsettled then stays pending and gets reclaimed).
+SETTLE_AFTER_GRACE_S = 2.0
 _UNSETTLED = -1  # flag of a state whose settle failed: left pending, counted nowhere
 T = TypeVar("T")
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class ShutdownAbandoned(RedisConnectionError):
+    """A stopping worker gave up a Redis call: Redis stayed unreachable up to the stop
+    deadline. Whatever it held stays pending in Redis, for another worker to reclaim."""
 
 
 class Worker:
@@ -87,6 +95,11 @@ class Worker:
         self._has_outcomes = asyncio.Event()
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._stop_deadline = 0.0  # set by stop(): when a stopping worker gives up on Redis
+        # Tasks with nothing to finish once stopping (run() itself: start-up and reading;
+        # promoter, reclaimer): in an outage they give up at once. None before run().
+        self._quit_first: set[asyncio.Task[object]] | None = None
+        self._bugs = InternalErrors(log)  # bugs of our own, logged once per kind
         self._done = asyncio.Event()  # everything read was settled or released
         self.ready = asyncio.Event()  # groups exist and this consumer joined them
         self._executing: set[asyncio.Task[None]] = set()
@@ -114,17 +127,27 @@ class Worker:
         self.consumers_removed = 0
 
     def stop(self) -> None:
+        if not self._stopping.is_set():
+            self._stop_deadline = time.monotonic() + self.grace_s + SETTLE_AFTER_GRACE_S
         self._stopping.set()
         self._room.set()  # a reader waiting for room wakes up and sees the stop
 
     async def run(self) -> None:
+        serving = asyncio.current_task()
+        self._quit_first = {serving} if serving is not None else set()
         nodes = list(self.specs)
-        await self._until_ok(lambda: self.broker.ensure_groups(nodes))
-        await self._until_ok(lambda: self.broker.join(self.consumer, nodes))
-        for lane in self._settle_lanes:
-            # Connected up front: settles then reach Redis in the order they were sent
-            # (a lane connecting lazily would let a later batch overtake).
-            await self._until_ok(lane.open)
+        try:
+            await self._until_ok(lambda: self.broker.ensure_groups(nodes))
+            await self._until_ok(lambda: self.broker.join(self.consumer, nodes))
+            for lane in self._settle_lanes:
+                # Connected up front: settles then reach Redis in the order they were sent
+                # (a lane connecting lazily would let a later batch overtake).
+                await self._until_ok(lane.open)
+        except ShutdownAbandoned as exc:  # stopped before serving, Redis unreachable
+            log.warning("stopped before serving: %s", exc)
+            for lane in self._settle_lanes:
+                await lane.close()
+            return
         self.ready.set()
         settler = asyncio.create_task(self._settler(), name="exo-settler")
         background = [
@@ -132,18 +155,25 @@ class Worker:
             asyncio.create_task(self._reclaimer(), name="exo-reclaimer"),
             asyncio.create_task(self._heartbeat(), name="exo-heartbeat"),
         ]
+        self._quit_first.update(background[:2])  # the heartbeat keeps claims in the grace
         executors = [
             asyncio.create_task(self._executor(), name=f"exo-exec-{i}")
             for i in range(self.concurrency)
         ]
         self._executing.update(executors)
+        abandoned = False  # a stopping worker gave up on an unreachable Redis
         try:
             await self._reader()
+        except ShutdownAbandoned:
+            pass  # stopped while Redis is unreachable: there is nothing more to read
         finally:
-            self._stopping.set()  # also when the reader failed: let the settler finish
+            self.stop()  # also when the reader failed: let the settler finish
             await self._drain(executors)
             self._has_outcomes.set()
-            await settler
+            try:
+                await settler
+            except ShutdownAbandoned:
+                abandoned = True
             # Background loops end on their own at their next wake-up (cancelling them
             # mid-call is unreliable: redis-py can swallow a cancellation into a retry);
             # only one stuck in an outage is cancelled after a bound.
@@ -152,7 +182,19 @@ class Worker:
             for task in stuck:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._retire(nodes)
+            if unsettled := sum(len(held) for held in self._held.values()):
+                log.warning(
+                    "stopped with %d states unsettled (Redis unreachable until the stop "
+                    "deadline); they stay pending and another worker reclaims them after "
+                    "visibility_timeout",
+                    unsettled,
+                )
+            if abandoned or self.outage.since is not None:
+                # Redis is down (and what we hold stays pending anyway): leaving the
+                # groups would only cost one more failing call.
+                log.warning("could not leave the consumer groups: Redis unreachable")
+            else:
+                await self._retire(nodes)
             for lane in (self._read_lane, *self._settle_lanes):
                 await lane.close()
 
@@ -213,17 +255,39 @@ class Worker:
 
     # -- executing ----------------------------------------------------------------------
     async def _executor(self) -> None:
+        """Run jobs until the queue closes. Survives anything but its own cancellation
+        (shutdown grace over): execute() turns whatever node code raises into an outcome,
+        and a bug of our own here fails the state, logged, instead of the executor."""
         queue = self._queue
         clock = time.perf_counter
+        me = asyncio.current_task()
+        assert me is not None
         while (job := await queue.get()) is not None:
             started = clock()
             try:
                 outcome = await self._execute(job)
-            except asyncio.CancelledError:
-                self._finish(Released(job))  # shutdown grace ran out: hand it back now
-                raise
-            self.stats.executed(job.node, outcome, clock() - started)
+            except ShutdownAbandoned:
+                self._finish(Released(job))  # Redis gone at shutdown: it stays pending
+                continue
+            except BaseException as exc:
+                if me.cancelling():
+                    self._finish(Released(job))  # shutdown grace ran out: hand it back now
+                    raise
+                outcome = self._internal_error(job, exc)
+            if me.cancelling():  # cancelled, and node code swallowed the cancellation
+                self._finish(Released(job) if isinstance(outcome, Failed) else outcome)
+                raise asyncio.CancelledError
+            try:
+                self.stats.executed(job.node, outcome, clock() - started)
+            except Exception as exc:  # counters are bookkeeping: the outcome still settles
+                self._bugs.report("counting an execution", exc)
             self._finish(outcome)
+
+    def _internal_error(self, job: Job, exc: BaseException) -> Failed:
+        """A bug in our own code path (not node code): the state fails for good."""
+        self._bugs.report(f"executing a {job.node} state", exc)
+        reason = f"internal error executing {job.node}: {describe(exc)}"
+        return Failed(job, reason, format_traceback(exc), permanent=True)
 
     async def _execute(self, job: Job) -> Outcome:
         env = job.env
@@ -244,7 +308,7 @@ class Worker:
                     env.inputs = graph.unite_inputs(ident, env.ctx, collected)
                 except Exception as exc:
                     reason = f"cannot build the inputs of uniting node {ident!r}: {exc}"
-                    return Failed(job, reason, "", permanent=True)
+                    return Failed(job, reason, format_traceback(exc), permanent=True)
         return await execute(self.specs[job.node], job, graph, secrets, self.broker)
 
     def _finish(self, outcome: Outcome) -> None:
@@ -252,9 +316,11 @@ class Worker:
         self._has_outcomes.set()
 
     async def _drain(self, executors: list[asyncio.Task[None]]) -> None:
-        """Finish what was read within the grace period; release the rest at once."""
+        """Finish what was read within the grace period (counted from stop()); release
+        the rest at once."""
         self._queue.close()
-        _, late = await asyncio.wait(executors, timeout=self.grace_s)
+        left = self._stop_deadline - SETTLE_AFTER_GRACE_S - time.monotonic()
+        _, late = await asyncio.wait(executors, timeout=max(0.0, left))
         for task in late:
             task.cancel()
         await asyncio.gather(*executors, return_exceptions=True)
@@ -611,11 +677,25 @@ class Worker:
 
     # -- resilience ---------------------------------------------------------------------
     async def _until_ok(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry a Redis call through an outage with capped backoff; log once per outage."""
+        """Retry a Redis call through an outage with capped backoff; log once per outage.
+
+        A stop bounds the retrying (raising ShutdownAbandoned): start-up, the reader, the
+        promoter and the reclaimer give up at once, as nothing new should start; other
+        loops (settles above all) at the stop deadline, grace period +
+        SETTLE_AFTER_GRACE_S. Nothing is lost: what was not settled stays pending in Redis
+        and is reclaimed elsewhere."""
         delay = 0.05
+        # Set once stopping and failing: a retry must not outlast the stop deadline (one
+        # attempt can take seconds in redis-py's own retries). The first attempt is never
+        # bounded, so a healthy call after the deadline still goes through.
+        bound: float | None = None
         while True:
             try:
-                result = await call()
+                if bound is None:
+                    result = await call()
+                else:
+                    async with asyncio.timeout(bound):  # TimeoutError is an OSError
+                        result = await call()
             except _TRANSIENT as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -623,7 +703,16 @@ class Worker:
                     # cancellation (shutdown) wins over retrying.
                     raise asyncio.CancelledError from exc
                 self.outage.down(exc)
-                await asyncio.sleep(delay)
+                if not self._stopping.is_set():
+                    await _pause(delay, self._stopping)  # a stop cuts the backoff short
+                else:
+                    # Before run(), the only callers are start-up calls: nothing to finish.
+                    quit_now = self._quit_first is None or task in self._quit_first
+                    left = 0.0 if quit_now else self._stop_deadline - time.monotonic()
+                    if left <= 0:
+                        raise ShutdownAbandoned(f"stopping, Redis unreachable: {exc}") from exc
+                    await asyncio.sleep(min(delay, left))
+                    bound = max(0.1, self._stop_deadline - time.monotonic())
                 delay = min(delay * 2, 2.0)
                 continue
             self.outage.up()

@@ -1,7 +1,7 @@
 """A Runtime process for e2e tests: python -m tests.integration.apps.worker_main URL NS.
 
 Optional environment: EXO_TEST_VISIBILITY (seconds), EXO_TEST_MAX_DELIVERIES,
-EXO_TEST_NODES (comma-separated node names; default all)."""
+EXO_TEST_NODES (comma-separated node names; default all), EXO_TEST_GRACE (seconds)."""
 
 from __future__ import annotations
 
@@ -24,5 +24,6 @@ if __name__ == "__main__":
         redis_url=url,
         visibility_timeout=float(os.environ.get("EXO_TEST_VISIBILITY", "30")),
         max_deliveries=int(os.environ.get("EXO_TEST_MAX_DELIVERIES", "5")),
+        grace_period=float(os.environ.get("EXO_TEST_GRACE", "30")),
     ).start()
     print("runtime stopped cleanly", flush=True)
