@@ -89,6 +89,7 @@ class Runtime:
         grace_period: float = 30.0,
         visibility_timeout: float = 30.0,
         max_deliveries: int = 5,
+        consumer_idle_timeout: float | None = None,
         metrics_port: int | None = None,
         tune_gc: bool | None = None,
     ) -> None:
@@ -104,6 +105,8 @@ class Runtime:
             ("max_deliveries", max_deliveries),
         ):
             _positive(label, value)
+        if consumer_idle_timeout is not None:
+            _positive("consumer_idle_timeout", consumer_idle_timeout)
         if (
             isinstance(output_maxlen, bool)
             or not isinstance(output_maxlen, int)
@@ -136,6 +139,10 @@ class Runtime:
         self.grace_period = grace_period
         self.visibility_ms = int(visibility_timeout * 1000)
         self.max_deliveries = max_deliveries
+        # None: the Worker's default, max(10 x visibility_timeout, 5 min).
+        self.consumer_idle_ms = (
+            None if consumer_idle_timeout is None else int(consumer_idle_timeout * 1000)
+        )
         # Replicas share `name`; host, pid and a random part keep consumers apart.
         self.consumer = f"{name}:{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self._worker: Worker | None = None
@@ -213,6 +220,7 @@ class Runtime:
                 grace_s=self.grace_period,
                 visibility_ms=self.visibility_ms,
                 max_deliveries=self.max_deliveries,
+                consumer_idle_ms=self.consumer_idle_ms,
             )
             # Lets the stats split failures into retried / dead-lettered as settling will.
             self._worker.stats.will_retry = partial(will_retry, cfg=settle_cfg)

@@ -268,6 +268,7 @@ class WorkerConfig:
     workers: int = 32
     grace: float = 5.0
     retries: int = 1
+    consumer_idle: float | None = None  # None: the Runtime's default (minutes)
 
     def env(self) -> dict[str, str]:
         return {
@@ -277,6 +278,9 @@ class WorkerConfig:
             "EXO_CHAOS_WORKERS": str(self.workers),
             "EXO_CHAOS_GRACE": str(self.grace),
             "EXO_CHAOS_RETRIES": str(self.retries),
+            "EXO_CHAOS_CONSUMER_IDLE": ""
+            if self.consumer_idle is None
+            else str(self.consumer_idle),
         }
 
     @classmethod
@@ -289,6 +293,7 @@ class WorkerConfig:
             workers=int(e["EXO_CHAOS_WORKERS"]),
             grace=float(e["EXO_CHAOS_GRACE"]),
             retries=int(e["EXO_CHAOS_RETRIES"]),
+            consumer_idle=float(e["EXO_CHAOS_CONSUMER_IDLE"] or 0) or None,
         )
 
 
@@ -310,6 +315,7 @@ def runtime(url: str, namespace: str, cfg: WorkerConfig) -> Runtime:
         max_deliveries=cfg.max_deliveries,
         grace_period=cfg.grace,
         default_retry_policy=quick_retries(cfg.retries),
+        consumer_idle_timeout=cfg.consumer_idle,
     )
 
 

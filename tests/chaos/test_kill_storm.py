@@ -105,7 +105,8 @@ async def test_consumers_of_killed_workers_are_removed(
 ) -> None:
     """A killed worker never retires its consumer; the live ones must remove it once it holds
     nothing, or every crash leaves a ghost consumer in each group forever."""
-    cfg = WorkerConfig(nodes=("Square",), visibility=1.0)
+    # Consumers idle past 2 s and holding nothing count as dead (the default is minutes).
+    cfg = WorkerConfig(nodes=("Square",), visibility=1.0, consumer_idle=2.0)
     keys = Keys(namespace)
     async with fleet(redis_url, namespace, cfg, tmp_path) as f:
         victim, survivor = await f.start_ready(redis, 2)
