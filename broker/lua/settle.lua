@@ -8,11 +8,11 @@
 -- first XACK. Three layers see to that:
 --   * the `#!lua` shebang (no `allow-oom`): over maxmemory Redis refuses the whole call up
 --     front instead of failing its first write half-way;
---   * a pre-pass, before any write, checks the plan's shape and each DISTINCT key the ops
---     write (its type is the expected one or none; a stream to XADD to still has ids
---     left). An entry whose own ops fail a check is REFUSED: not acked, nothing of it
---     written, its reason returned; the rest of the batch settles;
---   * the ops of each acked entry run under pcall: an error nobody foresaw stops that
+--   * a pre-pass, before any write, checks each DISTINCT stream and zset the ops write
+--     (its type is the expected one or none; a stream to XADD to still has ids left) and
+--     the XADDs' field counts. An entry whose own ops fail a check is REFUSED: not acked,
+--     nothing of it written, its reason returned; the rest of the batch settles;
+--   * each entry's XACK and ops run under pcall: an error nobody foresaw stops that
 --     entry's remaining ops (it is acked, and what ran stays), its reason is returned so
 --     the caller can dead-letter it, and the batch goes on.
 --
@@ -52,150 +52,64 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local MAX_VALUES = 7000  -- per unpack: Lua's C stack holds ~8000 values
 
 -- ---------------------------------------------------------------- pre-pass (no writes)
-local types = {}   -- key index -> TYPE reply, once per call
-local full = {}    -- key index -> true when the stream cannot take another entry
-
-local function key_type(k)
-  local ty = types[k]
-  if ty == nil then
-    ty = redis.call('TYPE', KEYS[k])['ok']
-    types[k] = ty
-  end
-  return ty
-end
+-- What can make a write fail after an entry's XACK is checked first, once per DISTINCT
+-- key per call, never per state: a stream the entry XADDs to (its queue successors, its
+-- output, a dead letter, the run-finished event, a fired unite) that holds another type
+-- or has used up its ids; a delayed zset of another type; an XADD with more fields than
+-- one script call can pass. The plan itself is the SDK's own (broker.plan), so its shape
+-- is not re-checked here. Keys only the SDK writes, one per run (run hash, history,
+-- results, fan-in groups), are not checked either (a TYPE each would cost ~30 % of a
+-- graph state's Redis time): should a foreign client have broken one, the pcall below
+-- stops that entry and the worker dead-letters it; that run was broken already.
+local checked = {}  -- key index -> false (fine) or why not
 
 -- The id space is spent once the last id's ms part is 2^64-1 and its sequence near the
 -- top (a foreign client's `XADD key 18446744073709551615-18446744073709551615`); XADD *
--- then fails. XINFO STREAM is the one read that shows last-generated-id (~4 us), paid
--- once per distinct stream per call.
-local function exhausted(k)
-  local f = full[k]
-  if f == nil then
-    f = false
-    local info = redis.call('XINFO', 'STREAM', KEYS[k])
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then
-        local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
-        f = ms == '18446744073709551615' and #seq >= 19
+-- then fails. XINFO STREAM is the one read that shows last-generated-id (~4 us).
+local function exhausted(key)
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
+      return ms == '18446744073709551615' and #seq >= 19
+    end
+  end
+  return false
+end
+
+local function key_problem(k, want)
+  local p = checked[k]
+  if p == nil then
+    p = false
+    local key = KEYS[k]
+    local ty = redis.call('TYPE', key)['ok']
+    if ty ~= 'none' and ty ~= want then
+      p = 'key ' .. key .. ' holds a ' .. ty .. ', not a ' .. want
+    elseif ty == 'stream' and exhausted(key) then
+      p = 'stream ' .. key .. ' has used up its entry ids (a client added id ' ..
+          '18446744073709551615-...): it cannot take another entry'
+    end
+    checked[k] = p
+  end
+  return p
+end
+
+local function item_problem(ops)
+  for _, op in ipairs(ops) do
+    local code, p = op[1], false
+    if code == 1 then
+      if #op - 3 > MAX_VALUES then
+        return 'XADD of ' .. ((#op - 3) / 2) .. ' fields, more than a script can pass (' ..
+               (MAX_VALUES / 2) .. ')'
       end
+      p = key_problem(op[2], 'stream')
+    elseif code == 2 then
+      p = key_problem(op[2], 'zset')
+    elseif code == 4 then
+      p = key_problem(op[3], 'stream')  -- the events stream, written when the run ends
+    elseif code == 6 then
+      p = key_problem(op[4], 'stream')  -- the uniting node's queue, when the unite fires
     end
-    full[k] = f
-  end
-  return f
-end
-
-local function key_problem(k, want, xadd)
-  if type(k) ~= 'number' or KEYS[k] == nil then
-    return 'op refers to KEYS[' .. tostring(k) .. '], which the call did not pass'
-  end
-  if want == nil then return nil end
-  local ty = key_type(k)
-  if ty ~= 'none' and ty ~= want then
-    return 'key ' .. KEYS[k] .. ' holds a ' .. ty .. ', not a ' .. want
-  end
-  if xadd and ty == 'stream' and exhausted(k) then
-    return 'stream ' .. KEYS[k] .. ' has used up its entry ids (a client added id ' ..
-           '18446744073709551615-...): it cannot take another entry'
-  end
-  return nil
-end
-
-local function is_num(v) return type(v) == 'number' end
-local function is_arg(v) return type(v) == 'string' or type(v) == 'number' end
-
-local function id_ok(id)
-  if type(id) ~= 'string' then return false end
-  if id == '' then return true end
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  if ms == nil then return false end
-  local function u64(d) return #d < 20 or (#d == 20 and d <= '18446744073709551615') end
-  return u64(ms) and u64(seq)
-end
-
--- Checks of one op: nil when fine, else why not. `need` = least length of the op.
-local function op_problem(op)
-  if type(op) ~= 'table' then return 'op is not an array' end
-  local code = op[1]
-  local p
-  if code == 1 then
-    if #op < 5 or (#op - 3) % 2 ~= 0 or not is_num(op[3]) then
-      return 'XADD op needs {1, key, maxlen, field, value, ...}'
-    end
-    if #op - 3 > MAX_VALUES then
-      return 'XADD op has ' .. ((#op - 3) / 2) .. ' fields, more than a script can pass (' ..
-             (MAX_VALUES / 2) .. ')'
-    end
-    for i = 4, #op do
-      if not is_arg(op[i]) then return 'XADD op field ' .. (i - 3) .. ' is not a string' end
-    end
-    return key_problem(op[2], 'stream', true)
-  elseif code == 2 then
-    if #op ~= 4 or not is_num(op[3]) or not is_arg(op[4]) then
-      return 'ZADD op needs {2, key, delay_ms, member}'
-    end
-    return key_problem(op[2], 'zset')
-  elseif code == 3 then
-    if #op ~= 3 or not is_arg(op[3]) then return 'RPUSH op needs {3, key, value}' end
-    return key_problem(op[2], 'list')
-  elseif code == 7 then
-    if #op ~= 3 or not is_num(op[3]) then return 'run-open op needs {7, key, delta}' end
-    return key_problem(op[2], 'hash')
-  elseif code == 4 then
-    local n = op[10]
-    if #op < 10 or not is_num(n) or n < 0 or 10 + n > #op or (#op - 10 - n) % 2 ~= 0
-       or not is_arg(op[4]) or not is_num(op[5]) or not is_num(op[6]) or not is_num(op[7])
-       or not is_arg(op[9]) then
-      return 'run op has the wrong shape'
-    end
-    for i = 11 + n, #op, 2 do
-      if not is_arg(op[i]) or not is_num(op[i + 1]) then
-        return 'run op counter ' .. tostring(op[i]) .. ' is not a field and an increment'
-      end
-    end
-    p = key_problem(op[2], 'hash') or key_problem(op[3], 'stream', true)
-        or key_problem(op[8], 'list')
-    if p then return p end
-    for i = 11, 10 + n do  -- expired with the run: EXPIRE takes any type
-      p = key_problem(op[i], nil)
-      if p then return p end
-    end
-    return nil
-  elseif code == 5 then
-    if #op ~= 6 or not is_num(op[3]) or not is_arg(op[4]) or not is_arg(op[5])
-       or not is_arg(op[6]) then
-      return 'group-open op needs {5, key, open, strategy, envelope, unite}'
-    end
-    return key_problem(op[2], 'hash')
-  elseif code == 6 then
-    local n = op[9]
-    if #op < 9 or not is_num(n) or n < 0 or 9 + n > #op or not is_num(op[6])
-       or not is_num(op[7]) or not is_num(op[8]) then
-      return 'group op has the wrong shape'
-    end
-    for i = 10 + n, #op do
-      if not is_arg(op[i]) then return 'group op item is not a string' end
-    end
-    p = key_problem(op[2], 'hash') or key_problem(op[3], 'list')
-        or key_problem(op[4], 'stream', true) or key_problem(op[5], 'hash')
-    if p then return p end
-    for i = 10, 9 + n do
-      p = key_problem(op[i], 'hash')
-      if p then return p end
-    end
-    return nil
-  end
-  return 'unknown op code ' .. tostring(code)
-end
-
-local function item_problem(item)
-  if type(item) ~= 'table' or type(item[3]) ~= 'table' then
-    return 'plan item needs {source key, entry id, ops}'
-  end
-  if not id_ok(item[2]) then return 'entry id ' .. tostring(item[2]) .. ' is not a stream id' end
-  local p = key_problem(item[1], 'stream')
-  if p then return p end
-  for _, op in ipairs(item[3]) do
-    p = op_problem(op)
     if p then return p end
   end
   return nil
@@ -206,7 +120,7 @@ if type(plan) ~= 'table' then
 end
 local results = {}
 for n, item in ipairs(plan) do
-  local p = item_problem(item)
+  local p = item_problem(item[3])
   if p then results[n] = '4 ' .. p end
 end
 
@@ -341,20 +255,26 @@ local acked = {}  -- source stream index -> acked ids: deleted in one XDEL per s
 for n, item in ipairs(plan) do
   if results[n] == nil then
     local id = item[2]
-    if id == '' then
-      local ok, flag = pcall(apply, item[3])
-      results[n] = ok and flag or ('3 ' .. why(flag))
-    elseif redis.call('XACK', KEYS[item[1]], group, id) == 1 then
-      local ids = acked[item[1]]
-      if ids == nil then
-        ids = {}
-        acked[item[1]] = ids
-      end
-      ids[#ids + 1] = id
-      local ok, flag = pcall(apply, item[3])
-      results[n] = ok and flag or ('3 ' .. why(flag))
-    else
+    local ok, got = true, 1
+    if id ~= '' then
+      -- Refused (not acked, nothing written) if XACK itself fails, e.g. a malformed id.
+      ok, got = pcall(redis.call, 'XACK', KEYS[item[1]], group, id)
+    end
+    if not ok then
+      results[n] = '4 ' .. why(got)
+    elseif got ~= 1 then
       results[n] = 0
+    else
+      if id ~= '' then
+        local ids = acked[item[1]]
+        if ids == nil then
+          ids = {}
+          acked[item[1]] = ids
+        end
+        ids[#ids + 1] = id
+      end
+      local fine, flag = pcall(apply, item[3])
+      results[n] = fine and flag or ('3 ' .. why(flag))
     end
   end
 end

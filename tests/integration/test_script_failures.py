@@ -297,7 +297,7 @@ async def test_wrong_typed_run_hash_dead_letters_the_state(
         done = await sm.wait_for_states("Echo", others, timeout=20)
         [dead] = await _dead_letters(redis, sm, 1)
     assert {r.status for r in done.values()} == {"SUCCEEDED"}
-    assert dead.run_id == run and "holds a string, not a hash" in dead.error
+    assert dead.run_id == run and "WRONGTYPE" in dead.error
     await _nothing_pending(redis, sm, "Echo")
 
 
