@@ -348,12 +348,12 @@ async def test_a_run_finishes_once_even_when_a_stray_state_of_it_settles_later(
     assert after.status == "SUCCEEDED" and after.finished_ms == done.finished_ms
 
 
-async def test_a_uniting_node_whose_inputs_cannot_be_built_fails_without_retries(
+async def test_a_uniting_node_whose_collected_inputs_are_invalid_fails_without_retries(
     redis_url: str, namespace: str, sm: StateManager
 ) -> None:
-    """Building a fired unite's inputs from what its branches left is deterministic: if
-    it fails once it fails every time, so the uniting state fails for good at once (no
-    retry spent, one dead letter naming why). Bug: it is retried."""
+    """A fired unite's inputs (the list of its branches' squares) fail the uniting node's
+    `Inputs` validation: as for any state with invalid inputs, that is a permanent
+    failure: no retry spent, one dead letter, never executed."""
     ns = namespace
     nodes = [
         _node(ns, "Split", "fan", {"items": 2}, next_nodes=["work"]),

@@ -77,14 +77,15 @@ async def _dead_letters_of(
         good = await sm.enqueue("SampleNode", VALID_INPUTS)
         await sm.wait_for_states("SampleNode", [good], timeout=15)
 
-        async def all_dead() -> bool:
-            return len(await sm.dead_letters()) == len(entries)
+        async def all_settled() -> bool:
+            return await sm.pending("SampleNode") == {"length": 0, "pending": 0, "delayed": 0}
 
-        await until(all_dead, f"{len(entries)} dead letters")
+        await until(all_settled, "every entry settled (dead-lettered or run)")
         dead = {d.original[b"_exo"]: d.error for d in await sm.dead_letters()}
         outputs = await sm.outputs("SampleNode")
-    assert [r.state_id for r in outputs] == [good], "only the good state ran"
-    return [dead.get(fields["_exo"], "<not dead-lettered>") for fields in entries]
+    errors = [dead.get(fields["_exo"], "<not dead-lettered>") for fields in entries]
+    assert [r.state_id for r in outputs] == [good], ("only the good state may run", errors)
+    return errors
 
 
 async def test_envelope_fields_are_checked_and_a_bad_one_is_dead_lettered_naming_it(
