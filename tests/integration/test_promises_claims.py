@@ -191,3 +191,25 @@ async def test_states_still_queued_at_the_end_of_the_grace_period_are_handed_bac
     async with running(_runtime(namespace, redis_url, 60.0)):
         results = await sm.wait_for_states("Long", ids, timeout=15)
     assert {r.status for r in results.values()} == {"SUCCEEDED"}
+
+
+async def test_a_stopping_worker_that_still_holds_a_state_keeps_it_pending(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    """On a clean stop a worker leaves the consumer groups, but never while it still
+    holds an unsettled state: removing the consumer would drop the state from the
+    pending list, where no reclaimer could find it again. (The test hands the Runtime's
+    consumer a state it never read, as a claim it did not get to settle.)
+    Bug: retire.lua removes a consumer that still holds pending entries."""
+    stream = sm.keys.queue("Long")
+    rt = _runtime(namespace, redis_url, 60.0)
+    await sm.enqueue("Long", {"x": 1})
+    await sm.broker.ensure_groups(["Long"])
+    await redis.xreadgroup(GROUP, "ghost", {stream: ">"}, count=1)  # before the Runtime
+    [entry] = await pending_entries(redis, stream)
+    async with running(rt):
+        await redis.xclaim(stream, GROUP, rt.consumer, 0, [entry["id"]], justid=True)
+    [after] = await pending_entries(redis, stream)
+    assert after["id"] == entry["id"] and after["consumer"] == rt.consumer
+    consumers = [c["name"] for c in await redis.xinfo_consumers(stream, GROUP)]
+    assert rt.consumer.encode() in consumers

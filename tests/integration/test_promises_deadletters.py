@@ -21,6 +21,7 @@ from exospherehost import (
     StateManager,
     StoreConfigModel,
 )
+from exospherehost.runs import RunNotFound
 from tests.integration.apps.nodes import Split, Work
 from tests.integration.helpers import running
 from tests.integration.promises_support import until
@@ -238,3 +239,29 @@ async def test_redrive_all_stops_at_what_was_dead_when_it_started(
     assert redriven == 50
     assert not first & {d.id for d in again}, "the original letters are gone"
     assert sorted(d.state_id for d in again) == sorted(ids)
+
+
+async def test_redriving_a_letter_whose_run_expired_is_refused_and_changes_nothing(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    """A dead letter of a run that no longer exists (expired after run_retention) cannot
+    be redriven: RunNotFound, the letter stays, nothing is put on the stream and no stray
+    run hash appears. Bug: the run-exists check removed."""
+    graph = [
+        GraphNodeModel(
+            node_name="AlwaysFails", namespace=namespace, identifier="only", inputs={"x": 1}
+        )
+    ]
+    rt = Runtime(namespace=namespace, name="p", nodes=[AlwaysFails], redis_url=redis_url)
+    async with running(rt):
+        await sm.upsert_graph("gone", graph, secrets={}, retry_policy=NO_RETRIES)
+        run = await sm.trigger("gone")
+        assert (await sm.wait(run, timeout=15)).status == "FAILED"
+    [dead] = await sm.dead_letters()
+    run_keys = [sm.keys.run(run), sm.keys.run_history(run), sm.keys.run_results(run)]
+    await redis.delete(*run_keys, sm.keys.run_store(run))  # as its expiry would
+    with pytest.raises(RunNotFound, match=run):
+        await sm.redrive(dead.id)
+    assert [d.id for d in await sm.dead_letters()] == [dead.id]
+    assert await redis.xlen(sm.keys.queue("AlwaysFails")) == 0
+    assert await redis.exists(*run_keys) == 0

@@ -5,6 +5,8 @@ fails with the one-line bug its docstring names."""
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import timedelta
 from typing import ClassVar
 
 import pytest
@@ -15,6 +17,7 @@ from exospherehost import (
     BaseNode,
     GraphNodeModel,
     PruneSignal,
+    ReQueueAfterSignal,
     RetryPolicyModel,
     RetryStrategyEnum,
     Runtime,
@@ -144,8 +147,67 @@ class UsesStore(BaseNode):
         return self.Outputs(x=self.inputs.x)
 
 
+class FailsOnceAtZero(BaseNode):
+    """Value 0 fails on its first execution only; every other execution succeeds."""
+
+    failed: ClassVar[bool] = False
+
+    class Inputs(BaseModel):
+        value: int
+
+    class Outputs(BaseModel):
+        value: int
+
+    async def execute(self) -> Outputs:
+        if self.inputs.value == 0 and not FailsOnceAtZero.failed:
+            FailsOnceAtZero.failed = True
+            raise RuntimeError("zero fails once")
+        return self.Outputs(value=self.inputs.value)
+
+
+class Timed(BaseNode):
+    """Fails its first execution, requeues (1.2 s) on its second, succeeds on its third;
+    records when each execution started."""
+
+    starts: ClassVar[list[float]] = []
+
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> Outputs:
+        Timed.starts.append(time.monotonic())
+        if len(Timed.starts) == 1:
+            raise RuntimeError("first attempt fails")
+        if len(Timed.starts) == 2:
+            raise ReQueueAfterSignal(timedelta(milliseconds=DELAY_MS))
+        return self.Outputs(x=self.inputs.x)
+
+
+DELAY_MS = 1200  # well above the promoter's idle poll (0.5 s), so a lost delay shows
+
+
+class LateStore(BaseNode):
+    """Writes the run's store only when asked (`late`)."""
+
+    class Inputs(BaseModel):
+        late: bool
+
+    class Outputs(BaseModel):
+        late: bool
+
+    async def execute(self) -> Outputs:
+        if self.inputs.late:
+            await self.store.set("late", True)
+        return self.Outputs(late=self.inputs.late)
+
+
 @pytest.fixture(autouse=True)
 def _fresh() -> None:
+    FailsOnceAtZero.failed = False
+    Timed.starts = []
     HeldCollect.started, HeldCollect.release = asyncio.Event(), asyncio.Event()
     Total.runs = Totals.runs = Gather.runs = UsesStore.runs = 0
     FirstKeeps.first_done = {}
@@ -185,8 +247,9 @@ async def test_a_fired_unite_reopens_the_run_until_the_uniting_state_settles(
         final = await sm.wait(run, timeout=15)
         results = await sm.results(run)
     assert during.status == "RUNNING" and during.open == 1, during
+    assert during.nodes["sum"].pending == 1, during  # created when it fired, not settled
     assert final.status == "SUCCEEDED" and final.open == 0, final
-    assert final.nodes["sum"].succeeded == 1
+    assert final.nodes["sum"].succeeded == 1 and final.nodes["sum"].pending == 0, final
     assert [r["outputs"] for r in results] == [{"total": 0 + 1 + 4}]
 
 
@@ -437,3 +500,103 @@ async def test_store_unavailable_fails_without_retries(
     assert UsesStore.runs == 1
     assert letter.attempts == 1
     assert counts.retried == 0 and counts.dead_lettered == 1
+
+
+async def test_redriving_a_member_of_a_decided_group_does_not_fire_the_unite_again(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """README (fan-in): redriving a dead-lettered state inside a group whose unite was
+    already decided does not decide it again. Here the redriven branch succeeds and opens
+    a successor inside the group, so the group's open count passes 0 a second time; the
+    `fired` guard keeps the unite from firing twice. Bug: the HSETNX guard removed."""
+    ns = namespace
+    nodes = [
+        _node(ns, "Split", "fan", {"items": 2}, next_nodes=["work"]),
+        _node(
+            ns, "FailsOnceAtZero", "work", {"value": "${{ fan.outputs.value }}"}, next_nodes=["sq"]
+        ),
+        _node(ns, "Square", "sq", {"value": "${{ work.outputs.value }}"}, next_nodes=["sum"]),
+        _node(
+            ns,
+            "Total",
+            "sum",
+            {"squares": "${{ sq.outputs.square }}"},
+            unites=UnitesModel(identifier="fan", strategy=UnitesStrategyEnum.ALL_DONE),
+        ),
+    ]
+    no_retries = RetryPolicyModel(max_retries=0)
+    rt = Runtime(
+        namespace=ns, name="p", nodes=[Split, FailsOnceAtZero, Square, Total], redis_url=redis_url
+    )
+    async with running(rt):
+        await sm.upsert_graph("decided", nodes, secrets={}, retry_policy=no_retries)
+        run = await sm.trigger("decided")
+        first = await sm.wait(run, timeout=15)
+        assert first.status == "FAILED" and Total.runs == 1, first
+        [dead] = await sm.dead_letters()
+        assert await sm.redrive(dead.id) is True
+
+        async def finished_again() -> bool:
+            return (await sm.status(run)).status != "RUNNING"
+
+        await until(finished_again, "the redriven run finishes")
+        final = await sm.status(run)
+        results = await sm.results(run)
+    assert Total.runs == 1, "the decided unite fired again"
+    assert [r["outputs"] for r in results] == [{"total": 1}]  # decided once, with branch 1
+    assert final.status == "SUCCEEDED" and final.open == 0, final
+
+
+async def test_retry_backoff_and_requeue_delay_are_waited_out(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """A retry runs no earlier than its backoff, a requeued state no earlier than its
+    delay (both through the delayed set). Bug: the settle script files delayed states as
+    due now (they then run at the promoter's next poll)."""
+    policy = RetryPolicyModel(
+        max_retries=1, strategy=RetryStrategyEnum.FIXED, backoff_factor=DELAY_MS
+    )
+    rt = Runtime(
+        namespace=namespace,
+        name="p",
+        nodes=[Timed],
+        redis_url=redis_url,
+        default_retry_policy=policy,
+    )
+    async with running(rt):
+        state = await sm.enqueue("Timed", {"x": 1})
+        result = (await sm.wait_for_states("Timed", [state], timeout=20))[state]
+    assert result.status == "SUCCEEDED"
+    first, second, third = Timed.starts
+    assert second - first >= DELAY_MS / 1000 - 0.01, Timed.starts  # the retry's backoff
+    assert third - second >= DELAY_MS / 1000 - 0.01, Timed.starts  # the requeue's delay
+
+
+async def test_a_late_store_write_expires_with_its_finished_run(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    """A state executed again after its run finished (here a duplicate of it) may still
+    write the run's store; the store it creates must expire with the run, never outlive
+    it. Bug: store_set.lua's PEXPIRE removed (the late store never expires)."""
+    ns = namespace
+    nodes = [_node(ns, "LateStore", "only", {"late": False})]
+    rt = Runtime(namespace=ns, name="p", nodes=[LateStore], redis_url=redis_url)
+    async with running(rt):
+        await sm.upsert_graph("late", nodes, secrets={})
+        version = (await sm.get_graph("late"))["version"]
+        run = await sm.trigger("late")
+        assert (await sm.wait(run, timeout=15)).status == "SUCCEEDED"
+        assert await redis.exists(sm.keys.run_store(run)) == 0  # nothing stored yet
+        late = envelope(
+            v=1, i="late-copy", r=run, g="late", gv=version, n="only", **{"in": {"late": True}}
+        )
+        await redis.xadd(sm.keys.queue("LateStore"), late)
+
+        async def copy_settled() -> bool:
+            return len(await sm.results(run)) == 2
+
+        await until(copy_settled, "the late copy settles")
+    assert await sm.run_store(run) == {"late": True}
+    run_ttl = await redis.ttl(sm.keys.run(run))
+    store_ttl = await redis.ttl(sm.keys.run_store(run))
+    assert 0 < store_ttl <= run_ttl, (store_ttl, run_ttl)

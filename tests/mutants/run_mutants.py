@@ -1,7 +1,7 @@
 """Apply hand-written one-line mutants to a scratch copy of the repository, one at a time,
 and run the tests that should catch each; print the survivors.
 
-    python tests/mutants/run_mutants.py [LIST ...] [-k SUBSTRING] [--timeout S]
+    python tests/mutants/run_mutants.py [LIST ...] [-k ID,...] [--timeout S] [--show]
 
 LIST defaults to tests/mutants/lua_mutants.txt. Each non-blank, non-# line of a list is
 
@@ -114,13 +114,16 @@ def check_imports(scratch: Path, python: str, env: dict[str, str]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("lists", nargs="*", type=Path, default=[ROOT / "tests/mutants/lua_mutants.txt"])
-    ap.add_argument("-k", dest="only", help="run only mutants whose id contains this")
+    ap.add_argument(
+        "-k", dest="only", help="run only mutants whose id contains one of these (comma-separated)"
+    )
     ap.add_argument("--timeout", type=float, default=600, help="seconds per mutant")
     ap.add_argument("--show", action="store_true", help="print pytest's output of each mutant")
     args = ap.parse_args()
     mutants = [m for f in args.lists for m in parse(f)]
     if args.only:
-        mutants = [m for m in mutants if args.only in m.id]
+        wanted = args.only.split(",")
+        mutants = [m for m in mutants if any(w in m.id for w in wanted)]
     python = str(ROOT / ".venv/bin/python")
     scratch = scratch_copy()
     env = {**os.environ, "PYTHONPATH": str(scratch), "PYTHONDONTWRITEBYTECODE": "1"}
