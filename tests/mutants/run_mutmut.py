@@ -28,7 +28,11 @@ from run_mutants import ROOT, scratch_copy
 # module -> the fast tests that exercise it (unit tests, and integration tests that run a
 # Runtime in-process on the session's private redis-server).
 CORE: dict[str, list[str]] = {
-    "exospherehost/retry.py": ["tests/unit/test_retry.py", "tests/unit/test_settle_plan.py"],
+    "exospherehost/retry.py": [
+        "tests/unit/test_retry.py",
+        "tests/unit/test_promises_unit.py",
+        "tests/unit/test_settle_plan.py",
+    ],
     "broker/keys.py": ["tests/unit", "tests/integration/test_promises_wire.py"],
     "broker/codec.py": [
         "tests/unit/test_codec.py",
