@@ -65,7 +65,10 @@ CORE: dict[str, list[str]] = {
 }
 
 
-def setup_cfg(modules: list[str]) -> str:
+SOURCES = {"exospherehost", "broker"}
+
+
+def setup_cfg(modules: list[str], scratch: Path) -> str:
     tests = sorted({t for m in modules for t in CORE.get(m, ["tests/unit"])})
 
     def block(values: list[str]) -> str:
@@ -73,9 +76,10 @@ def setup_cfg(modules: list[str]) -> str:
 
     return (
         "[mutmut]\n"
-        f"source_paths={block(['exospherehost', 'broker'])}\n"
+        f"source_paths={block(sorted(SOURCES))}\n"
         f"only_mutate={block(modules)}\n"
-        f"also_copy={block(['examples', 'benchmarks'])}\n"
+        # Everything else the tests read (examples, docker-compose.yml, README, ...).
+        f"also_copy={block(sorted(p.name for p in scratch.iterdir() if p.name not in SOURCES))}\n"
         f"pytest_add_cli_args_test_selection={block(tests)}\n"
         # Logging calls and docstrings are not behaviour worth a mutant each.
         f"do_not_mutate_patterns={block(['log.*', 'logging.*'])}\n"
@@ -95,7 +99,7 @@ def main() -> int:
     if not Path(mutmut).exists():
         raise SystemExit("mutmut is not installed: ./dev mutate installs the `mutate` extra")
     scratch = scratch_copy()
-    (scratch / "setup.cfg").write_text(setup_cfg(args.modules))
+    (scratch / "setup.cfg").write_text(setup_cfg(args.modules, scratch))
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)
     try:

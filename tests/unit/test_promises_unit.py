@@ -1,6 +1,9 @@
-"""Pure promises pinned exactly (issue 16): the retry jitter's range ends. The statistical
-tests in test_retry.py cannot see a range shifted by a millisecond; a Random that draws
-its range's ends can (kills mutmut's `uniform(0.0, d)` -> `uniform(1.0, d)` survivors)."""
+"""Pure promises pinned exactly (issue 16), written for mutmut's survivors:
+
+- the retry jitter's range ends: the statistical tests in test_retry.py cannot see a range
+  shifted by a millisecond; a Random that draws its range's ends can
+  (retry.py `uniform(0.0, d)` -> `uniform(1.0, d)`);
+- the documented key names and the key-name error (keys.py `Keys.__init__` survivors)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import random
 
 import pytest
 
+from broker.keys import KeyNameError, Keys
 from exospherehost.models import RetryPolicyModel, RetryStrategyEnum
 from exospherehost.retry import base_delay_ms, retry_delay_ms
 
@@ -51,3 +55,41 @@ def test_jitter_draws_within_the_capped_delay() -> None:
     )
     assert retry_delay_ms(policy, 6, Ends(high=True)) == 1500
     assert retry_delay_ms(policy, 6, Ends(high=False)) == 0
+
+
+# README "Wire protocol": every key of namespace `ns`, as any client may address it.
+DOCUMENTED_KEYS = {
+    "queue": ("exo:{ns}:q:Node", ("Node",)),
+    "delayed": ("exo:{ns}:delayed:Node", ("Node",)),
+    "output": ("exo:{ns}:out:Node", ("Node",)),
+    "dead": ("exo:{ns}:dead", ()),
+    "events": ("exo:{ns}:events", ()),
+    "nodes": ("exo:{ns}:nodes", ()),
+    "graphs": ("exo:{ns}:graphs", ()),
+    "graph_seq": ("exo:{ns}:graphseq", ()),
+    "graph": ("exo:{ns}:graph:g:3", ("g", 3)),
+    "secrets": ("exo:{ns}:secrets:g", ("g",)),
+    "run": ("exo:{ns}:run:r1", ("r1",)),
+    "run_results": ("exo:{ns}:run:r1:results", ("r1",)),
+    "run_history": ("exo:{ns}:run:r1:history", ("r1",)),
+    "run_store": ("exo:{ns}:run:r1:store", ("r1",)),
+    "group": ("exo:{ns}:run:r1:g:u:x", ("r1", "u", "x")),
+    "collected": ("exo:{ns}:run:r1:g:u:x:c", ("r1", "u", "x")),
+    "runs": ("exo:{ns}:runs:g", ("g",)),
+    "cron_marker": ("exo:{ns}:cron:g:1700000000", ("g", 1700000000)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(DOCUMENTED_KEYS))
+def test_key_names_are_the_documented_wire_protocol(method: str) -> None:
+    """Foreign clients address these keys by name (README), so the names are a promise:
+    a changed prefix or hash tag would strand every other client."""
+    expected, args = DOCUMENTED_KEYS[method]
+    keys = Keys("ns")
+    assert keys.namespace == "ns"
+    assert getattr(keys, method)(*args) == expected
+
+
+def test_a_bad_namespace_is_refused_naming_what_and_the_value() -> None:
+    with pytest.raises(KeyNameError, match=r"^namespace 'a:b' is not valid: use 1-200 characters"):
+        Keys("a:b")
