@@ -215,3 +215,37 @@ async def test_after_a_settle_script_error_the_batch_is_settled_state_by_state(
     async with running(rt):
         statuses = await sm.wait_all(good, timeout=20)
     assert {s.status for s in statuses.values()} == {"SUCCEEDED"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fails on main: settle.lua XACKs an entry before its ops, and an op can still "
+    "fail (WRONGTYPE), so a state whose settle errors is acked with no outcome: neither "
+    "pending nor dead-lettered (DESIGN invariant 8)",
+)
+async def test_a_state_whose_settle_fails_stays_pending_for_a_later_try(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    """A state that cannot be settled (its run hash was overwritten with a string by a
+    foreign client) must not be lost: it stays pending (to be reclaimed, and in the end
+    dead-lettered as a poison message once the key is fixed or not), never acknowledged
+    without an outcome."""
+    nodes = [
+        GraphNodeModel(
+            node_name="Square", namespace=namespace, identifier="sq", inputs={"value": 2}
+        )
+    ]
+    async with running(Runtime(namespace=namespace, name="p", nodes=[Square], redis_url=redis_url)):
+        await sm.upsert_graph("g", nodes, secrets={})
+    runs = [await sm.trigger("g") for _ in range(6)]
+    good, broken = runs[0::2], runs[1::2]
+    for run in broken:
+        await redis.delete(sm.keys.run(run))
+        await redis.set(sm.keys.run(run), "not a hash")
+    rt = Runtime(
+        namespace=namespace, name="p", nodes=[Square], redis_url=redis_url, visibility_timeout=300
+    )
+    async with running(rt):
+        await sm.wait_all(good, timeout=20)
+    unsettled = (await redis.xpending(sm.keys.queue("Square"), GROUP))["pending"]
+    assert unsettled + len(await sm.dead_letters()) == len(broken)
