@@ -25,7 +25,7 @@ from exospherehost import (
     UnitesModel,
     UnitesStrategyEnum,
 )
-from tests.integration.apps.nodes import Split, Square
+from tests.integration.apps.nodes import Split, Square, Work
 from tests.integration.helpers import running
 from tests.integration.promises_support import envelope, until
 
@@ -600,3 +600,41 @@ async def test_a_late_store_write_expires_with_its_finished_run(
     run_ttl = await redis.ttl(sm.keys.run(run))
     store_ttl = await redis.ttl(sm.keys.run_store(run))
     assert 0 < store_ttl <= run_ttl, (store_ttl, run_ttl)
+
+
+async def test_all_success_with_a_pruned_branch_skips_the_unite_and_says_why(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """ALL_SUCCESS fires only if no branch failed for good or was pruned: one pruned branch
+    means the uniting node never runs, the run still succeeds, and its status counts the
+    skipped unite with a note. Bugs: a bad branch not counted (the unite fires); the
+    skip not counted."""
+    ns = namespace
+    nodes = [
+        _node(ns, "Split", "fan", {"items": 3}, next_nodes=["work"]),
+        _node(
+            ns,
+            "Work",
+            "work",
+            {"value": "${{ fan.outputs.value }}", "prune_at": 1},
+            next_nodes=["sum"],
+        ),
+        _node(
+            ns,
+            "Total",
+            "sum",
+            {"squares": "${{ work.outputs.value }}"},
+            unites=UnitesModel(identifier="fan", strategy=UnitesStrategyEnum.ALL_SUCCESS),
+        ),
+    ]
+    rt = Runtime(namespace=ns, name="p", nodes=[Split, Work, Total], redis_url=redis_url)
+    async with running(rt):
+        await sm.upsert_graph("skipped", nodes, secrets={})
+        run = await sm.trigger("skipped")
+        status = await sm.wait(run, timeout=15)
+        results = await sm.results(run)
+    assert status.status == "SUCCEEDED" and status.open == 0, status
+    assert Total.runs == 0 and results == []
+    assert status.nodes["work"].pruned == 1 and status.nodes["work"].succeeded == 2
+    assert status.nodes["sum"].skipped == 1
+    assert "did not fire" in status.notes["sum"] and "ALL_SUCCESS" in status.notes["sum"]
