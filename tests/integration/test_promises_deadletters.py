@@ -6,8 +6,10 @@ its docstring names."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import ClassVar
 
+import msgpack
 import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -265,3 +267,68 @@ async def test_redriving_a_letter_whose_run_expired_is_refused_and_changes_nothi
     assert [d.id for d in await sm.dead_letters()] == [dead.id]
     assert await redis.xlen(sm.keys.queue("AlwaysFails")) == 0
     assert await redis.exists(*run_keys) == 0
+
+
+async def test_dead_letters_read_back_every_documented_field_and_page(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    """README "Dead letters": node, state, run, identifier, attempts, deliveries, error,
+    traceback, time_ms, entry (the source entry id) and original (the entry's fields,
+    byte for byte); `dead_letters(count, after)` pages oldest first, `after` exclusive;
+    `dead_letter(id)` is that one letter."""
+    rt = Runtime(
+        namespace=namespace,
+        name="p",
+        nodes=[AlwaysFails],
+        redis_url=redis_url,
+        default_retry_policy=NO_RETRIES,
+    )
+    async with running(rt):
+        states = await sm.enqueue_many("AlwaysFails", [{"x": i} for i in range(3)])
+        await sm.wait_for_states("AlwaysFails", states, timeout=15)
+    letters = await sm.dead_letters()
+    assert [d.state_id for d in letters] == states  # oldest first
+    first = letters[0]
+    assert first.node == "AlwaysFails" and first.run_id is None and first.identifier is None
+    assert first.attempts == 1 and first.deliveries == 1
+    assert first.error == "RuntimeError: always fails (0)"
+    assert "always fails (0)" in first.traceback and first.time_ms > 0
+    assert re.fullmatch(r"\d+-\d+", first.entry) and first.entry != first.id
+    assert (
+        set(first.original) == {b"_exo"}
+        and msgpack.unpackb(first.original[b"_exo"])["i"] == states[0]
+    )
+    ids = [d.id for d in letters]
+    assert [d.id for d in await sm.dead_letters(count=2)] == ids[:2]
+    assert [d.id for d in await sm.dead_letters(count=2, after=ids[0])] == ids[1:]
+    assert await sm.dead_letters(count=5, after=ids[2]) == []
+    assert (await sm.dead_letter(ids[1])) == letters[1]
+    assert await sm.dead_letter("1-1") is None
+
+
+async def test_foreign_dead_letters_are_read_with_defaults_and_refused_for_redrive_clearly(
+    sm: StateManager, redis: Redis
+) -> None:
+    """A dead letter another tool wrote (fields missing, bytes that are not UTF-8, an
+    `original` that is no map) still lists, with empty defaults; redriving one that has
+    nothing to redrive, or names an impossible node, fails with an error saying so."""
+    dead = sm.keys.dead()
+    bare = (await redis.xadd(dead, {"note": "written by hand"})).decode()
+    odd = (
+        await redis.xadd(
+            dead, {"node": "a:b", "error": b"bad \xff byte", "original": msgpack.packb([1, 2])}
+        )
+    ).decode()
+    b = await sm.dead_letter(bare)
+    assert b is not None
+    assert (b.node, b.state_id, b.run_id, b.identifier) == ("", "", None, None)
+    assert (b.attempts, b.deliveries, b.time_ms) == (0, 0, 0)
+    assert (b.error, b.traceback, b.entry, b.original) == ("", "", "", {})
+    o = await sm.dead_letter(odd)
+    assert o is not None and o.error == "bad \ufffd byte" and o.original == {}
+    with pytest.raises(ValueError, match=f"dead letter {bare} has no original entry to redrive"):
+        await sm.redrive(bare)
+    await redis.xadd(dead, {"node": "a:b", "original": msgpack.packb({b"x": b"1"})})
+    [*_, forged] = await sm.dead_letters()
+    with pytest.raises(ValueError, match=r"node name 'a:b' is not valid"):
+        await sm.redrive(forged.id)
