@@ -1,0 +1,133 @@
+"""mutmut (generated Python mutants) over core modules, in a scratch copy of the repo.
+
+    python tests/mutants/run_mutmut.py [MODULE ...] [--max-children N] [--keep]
+
+MODULE is a path such as exospherehost/retry.py; the default is every core module
+below. The test selection is the union of the fast tests of the chosen modules (mutmut
+then runs, per mutant, only the selected tests that reach the mutated function). The
+configuration is written into the scratch copy (its setup.cfg), so the repository's own
+pyproject.toml carries none and `mutants/` never lands in the work tree. Prints mutmut's
+survivors; with --keep the scratch copy stays for `mutmut show NAME` / `mutmut browse`
+there. Slow (minutes per module): not part of CI; run it with `./dev mutate py ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_mutants import ROOT, scratch_copy
+
+# module -> the fast tests that exercise it (unit tests, and integration tests that run a
+# Runtime in-process on the session's private redis-server).
+CORE: dict[str, list[str]] = {
+    "exospherehost/retry.py": [
+        "tests/unit/test_retry.py",
+        "tests/unit/test_promises_unit.py",
+        "tests/unit/test_settle_plan.py",
+    ],
+    "broker/keys.py": ["tests/unit", "tests/integration/test_promises_wire.py"],
+    "broker/codec.py": [
+        "tests/unit/test_codec.py",
+        "tests/unit/test_settle_plan.py",
+        "tests/integration/test_promises_wire.py",
+        "tests/integration/test_settle.py",
+    ],
+    "exospherehost/deadletters.py": [
+        "tests/integration/test_promises_deadletters.py",
+        "tests/integration/test_failures.py",
+    ],
+    "exospherehost/settle.py": [
+        "tests/unit/test_settle_plan.py",
+        "tests/unit/test_settler.py",
+        "tests/integration/test_settle.py",
+        "tests/integration/test_promises_runs.py",
+        "tests/integration/test_graphs.py",
+    ],
+    "exospherehost/execution.py": [
+        "tests/unit",
+        "tests/integration/test_core.py",
+        "tests/integration/test_promises_runs.py",
+    ],
+    "exospherehost/worker.py": [
+        "tests/integration/test_core.py",
+        "tests/integration/test_failures.py",
+        "tests/integration/test_promises_claims.py",
+        "tests/integration/test_promises_stats.py",
+    ],
+}
+
+
+SOURCES = {"exospherehost", "broker"}
+
+
+def setup_cfg(modules: list[str], scratch: Path) -> str:
+    tests = sorted({t for m in modules for t in CORE.get(m, ["tests/unit"])})
+
+    def block(values: list[str]) -> str:
+        return "".join(f"\n    {v}" for v in values)
+
+    return (
+        "[mutmut]\n"
+        f"source_paths={block(sorted(SOURCES))}\n"
+        f"only_mutate={block(modules)}\n"
+        # Everything else the tests read (examples, docker-compose.yml, README, ...).
+        f"also_copy={block(sorted(p.name for p in scratch.iterdir() if p.name not in SOURCES))}\n"
+        f"pytest_add_cli_args_test_selection={block(tests)}\n"
+        # Logging calls and docstrings are not behaviour worth a mutant each.
+        f"do_not_mutate_patterns={block(['log.*', 'logging.*'])}\n"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("modules", nargs="*", default=list(CORE))
+    ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    args = ap.parse_args()
+    unknown = [m for m in args.modules if not (ROOT / m).is_file()]
+    if unknown:
+        raise SystemExit(f"no such module: {unknown}")
+    mutmut = str(ROOT / ".venv/bin/mutmut")
+    if not Path(mutmut).exists():
+        raise SystemExit("mutmut is not installed: ./dev mutate installs the `mutate` extra")
+    scratch = scratch_copy()
+    (scratch / "setup.cfg").write_text(setup_cfg(args.modules, scratch))
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPATH", None)
+    try:
+        # Own process group, so an interrupted run leaves no pytest or redis-server behind.
+        run = subprocess.Popen(
+            [mutmut, "run", "--max-children", str(args.max_children)],
+            cwd=scratch,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            run.wait()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+        print("\nSurvivors (mutmut results):", flush=True)
+        results = subprocess.run(
+            [mutmut, "results"], cwd=scratch, env=env, capture_output=True, text=True
+        )
+        print(results.stdout.strip() or "  none")
+        survivors = [ln for ln in results.stdout.splitlines() if ln.strip()]
+    finally:
+        if args.keep:
+            print(f"\nscratch copy kept: cd {scratch} && {mutmut} show NAME")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return 1 if survivors or run.returncode else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
