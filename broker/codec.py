@@ -15,6 +15,12 @@ from pydantic_core import to_jsonable_python
 from broker.keys import ENVELOPE_FIELD
 
 WIRE_VERSION = 1
+# Every key an envelope of WIRE_VERSION may carry (README "Wire protocol"). A key outside
+# it is refused, not ignored: it would be a writer speaking another protocol, whose
+# meaning this reader would silently drop.
+_ENVELOPE_KEYS = frozenset(
+    {"v", "i", "in", "r", "g", "gv", "n", "c", "gr", "p", "u", "a", "f", "d"}
+)
 _ENV_KEY = ENVELOPE_FIELD.encode()
 
 
@@ -117,6 +123,9 @@ def _decode_envelope(raw: bytes) -> Envelope:
     version = m.get("v")
     if version != WIRE_VERSION:
         raise MalformedEntry(f"envelope version {version!r} is not supported (need {WIRE_VERSION})")
+    if unknown := m.keys() - _ENVELOPE_KEYS:
+        names = sorted(repr(k) for k in unknown)
+        raise MalformedEntry(f"envelope has unknown keys {', '.join(names)}")
     state_id, inputs = m.get("i"), m.get("in")
     if not isinstance(state_id, str) or not state_id:
         raise MalformedEntry("envelope has no state id (key 'i' must be a non-empty string)")

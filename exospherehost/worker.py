@@ -321,11 +321,13 @@ class Worker:
         self._queue.close()
         left = self._stop_deadline - SETTLE_AFTER_GRACE_S - time.monotonic()
         _, late = await asyncio.wait(executors, timeout=max(0.0, left))
+        # Released before the executors are cancelled: the settler ends once they all
+        # are done, and what it has not been handed by then would stay pending.
+        for job in self._queue.drain():
+            self._finish(Released(job))
         for task in late:
             task.cancel()
         await asyncio.gather(*executors, return_exceptions=True)
-        for job in self._queue.drain():
-            self._finish(Released(job))
 
     # -- settling -----------------------------------------------------------------------
     async def _settler(self) -> None:

@@ -165,11 +165,6 @@ async def test_reclaimer_takes_no_second_copy_of_a_state_it_is_running(
     assert Long.runs == [1], "a second copy of the held state was executed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fails on main: Worker._drain releases the queued jobs after the settler has "
-    "already exited (it exits once every executor is done), so they stay pending",
-)
 async def test_states_still_queued_at_the_end_of_the_grace_period_are_handed_back_at_once(
     redis_url: str, namespace: str, sm: StateManager
 ) -> None:

@@ -217,19 +217,12 @@ async def test_after_a_settle_script_error_the_batch_is_settled_state_by_state(
     assert {s.status for s in statuses.values()} == {"SUCCEEDED"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fails on main: settle.lua XACKs an entry before its ops, and an op can still "
-    "fail (WRONGTYPE), so a state whose settle errors is acked with no outcome: neither "
-    "pending nor dead-lettered (DESIGN invariant 8)",
-)
-async def test_a_state_whose_settle_fails_stays_pending_for_a_later_try(
+async def test_a_state_whose_settle_fails_is_not_lost(
     redis_url: str, namespace: str, sm: StateManager, redis: Redis
 ) -> None:
     """A state that cannot be settled (its run hash was overwritten with a string by a
-    foreign client) must not be lost: it stays pending (to be reclaimed, and in the end
-    dead-lettered as a poison message once the key is fixed or not), never acknowledged
-    without an outcome."""
+    foreign client) must not be lost: it is dead-lettered with the error, or (if even that
+    cannot be written) stays pending to be reclaimed; never acknowledged without an outcome."""
     nodes = [
         GraphNodeModel(
             node_name="Square", namespace=namespace, identifier="sq", inputs={"value": 2}

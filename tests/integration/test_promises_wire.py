@@ -108,11 +108,6 @@ async def test_envelope_fields_are_checked_and_a_bad_one_is_dead_lettered_naming
     assert not wrong, wrong
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fails on main: broker/codec.py ignores envelope keys it does not know "
-    "(README 'Wire protocol' lists the keys; an unknown one is accepted silently)",
-)
 async def test_an_envelope_with_an_unknown_field_is_dead_lettered_naming_it(
     redis_url: str, namespace: str, sm: StateManager, redis: Redis
 ) -> None:
