@@ -186,7 +186,10 @@ class CompiledGraph:
         node = self.nodes[identifier]
         steps: dict[str, GroupStep] = {}  # stays empty for a node with no fan-in role
         for u in node.groups:  # a member settling: it closes, its successors open
-            steps[u] = GroupStep(u, grp[u], open_delta=-1)
+            # If it is the last one, U fires and re-opens the groups U itself belongs to
+            # (nested fan-in): without them an outer unite could fire before U settled.
+            outer = {o: (grp.get(o) or state_id) for o in self.nodes[u].groups}
+            steps[u] = GroupStep(u, grp[u], open_delta=-1, outer=outer)
         for u in self.targets.get(identifier, ()):  # the target settling opens the group
             unite = self.nodes[u]
             init_ctx = dict(ctx)

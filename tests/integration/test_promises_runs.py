@@ -253,13 +253,6 @@ async def test_a_fired_unite_reopens_the_run_until_the_uniting_state_settles(
     assert [r["outputs"] for r in results] == [{"total": 0 + 1 + 4}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fails on main: when the last member of an inner group SUCCEEDS, the settle "
-    "that fires the inner unite does not re-open the outer group (settle._completed sends "
-    "outer groups only for a target's init step), so the outer unite fires early and "
-    "cannot build its inputs",
-)
 async def test_nested_fan_in_fires_the_outer_unite_after_every_inner_one(
     redis_url: str, namespace: str, sm: StateManager
 ) -> None:
