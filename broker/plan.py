@@ -32,6 +32,8 @@ class SettleFlags(list[int]):
 
     @classmethod
     def parse(cls, reply: list[Any]) -> SettleFlags:
+        if set(map(type, reply)) <= {int}:  # the usual reply: flags only (C-speed check)
+            return cls(reply, {})
         flags: list[int] = []
         errors: dict[int, str] = {}
         for i, r in enumerate(reply):

@@ -391,7 +391,6 @@ async def test_dead_consumers_are_removed_live_and_holding_ones_kept(
     await sm.client.xreadgroup(GROUP, "dead-holding", {stream: ">"}, count=1)
     for name in ("dead-empty-1", "dead-empty-2"):
         await sm.client.execute_command("XGROUP", "CREATECONSUMER", stream, GROUP, name)
-    _with_worker_options(monkeypatch, consumer_idle_ms=2000)
 
     def make(visibility: float) -> Runtime:
         return Runtime(
@@ -401,6 +400,7 @@ async def test_dead_consumers_are_removed_live_and_holding_ones_kept(
             redis_url=redis_url,
             block_ms=200,
             visibility_timeout=visibility,
+            consumer_idle_timeout=2.0,
         )
 
     # Visibility long: dead-holding's entry stays its own while the consumers are pruned.
