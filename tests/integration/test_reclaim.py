@@ -383,7 +383,7 @@ async def test_heartbeat_keeps_a_long_execution_past_many_visibility_timeouts(
 
 # -- dead consumers --------------------------------------------------------------------------
 async def test_dead_consumers_are_removed_live_and_holding_ones_kept(
-    redis_url: str, namespace: str, sm: StateManager, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, namespace: str, sm: StateManager
 ) -> None:
     stream = sm.keys.queue("Nap")
     await sm.broker.ensure_groups(["Nap"])
