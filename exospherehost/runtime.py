@@ -34,7 +34,7 @@ from exospherehost.node import BaseNode, node_schema, validate_nodes
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
 from exospherehost.settle import SettleConfig, will_retry
 from exospherehost.stats import RuntimeStats
-from exospherehost.worker import Worker
+from exospherehost.worker import ShutdownAbandoned, Worker
 
 log = logging.getLogger("exospherehost.runtime")
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -232,8 +232,12 @@ class Runtime:
                 await exporter.start()
             if self._stop_requested:
                 self._worker.stop()
-            await self._worker._until_ok(lambda: self._check_secrets(store, cipher))
-            await self._worker._until_ok(lambda: self._register(broker))
+            try:
+                await self._worker._until_ok(lambda: self._check_secrets(store, cipher))
+                await self._worker._until_ok(lambda: self._register(broker))
+            except ShutdownAbandoned as exc:  # stopped while Redis was down: nothing read yet
+                log.warning("runtime %s stopped before serving: %s", self.name, exc)
+                return
             log.info(
                 "runtime %s serving %s in namespace %s as %s",
                 self.name,

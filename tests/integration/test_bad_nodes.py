@@ -25,6 +25,7 @@ from exospherehost import (
     StateManager,
 )
 from exospherehost.deadletters import DeadLetter
+from exospherehost.resilience import OutageLog
 from tests.integration.helpers import running, start_worker
 
 RETRY_ONCE = RetryPolicyModel(max_retries=1, strategy=RetryStrategyEnum.FIXED, backoff_factor=10)
@@ -388,3 +389,30 @@ async def test_sigterm_while_redis_is_down_exits_cleanly_within_the_grace_period
             proc.communicate()
         await sm.close()
         server.stop()
+
+
+async def test_a_runtime_stopped_before_redis_was_ever_reachable_ends_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Runtime whose Redis never answered (its start-up checks retrying through the
+    outage) and that is then stopped ends without an error: it read nothing, so nothing
+    is left anywhere. It used to raise the stop's ShutdownAbandoned out of start()."""
+    server = PrivateServer()
+    url = server.start().url
+    server.stop()  # a port that answered once and now refuses: an outage from the start
+    seen = asyncio.Event()
+    down = OutageLog.down
+
+    def noted(log: OutageLog, exc: BaseException) -> None:
+        down(log, exc)
+        seen.set()
+
+    monkeypatch.setattr(OutageLog, "down", noted)
+    rt = Runtime(namespace="nowhere", name="t", nodes=[Gated], redis_url=url, grace_period=0.5)
+    task = rt.start()
+    assert task is not None
+    await asyncio.wait_for(seen.wait(), 10)
+    began = time.monotonic()
+    rt.stop()
+    await asyncio.wait_for(task, 15)  # returns, raising nothing
+    assert time.monotonic() - began < 10
