@@ -61,7 +61,15 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 def _lua(name: str) -> str:
-    return resources.files("broker").joinpath("lua", name).read_text()
+    """A script's source; one with a `#!lua` line (the scripts that check before they
+    write) gets the shared checks of lua/_checks.lua right after it: a Redis script
+    cannot import, and the shebang must stay the first line."""
+    folder = resources.files("broker").joinpath("lua")
+    source = folder.joinpath(name).read_text()
+    shebang, _, body = source.partition("\n")
+    if not shebang.startswith("#!lua"):
+        return source
+    return f"{shebang}\n{folder.joinpath('_checks.lua').read_text()}{body}"
 
 
 def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:

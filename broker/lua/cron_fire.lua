@@ -20,22 +20,8 @@ local marker, graphs, run, store, index, target =
 local due_ms = tonumber(ARGV[8])
 
 local function check(key, want)
-  local ty = redis.call('TYPE', key)['ok']
-  if ty ~= 'none' and ty ~= want then
-    return redis.error_reply('cron_fire: key ' .. key .. ' holds a ' .. ty .. ', not a ' .. want)
-  end
-  if want == 'stream' and ty == 'stream' then
-    local info = redis.call('XINFO', 'STREAM', key)
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then
-        local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
-        if ms == '18446744073709551615' and #seq >= 19 then
-          return redis.error_reply('cron_fire: stream ' .. key ..
-                                   ' has used up its entry ids: it cannot take another entry')
-        end
-      end
-    end
-  end
+  local problem = key_problem(key, want, want == 'stream')  -- broker/lua/_checks.lua
+  if problem then return redis.error_reply('cron_fire: ' .. problem) end
   return nil
 end
 

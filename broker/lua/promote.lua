@@ -17,39 +17,14 @@ local moved = 0
 local next_due = -1
 local problems = {}
 
-local function zset_problem(zset)
-  local zt = redis.call('TYPE', zset)['ok']
-  if zt ~= 'none' and zt ~= 'zset' then
-    return 'key ' .. zset .. ' holds a ' .. zt .. ', not a zset'
-  end
-  return nil
-end
-
-local function stream_problem(stream)
-  local st = redis.call('TYPE', stream)['ok']
-  if st ~= 'none' and st ~= 'stream' then
-    return 'key ' .. stream .. ' holds a ' .. st .. ', not a stream'
-  end
-  if st == 'stream' then
-    local info = redis.call('XINFO', 'STREAM', stream)
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then
-        local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
-        if ms == '18446744073709551615' and #seq >= 19 then
-          return 'stream ' .. stream .. ' has used up its entry ids: it cannot take another entry'
-        end
-      end
-    end
-  end
-  return nil
-end
+-- key_problem: broker/lua/_checks.lua
 
 for i = 1, #KEYS, 2 do
-  local p = zset_problem(KEYS[i])
+  local p = key_problem(KEYS[i], 'zset')
   local due = {}
   if not p then
     due = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'LIMIT', 0, limit)
-    if #due > 0 then p = stream_problem(KEYS[i + 1]) end  -- checked only when there is work
+    if #due > 0 then p = key_problem(KEYS[i + 1], 'stream', true) end  -- checked only when there is work
   end
   if p then
     problems[#problems + 1] = p

@@ -24,15 +24,8 @@ if n_values > 7000 then  -- unpack below: Lua's C stack holds ~8000 values
   return 'the state has ' .. (n_values / 2) .. ' fields, more than a script can re-add'
 end
 
-local function wrong_type(key, want)
-  local ty = redis.call('TYPE', key)['ok']
-  if ty ~= 'none' and ty ~= want then
-    return 'key ' .. key .. ' holds a ' .. ty .. ', not a ' .. want
-  end
-  return nil
-end
-
-local problem = wrong_type(dead, 'stream')
+-- key_problem: broker/lua/_checks.lua
+local problem = key_problem(dead, 'stream')
 if problem then return problem end
 if #redis.call('XRANGE', dead, id, id) == 0 then
   return 0
@@ -41,22 +34,11 @@ if ident ~= '' then
   if redis.call('EXISTS', run) == 0 then
     return -1
   end
-  problem = wrong_type(run, 'hash')
+  problem = key_problem(run, 'hash')
   if problem then return problem end
 end
-problem = wrong_type(queue, 'stream')
+problem = key_problem(queue, 'stream', true)
 if problem then return problem end
-if redis.call('EXISTS', queue) == 1 then
-  local info = redis.call('XINFO', 'STREAM', queue)
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
-      if ms == '18446744073709551615' and #seq >= 19 then
-        return 'stream ' .. queue .. ' has used up its entry ids: it cannot take another entry'
-      end
-    end
-  end
-end
 
 redis.call('XADD', queue, '*', unpack(ARGV, 3))
 redis.call('XDEL', dead, id)

@@ -63,32 +63,11 @@ local MAX_VALUES = 7000  -- per unpack: Lua's C stack holds ~8000 values
 -- stops that entry and the worker dead-letters it; that run was broken already.
 local checked = {}  -- key index -> false (fine) or why not
 
--- The id space is spent once the last id's ms part is 2^64-1 and its sequence near the
--- top (a foreign client's `XADD key 18446744073709551615-18446744073709551615`); XADD *
--- then fails. XINFO STREAM is the one read that shows last-generated-id (~4 us).
-local function exhausted(key)
-  local info = redis.call('XINFO', 'STREAM', key)
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
-      return ms == '18446744073709551615' and #seq >= 19
-    end
-  end
-  return false
-end
-
-local function key_problem(k, want)
+-- key_problem (broker/lua/_checks.lua) once per key and call; streams here all get XADDs.
+local function index_problem(k, want)
   local p = checked[k]
   if p == nil then
-    p = false
-    local key = KEYS[k]
-    local ty = redis.call('TYPE', key)['ok']
-    if ty ~= 'none' and ty ~= want then
-      p = 'key ' .. key .. ' holds a ' .. ty .. ', not a ' .. want
-    elseif ty == 'stream' and exhausted(key) then
-      p = 'stream ' .. key .. ' has used up its entry ids (a client added id ' ..
-          '18446744073709551615-...): it cannot take another entry'
-    end
+    p = key_problem(KEYS[k], want, true) or false
     checked[k] = p
   end
   return p
@@ -102,13 +81,13 @@ local function item_problem(ops)
         return 'XADD of ' .. ((#op - 3) / 2) .. ' fields, more than a script can pass (' ..
                (MAX_VALUES / 2) .. ')'
       end
-      p = key_problem(op[2], 'stream')
+      p = index_problem(op[2], 'stream')
     elseif code == 2 then
-      p = key_problem(op[2], 'zset')
+      p = index_problem(op[2], 'zset')
     elseif code == 4 then
-      p = key_problem(op[3], 'stream')  -- the events stream, written when the run ends
+      p = index_problem(op[3], 'stream')  -- the events stream, written when the run ends
     elseif code == 6 then
-      p = key_problem(op[4], 'stream')  -- the uniting node's queue, when the unite fires
+      p = index_problem(op[4], 'stream')  -- the uniting node's queue, when the unite fires
     end
     if p then return p end
   end

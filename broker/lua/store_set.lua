@@ -15,9 +15,9 @@ end
 if redis.call('EXISTS', run) == 0 then
   return 0
 end
-local ty = redis.call('TYPE', store)['ok']
-if ty ~= 'none' and ty ~= 'hash' then
-  return redis.error_reply('store_set: key ' .. store .. ' holds a ' .. ty .. ', not a hash')
+local problem = key_problem(store, 'hash')  -- broker/lua/_checks.lua
+if problem then
+  return redis.error_reply('store_set: ' .. problem)
 end
 for i = 1, #ARGV, 2000 do
   redis.call('HSET', store, unpack(ARGV, i, math.min(i + 1999, #ARGV)))
