@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.codec import MalformedEntry, decode, printable_fields
+from broker.keys import ENVELOPE_FIELD
 from broker.lane import Lane
 from broker.plan import APPLIED, FAILED, REFUSED
 from broker.streams import Broker
@@ -572,9 +573,14 @@ class Worker:
                 continue  # already ours (our own heartbeat lagged): no second copy
             taken += 1
             kind = triage(deliveries, self._suspect_from, self.max_deliveries)
+            # Deliveries of the entries it was released from at shutdown count toward the
+            # poison limit too (the claim script sees this entry's own count only).
+            total = deliveries + _carried_deliveries(entry_id, fields)
+            if total >= self.max_deliveries:
+                kind = "poison"
             # XCLAIM counted one more delivery (to us): deliveries + 1.
             if kind == "poison":
-                self._accept(node, [(entry_id, fields)], _poison(deliveries), deliveries + 1)
+                self._accept(node, [(entry_id, fields)], _poison(total), deliveries + 1)
             elif kind == "suspect":
                 log.debug("suspect %s %s (delivered %d times)", node, entry_id, deliveries)
                 deadline = time.monotonic() + self.visibility_ms / 1000
@@ -772,6 +778,20 @@ def triage(
     if deliveries >= suspect_from:
         return "suspect"
     return "run"
+
+
+_ENVELOPE_KEY = ENVELOPE_FIELD.encode()
+
+
+def _carried_deliveries(entry_id: bytes, fields: dict[bytes, bytes]) -> int:
+    """Deliveries an envelope carries over from entries it was released from (`d`); 0 for a
+    plain entry or one that does not decode (its settle says why)."""
+    if _ENVELOPE_KEY not in fields:
+        return 0
+    try:
+        return decode(entry_id, fields).deliveries
+    except Exception:
+        return 0
 
 
 def _poison(deliveries: int) -> str:

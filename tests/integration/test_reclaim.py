@@ -12,6 +12,7 @@ import time
 from functools import partial
 from typing import Any, ClassVar
 
+import msgpack
 import pytest
 from pydantic import BaseModel
 
@@ -429,3 +430,40 @@ async def test_dead_consumers_are_removed_live_and_holding_ones_kept(
     assert (await _consumers(sm, "Nap")).keys() == set()  # three left on its clean stop
     assert await sm.client.zrange(f"{sm.keys.base}:alive", 0, -1) == []  # nobody alive
     await _all_clear(sm, "Nap")
+
+
+async def test_deliveries_carried_across_releases_count_toward_the_poison_limit(
+    redis_url: str, namespace: str, sm: StateManager, redis: Any
+) -> None:
+    """A state released at shutdown comes back as a new entry carrying its deliveries so far
+    (`d`). Orphaned once more by a dead worker, it has been handed out d + 1 times: at the
+    limit it is dead-lettered as a poison message when reclaimed, not run again (the claim
+    script sees only the new entry's own count, 1)."""
+    stream = sm.keys.queue("Nap")
+    envelope = {"v": 1, "i": "released-4-times", "in": {"seconds": 0}, "d": 4}
+    await redis.xadd(stream, {"_exo": msgpack.packb(envelope)})
+    innocent = await sm.enqueue("Nap", {"seconds": 0, "i": 1})
+    await _orphan(sm, "Nap", 2)
+    rt = Runtime(
+        namespace=namespace,
+        name="t",
+        nodes=[Nap],
+        redis_url=redis_url,
+        visibility_timeout=0.5,
+        max_deliveries=5,
+    )
+    async with running(rt):
+        done = await sm.wait_for_states("Nap", [innocent], timeout=15)
+
+        async def dead_lettered() -> bool:
+            return len(await sm.dead_letters()) == 1
+
+        await _until("the released state is dead-lettered", dead_lettered, 15)
+    [dead] = await sm.dead_letters()
+    assert dead.state_id == "released-4-times" and "poison" in dead.error
+    assert dead.deliveries == 6  # 4 carried + the dead worker's + ours
+    assert done[innocent].status == "SUCCEEDED"
+    # Not run: its only result is the poison failure.
+    results = {o.state_id: o.status for o in await sm.outputs("Nap")}
+    assert results == {"released-4-times": "FAILED", innocent: "SUCCEEDED"}
+    assert await sm.pending("Nap") == {"length": 0, "pending": 0, "delayed": 0}
