@@ -373,6 +373,11 @@ def will_retry(failed: Failed, cfg: SettleConfig) -> bool:
     )
 
 
+def retry_budget(failed: Failed, cfg: SettleConfig) -> int:
+    """How many retries the state's graph version (or the Runtime default) allows."""
+    return _policy(failed.job.env, cfg).max_retries
+
+
 def _history(cfg: SettleConfig, job: Job, status: str, error: str = "") -> bytes:
     """One line of the run's history (the run step appends it only if the run exists)."""
     env = job.env

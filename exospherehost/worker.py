@@ -30,12 +30,20 @@ from broker.lane import Lane
 from broker.plan import APPLIED, FAILED, REFUSED
 from broker.streams import Broker
 from exospherehost.execution import InternalErrors, NodeSpec, describe, execute, format_traceback
+from exospherehost.failurelog import FailureLog
 from exospherehost.graphstore import GraphCache
 from exospherehost.jobqueue import JobQueue
 from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
 from exospherehost.resilience import OutageLog
 from exospherehost.secrets import SecretsError
-from exospherehost.settle import SettleConfig, as_failure, plan_dead_letters, plan_settle
+from exospherehost.settle import (
+    SettleConfig,
+    as_failure,
+    plan_dead_letters,
+    plan_settle,
+    retry_budget,
+    will_retry,
+)
 from exospherehost.stats import RuntimeStats
 
 log = logging.getLogger("exospherehost.worker")
@@ -101,6 +109,12 @@ class Worker:
         # promoter, reclaimer): in an outage they give up at once. None before run().
         self._quit_first: set[asyncio.Task[object]] | None = None
         self._bugs = InternalErrors(log)  # bugs of our own, logged once per kind
+        # Node failures, each once with what happens next (rate-limited per node).
+        self._failures = FailureLog(
+            logging.getLogger("exospherehost.failures"),
+            partial(will_retry, cfg=settle_cfg),
+            partial(retry_budget, cfg=settle_cfg),
+        )
         self._done = asyncio.Event()  # everything read was settled or released
         self.ready = asyncio.Event()  # groups exist and this consumer joined them
         self._executing: set[asyncio.Task[None]] = set()
@@ -373,6 +387,7 @@ class Worker:
             slots.release()
         # One pass over the batch: release what was held, wake watchers, count per node.
         held, watch, nodes = self._held, self._watch, self.stats.nodes
+        failed: list[Outcome] = []
         for outcome, flag in zip(batch, flags, strict=True):
             node, entry_id = source(outcome)
             held[node].pop(entry_id, None)
@@ -380,8 +395,12 @@ class Worker:
                 watcher.set()
             if flag > 0:
                 nodes[node].settled += 1
+                if type(outcome) is Failed or type(outcome) is Malformed:
+                    failed.append(outcome)
             elif flag == 0:
                 nodes[node].late_settles += 1
+        if failed:
+            self._failures.report(failed)
         self.inflight -= len(batch)
         self.settled += len(batch)
         self._room.set()

@@ -302,3 +302,34 @@ async def test_runtime_rides_out_a_redis_restart_with_aof(
     finally:
         await sm.close()
         server.stop()
+
+
+async def test_each_failure_is_logged_once_with_what_happens_next(
+    redis_url: str, namespace: str, sm: StateManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator reading the worker's log sees every failure (node, state, run, attempt,
+    error) and whether it is retried or dead-lettered; before, failures logged nothing."""
+    Flaky.fail_times = 2
+    rt = Runtime(namespace=namespace, name="t", nodes=[Flaky], redis_url=redis_url)
+    policy = RetryPolicyModel(max_retries=1, strategy=RetryStrategyEnum.FIXED, backoff_factor=10)
+    with caplog.at_level(logging.INFO, logger="exospherehost.failures"):
+        async with running(rt):
+            await sm.upsert_graph(
+                "g", one_node_graph(namespace, "Flaky"), secrets={}, retry_policy=policy
+            )
+            run = await sm.trigger("g")
+            assert (await sm.wait(run, timeout=10)).status == "FAILED"
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.endswith("failures")]
+    [dead] = await sm.dead_letters()
+    where = f"Flaky state {dead.state_id} of run {run} (graph 'g', identifier 'only')"
+    assert lines == [
+        (
+            logging.WARNING,
+            f"{where} failed on attempt 1: ValueError: flaky failure #1; retrying (attempt 2 of 2)",
+        ),
+        (
+            logging.ERROR,
+            f"{where} failed on attempt 2: ValueError: flaky failure #2; "
+            "dead-lettered (retries spent)",
+        ),
+    ]
