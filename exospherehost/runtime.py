@@ -171,8 +171,13 @@ class Runtime:
         running event loop, return the serving task instead."""
         setup_logging()
         try:
-            loop = asyncio.get_running_loop()
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
+            loop = None
+        if loop is None:
+            # Not inside the `except`: every traceback raised while serving (and stored in
+            # dead letters) would begin with "no running event loop ... During handling
+            # of the above exception, another exception occurred".
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 runner.run(self._main(install_signals=True, tune_gc=self.tune_gc is not False))
             return None

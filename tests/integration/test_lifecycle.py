@@ -11,8 +11,8 @@ from typing import ClassVar
 import pytest
 from pydantic import BaseModel
 
-from exospherehost import BaseNode, Runtime, StateManager
-from tests.integration.helpers import ROOT
+from exospherehost import BaseNode, GraphNodeModel, RetryPolicyModel, Runtime, StateManager
+from tests.integration.helpers import ROOT, start_worker, stop_processes
 
 
 class Gated(BaseNode):
@@ -120,3 +120,34 @@ async def test_consumer_joins_at_start_and_leaves_on_a_clean_stop(
     rt.stop()
     await asyncio.wait_for(task, 10)
     assert await sm.client.xinfo_consumers(q, "exo") == []
+
+
+async def test_a_blocking_runtimes_tracebacks_show_only_the_nodes_error(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """start() without a running loop used to serve inside its `except RuntimeError:`, so
+    every traceback (kept in dead letters, shown on the dashboard) began with "no running
+    event loop ... During handling of the above exception, another exception occurred"."""
+    worker = start_worker(redis_url, namespace, EXO_TEST_NODES="Work")
+    try:
+        await sm.upsert_graph(
+            "fails",
+            [
+                GraphNodeModel(
+                    node_name="Work",
+                    namespace=namespace,
+                    identifier="work",
+                    inputs={"value": 1, "fail_at": 1},
+                )
+            ],
+            retry_policy=RetryPolicyModel(max_retries=0),
+            validation_timeout=30,
+        )
+        run = await sm.trigger("fails")
+        assert (await sm.wait(run, timeout=30)).status == "FAILED"
+    finally:
+        stop_processes([worker])
+    [dead] = await sm.dead_letters()
+    assert "RuntimeError: branch 1 fails for good" in dead.traceback
+    assert "During handling" not in dead.traceback, dead.traceback
+    assert "no running event loop" not in dead.traceback, dead.traceback
