@@ -109,6 +109,8 @@ class Worker:
         # promoter, reclaimer): in an outage they give up at once. None before run().
         self._quit_first: set[asyncio.Task[object]] | None = None
         self._bugs = InternalErrors(log)  # bugs of our own, logged once per kind
+        self.executing = 0  # executions running now (said when stopping)
+        self.cut_short = 0  # executions cancelled at the end of the grace period
         # Node failures, each once with what happens next (rate-limited per node).
         self._failures = FailureLog(
             logging.getLogger("exospherehost.failures"),
@@ -279,6 +281,7 @@ class Worker:
         assert me is not None
         while (job := await queue.get()) is not None:
             started = clock()
+            self.executing += 1
             try:
                 outcome = await self._execute(job)
             except ShutdownAbandoned:
@@ -286,11 +289,17 @@ class Worker:
                 continue
             except BaseException as exc:
                 if me.cancelling():
+                    self.cut_short += 1
                     self._finish(Released(job))  # shutdown grace ran out: hand it back now
                     raise
                 outcome = self._internal_error(job, exc)
+            finally:
+                self.executing -= 1
             if me.cancelling():  # cancelled, and node code swallowed the cancellation
-                self._finish(Released(job) if isinstance(outcome, Failed) else outcome)
+                if isinstance(outcome, Failed):
+                    self.cut_short += 1
+                    outcome = Released(job)
+                self._finish(outcome)
                 raise asyncio.CancelledError
             try:
                 self.stats.executed(job.node, outcome, clock() - started)
@@ -331,18 +340,35 @@ class Worker:
         self._has_outcomes.set()
 
     async def _drain(self, executors: list[asyncio.Task[None]]) -> None:
-        """Finish what was read within the grace period (counted from stop()); release
-        the rest at once."""
+        """Hand back at once what was read but not started (another worker can run it
+        now); finish what runs within the grace period (counted from stop()); release
+        what is still running after it."""
         self._queue.close()
-        left = self._stop_deadline - SETTLE_AFTER_GRACE_S - time.monotonic()
-        _, late = await asyncio.wait(executors, timeout=max(0.0, left))
-        # Released before the executors are cancelled: the settler ends once they all
-        # are done, and what it has not been handed by then would stay pending.
-        for job in self._queue.drain():
+        queued = self._queue.drain()
+        for job in queued:
             self._finish(Released(job))
+        left = self._stop_deadline - SETTLE_AFTER_GRACE_S - time.monotonic()
+        running = self.executing
+        if queued or running:
+            log.info(
+                "stopping: %d read but not started states handed back; finishing %d "
+                "in-flight states (grace %.1f s)",
+                len(queued),
+                running,
+                max(0.0, left),
+            )
+        _, late = await asyncio.wait(executors, timeout=max(0.0, left))
         for task in late:
             task.cancel()
         await asyncio.gather(*executors, return_exceptions=True)
+        if running:
+            cut = self.cut_short
+            log.info(
+                "stopping: %d in-flight states finished, %d cut short at the grace period "
+                "and handed back",
+                running - cut,
+                cut,
+            )
 
     # -- settling -----------------------------------------------------------------------
     async def _settler(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import subprocess
 import sys
@@ -151,3 +152,37 @@ async def test_a_blocking_runtimes_tracebacks_show_only_the_nodes_error(
     assert "RuntimeError: branch 1 fails for good" in dead.traceback
     assert "During handling" not in dead.traceback, dead.traceback
     assert "no running event loop" not in dead.traceback, dead.traceback
+
+
+async def test_stopping_hands_back_read_but_not_started_states_at_once(
+    redis_url: str, namespace: str, sm: StateManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """States read ahead but not started when the stop comes go straight back to the stream
+    (another worker can run them now) instead of being run during the grace period; only
+    the ones in flight are finished. It says so in the log."""
+    rt = Runtime(namespace=namespace, name="t", nodes=[Gated], redis_url=redis_url, workers=2)
+    ids = await sm.enqueue_many("Gated", [{"i": i} for i in range(6)])
+    with caplog.at_level(logging.INFO, logger="exospherehost.worker"):
+        task = rt.start()
+        assert task is not None
+        await _started(2)
+        rt.stop()
+
+        async def handed_back() -> bool:
+            return await sm.pending("Gated") == {"length": 6, "pending": 2, "delayed": 0}
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await handed_back():  # the release is one settle call: poll Redis
+            assert asyncio.get_running_loop().time() < deadline, await sm.pending("Gated")
+            await asyncio.sleep(0.02)
+        Gated.gate.set()
+        await asyncio.wait_for(task, 10)
+    assert Gated.started.qsize() == 0, "a read-ahead state was started during the grace"
+    done = await sm.outputs("Gated")
+    assert len(done) == 2 and {o.state_id for o in done} < set(ids)
+    assert await sm.pending("Gated") == {"length": 4, "pending": 0, "delayed": 0}
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        "4 read but not started states handed back; finishing 2 in-flight" in m for m in messages
+    ), messages
+    assert any("2 in-flight states finished, 0 cut short" in m for m in messages), messages
