@@ -36,6 +36,7 @@ CORE: dict[str, list[str]] = {
     "broker/keys.py": ["tests/unit", "tests/integration/test_promises_wire.py"],
     "broker/codec.py": [
         "tests/unit/test_codec.py",
+        "tests/unit/test_mutants_codec.py",
         "tests/unit/test_settle_plan.py",
         "tests/integration/test_promises_wire.py",
         "tests/integration/test_settle.py",
