@@ -4,20 +4,26 @@ client"), and the rate limit of internal-error logging (InternalErrors' docstrin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import traceback
+from datetime import timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, field_validator, model_validator
 
 from broker.codec import Envelope
+from broker.streams import Broker
 from exospherehost import BaseNode
 from exospherehost import execution as execution_module
 from exospherehost.execution import _MAX_MESSAGE, _MAX_TRACEBACK, InternalErrors, NodeSpec, execute
-from exospherehost.outcomes import Completed, Failed, Job, Outcome
+from exospherehost.graph import CompiledGraph
+from exospherehost.outcomes import Completed, Failed, Job, Outcome, Pruned, Requeued
+from exospherehost.secrets import SecretsError
+from exospherehost.signals import PruneSignal, ReQueueAfterSignal
 
 
 async def run(node: type[BaseNode], inputs: dict[str, Any], *, foreign: bool = False) -> Outcome:
@@ -265,3 +271,180 @@ async def test_one_outputs_is_one_result_not_a_fanout() -> None:
     outcome = await run(Returns, {"n": -2})
     assert isinstance(outcome, Completed) and outcome.outputs == [{"i": 99}], outcome
     assert not outcome.fanout
+
+
+# -- graph runs, secrets, signals, the store: each outcome compared whole ---------------
+GRAPH = cast(CompiledGraph, SimpleNamespace(nodes={"a": None}))
+
+
+def graph_job(node: type[BaseNode], inputs: dict[str, Any], ident: str = "a") -> Job:
+    env = Envelope("s1", inputs, "run1", "g", 3, ident)
+    return Job(node.__name__, f"q:{node.__name__}", b"1-1", {}, env)
+
+
+class Echo(BaseNode):
+    """Reports what the Runtime set on it; `mode` makes it signal or use its store."""
+
+    class Inputs(BaseModel):
+        mode: str = ""
+
+    class Outputs(BaseModel):
+        state_id: str
+        run_id: str | None
+        secrets_is_model: bool
+
+    async def execute(self) -> Outputs:
+        if self.inputs.mode == "prune":
+            raise PruneSignal({"why": "done"})
+        if self.inputs.mode == "requeue":
+            raise ReQueueAfterSignal(timedelta(seconds=1.5))
+        if self.inputs.mode == "store":
+            assert self.store is not None  # raises StoreUnavailable without a run / broker
+        if self.inputs.mode == "sleep":
+            await asyncio.sleep(0.5)
+        if self.inputs.mode == "list":
+            return [self.Outputs(state_id="x", run_id=None, secrets_is_model=True), 5]  # type: ignore[return-value]
+        if self.inputs.mode == "tuple":
+            return (self.Outputs(state_id="x", run_id=None, secrets_is_model=True),)  # type: ignore[return-value]
+        return self.Outputs(
+            state_id=self.state_id,
+            run_id=self.run_id,
+            secrets_is_model=isinstance(self.secrets, self.Secrets),
+        )
+
+
+async def test_a_graph_state_whose_graph_version_is_unknown_fails_permanently() -> None:
+    job = graph_job(Echo, {})
+    outcome = await execute(NodeSpec.of(Echo), job, None, {})
+    assert outcome == Failed(job, "graph 'g' version 3 not found", "", permanent=True)
+
+
+async def test_a_graph_state_naming_a_node_its_graph_lacks_fails_permanently() -> None:
+    job = graph_job(Echo, {}, ident="zz")
+    outcome = await execute(NodeSpec.of(Echo), job, GRAPH, {})
+    assert outcome == Failed(job, "graph 'g' has no node 'zz'", "", permanent=True)
+
+
+async def test_the_node_sees_its_state_run_secrets_and_store() -> None:
+    job = graph_job(Echo, {})
+    outcome = await execute(NodeSpec.of(Echo), job, GRAPH, {"unrelated": "v"})
+    want = {"state_id": "s1", "run_id": "run1", "secrets_is_model": True}
+    assert outcome == Completed(job, [want], False)
+    # The store needs the Runtime's broker: given one, a graph state can use it.
+    job = graph_job(Echo, {"mode": "store"})
+    outcome = await execute(NodeSpec.of(Echo), job, GRAPH, {}, cast(Broker, object()))
+    assert isinstance(outcome, Completed), outcome
+
+
+async def test_the_store_outside_a_graph_run_fails_permanently() -> None:
+    job = Job("Echo", "q:Echo", b"1-1", {}, Envelope("s1", {"mode": "store"}))
+    outcome = await execute(NodeSpec.of(Echo), job, None, {})
+    assert isinstance(outcome, Failed) and outcome.job is job and outcome.permanent is True
+    assert outcome.error.startswith("StoreUnavailable: Echo.store is only available"), outcome
+    assert "self.store" in outcome.traceback
+
+
+async def test_signals_are_their_outcomes() -> None:
+    job = graph_job(Echo, {"mode": "prune"})
+    assert await execute(NodeSpec.of(Echo), job, GRAPH, {}) == Pruned(job, {"why": "done"})
+    job = graph_job(Echo, {"mode": "requeue"})
+    assert await execute(NodeSpec.of(Echo), job, GRAPH, {}) == Requeued(job, 1500)
+
+
+@pytest.mark.parametrize("mode", ["list", "tuple"])
+async def test_anything_but_outputs_a_list_of_them_or_none_fails_permanently(mode: str) -> None:
+    job = graph_job(Echo, {"mode": mode})
+    outcome = await execute(NodeSpec.of(Echo), job, GRAPH, {})
+    got = "list" if mode == "list" else "tuple"
+    reason = f"Echo.execute returned {got}; expected Echo.Outputs, a list of them, or None"
+    assert outcome == Failed(job, reason, "", permanent=True)
+
+
+async def test_a_timeout_bounds_the_execution() -> None:
+    job = graph_job(Echo, {"mode": "sleep"})
+    job.timeout = 0.05
+    outcome = await execute(NodeSpec.of(Echo), job, GRAPH, {})
+    assert isinstance(outcome, Failed) and outcome.job is job and not outcome.permanent
+    assert outcome.error == "Echo.execute timed out after 0.05 s"
+
+
+async def test_failures_of_node_code_carry_their_job() -> None:
+    job = graph_job(Raises, {})
+    Raises.to_raise = ValueError("v")
+    outcome = await execute(NodeSpec.of(Raises), job, GRAPH, {})
+    assert isinstance(outcome, Failed) and outcome.job is job, outcome
+    job = graph_job(Strict, {"x": "a"})
+    outcome = await execute(NodeSpec.of(Strict), job, GRAPH, {})
+    bad_int = "Input should be a valid integer, unable to parse string as an integer"
+    assert outcome == Failed(job, f"invalid inputs for Strict: x: {bad_int}", "", permanent=True)
+
+
+class Secretive(BaseNode):
+    class Inputs(BaseModel):
+        pass
+
+    class Outputs(BaseModel):
+        token: str
+
+    class Secrets(BaseModel):
+        token: str
+
+        @field_validator("token")
+        @classmethod
+        def known(cls, v: str) -> str:
+            if v == "boom":
+                raise KeyError("no such token")
+            return v
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(token=self.secrets.token)
+
+
+async def test_a_node_gets_its_validated_secrets() -> None:
+    job = graph_job(Secretive, {})
+    outcome = await execute(NodeSpec.of(Secretive), job, GRAPH, {"token": "t", "other": "o"})
+    assert outcome == Completed(job, [{"token": "t"}], False)
+
+
+async def test_secrets_that_cannot_be_had_fail_only_nodes_that_declare_secrets() -> None:
+    job = graph_job(Secretive, {})
+    why = SecretsError("cannot decrypt")
+    outcome = await execute(NodeSpec.of(Secretive), job, GRAPH, why)
+    assert outcome == Failed(job, "secrets for Secretive: cannot decrypt", "", permanent=True)
+    job = graph_job(Echo, {})
+    outcome = await execute(NodeSpec.of(Echo), job, GRAPH, why)
+    want = {"state_id": "s1", "run_id": "run1", "secrets_is_model": True}
+    assert outcome == Completed(job, [want], False)
+
+
+async def test_a_missing_secret_fails_permanently_naming_it() -> None:
+    job = graph_job(Secretive, {})
+    outcome = await execute(NodeSpec.of(Secretive), job, GRAPH, {})
+    reason = "missing secrets for Secretive: token: Field required"
+    assert outcome == Failed(job, reason, "", permanent=True)
+
+
+async def test_a_secrets_validator_raising_anything_fails_permanently() -> None:
+    job = graph_job(Secretive, {})
+    outcome = await execute(NodeSpec.of(Secretive), job, GRAPH, {"token": "boom"})
+    assert isinstance(outcome, Failed) and outcome.job is job and outcome.permanent is True
+    assert outcome.error == "invalid secrets for Secretive: KeyError: 'no such token'"
+    assert "known" in outcome.traceback
+
+
+class Named(BaseNode):
+    class Inputs(BaseModel):
+        name: str
+        n: int
+
+    class Outputs(BaseModel):
+        name: str
+        n: int
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(name=self.inputs.name, n=self.inputs.n)
+
+
+async def test_a_plain_xadd_str_field_is_taken_verbatim_and_the_rest_decoded() -> None:
+    outcome = await run(Named, {"name": "007", "n": "7"}, foreign=True)
+    assert isinstance(outcome, Completed) and outcome.outputs == [{"name": "007", "n": 7}]
