@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import BaseModel, field_serializer, field_validator, model_validator
 
 from broker.codec import Envelope
 from broker.streams import Broker
@@ -448,3 +448,46 @@ class Named(BaseNode):
 async def test_a_plain_xadd_str_field_is_taken_verbatim_and_the_rest_decoded() -> None:
     outcome = await run(Named, {"name": "007", "n": "7"}, foreign=True)
     assert isinstance(outcome, Completed) and outcome.outputs == [{"name": "007", "n": 7}]
+
+
+class Picky(BaseNode):
+    class Inputs(BaseModel):
+        data: dict[str, Any] = {}
+        x: int = 0
+
+        @field_validator("x")
+        @classmethod
+        def lookup(cls, v: int) -> int:
+            if v == 1:
+                raise KeyError("no such x")
+            return v
+
+    class Outputs(BaseModel):
+        x: int
+
+        @field_serializer("x")
+        def ser(self, v: int) -> int:
+            if v == 2:
+                raise RuntimeError("cannot serialise 2")
+            return v
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(x=self.inputs.x)
+
+
+async def test_input_decoding_validating_and_serialising_failures_carry_their_job() -> None:
+    job = graph_job(Picky, {"data": '{"a":' * 100_000 + "1" + "}" * 100_000})
+    job.env.foreign = True
+    outcome = await execute(NodeSpec.of(Picky), job, GRAPH, {})
+    assert isinstance(outcome, Failed) and outcome.job is job and outcome.permanent, outcome
+    assert outcome.error.startswith("invalid inputs for Picky: data: RecursionError")
+    assert outcome.traceback == ""  # the field names it: no traceback of our decoder
+    job = graph_job(Picky, {"x": 1})
+    outcome = await execute(NodeSpec.of(Picky), job, GRAPH, {})
+    assert isinstance(outcome, Failed) and outcome.job is job and outcome.permanent, outcome
+    assert outcome.error == "invalid inputs for Picky: KeyError: 'no such x'"
+    job = graph_job(Picky, {"x": 2})
+    outcome = await execute(NodeSpec.of(Picky), job, GRAPH, {})
+    assert isinstance(outcome, Failed) and outcome.job is job and not outcome.permanent, outcome
+    assert outcome.error.startswith("Picky.Outputs cannot be serialised: ")
+    assert outcome.error.endswith("RuntimeError: cannot serialise 2")
