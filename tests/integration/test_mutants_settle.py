@@ -56,7 +56,7 @@ def _graph(ns: str, strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCES
                 node_name="U",
                 namespace=ns,
                 identifier="u",
-                inputs={},
+                inputs={"first": "${{ a.outputs.x }}", "ys": "${{ b.outputs.y }}"},
                 unites=UnitesModel(identifier="a", strategy=strategy),
             ),
         ],
@@ -256,6 +256,7 @@ async def test_fan_out_then_fan_in_runs_to_the_end_with_results_and_history(
         assert (b.run_id, b.graph, b.graph_version, b.identifier) == ("r", "g", 1, "b")
         assert (b.attempt, b.deliveries, b.foreign) == (0, 0, False)
         assert b.groups and b.state_id not in ("sa", "")
+        assert "a" in b.ctx  # what u (below b) references of a, carried down
     assert bs[0].state_id != bs[1].state_id and bs[0].groups == bs[1].groups
     assert bs[0].path != bs[1].path
     run = await redis.hgetall(t.keys.run("r"))
@@ -267,11 +268,20 @@ async def test_fan_out_then_fan_in_runs_to_the_end_with_results_and_history(
     assert await t.settle([Completed(jobs[1], [{"y": 2}], False)]) == [1]
     [u] = await t.queued("U")
     assert (u.run_id, u.graph, u.graph_version, u.identifier) == ("r", "g", 1, "u")
+    assert "a" in u.ctx and u.unite is not None
+    # The uniting state's inputs: every member's outputs, collected in its group.
+    collected = await redis.lrange(t.keys.collected("r", "u", u.unite), 0, -1)
+    assert len(collected) == 2 and all(msgpack.unpackb(c) for c in collected)
+    run = await redis.hgetall(t.keys.run("r"))
+    assert run[b"status"] == b"RUNNING" and run[b"open"] == b"1"  # re-opened for u
+    await redis.hset(t.keys.run_store("r"), "k", "v")
     ujob = await t.put_env("U", u)
     assert await t.settle([Completed(ujob, [{"z": 3}], False)]) == [1]
     run = await redis.hgetall(t.keys.run("r"))
     assert run[b"status"] == b"SUCCEEDED" and run[b"open"] == b"0"
     results = [msgpack.unpackb(r) for r in await redis.lrange(t.keys.run_results("r"), 0, -1)]
+    for key in (t.keys.run_results("r"), t.keys.run_store("r"), t.keys.run_history("r")):
+        assert 0 < await redis.ttl(key) <= 60  # expire with the finished run
     assert results == [{"identifier": "u", "state": u.state_id, "outputs": {"z": 3}}]
     history = await t.history()
     assert [(h["identifier"], h["status"], h["attempt"]) for h in history] == [
@@ -300,23 +310,33 @@ async def test_a_failed_member_stops_an_all_success_unite(redis: Redis, namespac
     assert await t.queued("U") == []
     run = await redis.hgetall(t.keys.run("r"))
     assert run[b"status"] == b"FAILED" and run[b"open"] == b"0"
-    assert (run[b"f:b"], run[b"p:b"]) == (b"1", b"1")
+    assert (run[b"f:b"], run[b"p:b"], run[b"failed"]) == (b"1", b"1", b"1")  # pruned: not failed
+    assert b"did not fire: 2 branch state(s) failed or were pruned" in run[b"why:u"]
     history = await t.history()
     assert [(h["status"], h["error"]) for h in history[1:]] == [
         ("FAILED", "bad"), ("PRUNED", str({"why": "x"}))
     ]  # fmt: skip
 
 
-async def test_an_all_done_unite_fires_after_failed_and_pruned_members(
+async def test_an_all_done_unite_fires_after_a_failed_last_member(
     redis: Redis, namespace: str
 ) -> None:
     t = Env(redis, namespace, strategy=UnitesStrategyEnum.ALL_DONE)
     b1, b2 = await _fan_out(t)
-    assert await t.settle([Failed(b1, "bad", "", permanent=True)]) == [1]
+    assert await t.settle([Completed(b1, [{"y": 1}], False)]) == [1]
     assert await t.queued("U") == []
-    assert await t.settle([Pruned(b2, {})]) == [1]
+    assert await t.settle([Failed(b2, "bad", "", permanent=True)]) == [1]
     [u] = await t.queued("U")
-    assert u.identifier == "u" and u.run_id == "r"
+    assert u.identifier == "u" and u.run_id == "r" and u.unite is not None
+    run = await redis.hgetall(t.keys.run("r"))
+    assert run[b"status"] == b"RUNNING" and run[b"open"] == b"1"  # re-opened for u
+    assert 0 < await redis.ttl(t.keys.group("r", "u", u.unite)) <= 60
+    assert 0 < await redis.ttl(t.keys.collected("r", "u", u.unite)) <= 60
+    # A failed uniting state is retried as itself: same group (its unite), next attempt.
+    ujob = await t.put_env("U", u)
+    assert await t.settle([Failed(ujob, "boom", "")]) == [1]
+    [(member, _)] = await redis.zrange(t.keys.delayed("U"), 0, -1, withscores=True)
+    assert decode(b"0-1", {ENVELOPE_FIELD.encode(): member}) == dataclass_replace(u, attempt=1)
 
 
 async def test_graphless_pruned_and_requeued(redis: Redis, namespace: str) -> None:
@@ -331,3 +351,100 @@ async def test_graphless_pruned_and_requeued(redis: Redis, namespace: str) -> No
     assert 4000 < score - await t.now_ms() <= 5000
     env = decode(b"0-1", {ENVELOPE_FIELD.encode(): member})
     assert env == Envelope("q", {"k": 1}, attempt=1)  # not a retry; deliveries afresh
+
+
+async def test_a_retried_state_keeps_its_groups_path_and_foreign_flag(
+    redis: Redis, namespace: str
+) -> None:
+    t = Env(redis, namespace)
+    b1, _ = await _fan_out(t)
+    assert b1.env.groups and b1.env.path
+    plain = await t.put("A", {b"x": b"1"})  # a foreign (plain) entry: its id is its state id
+    assert await t.settle([Failed(b1, "boom", ""), Failed(plain, "boom", "")]) == [1, 1]
+    [(member, _)] = await redis.zrange(t.keys.delayed("B"), 0, -1, withscores=True)
+    assert decode(b"0-1", {ENVELOPE_FIELD.encode(): member}) == dataclass_replace(b1.env, attempt=1)
+    [(member, score)] = await redis.zrange(t.keys.delayed("A"), 0, -1, withscores=True)
+    env = decode(b"0-1", {ENVELOPE_FIELD.encode(): member})
+    assert (env.state_id, env.inputs, env.foreign, env.attempt) == (
+        plain.entry_id.decode(),
+        {"x": "1"},
+        True,
+        1,
+    )
+    # Graphless: the Runtime's default policy (exponential, 2 s base): the first retry's delay.
+    assert 1000 < score - await t.now_ms() <= 2000
+
+
+async def test_graphless_success_and_fan_out_on_the_output_stream(
+    redis: Redis, namespace: str
+) -> None:
+    t = Env(redis, namespace)
+    one = await t.put_env("A", Envelope("one", {}))
+    many = await t.put_env("A", Envelope("many", {}))
+    outcomes: list[Outcome] = [
+        Completed(one, [{"k": 1}], False),
+        Completed(many, [{"k": 1}, {"k": 2}], True),
+    ]
+    assert await t.settle(outcomes) == [1, 1]
+    out = [f for _, f in await redis.xrange(t.keys.output("A"))]
+    assert [(f[b"state"], f[b"status"]) for f in out] == [
+        (b"one", b"SUCCEEDED"),
+        (b"many", b"SUCCEEDED"),
+    ]
+    assert msgpack.unpackb(out[0][b"outputs"]) == {"k": 1}  # a map
+    assert msgpack.unpackb(out[1][b"outputs"]) == [{"k": 1}, {"k": 2}]  # fan-out: an array
+
+
+async def test_an_unsettleable_output_is_dead_lettered_with_its_traceback(
+    redis: Redis, namespace: str
+) -> None:
+    t = Env(redis, namespace)
+    job = await t.put_env("A", Envelope("s", {}))
+    assert await t.settle([Completed(job, [{"x": object()}], False)]) == [1]
+    [dead] = await t.dead()
+    assert (
+        dead["error"].startswith(b"cannot settle Completed") and b"Traceback" in dead["traceback"]
+    )
+
+
+async def test_releases_and_successors_never_trim_a_long_queue(
+    redis: Redis, namespace: str
+) -> None:
+    """Queues are not capped (only output streams are): a state released or a successor
+    added to a queue holding hundreds of entries leaves every entry in place."""
+    t = Env(redis, namespace)
+    await t.open_run()
+    released = await t.put_env("A", Envelope("s", {}))
+    a = await t.put_env("A", Envelope("sa", {}, "r", "g", 1, "a"))
+    await t.broker.ensure_groups(["B"])
+    for node in ("A", "B"):
+        for i in range(300):
+            await redis.xadd(t.keys.queue(node), {"n": str(i)})
+    assert await t.settle([Released(released), Completed(a, [{"x": 1}], False)]) == [1, 1]
+    assert await redis.xlen(t.keys.queue("A")) == 301  # 300 + the released one (both read acked)
+    assert await redis.xlen(t.keys.queue("B")) == 301
+
+
+async def test_states_of_an_unknown_graph_version_still_fail_for_good(
+    redis: Redis, namespace: str
+) -> None:
+    """A graph state whose graph version is not loaded (its groups cannot be resolved)
+    is still dead-lettered and ends in its run."""
+    t = Env(redis, namespace)
+    await t.open_run()
+    job = await t.put_env("B", Envelope("s", {}, "r", "g", 9, "b", groups={"u": "x1"}))
+    assert await t.settle([Failed(job, "bad", "", permanent=True)]) == [1]
+    [dead] = await t.dead()
+    assert dead["state"] == b"s" and dead["run"] == b"r"
+    run = await redis.hgetall(t.keys.run("r"))
+    assert run[b"status"] == b"FAILED" and run[b"f:b"] == b"1"
+
+
+async def test_a_poison_limit_of_one_dead_letters_at_the_first_release(
+    redis: Redis, namespace: str
+) -> None:
+    t = Env(redis, namespace)
+    job = await t.put_env("A", Envelope("s", {}))
+    assert await t.settle([Released(job)], max_deliveries=1) == [1]
+    [dead] = await t.dead()
+    assert dead["state"] == b"s" and dead["deliveries"] == b"1"
