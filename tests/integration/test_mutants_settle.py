@@ -5,6 +5,7 @@ fan-in groups. No Runtime: each test settles hand-made outcomes directly (millis
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgpack
@@ -221,7 +222,7 @@ async def test_a_graph_failure_retries_then_dead_letters_with_history_and_counte
     assert retry == Envelope("s", {"x": 1}, "r", "g", 1, "a", ctx={"k": "v"}, attempt=1)
     run = await redis.hgetall(t.keys.run("r"))
     assert run[b"open"] == b"1" and run[b"r:a"] == b"1" and run[b"status"] == b"RUNNING"
-    last = await t.put_env("A", dataclass_replace(retry, attempt=2), deliveries=2)
+    last = await t.put_env("A", dataclasses.replace(retry, attempt=2), deliveries=2)
     assert await t.settle([Failed(last, "boom 3", "TB3")]) == [1]
     [dead] = await t.dead()
     assert (dead["run"], dead["identifier"], dead["attempts"]) == (b"r", b"a", b"3")
@@ -235,12 +236,6 @@ async def test_a_graph_failure_retries_then_dead_letters_with_history_and_counte
     run = await redis.hgetall(t.keys.run("r"))
     assert run[b"status"] == b"FAILED" and run[b"failed"] == b"1" and run[b"f:a"] == b"1"
     assert 0 < await redis.ttl(t.keys.run_history("r")) <= 60
-
-
-def dataclass_replace(env: Envelope, **kw: Any) -> Envelope:
-    import dataclasses
-
-    return dataclasses.replace(env, **kw)
 
 
 async def test_fan_out_then_fan_in_runs_to_the_end_with_results_and_history(
@@ -336,7 +331,7 @@ async def test_an_all_done_unite_fires_after_a_failed_last_member(
     ujob = await t.put_env("U", u)
     assert await t.settle([Failed(ujob, "boom", "")]) == [1]
     [(member, _)] = await redis.zrange(t.keys.delayed("U"), 0, -1, withscores=True)
-    assert decode(b"0-1", {ENVELOPE_FIELD.encode(): member}) == dataclass_replace(u, attempt=1)
+    assert decode(b"0-1", {ENVELOPE_FIELD.encode(): member}) == dataclasses.replace(u, attempt=1)
 
 
 async def test_graphless_pruned_and_requeued(redis: Redis, namespace: str) -> None:
@@ -362,7 +357,9 @@ async def test_a_retried_state_keeps_its_groups_path_and_foreign_flag(
     plain = await t.put("A", {b"x": b"1"})  # a foreign (plain) entry: its id is its state id
     assert await t.settle([Failed(b1, "boom", ""), Failed(plain, "boom", "")]) == [1, 1]
     [(member, _)] = await redis.zrange(t.keys.delayed("B"), 0, -1, withscores=True)
-    assert decode(b"0-1", {ENVELOPE_FIELD.encode(): member}) == dataclass_replace(b1.env, attempt=1)
+    assert decode(b"0-1", {ENVELOPE_FIELD.encode(): member}) == dataclasses.replace(
+        b1.env, attempt=1
+    )
     [(member, score)] = await redis.zrange(t.keys.delayed("A"), 0, -1, withscores=True)
     env = decode(b"0-1", {ENVELOPE_FIELD.encode(): member})
     assert (env.state_id, env.inputs, env.foreign, env.attempt) == (
