@@ -65,6 +65,9 @@ CORE: dict[str, list[str]] = {
         "tests/integration/test_promises_runs.py",
     ],
     "exospherehost/worker.py": [
+        "tests/unit/test_settler.py",
+        "tests/unit/test_script_planning.py",
+        "tests/unit/test_jobqueue.py",
         "tests/integration/test_core.py",
         "tests/integration/test_failures.py",
         "tests/integration/test_promises_claims.py",
