@@ -136,7 +136,7 @@ def by_state(dead: Sequence[DeadLetter]) -> dict[str, DeadLetter]:
 
 async def delete_namespace(redis: Redis, namespace: str) -> int:
     """Every key of the namespace gone, as after a Redis data loss (SCAN + DEL, never
-    FLUSHALL: the session server is shared). Returns how many keys were deleted."""
+    a server-wide flush: the session server is shared). Returns how many keys were deleted."""
     deleted = 0
     # Braces are not special in SCAN's glob: the hash-tagged prefix matches literally.
     async for key in redis.scan_iter(match=Keys(namespace).base + ":*", count=1000):

@@ -1,9 +1,9 @@
 """Redis losing a namespace's data under running Runtimes (a restart without persistence,
-an operator's FLUSHDB): graph versions handed out afterwards never mean a template a
+an operator emptying the database): graph versions handed out afterwards never mean a template a
 Runtime cached before, and the Runtimes write their node registry again.
 
 Data loss is simulated by deleting every key of the test's namespace (SCAN + DEL; the
-session server is shared, so never FLUSHALL)."""
+session server is shared, so never a server-wide flush)."""
 
 from __future__ import annotations
 
