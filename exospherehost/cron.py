@@ -22,7 +22,6 @@ caught up (a restart never causes a burst of runs), and neither are those more t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -31,17 +30,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from croniter import croniter
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.streams import Broker
 from exospherehost.graph import CompiledGraph
 from exospherehost.graphstore import GraphStore, compile_doc
-from exospherehost.resilience import OutageLog
+from exospherehost.resilience import TRANSIENT, OutageLog, pause
 from exospherehost.runstart import plan_run, run_store
 
 log = logging.getLogger("exospherehost.cron")
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class CronExpressionError(ValueError):
@@ -134,8 +130,7 @@ class CronScheduler:
         self._stop.set()
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        await pause(seconds, self._stop)
 
     async def run(self) -> None:
         """Schedule until `stop()`; Redis outages are ridden out with capped backoff."""
@@ -145,7 +140,7 @@ class CronScheduler:
                 await self.tick()
                 backoff = 0.05
                 self.outage.up()
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 self.outage.down(exc)
                 await self._pause(backoff)
                 backoff = min(backoff * 2, 2.0)

@@ -6,7 +6,6 @@ so Redis hands each state to exactly one of them."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -17,9 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from functools import partial
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.keys import check_name
 from broker.streams import Broker
@@ -31,13 +28,13 @@ from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
 from exospherehost.node import BaseNode, node_schema, validate_nodes
+from exospherehost.resilience import TRANSIENT, pause
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
 from exospherehost.settle import SettleConfig, will_retry
 from exospherehost.stats import RuntimeStats
 from exospherehost.worker import ShutdownAbandoned, Worker
 
 log = logging.getLogger("exospherehost.runtime")
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -58,13 +55,6 @@ def _positive(name: str, value: float) -> None:
 def unregistered(names: Sequence[str], present: Sequence[object]) -> list[str]:
     """The node names whose registry entry is missing (`present`: HEXISTS replies)."""
     return [n for n, p in zip(names, present, strict=True) if not p]
-
-
-async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`, waking early when `stop` is set; returns whether it is."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
 
 
 class Runtime:
@@ -303,7 +293,7 @@ class Runtime:
         per check, never per state."""
         names = [n.__name__ for n in self.nodes]
         last_error = ""
-        while not await _stopped_within(stop, self.registry_check_s):
+        while not await pause(self.registry_check_s, stop):
             try:
                 pipe = broker.client.pipeline(transaction=False)
                 for name in names:
@@ -319,7 +309,7 @@ class Runtime:
                         ", ".join(missing),
                     )
                 last_error = ""
-            except _TRANSIENT:
+            except TRANSIENT:
                 pass  # an outage: the worker's loops log it; the next check retries
             except RedisError as exc:  # e.g. an ACL without HEXISTS: say so once
                 if str(exc) != last_error:

@@ -13,7 +13,6 @@ The reader and each settle slot keep their own Redis connection (broker.lane).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +21,6 @@ from typing import Literal, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.codec import MalformedEntry, decode, printable_fields
 from broker.keys import ENVELOPE_FIELD
@@ -34,7 +32,7 @@ from exospherehost.failurelog import FailureLog
 from exospherehost.graphstore import GraphCache
 from exospherehost.jobqueue import JobQueue
 from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
-from exospherehost.resilience import OutageLog
+from exospherehost.resilience import TRANSIENT, OutageLog, pause
 from exospherehost.secrets import SecretsError
 from exospherehost.settle import (
     SettleConfig,
@@ -53,7 +51,6 @@ SETTLES_IN_FLIGHT = 2  # see Worker._settler
 SETTLE_AFTER_GRACE_S = 2.0
 _UNSETTLED = -1  # flag of a state whose settle failed: left pending, counted nowhere
 T = TypeVar("T")
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class ShutdownAbandoned(RedisConnectionError):
@@ -519,14 +516,14 @@ class Worker:
             if moved:
                 continue
             wait = 0.5 if next_due < 0 else max(0.002, min(0.5, next_due / 1000 - time.time()))
-            await _pause(wait, self._stopping)
+            await pause(wait, self._stopping)
 
     async def _retire(self, nodes: list[str]) -> None:
         """Leave the consumer groups on a clean stop, so stopped workers do not pile up as
         consumers; a consumer still holding pending entries stays (they get reclaimed)."""
         try:
             kept = await self.broker.retire(self.consumer, nodes)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             log.warning("could not leave the consumer groups (%s)", exc)
             return
         if kept:
@@ -565,7 +562,7 @@ class Worker:
                 if self._reclaim_room() <= 0:
                     self._room.clear()  # safe: the reader checks the room before waiting
                     # Set by settles and by stop(); bounded so prunes stay on time.
-                    await _pause(max(0.0, min(interval, self._until_prune())), self._room)
+                    await pause(max(0.0, min(interval, self._until_prune())), self._room)
                 continue
             if streak:
                 log.info("took over %d states of dead or hung workers", streak)
@@ -711,7 +708,7 @@ class Worker:
         interval = self.visibility_ms / 3000
         # Runs until everything is settled: executions finishing in the grace period
         # still need their claims kept.
-        while not await _pause(interval, self._done):
+        while not await pause(interval, self._done):
             old = time.monotonic() - interval
             for node, held in self._held.items():
                 ids = [i for i, t in held.items() if t <= old]
@@ -749,7 +746,7 @@ class Worker:
                 else:
                     async with asyncio.timeout(bound):  # TimeoutError is an OSError
                         result = await call()
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     # redis-py may turn a cancelled read into a connection error; the
@@ -757,7 +754,7 @@ class Worker:
                     raise asyncio.CancelledError from exc
                 self.outage.down(exc)
                 if not self._stopping.is_set():
-                    await _pause(delay, self._stopping)  # a stop cuts the backoff short
+                    await pause(delay, self._stopping)  # a stop cuts the backoff short
                 else:
                     # Before run(), the only callers are start-up calls: nothing to finish.
                     quit_now = self._quit_first is None or task in self._quit_first
@@ -781,13 +778,6 @@ def _name(outcome: Outcome) -> str:
 def _fields(outcome: Outcome) -> dict[str, str]:
     fields = outcome.fields if isinstance(outcome, Malformed) else outcome.job.fields
     return printable_fields(dict(list(fields.items())[:20]), limit=200)
-
-
-async def _pause(seconds: float, stop: asyncio.Event) -> bool:
-    """Sleep up to `seconds`, waking early when `stop` is set; returns whether it is."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
 
 
 async def _any_set(events: Sequence[asyncio.Event], seconds: float) -> None:
