@@ -65,6 +65,11 @@ class Keys:
         """Dead-letter stream of the namespace."""
         return f"{self.base}:dead"
 
+    def alive(self) -> str:
+        """Sorted set of the namespace's consumers by when each last said it was alive
+        (Redis time, ms): see broker/lua/prune_consumers.lua."""
+        return f"{self.base}:alive"
+
     def events(self) -> str:
         """Capped stream of run events (run finished), for waiters and dashboards."""
         return f"{self.base}:events"

@@ -96,13 +96,6 @@ def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:
     return out
 
 
-def alive_key(keys: Keys) -> str:
-    """Sorted set of the namespace's consumers by when each last said it was alive (Redis
-    time, ms): see broker/lua/prune_consumers.lua. (Kept here with its only users; it
-    belongs with the other names in broker.keys.)"""
-    return f"{keys.base}:alive"
-
-
 class Broker:
     """One namespace's streams on one Redis connection pool."""
 
@@ -147,7 +140,7 @@ class Broker:
         for node in nodes:
             kept += 1 - int(
                 await self._retire(
-                    keys=[self.keys.queue(node), alive_key(self.keys)], args=[GROUP, consumer]
+                    keys=[self.keys.queue(node), self.keys.alive()], args=[GROUP, consumer]
                 )
             )
         return kept
@@ -399,7 +392,7 @@ class Broker:
         that hold no pending entry and were neither active nor recorded alive for
         `min_idle_ms`: dead workers. Returns their names."""
         removed = await self._prune_consumers_script(
-            keys=[self.keys.queue(node), alive_key(self.keys)], args=[GROUP, min_idle_ms, keep]
+            keys=[self.keys.queue(node), self.keys.alive()], args=[GROUP, min_idle_ms, keep]
         )
         return [r.decode() if isinstance(r, bytes) else str(r) for r in removed]
 
