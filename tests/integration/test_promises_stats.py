@@ -188,14 +188,12 @@ async def test_pruned_requeued_and_execution_time_figures(
     assert metric("exosphere_node_execution_seconds_bucket", "Sleeper", le="+Inf") == 1
 
 
-async def test_after_a_settle_script_error_the_batch_is_settled_state_by_state(
-    redis_url: str, namespace: str, sm: StateManager, redis: Redis
-) -> None:
-    """One state whose settle cannot run (its run hash was overwritten with a string by a
-    foreign client: WRONGTYPE in the script) must not keep the rest of its batch from
-    settling: the worker retries the batch state by state, well before any visibility
-    timeout. Good and broken runs alternate on one stream so they share batches.
-    Bug: after the script error, the fallback marks all of the batch unsettled."""
+async def _runs_with_clobbered_run_hashes(
+    sm: StateManager, redis: Redis, redis_url: str, namespace: str, n: int
+) -> tuple[list[str], list[str], Runtime]:
+    """`n` one-node runs whose every other run hash a foreign client overwrote with a
+    string (WRONGTYPE in the settle script), alternating on one stream so they share
+    batches: (good runs, broken runs, a Runtime to settle them, not started)."""
     nodes = [
         GraphNodeModel(
             node_name="Square", namespace=namespace, identifier="sq", inputs={"value": 2}
@@ -204,7 +202,7 @@ async def test_after_a_settle_script_error_the_batch_is_settled_state_by_state(
     # The Runtime registers the node first, so upsert_graph can validate against it.
     async with running(Runtime(namespace=namespace, name="p", nodes=[Square], redis_url=redis_url)):
         await sm.upsert_graph("g", nodes, secrets={})
-    runs = [await sm.trigger("g") for _ in range(40)]
+    runs = [await sm.trigger("g") for _ in range(n)]
     good, broken = runs[0::2], runs[1::2]
     for run in broken:
         await redis.delete(sm.keys.run(run))
@@ -212,6 +210,18 @@ async def test_after_a_settle_script_error_the_batch_is_settled_state_by_state(
     rt = Runtime(
         namespace=namespace, name="p", nodes=[Square], redis_url=redis_url, visibility_timeout=300
     )
+    return good, broken, rt
+
+
+async def test_after_a_settle_script_error_the_batch_is_settled_state_by_state(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    """One state whose settle cannot run (its run hash was overwritten with a string by a
+    foreign client: WRONGTYPE in the script) must not keep the rest of its batch from
+    settling: the worker retries the batch state by state, well before any visibility
+    timeout. Good and broken runs alternate on one stream so they share batches.
+    Bug: after the script error, the fallback marks all of the batch unsettled."""
+    good, _, rt = await _runs_with_clobbered_run_hashes(sm, redis, redis_url, namespace, 40)
     async with running(rt):
         statuses = await sm.wait_all(good, timeout=20)
     assert {s.status for s in statuses.values()} == {"SUCCEEDED"}
@@ -223,21 +233,7 @@ async def test_a_state_whose_settle_fails_is_not_lost(
     """A state that cannot be settled (its run hash was overwritten with a string by a
     foreign client) must not be lost: it is dead-lettered with the error, or (if even that
     cannot be written) stays pending to be reclaimed; never acknowledged without an outcome."""
-    nodes = [
-        GraphNodeModel(
-            node_name="Square", namespace=namespace, identifier="sq", inputs={"value": 2}
-        )
-    ]
-    async with running(Runtime(namespace=namespace, name="p", nodes=[Square], redis_url=redis_url)):
-        await sm.upsert_graph("g", nodes, secrets={})
-    runs = [await sm.trigger("g") for _ in range(6)]
-    good, broken = runs[0::2], runs[1::2]
-    for run in broken:
-        await redis.delete(sm.keys.run(run))
-        await redis.set(sm.keys.run(run), "not a hash")
-    rt = Runtime(
-        namespace=namespace, name="p", nodes=[Square], redis_url=redis_url, visibility_timeout=300
-    )
+    good, broken, rt = await _runs_with_clobbered_run_hashes(sm, redis, redis_url, namespace, 6)
     async with running(rt):
         await sm.wait_all(good, timeout=20)
     unsettled = (await redis.xpending(sm.keys.queue("Square"), GROUP))["pending"]
