@@ -49,11 +49,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from benchmarks.worker import go_key, ready_key
-from broker.codec import unpack
-from broker.keys import GROUP, Keys
-from broker.server import PrivateServer
-from broker.streams import RawRedis
 from exospherehost import GraphNodeModel, StateManager, UnitesModel
+from exospherehost.broker.codec import unpack
+from exospherehost.broker.keys import GROUP, Keys
+from exospherehost.broker.streams import RawRedis
+from exospherehost.testing.server import PrivateServer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"

@@ -51,7 +51,7 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("Worker._reader (", "read: other"),
     ("NodeSpec.parse_inputs (", "execute: Inputs validation (pydantic)"),
     ("NodeSpec.outputs (", "execute: Outputs model_dump"),
-    ("execute (exospherehost/execution.py)", "execute: Secrets validation + other"),
+    ("execute (exospherehost/runtime/execution.py)", "execute: Secrets validation + other"),
     ("Queue.get (", "execute: queue hand-off (asyncio)"),
     ("Worker._executor (", "execute: other"),
     ("plan_settle (", "settle: planning (Python)"),
@@ -61,11 +61,12 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("Worker._reclaimer (", "background tasks"),
     ("Worker._heartbeat (", "background tasks"),
 )
-"""Phases of the Runtime's worker loop (exospherehost/worker.py) for `--phases`."""
+"""Phases of the Runtime's worker loop (exospherehost/runtime/worker.py) for `--phases`."""
 
 
 _NODE_BODY = re.compile(r"^\w+\.execute \((?!exospherehost/)")
-"""A node's own `execute` (called by exospherehost/execution.py), e.g. `Noop.execute (...)`."""
+"""A node's own `execute` (called by exospherehost/runtime/execution.py), e.g.
+`Noop.execute (...)`."""
 
 
 def phase_of(frames: Sequence[str]) -> str:

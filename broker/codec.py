@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 from pydantic_core import to_jsonable_python
 
-from broker.keys import ENVELOPE_FIELD
+from exospherehost.broker.keys import ENVELOPE_FIELD
 
 WIRE_VERSION = 1
 # Every key an envelope of WIRE_VERSION may carry (README "Wire protocol"). A key outside

@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broker.streams import RawRedis
+from exospherehost.broker.streams import RawRedis
 
 _BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
 

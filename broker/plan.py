@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from broker.codec import packer
+from exospherehost.broker.codec import packer
 
 # Redis' Lua cmsgpack predates the msgpack bin types: bytes go as raw strings, which Lua
 # strings hold byte for byte.

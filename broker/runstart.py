@@ -1,4 +1,4 @@
-"""The writes that start a graph run, as a value. `exospherehost.runstart.plan_run` decides
+"""The writes that start a graph run, as a value. `exospherehost.graph.runplan.plan_run` decides
 them (envelope, store, counters); `Broker.start_run` applies them in one MULTI (a manual
 trigger) and `Broker.cron_fire` in the cron_fire script (a scheduled trigger, after winning
 the fire marker). Both write exactly the same keys and values."""

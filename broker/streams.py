@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
-from broker.codec import unpack
-from broker.keys import GROUP, Keys
-from broker.plan import SettleFlags, SettlePlan
-from broker.runstart import RunStart
+from exospherehost.broker.codec import unpack
+from exospherehost.broker.keys import GROUP, Keys
+from exospherehost.broker.plan import SettleFlags, SettlePlan
+from exospherehost.broker.runstart import RunStart
 
 if TYPE_CHECKING:
-    from broker.lane import Lane
+    from exospherehost.broker.lane import Lane
 
 log = logging.getLogger("exospherehost.broker")
 

@@ -21,10 +21,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from broker.server import PrivateServer
 from examples.nodes import GRAPH_NAME, graph_nodes
 from exospherehost import StateManager
 from exospherehost.config import ENV_URL
+from exospherehost.testing.server import PrivateServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

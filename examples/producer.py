@@ -18,8 +18,8 @@ from typing import Any
 
 from examples.nodes import GRAPH_NAME, SPLIT_ITEMS, graph_nodes
 from exospherehost import StateManager
+from exospherehost.client.statemanager import GraphValidationError
 from exospherehost.config import ConfigError
-from exospherehost.statemanager import GraphValidationError
 
 log = logging.getLogger("examples.producer")
 

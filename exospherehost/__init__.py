@@ -1,6 +1,7 @@
 """ExosphereHost SDK on Redis Streams."""
 
 from exospherehost._version import VERSION
+from exospherehost.client.statemanager import StateManager
 from exospherehost.models import (
     CronTrigger,
     GraphNodeModel,
@@ -11,9 +12,8 @@ from exospherehost.models import (
     UnitesStrategyEnum,
 )
 from exospherehost.node import BaseNode
-from exospherehost.runtime import Runtime
+from exospherehost.runtime.process import Runtime
 from exospherehost.signals import PruneSignal, ReQueueAfterSignal
-from exospherehost.statemanager import StateManager
 
 __version__ = VERSION
 

@@ -12,7 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broker.connection import faster
+from exospherehost.broker.connection import faster
 
 ENV_URL = "EXOSPHERE_REDIS_URL"
 ENV_KEY = "EXOSPHERE_API_KEY"
@@ -50,7 +50,7 @@ class RedisConfig:
             self.url, max_connections=64, timeout=30, **opts
         )
         # from_url picks the class by scheme (redis, rediss, unix); keep it, packing with
-        # hiredis (broker.connection).
+        # hiredis (exospherehost.broker.connection).
         pool.connection_class = faster(pool.connection_class)
         return aioredis.Redis(connection_pool=pool)
 

@@ -17,10 +17,10 @@ from typing import Any, TypedDict
 
 import redis.asyncio as aioredis
 
-from broker.codec import pack, unpack
-from broker.keys import Keys
-from broker.streams import RawRedis
-from exospherehost.graph import CompiledGraph
+from exospherehost.broker.codec import pack, unpack
+from exospherehost.broker.keys import Keys
+from exospherehost.broker.streams import RawRedis
+from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.models import GraphNodeModel, RetryPolicyModel, StoreConfigModel
 from exospherehost.secrets import SecretsCipher, SecretsError, decrypt_secrets
 

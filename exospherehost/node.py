@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from broker.keys import name_problem
+from exospherehost.broker.keys import name_problem
 from exospherehost.store import RunStore, StoreUnavailable
 
 if TYPE_CHECKING:
-    from broker.streams import Broker
+    from exospherehost.broker.streams import Broker
 
 
 class BaseNode(ABC):

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from broker.streams import RawRedis
+from exospherehost.broker.streams import RawRedis
 from exospherehost.config import ConfigError
 
 ENV_SECRETS_KEY = "EXOSPHERE_SECRETS_KEY"

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from broker.codec import pack, unpack
+from exospherehost.broker.codec import pack, unpack
 
 if TYPE_CHECKING:
-    from broker.streams import Broker
+    from exospherehost.broker.streams import Broker
 
 MAX_KEY_LENGTH = 512
 

@@ -1,6 +1,6 @@
 """Shared fixtures: one private redis-server per test session, a namespace per test.
 
-The session server is a :class:`broker.server.PrivateServer` on a free 127.0.0.1 port
+The session server is a :class:`exospherehost.testing.server.PrivateServer` on a free 127.0.0.1 port
 in its own temp dir; no fixture ever connects to a server it did not start (so never
 to one on 6379) and none empties a database. Tests isolate themselves by keeping every
 key under their ``namespace``.
@@ -14,8 +14,8 @@ from uuid import uuid4
 import pytest
 from redis.asyncio import Redis
 
-from broker.server import PrivateServer, ServerInfo
 from exospherehost import StateManager
+from exospherehost.testing.server import PrivateServer, ServerInfo
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
--- Checks shared by the scripts, put after each script's `#!lua` line by broker.streams._lua
+-- Checks shared by the scripts, put after each script's `#!lua` line by exospherehost.broker.streams._lua
 -- (a Redis script cannot import). Redis does not roll back a script that fails half-way,
 -- so each script asks these before its first write.
 

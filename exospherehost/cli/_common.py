@@ -18,8 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from exospherehost.client.statemanager import StateManager
 from exospherehost.config import ENV_URL, ConfigError
-from exospherehost.statemanager import StateManager
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

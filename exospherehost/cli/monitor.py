@@ -12,7 +12,7 @@ import click
 
 from exospherehost.cli._common import Settings, age, namespace_option, pass_settings, run, table
 from exospherehost.cli._common import to_json as _to_json
-from exospherehost.statemanager import StateManager
+from exospherehost.client.statemanager import StateManager
 
 COLUMNS = (
     "NODE",

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from broker.codec import MalformedEntry, decode
+from exospherehost.broker.codec import MalformedEntry, decode
 from exospherehost.cli._common import (
     Settings,
     age,
@@ -19,8 +19,8 @@ from exospherehost.cli._common import (
     table,
     to_json,
 )
-from exospherehost.deadletters import DeadLetter, RedriveReport
-from exospherehost.runs import RunStatus
+from exospherehost.client.deadletters import DeadLetter, RedriveReport
+from exospherehost.client.runs import RunStatus
 
 # -- runs -------------------------------------------------------------------------------
 

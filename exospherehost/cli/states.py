@@ -19,8 +19,8 @@ from exospherehost.cli._common import (
     run,
     to_json,
 )
-from exospherehost.runs import NodeCounts, RunStatus
-from exospherehost.statemanager import StateManager
+from exospherehost.client.runs import NodeCounts, RunStatus
+from exospherehost.client.statemanager import StateManager
 
 ENQUEUE_BATCH = 10_000
 """Lines of a JSON-lines file sent per enqueue_many (pipelined; bounded memory)."""

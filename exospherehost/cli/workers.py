@@ -20,8 +20,8 @@ import click
 from exospherehost.cli._common import Settings, namespace_option, one_line_errors, pass_settings
 from exospherehost.config import resolve
 from exospherehost.logs import setup_logging
-from exospherehost.metrics import MetricsPortError
-from exospherehost.runtime import Runtime
+from exospherehost.runtime.metrics import MetricsPortError
+from exospherehost.runtime.process import Runtime
 
 log = logging.getLogger("exospherehost.cli.workers")
 _TARGET = "MODULE:NODES"

@@ -20,10 +20,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from broker.keys import check_name
+from exospherehost.broker.keys import check_name
+from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
 from exospherehost.dashboard import views
-from exospherehost.statemanager import StateManager
 
 STATIC = Path(__file__).with_name("static")
 

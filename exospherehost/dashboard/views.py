@@ -8,10 +8,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from broker.codec import MalformedEntry, decode, printable_fields
+from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
+from exospherehost.client.deadletters import DeadLetter
+from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
-from exospherehost.deadletters import DeadLetter
-from exospherehost.statemanager import StateManager
 
 DEAD_COUNT_CAP = 200
 """Dead letters counted for the overview; the SDK has no count call, so the page says

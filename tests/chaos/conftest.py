@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.server import PrivateServer
+from exospherehost.testing.server import PrivateServer
 
 HERE = Path(__file__).parent
 

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from broker.keys import GROUP, Keys
 from exospherehost import StateManager
-from exospherehost.deadletters import DeadLetter
-from exospherehost.statemanager import StateResult
+from exospherehost.broker.keys import GROUP, Keys
+from exospherehost.client.deadletters import DeadLetter
+from exospherehost.client.statemanager import StateResult
 from tests.chaos.apps import WorkerConfig
 from tests.integration.helpers import ROOT
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from broker.keys import GROUP, Keys
 from exospherehost import StateManager
+from exospherehost.broker.keys import GROUP, Keys
 from tests.chaos.apps import WorkerConfig
 from tests.chaos.harness import (
     assert_runs_succeeded_once,

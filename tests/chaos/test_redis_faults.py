@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.server import PrivateServer
 from exospherehost import StateManager
+from exospherehost.testing.server import PrivateServer
 from tests.chaos.apps import WorkerConfig
 from tests.chaos.harness import (
     assert_runs_succeeded_once,

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel, field_serializer, field_validator
 
-from broker.server import PrivateServer
 from exospherehost import (
     BaseNode,
     RetryPolicyModel,
@@ -24,8 +23,9 @@ from exospherehost import (
     Runtime,
     StateManager,
 )
-from exospherehost.deadletters import DeadLetter
-from exospherehost.resilience import OutageLog
+from exospherehost.client.deadletters import DeadLetter
+from exospherehost.runtime.resilience import OutageLog
+from exospherehost.testing.server import PrivateServer
 from tests.integration.helpers import running, start_worker
 
 RETRY_ONCE = RetryPolicyModel(max_retries=1, strategy=RetryStrategyEnum.FIXED, backoff_factor=10)

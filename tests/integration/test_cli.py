@@ -23,8 +23,8 @@ import pytest
 from click.testing import CliRunner, Result
 from redis.asyncio import Redis
 
-from broker.codec import decode
 from exospherehost import GraphNodeModel, RetryPolicyModel, Runtime, StateManager, StoreConfigModel
+from exospherehost.broker.codec import decode
 from exospherehost.cli import cli, monitor
 from exospherehost.cli._common import Settings
 from tests.integration.apps.nodes import Label, SampleNode, Split, Square, Work
@@ -641,7 +641,9 @@ async def test_worker_processes_serve_and_stop_cleanly_on_sigterm(
         "4",
     )
     proc = worker_process[0]
-    serving = await asyncio.to_thread(out.wait_for, r"\| exospherehost.runtime \| runtime", 2)
+    serving = await asyncio.to_thread(
+        out.wait_for, r"\| exospherehost.runtime.process \| runtime", 2
+    )
     assert len({m.string for m in serving}) == 2
     ids = await sm.enqueue_many(
         "Label", [{"square": i * i, "value": i, "text": str(i)} for i in range(200)]
@@ -671,7 +673,7 @@ async def test_worker_exits_non_zero_when_a_process_crashes(
     started = await asyncio.to_thread(
         out.wait_for, r"started 2 worker processes \(pids (\d+), (\d+)\)"
     )
-    await asyncio.to_thread(out.wait_for, r"\| exospherehost.runtime \| runtime", 2)
+    await asyncio.to_thread(out.wait_for, r"\| exospherehost.runtime.process \| runtime", 2)
     victim = int(started[0].group(1))
     os.kill(victim, signal.SIGKILL)
     code = await asyncio.to_thread(proc.wait, 30)

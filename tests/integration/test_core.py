@@ -10,9 +10,9 @@ import msgpack
 import pytest
 from pydantic import BaseModel
 
-from broker.keys import GROUP
-from broker.server import ServerInfo
 from exospherehost import BaseNode, Runtime, StateManager
+from exospherehost.broker.keys import GROUP
+from exospherehost.testing.server import ServerInfo
 from tests.integration.apps.nodes import SampleNode, Typed
 from tests.integration.helpers import running
 

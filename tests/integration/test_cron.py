@@ -13,8 +13,6 @@ import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from broker.runstart import RunStart
-from broker.streams import Broker
 from exospherehost import (
     BaseNode,
     CronTrigger,
@@ -23,10 +21,13 @@ from exospherehost import (
     StateManager,
     StoreConfigModel,
 )
-from exospherehost.cron import CronExpressionError, CronScheduler, check_expression, next_fire
+from exospherehost.broker.runstart import RunStart
+from exospherehost.broker.streams import Broker
+from exospherehost.client.statemanager import GraphValidationError
+from exospherehost.graph.cron import CronExpressionError, check_expression, next_fire
+from exospherehost.graph.runplan import plan_run, run_store
 from exospherehost.graphstore import GraphStore
-from exospherehost.runstart import plan_run, run_store
-from exospherehost.statemanager import GraphValidationError
+from exospherehost.runtime.cron import CronScheduler
 from tests.integration.helpers import running
 
 
@@ -180,7 +181,11 @@ async def test_scheduler_with_an_injected_clock(
     def scheduler() -> CronScheduler:
         broker = Broker(redis, namespace)
         return CronScheduler(
-            broker, GraphStore(redis, broker.keys), clock=lambda: now[0], reload_s=1e9, grace_s=5
+            broker,
+            GraphStore(redis, broker.keys),
+            clock=lambda: now[0],
+            reload_s=1e9,
+            grace_s=5,
         )
 
     a, b = scheduler(), scheduler()
@@ -278,7 +283,12 @@ async def test_cron_fire_writes_exactly_what_trigger_writes(
 
     def plan() -> RunStart:
         return plan_run(
-            graph, broker.keys, inputs={}, store=run_store(graph, {}), start_delay_ms=0, now_ms=5
+            graph,
+            broker.keys,
+            inputs={},
+            store=run_store(graph, {}),
+            start_delay_ms=0,
+            now_ms=5,
         )
 
     by_trigger, by_cron = plan(), plan()

@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel
 
-from broker.server import PrivateServer
 from exospherehost import (
     BaseNode,
     GraphNodeModel,
@@ -22,6 +21,7 @@ from exospherehost import (
     Runtime,
     StateManager,
 )
+from exospherehost.testing.server import PrivateServer
 from tests.integration.apps.nodes import Split, Square
 from tests.integration.helpers import running
 
@@ -274,7 +274,7 @@ async def test_runtime_rides_out_a_redis_restart_with_aof(
         await sm.broker.ensure_groups(["Square"])
         # A worker that read these and died before settling them:
         await sm.client.xreadgroup("exo", "ghost", {sm.keys.queue("Square"): ">"}, count=130)
-        caplog.set_level(logging.WARNING, logger="exospherehost.worker")
+        caplog.set_level(logging.WARNING, logger="exospherehost.runtime.worker")
         rt = Runtime(
             namespace=namespace,
             name="t",

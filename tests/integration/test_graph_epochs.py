@@ -16,8 +16,8 @@ import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from broker.keys import Keys
 from exospherehost import BaseNode, GraphNodeModel, Runtime, StateManager
+from exospherehost.broker.keys import Keys
 from exospherehost.graphstore import GraphStore, version_floor
 from tests.integration.helpers import running
 
@@ -144,7 +144,7 @@ async def test_node_registry_is_written_again_after_data_loss(
     async with running(runtime(redis_url, namespace)) as rt:
         await sm.upsert_graph("g", stamp_graph(namespace, "old"), validation_timeout=30)
         assert await sm.node_names() == ["Stamp"]
-        with caplog.at_level(logging.WARNING, logger="exospherehost.runtime"):
+        with caplog.at_level(logging.WARNING, logger="exospherehost.runtime.process"):
             await lose_data(redis, namespace)
             lost_at = time.monotonic()
             # upsert_graph waits for unregistered nodes: the Runtime must bring them back.
@@ -171,7 +171,7 @@ async def test_only_the_missing_registry_entries_are_written_again(
     async with running(rt):
         kept = await redis.hget(registry, "Other")
         assert kept is not None and await redis.hexists(registry, "Stamp")
-        with caplog.at_level(logging.WARNING, logger="exospherehost.runtime"):
+        with caplog.at_level(logging.WARNING, logger="exospherehost.runtime.process"):
             assert await redis.hdel(registry, "Stamp") == 1
             await checks_done(rt, rt.registry_checks + 2)
         assert await redis.hexists(registry, "Stamp")

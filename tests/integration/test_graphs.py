@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from exospherehost import GraphNodeModel, Runtime, StateManager, StoreConfigModel
-from exospherehost.statemanager import GraphValidationError, RunNotFound
+from exospherehost.client.statemanager import GraphValidationError, RunNotFound
 from tests.integration.apps.nodes import ALL, Label, Split, Square
 from tests.integration.helpers import running, squares_graph, stop_processes, worker_processes
 

@@ -1,4 +1,4 @@
-"""broker.lane.Lane: one pooled connection per sequential caller, on a real Redis."""
+"""exospherehost.broker.lane.Lane: one pooled connection per sequential caller, on a real Redis."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from broker.codec import Envelope, decode, encode
-from broker.keys import ENVELOPE_FIELD
-from broker.lane import Lane
-from broker.streams import Broker
+from exospherehost.broker.codec import Envelope, decode, encode
+from exospherehost.broker.keys import ENVELOPE_FIELD
+from exospherehost.broker.lane import Lane
+from exospherehost.broker.streams import Broker
 from exospherehost.config import resolve
-from exospherehost.outcomes import Completed, Job
-from exospherehost.settle import SettleConfig, plan_settle
+from exospherehost.runtime.outcomes import Completed, Job
+from exospherehost.runtime.settle import SettleConfig, plan_settle
 
 
 @pytest.fixture

@@ -162,7 +162,7 @@ async def test_stopping_hands_back_read_but_not_started_states_at_once(
     the ones in flight are finished. It says so in the log."""
     rt = Runtime(namespace=namespace, name="t", nodes=[Gated], redis_url=redis_url, workers=2)
     ids = await sm.enqueue_many("Gated", [{"i": i} for i in range(6)])
-    with caplog.at_level(logging.INFO, logger="exospherehost.worker"):
+    with caplog.at_level(logging.INFO, logger="exospherehost.runtime.worker"):
         task = rt.start()
         assert task is not None
         await _started(2)

@@ -14,14 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from broker.codec import Envelope
-from broker.keys import Keys
-from broker.plan import ZADD_DELAYED
 from exospherehost import BaseNode, RetryPolicyModel, Runtime, StateManager
-from exospherehost.metrics import MetricsPortError
-from exospherehost.outcomes import Failed, Job
-from exospherehost.settle import SettleConfig, plan_settle, will_retry
-from exospherehost.stats import BUCKETS
+from exospherehost.broker.codec import Envelope
+from exospherehost.broker.keys import Keys
+from exospherehost.broker.plan import ZADD_DELAYED
+from exospherehost.runtime.metrics import MetricsPortError
+from exospherehost.runtime.outcomes import Failed, Job
+from exospherehost.runtime.settle import SettleConfig, plan_settle, will_retry
+from exospherehost.runtime.stats import BUCKETS
 from tests.integration.apps.nodes import SampleNode
 from tests.integration.helpers import running
 
@@ -151,7 +151,7 @@ async def test_counters_and_histogram_over_http(
 async def test_queue_gauges_are_refreshed_from_redis(
     redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("exospherehost.metrics.GAUGE_REFRESH_S", 0.1)
+    monkeypatch.setattr("exospherehost.runtime.metrics.GAUGE_REFRESH_S", 0.1)
     Gate.opened = asyncio.Event()
     port = free_port()
     # At most batch_size*4 + workers = 5 states in flight: the other 5 stay in the backlog.

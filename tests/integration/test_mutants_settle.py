@@ -11,10 +11,10 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
-from broker.codec import Envelope, decode, encode
-from broker.keys import ENVELOPE_FIELD, Keys
-from broker.streams import Broker
-from exospherehost.graph import CompiledGraph
+from exospherehost.broker.codec import Envelope, decode, encode
+from exospherehost.broker.keys import ENVELOPE_FIELD, Keys
+from exospherehost.broker.streams import Broker
+from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.models import (
     GraphNodeModel,
     RetryPolicyModel,
@@ -22,7 +22,7 @@ from exospherehost.models import (
     UnitesModel,
     UnitesStrategyEnum,
 )
-from exospherehost.outcomes import (
+from exospherehost.runtime.outcomes import (
     Completed,
     Failed,
     Job,
@@ -32,7 +32,7 @@ from exospherehost.outcomes import (
     Released,
     Requeued,
 )
-from exospherehost.settle import SettleConfig, as_failure, plan_dead_letters, plan_settle
+from exospherehost.runtime.settle import SettleConfig, as_failure, plan_dead_letters, plan_settle
 
 NOW = 12.345  # the plan's clock: every time_ms below is 12345
 

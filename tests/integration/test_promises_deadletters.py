@@ -23,7 +23,7 @@ from exospherehost import (
     StateManager,
     StoreConfigModel,
 )
-from exospherehost.runs import RunNotFound
+from exospherehost.client.runs import RunNotFound
 from tests.integration.apps.nodes import Split, Work
 from tests.integration.helpers import running
 from tests.integration.promises_support import until

@@ -1,4 +1,4 @@
-"""Promises of the per-process statistics (exospherehost.stats, the Prometheus metrics)
+"""Promises of the per-process statistics (exospherehost.runtime.stats, the Prometheus metrics)
 and of settling when a settle script fails, on real Redis (issue 16). Each test fails
 with the one-line bug its docstring names."""
 
@@ -21,7 +21,7 @@ from exospherehost import (
     Runtime,
     StateManager,
 )
-from exospherehost.stats import BUCKETS
+from exospherehost.runtime.stats import BUCKETS
 from tests.integration.apps.nodes import Square
 from tests.integration.helpers import running
 from tests.integration.promises_support import GROUP, envelope, pending_entries, until

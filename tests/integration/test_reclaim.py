@@ -16,10 +16,10 @@ import msgpack
 import pytest
 from pydantic import BaseModel
 
-from broker.keys import GROUP
 from exospherehost import BaseNode, Runtime, StateManager
-from exospherehost import runtime as runtime_module
-from exospherehost.worker import Worker
+from exospherehost.broker.keys import GROUP
+from exospherehost.runtime import process as runtime_module
+from exospherehost.runtime.worker import Worker
 from tests.integration.apps.reclaim_main import Nap
 from tests.integration.helpers import ROOT, running, stop_processes
 

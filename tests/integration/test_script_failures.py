@@ -17,11 +17,6 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from broker.codec import Envelope, decode, encode
-from broker.keys import ENVELOPE_FIELD, GROUP
-from broker.runstart import RunStart
-from broker.server import PrivateServer
-from broker.streams import Broker, KeyRefused
 from exospherehost import (
     BaseNode,
     GraphNodeModel,
@@ -29,9 +24,14 @@ from exospherehost import (
     Runtime,
     StateManager,
 )
-from exospherehost.deadletters import DeadLetter, RedriveRefused
-from exospherehost.outcomes import Completed, Job, Released
-from exospherehost.settle import SettleConfig, plan_settle
+from exospherehost.broker.codec import Envelope, decode, encode
+from exospherehost.broker.keys import ENVELOPE_FIELD, GROUP
+from exospherehost.broker.runstart import RunStart
+from exospherehost.broker.streams import Broker, KeyRefused
+from exospherehost.client.deadletters import DeadLetter, RedriveRefused
+from exospherehost.runtime.outcomes import Completed, Job, Released
+from exospherehost.runtime.settle import SettleConfig, plan_settle
+from exospherehost.testing.server import PrivateServer
 from tests.integration.helpers import running
 
 MAX_ID = "18446744073709551615-18446744073709551615"

@@ -13,7 +13,6 @@ from cryptography.fernet import Fernet
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from broker.codec import unpack
 from exospherehost import (
     BaseNode,
     GraphNodeModel,
@@ -22,6 +21,7 @@ from exospherehost import (
     Runtime,
     StateManager,
 )
+from exospherehost.broker.codec import unpack
 from exospherehost.config import ConfigError
 from exospherehost.secrets import ENV_SECRETS_KEY, SecretsCipher
 from tests.integration.helpers import running

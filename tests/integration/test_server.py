@@ -1,4 +1,4 @@
-"""Real-process tests of broker.server.PrivateServer and the session fixtures."""
+"""Real-process tests of exospherehost.testing.server.PrivateServer and the session fixtures."""
 
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ import pytest
 import redis as redis_py
 from redis.asyncio import Redis as AsyncRedis
 
-from broker import server as server_mod
-from broker.server import PrivateServer, ServerInfo, embedded_server_binary, find_server_binary
+from exospherehost.testing import server as server_mod
+from exospherehost.testing.server import (
+    PrivateServer,
+    ServerInfo,
+    embedded_server_binary,
+    find_server_binary,
+)
 
 
 def _client(info: ServerInfo) -> redis_py.Redis:
@@ -198,7 +203,7 @@ def test_atexit_stops_an_orphan(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import os, sys
-        from broker.server import PrivateServer
+        from exospherehost.testing.server import PrivateServer
         server = PrivateServer(data_dir=sys.argv[1])
         info = server.start()
         print(info.port, server._proc.pid, flush=True)

@@ -7,13 +7,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from broker.codec import Envelope, decode, encode
-from broker.keys import ENVELOPE_FIELD, GROUP, Keys
-from broker.streams import Broker, parse_read_reply
-from exospherehost.graph import CompiledGraph
+from exospherehost.broker.codec import Envelope, decode, encode
+from exospherehost.broker.keys import ENVELOPE_FIELD, GROUP, Keys
+from exospherehost.broker.streams import Broker, parse_read_reply
+from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.models import GraphNodeModel
-from exospherehost.outcomes import Completed, Failed, Job, Outcome
-from exospherehost.settle import SettleConfig, plan_settle
+from exospherehost.runtime.outcomes import Completed, Failed, Job, Outcome
+from exospherehost.runtime.settle import SettleConfig, plan_settle
 
 
 def _graph(ns: str) -> CompiledGraph:

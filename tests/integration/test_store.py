@@ -11,8 +11,6 @@ import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from broker.codec import unpack
-from broker.streams import Broker
 from exospherehost import (
     BaseNode,
     GraphNodeModel,
@@ -21,6 +19,8 @@ from exospherehost import (
     StateManager,
     StoreConfigModel,
 )
+from exospherehost.broker.codec import unpack
+from exospherehost.broker.streams import Broker
 from exospherehost.store import RunStore, check_store_key
 from tests.integration.helpers import running
 

@@ -2,7 +2,7 @@
 
     python tests/mutants/run_mutmut.py [MODULE ...] [--max-children N] [--keep]
 
-MODULE is a path such as exospherehost/retry.py; the default is every core module
+MODULE is a path such as exospherehost/graph/retry.py; the default is every core module
 below. The test selection is the union of the fast tests of the chosen modules (mutmut
 then runs, per mutant, only the selected tests that reach the mutated function). The
 configuration is written into the scratch copy (its setup.cfg), so the repository's own
@@ -28,7 +28,7 @@ from run_mutants import ROOT, scratch_copy
 # module -> the fast tests that exercise it (unit tests, and integration tests that run a
 # Runtime in-process on the session's private redis-server).
 CORE: dict[str, list[str]] = {
-    "exospherehost/retry.py": [
+    "exospherehost/graph/retry.py": [
         "tests/unit/test_retry.py",
         "tests/unit/test_promises_unit.py",
         "tests/unit/test_settle_plan.py",
@@ -41,7 +41,7 @@ CORE: dict[str, list[str]] = {
         "tests/integration/test_promises_wire.py",
         "tests/integration/test_settle.py",
     ],
-    "exospherehost/deadletters.py": [
+    "exospherehost/client/deadletters.py": [
         "tests/integration/test_promises_deadletters.py",
         "tests/integration/test_failures.py",
     ],
@@ -49,7 +49,7 @@ CORE: dict[str, list[str]] = {
     # each); of the Runtime tests (about 1 s each) only the two nested fan-ins, the one
     # case those do not reach. All of test_promises_runs + test_graphs cost about 20 s
     # per surviving mutant: an hour for the module, too slow to run.
-    "exospherehost/settle.py": [
+    "exospherehost/runtime/settle.py": [
         "tests/unit/test_settle_plan.py",
         "tests/unit/test_script_planning.py",
         "tests/unit/test_settler.py",
@@ -62,8 +62,8 @@ CORE: dict[str, list[str]] = {
     ],
     # Unit tests only: execute() needs no Redis, and with test_core / test_promises_runs
     # (a Runtime each) every execute() mutant took ~30 s (324 mutants: over an hour).
-    "exospherehost/execution.py": ["tests/unit"],
-    "exospherehost/worker.py": [
+    "exospherehost/runtime/execution.py": ["tests/unit"],
+    "exospherehost/runtime/worker.py": [
         "tests/unit/test_settler.py",
         "tests/unit/test_script_planning.py",
         "tests/unit/test_jobqueue.py",

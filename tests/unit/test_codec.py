@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from broker.codec import Envelope, MalformedEntry, decode, encode
+from exospherehost.broker.codec import Envelope, MalformedEntry, decode, encode
 
 GRAPH_STATE: dict[str, Any] = {"v": 1, "i": "s", "in": {}, "r": "run", "g": "g", "gv": 1, "n": "a"}
 

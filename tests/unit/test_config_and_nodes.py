@@ -134,7 +134,7 @@ def test_tune_for_throughput_freezes_and_raises_gen0_only() -> None:
     """Process-wide settings: checked in a fresh interpreter, not in the test process."""
     script = """
 import gc
-from exospherehost.gctune import tune_for_throughput
+from exospherehost.runtime.gctune import tune_for_throughput
 gc.set_threshold(700, 10, 10); tune_for_throughput()
 print(gc.get_threshold(), gc.get_freeze_count() > 0)
 gc.set_threshold(50_000, 5, 5); tune_for_throughput()

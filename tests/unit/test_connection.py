@@ -1,4 +1,4 @@
-"""broker.connection: hiredis packing, byte for byte what redis-py's own packer sends."""
+"""exospherehost.broker.connection: hiredis packing, byte for byte what redis-py sends."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
-from broker.connection import (
+from exospherehost.broker.connection import (
     HiredisConnection,
     HiredisSSLConnection,
     HiredisUnixConnection,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from examples.nodes import ALL, GRAPH_NAME, graph_nodes
-from exospherehost.graph_validation import NodeSchema, validate_graph
+from exospherehost.graph.validation import NodeSchema, validate_graph
 from exospherehost.node import node_schema
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,16 +13,16 @@ from typing import Any, ClassVar, cast
 import pytest
 from pydantic import BaseModel, field_serializer, field_validator
 
-from broker.codec import Envelope
-from broker.keys import Keys
-from broker.streams import Broker
 from exospherehost import BaseNode
-from exospherehost.execution import NodeSpec, execute
+from exospherehost.broker.codec import Envelope
+from exospherehost.broker.keys import Keys
+from exospherehost.broker.streams import Broker
 from exospherehost.graphstore import GraphCache
 from exospherehost.node import node_problems
-from exospherehost.outcomes import Completed, Failed, Job, Outcome, Released
-from exospherehost.settle import SettleConfig
-from exospherehost.worker import Worker
+from exospherehost.runtime.execution import NodeSpec, execute
+from exospherehost.runtime.outcomes import Completed, Failed, Job, Outcome, Released
+from exospherehost.runtime.settle import SettleConfig
+from exospherehost.runtime.worker import Worker
 
 
 class Boom(BaseException):

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from broker.codec import Envelope
-from exospherehost.failurelog import FailureLog
-from exospherehost.outcomes import Failed, Job, Malformed
+from exospherehost.broker.codec import Envelope
+from exospherehost.runtime.failurelog import FailureLog
+from exospherehost.runtime.outcomes import Failed, Job, Malformed
 
 
 def _failed(node: str, sid: str, attempt: int = 0, permanent: bool = False) -> Failed:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exospherehost.graph import CompiledGraph
+from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.models import GraphNodeModel, UnitesModel, UnitesStrategyEnum
 
 NS = "ns"

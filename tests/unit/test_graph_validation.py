@@ -1,4 +1,4 @@
-"""Unit tests for exospherehost.graph_validation (pure, no Redis)."""
+"""Unit tests for exospherehost.graph.validation (pure, no Redis)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from exospherehost.graph_validation import (
+from exospherehost.graph.validation import (
     NodeSchema,
     common_ancestors,
     root_identifier,

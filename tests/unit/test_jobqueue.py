@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from exospherehost.jobqueue import JobQueue
+from exospherehost.runtime.jobqueue import JobQueue
 
 
 async def test_never_suspending_jobs_run_on_one_consumer() -> None:

@@ -117,7 +117,7 @@ def test_invalid_level_is_reported_and_ignored(caplog: pytest.LogCaptureFixture)
 
 def test_importing_the_sdk_configures_no_logging() -> None:
     code = (
-        "import logging, exospherehost, exospherehost.metrics, exospherehost.cli;"
+        "import logging, exospherehost, exospherehost.runtime.metrics, exospherehost.cli;"
         "print(len(logging.getLogger().handlers), len(logging.getLogger('exospherehost').handlers),"
         " logging.getLogger('exospherehost').level)"
     )
@@ -127,7 +127,7 @@ def test_importing_the_sdk_configures_no_logging() -> None:
 
 async def test_runtime_start_sets_up_logging(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    monkeypatch.setattr("exospherehost.runtime.setup_logging", lambda: calls.append(1))
+    monkeypatch.setattr("exospherehost.runtime.process.setup_logging", lambda: calls.append(1))
     # Nothing listens on port 1: the task is cancelled before it could connect anyway.
     rt = Runtime("logs", "t", [SampleNode], redis_url="redis://127.0.0.1:1/0")
     task = rt.start()

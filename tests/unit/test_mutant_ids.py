@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from exospherehost.settle import new_id
+from exospherehost.ids import new_id
 
 
 def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:

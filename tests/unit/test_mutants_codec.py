@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from broker.codec import (
+from exospherehost.broker.codec import (
     Envelope,
     MalformedEntry,
     decode,

@@ -1,4 +1,4 @@
-"""exospherehost/execution.py behaviour the mutmut survivors showed unpinned (issue 16):
+"""exospherehost/runtime/execution.py behaviour the mutmut survivors showed unpinned (issue 16):
 the readable reasons of failed states, plain-XADD JSON decoding (README "Enqueue from any
 client"), and the rate limit of internal-error logging (InternalErrors' docstring)."""
 
@@ -15,13 +15,19 @@ from typing import Any, cast
 import pytest
 from pydantic import BaseModel, field_serializer, field_validator, model_validator
 
-from broker.codec import Envelope
-from broker.streams import Broker
 from exospherehost import BaseNode
-from exospherehost import execution as execution_module
-from exospherehost.execution import _MAX_MESSAGE, _MAX_TRACEBACK, InternalErrors, NodeSpec, execute
-from exospherehost.graph import CompiledGraph
-from exospherehost.outcomes import Completed, Failed, Job, Outcome, Pruned, Requeued
+from exospherehost.broker.codec import Envelope
+from exospherehost.broker.streams import Broker
+from exospherehost.graph.compiled import CompiledGraph
+from exospherehost.runtime import execution as execution_module
+from exospherehost.runtime.execution import (
+    _MAX_MESSAGE,
+    _MAX_TRACEBACK,
+    InternalErrors,
+    NodeSpec,
+    execute,
+)
+from exospherehost.runtime.outcomes import Completed, Failed, Job, Outcome, Pruned, Requeued
 from exospherehost.secrets import SecretsError
 from exospherehost.signals import PruneSignal, ReQueueAfterSignal
 

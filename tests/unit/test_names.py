@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from broker.keys import NAME_ALPHABET, KeyNameError, check_name
 from exospherehost import BaseNode, GraphNodeModel, Runtime, StateManager
-from exospherehost.graph_validation import validate_graph
+from exospherehost.broker.keys import NAME_ALPHABET, KeyNameError, check_name
+from exospherehost.graph.validation import validate_graph
 from exospherehost.node import NodeValidationError, validate_nodes
 
 BAD = ["Größe", "a}b", "x:y", "has space", "ok\n", "", "{ns}", "a" * 201, "tab\t", "é"]

@@ -11,9 +11,9 @@ import random
 
 import pytest
 
-from broker.keys import KeyNameError, Keys
+from exospherehost.broker.keys import KeyNameError, Keys
+from exospherehost.graph.retry import base_delay_ms, retry_delay_ms
 from exospherehost.models import RetryPolicyModel, RetryStrategyEnum
-from exospherehost.retry import base_delay_ms, retry_delay_ms
 
 
 class Ends(random.Random):

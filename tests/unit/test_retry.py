@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from exospherehost.graph.retry import base_delay_ms, retry_delay_ms, should_retry
 from exospherehost.models import RetryPolicyModel, RetryStrategyEnum
-from exospherehost.retry import base_delay_ms, retry_delay_ms, should_retry
 
 S = RetryStrategyEnum
 

@@ -15,23 +15,23 @@ import pytest
 from pydantic import BaseModel
 from redis.exceptions import ResponseError
 
-from broker.codec import Envelope, decode, encode
-from broker.keys import ENVELOPE_FIELD, Keys
-from broker.plan import FAILED, REFUSED, XADD, ZADD_DELAYED, SettleFlags, SettlePlan
-from broker.streams import Broker
 from exospherehost import BaseNode
-from exospherehost.deadletters import DeadLetter, redrive_fields
-from exospherehost.execution import NodeSpec
+from exospherehost.broker.codec import Envelope, decode, encode
+from exospherehost.broker.keys import ENVELOPE_FIELD, Keys
+from exospherehost.broker.plan import FAILED, REFUSED, XADD, ZADD_DELAYED, SettleFlags, SettlePlan
+from exospherehost.broker.streams import Broker
+from exospherehost.client.deadletters import DeadLetter, redrive_fields
 from exospherehost.graphstore import GraphCache
-from exospherehost.outcomes import Completed, Failed, Job, Outcome, Released, Requeued
-from exospherehost.settle import (
+from exospherehost.runtime.execution import NodeSpec
+from exospherehost.runtime.outcomes import Completed, Failed, Job, Outcome, Released, Requeued
+from exospherehost.runtime.settle import (
     SettleConfig,
     as_failure,
     plan_dead_letters,
     plan_settle,
     released_envelope,
 )
-from exospherehost.worker import Worker
+from exospherehost.runtime.worker import Worker
 
 KEYS = Keys("ns")
 CFG = SettleConfig(keys=KEYS, graphs={}, clock=lambda: 1.0)
@@ -199,7 +199,7 @@ async def test_after_a_refused_call_each_state_is_settled_for_real(
 ) -> None:
     broker = RefusingBroker({b"1-1"}, refuse_dead_letters=False)
     outcomes: list[Outcome] = [Completed(_job(i), [{}], False) for i in range(3)]
-    with caplog.at_level(logging.INFO, "exospherehost.worker"):
+    with caplog.at_level(logging.INFO, "exospherehost.runtime.worker"):
         worker = await _settle(broker, outcomes)
     # Whole batch, then one by one; the bad one's own call and its failure plan are
     # refused, its bare dead letter goes through.
@@ -221,7 +221,7 @@ async def test_a_state_that_cannot_even_be_dead_lettered_stays_pending_and_is_na
 ) -> None:
     broker = RefusingBroker({b"1-1"}, refuse_dead_letters=True)
     outcomes: list[Outcome] = [Completed(_job(i), [{}], False) for i in range(2)]
-    with caplog.at_level(logging.INFO, "exospherehost.worker"):
+    with caplog.at_level(logging.INFO, "exospherehost.runtime.worker"):
         worker = await _settle(broker, outcomes)
     assert worker.stats.nodes["Noop"].settled == 1 and worker.inflight == 0
     assert "left pending Noop state s1 (entry 1-1)" in caplog.text

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgpack
 
-from broker.codec import Envelope, encode
-from broker.keys import Keys
-from broker.plan import (
+from exospherehost.broker.codec import Envelope, encode
+from exospherehost.broker.keys import Keys
+from exospherehost.broker.plan import (
     GROUP_INIT,
     GROUP_STEP,
     RUN_OPEN,
@@ -15,10 +15,10 @@ from broker.plan import (
     ZADD_DELAYED,
     SettlePlan,
 )
-from exospherehost.graph import CompiledGraph
+from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.models import GraphNodeModel, RetryPolicyModel, RetryStrategyEnum
-from exospherehost.outcomes import Completed, Failed, Job, Malformed, Released, Requeued
-from exospherehost.settle import SettleConfig, plan_settle
+from exospherehost.runtime.outcomes import Completed, Failed, Job, Malformed, Released, Requeued
+from exospherehost.runtime.settle import SettleConfig, plan_settle
 
 K = Keys("ns")
 

@@ -10,16 +10,16 @@ from typing import cast
 import pytest
 
 from benchmarks.nodes import Noop
-from broker.codec import Envelope
-from broker.keys import Keys
-from broker.plan import SettleFlags, SettlePlan
-from broker.streams import Broker
-from exospherehost import worker as worker_module
-from exospherehost.execution import NodeSpec
+from exospherehost.broker.codec import Envelope
+from exospherehost.broker.keys import Keys
+from exospherehost.broker.plan import SettleFlags, SettlePlan
+from exospherehost.broker.streams import Broker
 from exospherehost.graphstore import GraphCache
-from exospherehost.outcomes import Completed, Job, Malformed
-from exospherehost.settle import SettleConfig
-from exospherehost.worker import SETTLES_IN_FLIGHT, Worker
+from exospherehost.runtime import worker as worker_module
+from exospherehost.runtime.execution import NodeSpec
+from exospherehost.runtime.outcomes import Completed, Job, Malformed
+from exospherehost.runtime.settle import SettleConfig
+from exospherehost.runtime.worker import SETTLES_IN_FLIGHT, Worker
 
 KEYS = Keys("ns")
 

@@ -1,4 +1,4 @@
-"""Unit tests for exospherehost.templating (pure, no Redis)."""
+"""Unit tests for exospherehost.graph.templating (pure, no Redis)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from exospherehost.templating import (
+from exospherehost.graph.templating import (
     OutputRef,
     StoreRef,
     Template,

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from exospherehost.graph import CompiledGraph
+from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.node import BaseNode
-from exospherehost.outcomes import Completed, Failed, Job, Outcome, Pruned, Requeued
+from exospherehost.runtime.outcomes import Completed, Failed, Job, Outcome, Pruned, Requeued
 from exospherehost.secrets import SecretsError
 from exospherehost.signals import PruneSignal, ReQueueAfterSignal
 from exospherehost.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from broker.streams import Broker
+    from exospherehost.broker.streams import Broker
 
 
 _MAX_MESSAGE = 2_000  # chars of an exception's message kept in an error string

@@ -18,23 +18,23 @@ from functools import partial
 
 from redis.exceptions import RedisError
 
-from broker.keys import check_name
-from broker.streams import Broker
+from exospherehost.broker.keys import check_name
+from exospherehost.broker.streams import Broker
 from exospherehost.config import resolve
-from exospherehost.cron import CronScheduler
-from exospherehost.execution import NodeSpec
-from exospherehost.gctune import tune_for_throughput
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
 from exospherehost.node import BaseNode, node_schema, validate_nodes
-from exospherehost.resilience import TRANSIENT, pause
+from exospherehost.runtime.cron import CronScheduler
+from exospherehost.runtime.execution import NodeSpec
+from exospherehost.runtime.gctune import tune_for_throughput
+from exospherehost.runtime.resilience import TRANSIENT, pause
+from exospherehost.runtime.settle import SettleConfig, will_retry
+from exospherehost.runtime.stats import RuntimeStats
+from exospherehost.runtime.worker import ShutdownAbandoned, Worker
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
-from exospherehost.settle import SettleConfig, will_retry
-from exospherehost.stats import RuntimeStats
-from exospherehost.worker import ShutdownAbandoned, Worker
 
-log = logging.getLogger("exospherehost.runtime")
+log = logging.getLogger("exospherehost.runtime.process")
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -118,7 +118,7 @@ class Runtime:
         self.metrics_port = metrics_port
         if tune_gc is not None and not isinstance(tune_gc, bool):
             raise ValueError(f"tune_gc must be True, False or None, got {tune_gc!r}")
-        # None: tune the collector (exospherehost.gctune) only when start() owns the
+        # None: tune the collector (exospherehost.runtime.gctune) only when start() owns the
         # process, i.e. runs its own event loop; inside a caller's loop, leave it alone.
         self.tune_gc = tune_gc
         self.config = resolve(redis_url, key)
@@ -153,7 +153,7 @@ class Runtime:
 
     @property
     def cron(self) -> CronScheduler | None:
-        """This process's cron scheduler (None before start); see exospherehost.cron."""
+        """This process's cron scheduler (None before start); see exospherehost.runtime.cron."""
         return self._cron
 
     def start(self) -> asyncio.Task[None] | None:
@@ -221,7 +221,7 @@ class Runtime:
             self._worker.stats.will_retry = partial(will_retry, cfg=settle_cfg)
             if self.metrics_port is not None:
                 # Imported on use: only Runtimes that export load prometheus_client.
-                from exospherehost.metrics import MetricsExporter
+                from exospherehost.runtime.metrics import MetricsExporter
 
                 exporter = MetricsExporter(self, self.metrics_port)
                 await exporter.start()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from broker.codec import Envelope
+from exospherehost.broker.codec import Envelope
 
 
 @dataclass(slots=True)

@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from broker.codec import Envelope, encode
-from broker.keys import Keys
-from broker.runstart import RunStart
-from exospherehost.graph import CompiledGraph
-from exospherehost.settle import new_id
+from exospherehost.broker.codec import Envelope, encode
+from exospherehost.broker.keys import Keys
+from exospherehost.broker.runstart import RunStart
+from exospherehost.graph.compiled import CompiledGraph
+from exospherehost.ids import new_id
 from exospherehost.store import check_store_key, encode_store
 
 

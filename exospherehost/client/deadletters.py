@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import ResponseError
 
-from broker.codec import MalformedEntry, decode, encode, unpack
-from broker.keys import ENVELOPE_FIELD, Keys, check_name
-from broker.plan import MAX_XADD_FIELDS
-from broker.streams import REDRIVE_REFUSED, Broker, RawRedis
-from exospherehost.runs import RunNotFound
+from exospherehost.broker.codec import MalformedEntry, decode, encode, unpack
+from exospherehost.broker.keys import ENVELOPE_FIELD, Keys, check_name
+from exospherehost.broker.plan import MAX_XADD_FIELDS
+from exospherehost.broker.streams import REDRIVE_REFUSED, Broker, RawRedis
+from exospherehost.client.runs import RunNotFound
 
-log = logging.getLogger("exospherehost.deadletters")
+log = logging.getLogger("exospherehost.client.deadletters")
 
 
 class RedriveRefused(ValueError):

@@ -12,9 +12,9 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from broker.keys import name_problem
+from exospherehost.broker.keys import name_problem
+from exospherehost.graph.templating import OutputRef, Ref, StoreRef, TemplateError, compile_template
 from exospherehost.models import GraphNodeModel, StoreConfigModel
-from exospherehost.templating import OutputRef, Ref, StoreRef, TemplateError, compile_template
 
 __all__ = ["NodeSchema", "common_ancestors", "root_identifier", "validate_graph"]
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from exospherehost.outcomes import Failed, Malformed, Outcome
+from exospherehost.runtime.outcomes import Failed, Malformed, Outcome
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """Prometheus metrics of a Runtime process (opt-in: ``Runtime(..., metrics_port=9464)``).
 
 Counters and the execution-time histogram are read from the Runtime's in-process
-:class:`~exospherehost.stats.RuntimeStats` when Prometheus scrapes, so the hot path does
+:class:`~exospherehost.runtime.stats.RuntimeStats` when Prometheus scrapes, so the hot path does
 nothing but its integer adds. Queue gauges (backlog, pending, delayed) come from Redis:
 a small asyncio task in the Runtime's loop refreshes a snapshot every few seconds, and the
 scrape (in the HTTP server's thread) only reads that snapshot; it never touches the
@@ -48,13 +48,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from exospherehost.stats import BUCKETS, RuntimeStats
+from exospherehost.runtime.stats import BUCKETS, RuntimeStats
 
 if TYPE_CHECKING:
-    from exospherehost.runtime import Runtime
-    from exospherehost.statemanager import StateManager
+    from exospherehost.client.statemanager import StateManager
+    from exospherehost.runtime.process import Runtime
 
-log = logging.getLogger("exospherehost.metrics")
+log = logging.getLogger("exospherehost.runtime.metrics")
 
 GAUGE_REFRESH_S = 5.0
 """Seconds between two reads of the queue gauges from Redis."""
@@ -190,7 +190,7 @@ class MetricsExporter:
         self._sm: StateManager | None = None
 
     async def start(self) -> None:
-        from exospherehost.statemanager import StateManager
+        from exospherehost.client.statemanager import StateManager
 
         try:
             self._server, self._thread = start_http_server(

@@ -6,19 +6,20 @@ run bookkeeping) is made here, without I/O, so it is testable without Redis."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import traceback as tb
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.codec import Envelope, decode, encode, pack
-from broker.keys import ENVELOPE_FIELD, Keys
-from broker.plan import SettlePlan
-from exospherehost.graph import CompiledGraph
+from exospherehost.broker.codec import Envelope, decode, encode, pack
+from exospherehost.broker.keys import ENVELOPE_FIELD, Keys
+from exospherehost.broker.plan import SettlePlan
+from exospherehost.graph.compiled import CompiledGraph
+from exospherehost.graph.retry import retry_delay_ms
+from exospherehost.ids import new_id
 from exospherehost.models import RetryPolicyModel
-from exospherehost.outcomes import (
+from exospherehost.runtime.outcomes import (
     Completed,
     Failed,
     Job,
@@ -28,26 +29,6 @@ from exospherehost.outcomes import (
     Released,
     Requeued,
 )
-from exospherehost.retry import retry_delay_ms
-
-_PID_PREFIX = os.urandom(6).hex()
-_counter = 0
-
-
-def _reseed() -> None:
-    global _PID_PREFIX, _counter
-    _PID_PREFIX, _counter = os.urandom(6).hex(), 0
-
-
-os.register_at_fork(after_in_child=_reseed)  # a forked child must not repeat our ids
-
-
-def new_id() -> str:
-    """Unique state/run id: a random per-process prefix and a counter (cheaper than uuid4
-    on the hot path, and sortable per process)."""
-    global _counter
-    _counter += 1
-    return f"{_PID_PREFIX}{_counter:x}"
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ coroutines joined by two buffers, so a read, executions and settles overlap:
 No task is spawned per state: `concurrency` long-lived executors pull from the queue, and
 a state whose node never awaits runs straight through. `inflight` (read, not yet settled)
 is bounded by `max_inflight`, which is also the most states a crash can leave pending.
-The reader and each settle slot keep their own Redis connection (broker.lane).
+The reader and each settle slot keep their own Redis connection (exospherehost.broker.lane).
 """
 
 from __future__ import annotations
@@ -22,19 +22,24 @@ from typing import Literal, TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from broker.codec import MalformedEntry, decode, printable_fields
-from broker.keys import ENVELOPE_FIELD
-from broker.lane import Lane
-from broker.plan import APPLIED, FAILED, REFUSED
-from broker.streams import Broker
-from exospherehost.execution import InternalErrors, NodeSpec, describe, execute, format_traceback
-from exospherehost.failurelog import FailureLog
+from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
+from exospherehost.broker.keys import ENVELOPE_FIELD
+from exospherehost.broker.lane import Lane
+from exospherehost.broker.plan import APPLIED, FAILED, REFUSED
+from exospherehost.broker.streams import Broker
 from exospherehost.graphstore import GraphCache
-from exospherehost.jobqueue import JobQueue
-from exospherehost.outcomes import Failed, Job, Malformed, Outcome, Released, source
-from exospherehost.resilience import TRANSIENT, OutageLog, pause
-from exospherehost.secrets import SecretsError
-from exospherehost.settle import (
+from exospherehost.runtime.execution import (
+    InternalErrors,
+    NodeSpec,
+    describe,
+    execute,
+    format_traceback,
+)
+from exospherehost.runtime.failurelog import FailureLog
+from exospherehost.runtime.jobqueue import JobQueue
+from exospherehost.runtime.outcomes import Failed, Job, Malformed, Outcome, Released, source
+from exospherehost.runtime.resilience import TRANSIENT, OutageLog, pause
+from exospherehost.runtime.settle import (
     SettleConfig,
     as_failure,
     plan_dead_letters,
@@ -42,9 +47,10 @@ from exospherehost.settle import (
     retry_budget,
     will_retry,
 )
-from exospherehost.stats import RuntimeStats
+from exospherehost.runtime.stats import RuntimeStats
+from exospherehost.secrets import SecretsError
 
-log = logging.getLogger("exospherehost.worker")
+log = logging.getLogger("exospherehost.runtime.worker")
 SETTLES_IN_FLIGHT = 2  # see Worker._settler
 # After the grace period, how long settles still retry through an outage before a
 # stopping worker gives up (what is unsettled then stays pending and gets reclaimed).

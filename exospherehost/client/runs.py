@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.codec import unpack
-from broker.keys import Keys, check_name
-from broker.streams import RawRedis
+from exospherehost.broker.codec import unpack
+from exospherehost.broker.keys import Keys, check_name
+from exospherehost.broker.streams import RawRedis
 
 MAX_BLOCK_S = 1.0
 """Blocking reads are cut into slices well under the client's socket timeout."""

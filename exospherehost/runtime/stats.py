@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from exospherehost.outcomes import Completed, Failed, Outcome, Pruned, Requeued
+from exospherehost.runtime.outcomes import Completed, Failed, Outcome, Pruned, Requeued
 
 if TYPE_CHECKING:
     pass

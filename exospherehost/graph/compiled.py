@@ -16,14 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exospherehost.graph_validation import root_identifier
+from exospherehost.graph.templating import OutputRef, StoreRef, Template, compile_template
+from exospherehost.graph.validation import root_identifier
 from exospherehost.models import (
     GraphNodeModel,
     RetryPolicyModel,
     StoreConfigModel,
     UnitesStrategyEnum,
 )
-from exospherehost.templating import OutputRef, StoreRef, Template, compile_template
 
 STORE = "store"
 """ctx key holding store values (`store` is a reserved identifier)."""

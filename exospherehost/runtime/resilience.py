@@ -13,7 +13,7 @@ import time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-log = logging.getLogger("exospherehost.worker")
+log = logging.getLogger("exospherehost.runtime.worker")
 
 # Errors that mean "Redis is not reachable right now": retried with backoff by every loop.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)

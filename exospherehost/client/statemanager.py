@@ -11,22 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from broker.codec import Envelope, encode, unpack
-from broker.keys import GROUP, Keys, check_name
-from broker.streams import Broker, RawRedis
-from exospherehost.config import resolve
-from exospherehost.cron import CronExpressionError, check_expression
-from exospherehost.deadletters import DeadLetter, DeadLettersMixin
-from exospherehost.graph import CompiledGraph
-from exospherehost.graph_validation import NodeSchema, validate_graph
-from exospherehost.graphstore import GraphDoc, GraphStore, compile_doc
-from exospherehost.models import (
-    CronTrigger,
-    GraphNodeModel,
-    RetryPolicyModel,
-    StoreConfigModel,
-)
-from exospherehost.runs import (
+from exospherehost.broker.codec import Envelope, encode, unpack
+from exospherehost.broker.keys import GROUP, Keys, check_name
+from exospherehost.broker.streams import Broker, RawRedis
+from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
+from exospherehost.client.runs import (
     MAX_BLOCK_S,
     NodeCounts,
     RunNotFound,
@@ -34,9 +23,20 @@ from exospherehost.runs import (
     RunStatus,
     StateRecord,
 )
-from exospherehost.runstart import plan_run, run_store
+from exospherehost.config import resolve
+from exospherehost.graph.compiled import CompiledGraph
+from exospherehost.graph.cron import CronExpressionError, check_expression
+from exospherehost.graph.runplan import plan_run, run_store
+from exospherehost.graph.validation import NodeSchema, validate_graph
+from exospherehost.graphstore import GraphDoc, GraphStore, compile_doc
+from exospherehost.ids import new_id
+from exospherehost.models import (
+    CronTrigger,
+    GraphNodeModel,
+    RetryPolicyModel,
+    StoreConfigModel,
+)
 from exospherehost.secrets import require_cipher
-from exospherehost.settle import new_id
 
 __all__ = [
     "DeadLetter",
@@ -239,7 +239,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
 
         `secrets` are encrypted with EXOSPHERE_SECRETS_KEY before they are stored (a
         ConfigError says how to make a key when it is not set). `triggers` are cron
-        triggers (see exospherehost.cron), fired by the namespace's Runtimes."""
+        triggers (see exospherehost.runtime.cron), fired by the namespace's Runtimes."""
         check_name("graph name", graph_name)
         nodes = [GraphNodeModel.model_validate(n) for n in graph_nodes]
         secret_map = {str(k): str(v) for k, v in (secrets or {}).items()}

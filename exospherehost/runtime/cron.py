@@ -29,42 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from croniter import croniter
-
-from broker.streams import Broker
-from exospherehost.graph import CompiledGraph
+from exospherehost.broker.streams import Broker
+from exospherehost.graph.compiled import CompiledGraph
+from exospherehost.graph.cron import CronExpressionError, check_expression, next_fire
+from exospherehost.graph.runplan import plan_run, run_store
 from exospherehost.graphstore import GraphStore, compile_doc
-from exospherehost.resilience import TRANSIENT, OutageLog, pause
-from exospherehost.runstart import plan_run, run_store
+from exospherehost.runtime.resilience import TRANSIENT, OutageLog, pause
 
-log = logging.getLogger("exospherehost.cron")
-
-
-class CronExpressionError(ValueError):
-    """A cron expression croniter cannot use; the message names it."""
-
-
-def next_fire(expression: str, after: int) -> int:
-    """The first fire time of `expression` strictly after `after` (epoch seconds, UTC)."""
-    it = croniter(expression, datetime.fromtimestamp(after, UTC), second_at_beginning=True)
-    return int(it.get_next(float))
-
-
-def check_expression(expression: str) -> str:
-    """Validate a cron expression (5 fields, or 6 with seconds first); raises
-    CronExpressionError naming it."""
-    fields = expression.split()
-    if not expression.startswith("@") and len(fields) not in (5, 6):
-        raise CronExpressionError(
-            f"cron expression {expression!r} has {len(fields)} fields: use 5 "
-            f"('minute hour day-of-month month day-of-week') or 6 with seconds first "
-            f"('second minute hour day-of-month month day-of-week')"
-        )
-    try:
-        next_fire(expression, 0)
-    except Exception as exc:  # croniter raises several types (and KeyError on some input)
-        raise CronExpressionError(f"cron expression {expression!r} is invalid: {exc}") from None
-    return expression
+log = logging.getLogger("exospherehost.runtime.cron")
 
 
 @dataclass
