@@ -8,6 +8,7 @@ No task is spawned per state: `concurrency` long-lived executors pull from the q
 a state whose node never awaits runs straight through. `inflight` (read, not yet settled)
 is bounded by `max_inflight`, which is also the most states a crash can leave pending.
 The reader and each settle slot keep their own Redis connection (exospherehost.broker.lane).
+The upkeep loops beside it (promote, reclaim, heartbeat, retire) are in runtime/upkeep/.
 """
 
 from __future__ import annotations
@@ -155,10 +156,34 @@ class Worker:
         self.holdings.room.set()  # a reader waiting for room wakes up and sees the stop
 
     async def run(self) -> None:
+        """Serve until stopped: join the groups, then read -> execute -> settle, with the
+        upkeep loops beside; at the stop, drain, settle what finished and leave."""
         # Tasks with nothing to finish once stopping give up at once in an outage: run()
         # itself (start-up and reading), then the promoter and the reclaimer.
         serving = asyncio.current_task()
         self._retry.serve([serving] if serving is not None else [])
+        if not await self._join():
+            return
+        self.ready.set()
+        settler = asyncio.create_task(self._settler(), name="exo-settler")
+        upkeep = self._start_upkeep()
+        executors = [
+            asyncio.create_task(self._executor(), name=f"exo-exec-{i}")
+            for i in range(self.concurrency)
+        ]
+        self._executing.update(executors)
+        try:
+            await self._reader()
+        except ShutdownAbandoned:
+            pass  # stopped while Redis is unreachable: there is nothing more to read
+        finally:
+            self.stop()  # also when the reader failed: let the settler finish
+            await self._drain(executors)
+            self._has_outcomes.set()
+            await self._shut_down(settler, upkeep)
+
+    async def _join(self) -> bool:
+        """Create the groups, join them, open the settle lanes; False if stopped first."""
         nodes = list(self.specs)
         until_ok = self._retry.until_ok
         try:
@@ -172,59 +197,55 @@ class Worker:
             log.warning("stopped before serving: %s", exc)
             for lane in self._settle_lanes:
                 await lane.close()
-            return
-        self.ready.set()
-        settler = asyncio.create_task(self._settler(), name="exo-settler")
+            return False
+        return True
+
+    def _start_upkeep(self) -> list[asyncio.Task[None]]:
+        nodes, retry = list(self.specs), self._retry
         beat = heartbeat(
-            self.broker, self.consumer, self.holdings, self.visibility_ms, self._done, self._retry
+            self.broker, self.consumer, self.holdings, self.visibility_ms, self._done, retry
         )
-        background = [
-            asyncio.create_task(promote(self.broker, nodes, self._retry), name="exo-promoter"),
+        upkeep = [
+            asyncio.create_task(promote(self.broker, nodes, retry), name="exo-promoter"),
             asyncio.create_task(self._reclaimer.run(), name="exo-reclaimer"),
             asyncio.create_task(beat, name="exo-heartbeat"),
         ]
-        self._retry.serve(background[:2])  # the heartbeat keeps claims in the grace
-        executors = [
-            asyncio.create_task(self._executor(), name=f"exo-exec-{i}")
-            for i in range(self.concurrency)
-        ]
-        self._executing.update(executors)
+        retry.serve(upkeep[:2])  # the heartbeat keeps claims in the grace period
+        return upkeep
+
+    async def _shut_down(
+        self, settler: asyncio.Task[None], upkeep: list[asyncio.Task[None]]
+    ) -> None:
+        """After the drain: let the settler finish, end the upkeep loops, leave the groups
+        (unless Redis is down) and close the lanes."""
         abandoned = False  # a stopping worker gave up on an unreachable Redis
         try:
-            await self._reader()
+            await settler
         except ShutdownAbandoned:
-            pass  # stopped while Redis is unreachable: there is nothing more to read
-        finally:
-            self.stop()  # also when the reader failed: let the settler finish
-            await self._drain(executors)
-            self._has_outcomes.set()
-            try:
-                await settler
-            except ShutdownAbandoned:
-                abandoned = True
-            # Background loops end on their own at their next wake-up (cancelling them
-            # mid-call is unreliable: redis-py can swallow a cancellation into a retry);
-            # only one stuck in an outage is cancelled after a bound.
-            self._done.set()
-            _, stuck = await asyncio.wait(background, timeout=5)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            if unsettled := self.holdings.unsettled():
-                log.warning(
-                    "stopped with %d states unsettled (Redis unreachable until the stop "
-                    "deadline); they stay pending and another worker reclaims them after "
-                    "visibility_timeout",
-                    unsettled,
-                )
-            if abandoned or self._retry.outage.since is not None:
-                # Redis is down (and what we hold stays pending anyway): leaving the
-                # groups would only cost one more failing call.
-                log.warning("could not leave the consumer groups: Redis unreachable")
-            else:
-                await retire(self.broker, self.consumer, nodes)
-            for lane in (self._read_lane, *self._settle_lanes):
-                await lane.close()
+            abandoned = True
+        # Upkeep loops end on their own at their next wake-up (cancelling them mid-call
+        # is unreliable: redis-py can swallow a cancellation into a retry); only one stuck
+        # in an outage is cancelled after a bound.
+        self._done.set()
+        _, stuck = await asyncio.wait(upkeep, timeout=5)
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*upkeep, return_exceptions=True)
+        if unsettled := self.holdings.unsettled():
+            log.warning(
+                "stopped with %d states unsettled (Redis unreachable until the stop "
+                "deadline); they stay pending and another worker reclaims them after "
+                "visibility_timeout",
+                unsettled,
+            )
+        if abandoned or self._retry.outage.since is not None:
+            # Redis is down (and what we hold stays pending anyway): leaving the
+            # groups would only cost one more failing call.
+            log.warning("could not leave the consumer groups: Redis unreachable")
+        else:
+            await retire(self.broker, self.consumer, list(self.specs))
+        for lane in (self._read_lane, *self._settle_lanes):
+            await lane.close()
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
