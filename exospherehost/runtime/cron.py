@@ -87,7 +87,7 @@ class CronScheduler:
         self.grace_s = grace_s
         self.marker_ttl_s = marker_ttl_s or int(grace_s) + 600
         self.stats = CronStats()
-        self.outage = outage or OutageLog()  # the Runtime shares its worker's
+        self.outage = outage or OutageLog()  # the Runtime shares its own (and its worker's)
         self._retry = Retrier(self.outage, self._stop)  # a stop ends an outage's retries
         self._started: float | None = None
         self._reload_due = 0.0
