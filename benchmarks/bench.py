@@ -1420,7 +1420,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
         # Cache the SDK's Lua scripts in the server as a long-running deployment has them,
         # so no measurement pays the one-off NOSCRIPT -> EVAL fallback. (Harmless on a
         # shared server: SCRIPT LOAD only adds to the script cache.)
-        for script in resources.files("broker").joinpath("lua").iterdir():
+        for script in resources.files("exospherehost.broker").joinpath("lua").iterdir():
             if script.name.endswith(".lua"):
                 await client.script_load(script.read_text())
         ctx = Ctx(

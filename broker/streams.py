@@ -64,7 +64,7 @@ def _lua(name: str) -> str:
     """A script's source; one with a `#!lua` line (the scripts that check before they
     write) gets the shared checks of lua/_checks.lua right after it: a Redis script
     cannot import, and the shebang must stay the first line."""
-    folder = resources.files("broker").joinpath("lua")
+    folder = resources.files(__package__ or "exospherehost.broker").joinpath("lua")
     source = folder.joinpath(name).read_text()
     shebang, _, body = source.partition("\n")
     if not shebang.startswith("#!lua"):
