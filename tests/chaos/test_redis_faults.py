@@ -176,7 +176,7 @@ async def faults_under_load(
 
 # Not yet ridden out (issues 17.1 and 18.3): runs stay stuck or a Runtime exits.
 REFUSALS = {"out-of-memory", "read-only", "busy-script"}
-_REFUSED = pytest.mark.xfail(strict=True, reason="issues 17.1/18.3: refusals kill loops")
+_REFUSED = pytest.mark.xfail(run=False, reason="issues 17.1/18.3: refusals kill loops (180 s each)")
 
 
 @pytest.mark.parametrize(
