@@ -62,10 +62,16 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 
 def _lua(name: str) -> str:
     """A script's source; one with a `#!lua` line (the scripts that check before they
-    write) gets the shared checks of lua/_checks.lua right after it: a Redis script
-    cannot import, and the shebang must stay the first line."""
+    write) gets the shared checks of lua/_checks.lua right after it, and a line
+    `--@include NAME` is replaced by lua/NAME: a Redis script cannot import, and the shebang
+    must stay the first line."""
     folder = resources.files(__package__ or "exospherehost.broker").joinpath("lua")
-    source = folder.joinpath(name).read_text()
+    source = "".join(
+        folder.joinpath(line.removeprefix("--@include ").strip()).read_text()
+        if line.startswith("--@include ")
+        else line
+        for line in folder.joinpath(name).read_text().splitlines(keepends=True)
+    )
     shebang, _, body = source.partition("\n")
     if not shebang.startswith("#!lua"):
         return source
@@ -112,6 +118,7 @@ class Broker:
         self._publish = client.register_script(_lua("publish.lua"))
         self._retire = client.register_script(_lua("retire.lua"))
         self._cron_fire = client.register_script(_lua("cron_fire.lua"))
+        self._start_run = client.register_script(_lua("start_run.lua"))
         self._store_set = client.register_script(_lua("store_set.lua"))
         self._reported: set[str] = set()  # problems the promote script reported, logged once
 
@@ -289,24 +296,34 @@ class Broker:
         return REDRIVE_REFUSED, text
 
     # -- starting runs ------------------------------------------------------------------
-    async def start_run(self, start: RunStart) -> None:
-        """Start a run (StateManager.trigger): every write of `start` in one MULTI."""
-        await self.start_runs([start])
+    async def start_run(self, start: RunStart) -> bool:
+        """Start a run (StateManager.trigger); False when it was started already."""
+        return await self.start_runs([start]) == 1
 
-    async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> None:
-        """Start many runs: one MULTI (one round trip) per chunk, and a batch costs a few
-        round trips instead of one per run. A MULTI does not roll back either: a command
-        refused inside it (a foreign client's wrong-typed key, a root stream out of ids)
-        would leave its run RUNNING without a root state. So the shared keys the chunk
-        writes (run indexes, root streams or delayed sets) are checked first, once each,
-        and a bad one refuses the chunk before anything is written (KeyRefused)."""
+    async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> int:
+        """Start many runs, each at most once (start_run.lua skips a run whose hash exists:
+        redis-py's retry re-sends a batch whose reply was lost, with the same run ids),
+        in one pipelined round trip per chunk; returns how many were started now.
+
+        The keys a chunk's runs share (run indexes, root streams or delayed sets) are
+        checked first, once each, and a bad one refuses the chunk before anything is
+        written (KeyRefused); each script checks its run's own keys."""
+        started = 0
         for first in range(0, len(starts), chunk):
             part = starts[first : first + chunk]
             await self._check_keys(run_start_keys(part))
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self.client.pipeline(transaction=False)
             for start in part:
-                start.write(pipe)
-            await pipe.execute()
+                await self._start_run(
+                    keys=start.script_keys(), args=start.script_args(), client=pipe
+                )
+            for reply in await pipe.execute(raise_on_error=False):
+                if isinstance(reply, Exception):
+                    if str(reply).startswith("start_run: "):  # its own check, nothing written
+                        raise KeyRefused(f"{reply} ({started} runs before it started)")
+                    raise reply  # e.g. OOM or READONLY: refused before any write
+                started += int(reply)
+        return started
 
     async def _check_keys(self, wanted: dict[str, str]) -> None:
         """Raise KeyRefused unless each key holds its wanted type (or nothing) and each

@@ -15,7 +15,6 @@ from tests.integration.helpers import running, squares_graph
 pytestmark = pytest.mark.redis
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18.2: a replayed MULTI starts every run twice")
 async def test_a_lost_trigger_reply_starts_each_run_once(
     redis_url: str, namespace: str, sm: StateManager
 ) -> None:
