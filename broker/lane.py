@@ -24,6 +24,14 @@ from exospherehost.broker.streams import RawRedis
 _BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def transport_closed(exc: BaseException) -> bool:
+    """uvloop's answer to a write on a connection the peer reset: `RuntimeError: unable to
+    perform operation on <TCPTransport closed=True>; the handler is closed` (asyncio's loop
+    drops the write and the read then fails with a ConnectionError). The same broken
+    connection, by another name."""
+    return isinstance(exc, RuntimeError) and "closed" in str(exc)
+
+
 class Lane:
     def __init__(self, client: RawRedis) -> None:
         self._pool = client.connection_pool
@@ -54,6 +62,12 @@ class Lane:
                 await self._drop(conn)
                 if attempt == 2:
                     raise
+            except RuntimeError as exc:
+                await self._drop(conn)
+                if not transport_closed(exc):
+                    raise
+                if attempt == 2:
+                    raise RedisConnectionError(f"connection reset: {exc}") from exc
             except BaseException:
                 # Cancelled mid-call: the reply may still arrive on this connection, so
                 # it cannot serve another command.

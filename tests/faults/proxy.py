@@ -37,12 +37,16 @@ class FaultProxy:
             self._server.close()
             await self._server.wait_closed()
 
-    def reset_all(self) -> None:
-        """Every open connection dropped at once (RST where the OS allows)."""
+    def reset_all(self, hard: bool = True) -> None:
+        """Every open connection dropped at once: reset (RST), or with `hard=False` closed
+        (FIN), as an idle-timing load balancer may do either."""
         for writer in list(self._links):
             transport = writer.transport
             if not transport.is_closing():
-                transport.abort()
+                if hard:
+                    transport.abort()
+                else:
+                    transport.close()
         self._links.clear()
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
