@@ -19,8 +19,9 @@ from functools import partial
 from redis.exceptions import RedisError
 
 from exospherehost.broker.keys import check_name
+from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
-from exospherehost.config import resolve
+from exospherehost.config import ConfigError, resolve
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
@@ -228,6 +229,7 @@ class Runtime:
             if self._stop_requested:
                 self._worker.stop()
             try:
+                await self._worker._until_ok(lambda: self._check_server(broker))
                 await self._worker._until_ok(lambda: self._check_secrets(store, cipher))
                 await self._worker._until_ok(lambda: self._register(broker))
             except ShutdownAbandoned as exc:  # stopped while Redis was down: nothing read yet
@@ -269,6 +271,17 @@ class Runtime:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
+
+    async def _check_server(self, broker: Broker) -> None:
+        """Refuse a Redis that evicts any key (allkeys-*: queued states and runs would vanish
+        without a trace), unless EXOSPHERE_ALLOW_EVICTION is set; warn on volatile-*."""
+        verdict = eviction_problem((await memory(broker.client)).policy)
+        if verdict is None:
+            return
+        fatal, why = verdict
+        if fatal and os.environ.get("EXOSPHERE_ALLOW_EVICTION", "") in ("", "0", "false", "no"):
+            raise ConfigError(why)
+        log.warning("%s", why)
 
     async def _check_secrets(self, store: GraphStore, cipher: SecretsCipher | None) -> None:
         """Refuse to start without EXOSPHERE_SECRETS_KEY when a graph has secrets."""
