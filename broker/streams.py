@@ -120,6 +120,8 @@ class Broker:
         self._cron_fire = client.register_script(_lua("cron_fire.lua"))
         self._start_run = client.register_script(_lua("start_run.lua"))
         self._store_set = client.register_script(_lua("store_set.lua"))
+        self._store_incr = client.register_script(_lua("store_incr.lua"))
+        self._store_cas = client.register_script(_lua("store_cas.lua"))
         self._reported: set[str] = set()  # problems the promote script reported, logged once
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:
@@ -382,6 +384,20 @@ class Broker:
             flat += (k, v)
         keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
         return int(await self._store_set(keys=keys, args=flat)) == 1
+
+    async def store_incr(self, run_id: str, key: str, amount: int | float) -> bytes | None:
+        """Add `amount` to a number in the run's store, atomically; the new value
+        (msgpack), or None when the run does not exist."""
+        keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
+        reply = await self._store_incr(keys=keys, args=[key, repr(amount)])
+        return reply if isinstance(reply, bytes) else None
+
+    async def store_cas(self, run_id: str, key: str, expected: bytes | None, value: bytes) -> int:
+        """Set `key` to `value` if it holds `expected` (None: if it is absent): 1 written,
+        0 it held something else, -1 the run does not exist."""
+        keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
+        args: list[str | bytes] = [key, expected or b"", value, "1" if expected is None else "0"]
+        return int(await self._store_cas(keys=keys, args=args))
 
     async def store_delete(self, run_id: str, key: str) -> bool:
         return int(await self.client.hdel(self.keys.run_store(run_id), key)) == 1

@@ -10,7 +10,7 @@ are seen by nodes reading `self.store`, not by templates."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from exospherehost.broker.codec import pack, unpack
@@ -60,8 +60,14 @@ class RunStore:
     Every call is one Redis round trip and sees the latest value (writes by other states
     of the run included). Values are anything msgpack carries (str, int, float, bool,
     None, bytes, lists, dicts; datetimes, UUIDs and models in their JSON form). Writes to
-    a run that no longer exists raise `KeyError`. Execution is at-least-once: a state run
-    twice writes twice, so write idempotently (e.g. set, not increment-by-read)."""
+    a run that no longer exists raise `KeyError`.
+
+    Atomic: `update` (several keys at once), `incr`, `compare_and_set` and `modify` (a
+    read-modify-write that retries until no other writer came in between). A `get`
+    followed by a `set` is not: concurrent states can overwrite each other's value.
+    Execution is at-least-once: a state run twice writes twice, so an `incr` of a state
+    that is retried or reclaimed counts twice; make writes idempotent where that
+    matters (e.g. `set` a per-state key)."""
 
     __slots__ = ("_broker", "run_id")
 
@@ -89,10 +95,58 @@ class RunStore:
         if not encoded:
             return
         if not await self._broker.store_set(self.run_id, encoded):
-            raise KeyError(
-                f"run {self.run_id!r} not found (unknown, or expired after retention): "
-                f"cannot write its store"
-            )
+            raise self._gone()
+
+    async def incr(self, key: str, amount: int | float = 1) -> int | float:
+        """Add `amount` to the number at `key` (missing: 0) in one atomic step; returns
+        the new value. Redis's Lua numbers are doubles: integers beyond 2**53 lose
+        precision."""
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise TypeError(f"store incr amount must be a number, got {amount!r}")
+        raw = await self._broker.store_incr(self.run_id, check_store_key(key), amount)
+        if raw is None:
+            raise self._gone()
+        value: int | float = unpack(raw)
+        return value
+
+    async def compare_and_set(self, key: str, expected: Any, value: Any) -> bool:
+        """Set `key` to `value` only if it still holds `expected` (compared as the encoded
+        value; `expected=None` matches a missing key and one holding None). True when
+        written."""
+        key = check_store_key(key)
+        new = encode_value(key, value)
+        written = await self._broker.store_cas(
+            self.run_id, key, None if expected is None else encode_value(key, expected), new
+        )
+        if written == 0 and expected is None:
+            # The key may hold an explicit None (msgpack nil): that matches too.
+            written = await self._broker.store_cas(self.run_id, key, pack(None), new)
+        if written < 0:
+            raise self._gone()
+        return written == 1
+
+    async def modify(
+        self, key: str, change: Callable[[Any], Any], default: Any = None, attempts: int = 100
+    ) -> Any:
+        """Apply `change` to the value of `key` (`default` when missing) atomically: read,
+        change, compare-and-set, again on a conflict (up to `attempts`); returns the value
+        written. `change` may run more than once, so it must be pure."""
+        key = check_store_key(key)
+        for _ in range(attempts):
+            raw = await self._broker.store_get(self.run_id, key)
+            new = change(default if raw is None else unpack(raw))
+            written = await self._broker.store_cas(self.run_id, key, raw, encode_value(key, new))
+            if written == 1:
+                return new
+            if written < 0:
+                raise self._gone()
+        raise TimeoutError(f"store key {key!r}: {attempts} conflicting writers in a row")
+
+    def _gone(self) -> KeyError:
+        return KeyError(
+            f"run {self.run_id!r} not found (unknown, or expired after retention): "
+            f"cannot write its store"
+        )
 
     async def delete(self, key: str) -> bool:
         """Remove `key`; True when it existed."""
