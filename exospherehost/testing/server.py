@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -238,6 +239,7 @@ class PrivateServer:
         data_dir: str | None = None,
         port: int | None = None,
         binary: str | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if appendfsync not in _APPENDFSYNC:
             raise ValueError(f"appendfsync must be one of {_APPENDFSYNC}, not {appendfsync!r}")
@@ -247,6 +249,7 @@ class PrivateServer:
         self.appendfsync = appendfsync
         self._requested_port = port
         self._requested_binary = binary
+        self.extra_args = list(extra_args)  # more redis-server options, e.g. cluster mode
         self._data_dir = data_dir
         self._dir: Path | None = None
         self._owns_dir = False
@@ -417,6 +420,7 @@ class PrivateServer:
             "--appendfsync", self.appendfsync,
             "--dir", str(self._dir),
             "--logfile", str(self._dir / _LOG_NAME),
+            *self.extra_args,
         ]  # fmt: skip
 
     def _log_offsets(self) -> dict[str, int]:
