@@ -97,6 +97,7 @@ def test_help_lists_every_command_in_order() -> None:
     assert result.exit_code == 0
     listed = re.findall(r"^  (\w+)  ", result.output.split("Commands:")[1], re.M)
     assert listed == [
+        "dev",
         "worker",
         "enqueue",
         "trigger",
