@@ -104,10 +104,6 @@ def encode(env: Envelope) -> bytes:
     return pack(m)
 
 
-def entry_fields(env: Envelope) -> dict[str, bytes]:
-    return {ENVELOPE_FIELD: encode(env)}
-
-
 def _decode_envelope(raw: bytes) -> Envelope:
     try:
         m = unpack(raw)

@@ -86,10 +86,6 @@ class NodeValidationError(ValueError):
     """A node class cannot be served; the message lists every problem found."""
 
 
-def node_name(cls: type[BaseNode]) -> str:
-    return cls.__name__
-
-
 def _model_problems(cls: type, attr: str) -> list[str]:
     model = getattr(cls, attr, None)
     if not (isinstance(model, type) and issubclass(model, BaseModel)):

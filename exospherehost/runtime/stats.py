@@ -6,12 +6,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from exospherehost.runtime.outcomes import Completed, Failed, Outcome, Pruned, Requeued
-
-if TYPE_CHECKING:
-    pass
 
 # Execution-time histogram bucket upper bounds, seconds (Prometheus-style, cumulative).
 BUCKETS: tuple[float, ...] = (
