@@ -14,16 +14,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from exospherehost.broker.codec import pack, unpack
+from exospherehost.errors import StoreUnavailable as StoreUnavailable  # old import path
 
 if TYPE_CHECKING:
     from exospherehost.broker.streams import Broker
 
 MAX_KEY_LENGTH = 512
-
-
-class StoreUnavailable(RuntimeError):
-    """`self.store` was used where there is no run store (a state enqueued without a graph,
-    or a node instance not executed by a Runtime)."""
 
 
 def check_store_key(key: object) -> str:

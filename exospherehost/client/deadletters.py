@@ -12,13 +12,9 @@ from exospherehost.broker.keys import ENVELOPE_FIELD, Keys, check_name
 from exospherehost.broker.plan import MAX_XADD_FIELDS
 from exospherehost.broker.streams import REDRIVE_REFUSED, Broker, RawRedis
 from exospherehost.client.runs import RunNotFound
+from exospherehost.errors import RedriveRefused as RedriveRefused  # old import path
 
 log = logging.getLogger("exospherehost.client.deadletters")
-
-
-class RedriveRefused(ValueError):
-    """The redrive script checked the call and wrote nothing (e.g. the node's stream key
-    holds another type, or its entry ids are used up): the message says why."""
 
 
 @dataclass

@@ -10,13 +10,10 @@ from typing import Any
 from exospherehost.broker.codec import unpack
 from exospherehost.broker.keys import Keys, check_name
 from exospherehost.broker.streams import RawRedis
+from exospherehost.errors import RunNotFound as RunNotFound  # old import path
 
 MAX_BLOCK_S = 1.0
 """Blocking reads are cut into slices well under the client's socket timeout."""
-
-
-class RunNotFound(KeyError):
-    pass
 
 
 @dataclass

@@ -24,6 +24,7 @@ from exospherehost.client.runs import (
     StateRecord,
 )
 from exospherehost.config import resolve
+from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.cron import CronExpressionError, check_expression
 from exospherehost.graph.runplan import plan_run, run_store
@@ -48,12 +49,6 @@ __all__ = [
     "StateRecord",
     "StateResult",
 ]
-
-
-class GraphValidationError(ValueError):
-    def __init__(self, graph: str, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
-        super().__init__(f"graph {graph!r} is invalid:\n- " + "\n- ".join(self.errors))
 
 
 @dataclass
