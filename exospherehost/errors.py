@@ -19,6 +19,7 @@ Each class also keeps its builtin (or redis-py) base, in brackets, so code that 
         SecretsError [RuntimeError]    a graph's secrets cannot be decrypted
         StoreUnavailable [RuntimeError]    `self.store` where there is no run store
         MetricsPortError [OSError]     the metrics port cannot be bound
+        PrivateServerError [RuntimeError]  exospherehost.testing's redis-server will not run
         MalformedEntry [ValueError]    a stream entry that cannot be decoded (dead-lettered)
         InputError [ValueError]        an input value that cannot be decoded (dead-lettered)
         TimedOut                       a node's execution ran out of time (retried)
@@ -62,6 +63,7 @@ __all__ = [
     "MalformedEntry",
     "MetricsPortError",
     "NodeValidationError",
+    "PrivateServerError",
     "RedriveRefused",
     "RunNotFound",
     "SecretsError",
@@ -134,6 +136,11 @@ class StoreUnavailable(ExosphereError, RuntimeError):
 
 class MetricsPortError(ExosphereError, OSError):
     """The metrics port cannot be bound (in use, or not allowed)."""
+
+
+class PrivateServerError(ExosphereError, RuntimeError):
+    """exospherehost.testing's private redis-server cannot be found, started or restarted;
+    the message says why (with the server's log tail when it ran)."""
 
 
 class InputError(ExosphereError, ValueError):

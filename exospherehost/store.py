@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from exospherehost.broker.codec import pack, unpack
+from exospherehost.errors import InvalidArgument, RunNotFound
 from exospherehost.errors import StoreUnavailable as StoreUnavailable  # old import path
 
 if TYPE_CHECKING:
@@ -28,13 +29,15 @@ def check_store_key(key: object) -> str:
     if not isinstance(key, str):
         raise TypeError(f"store key must be a string, got {type(key).__name__} {key!r}")
     if not key or not key.strip():
-        raise ValueError("store key cannot be empty or only whitespace")
+        raise InvalidArgument("store key cannot be empty or only whitespace")
     if key != key.strip():
-        raise ValueError(f"store key {key!r} has leading or trailing whitespace")
+        raise InvalidArgument(f"store key {key!r} has leading or trailing whitespace")
     if "." in key:
-        raise ValueError(f"store key {key!r} cannot contain '.'")
+        raise InvalidArgument(f"store key {key!r} cannot contain '.'")
     if len(key) > MAX_KEY_LENGTH:
-        raise ValueError(f"store key {key[:40]!r}... is longer than {MAX_KEY_LENGTH} characters")
+        raise InvalidArgument(
+            f"store key {key[:40]!r}... is longer than {MAX_KEY_LENGTH} characters"
+        )
     return key
 
 
@@ -85,7 +88,7 @@ class RunStore:
         if not encoded:
             return
         if not await self._broker.store_set(self.run_id, encoded):
-            raise KeyError(
+            raise RunNotFound(
                 f"run {self.run_id!r} not found (unknown, or expired after retention): "
                 f"cannot write its store"
             )

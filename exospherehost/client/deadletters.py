@@ -132,12 +132,12 @@ def redrive_fields(dead: DeadLetter) -> dict[bytes | str, bytes | str]:
     dead-lettered again, with the reason) goes back byte for byte."""
     original = dead.original
     if not original:
-        raise ValueError(f"dead letter {dead.id} has no original entry to redrive")
+        raise RedriveRefused(f"dead letter {dead.id} has no original entry to redrive")
     try:
         env = decode((dead.state_id or dead.entry).encode(), original)
     except MalformedEntry:
         if len(original) > MAX_XADD_FIELDS:
-            raise ValueError(
+            raise RedriveRefused(
                 f"dead letter {dead.id} holds an undecodable entry of {len(original)} fields, "
                 f"more than can be re-added ({MAX_XADD_FIELDS})"
             ) from None
