@@ -19,8 +19,10 @@ from exospherehost import BaseNode, ReQueueAfterSignal, Runtime, StateManager, e
 from exospherehost.broker import errors as broker_errors
 from exospherehost.client.deadletters import DeadLetter, redrive_fields
 from exospherehost.graph.runplan import run_store
+from exospherehost.graphstore import compile_doc
 from exospherehost.models import GraphNodeModel
-from exospherehost.store import check_store_key
+from exospherehost.store import RunStore, check_store_key
+from exospherehost.testing import PrivateServer
 
 NOWHERE = "redis://127.0.0.1:1"  # never connected to: these calls fail before any I/O
 
@@ -217,8 +219,6 @@ def test_a_dead_letter_without_its_entry_is_refused() -> None:
 
 
 def test_missing_required_store_keys_at_trigger_are_an_invalid_argument() -> None:
-    from exospherehost.graphstore import compile_doc
-
     graph = compile_doc(
         {
             "name": "g",
@@ -237,21 +237,46 @@ def test_missing_required_store_keys_at_trigger_are_an_invalid_argument() -> Non
         run_store(graph, {})
 
 
-@pytest.mark.redis
-async def test_a_missing_run_or_graph_is_caught_as_a_key_error(sm: StateManager) -> None:
+class _Nothing:
+    """Stands in for Redis where a call only needs "there is no such thing" (unit tests
+    run without a server): no run hash, no graph, no store to write."""
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return {}
+
+    async def current(self, name: str) -> None:
+        return None
+
+    async def current_version(self, name: str) -> None:
+        return None
+
+    async def store_set(self, run_id: str, values: dict[str, bytes]) -> bool:
+        return False
+
+
+async def test_a_missing_run_or_graph_is_caught_as_a_key_error() -> None:
+    sm = StateManager("ns", redis_url=NOWHERE)
+    await sm.close()
+    sm.client = _Nothing()
+    sm.graphs = _Nothing()  # type: ignore[assignment]
     with pytest.raises(KeyError, match="run 'nope' not found") as run_info:
         await sm.status("nope")
     assert type(run_info.value) is errors.RunNotFound
-    with pytest.raises(KeyError, match="graph 'nope' not found") as graph_info:
+    with pytest.raises(KeyError, match="graph 'nope' not found in namespace 'ns'") as graph_info:
         await sm.get_graph("nope")
     assert type(graph_info.value) is errors.GraphNotFound
     with pytest.raises(errors.GraphNotFound):
         await sm.trigger("nope")
 
 
-def test_private_server_misuse_raises_the_tree_s_classes() -> None:
-    from exospherehost.testing import PrivateServer
+async def test_writing_the_store_of_an_expired_run_is_run_not_found() -> None:
+    store = RunStore(_Nothing(), "gone")  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="run 'gone' not found") as info:
+        await store.set("k", 1)
+    assert type(info.value) is errors.RunNotFound
 
+
+def test_private_server_misuse_raises_the_tree_s_classes() -> None:
     with pytest.raises(errors.InvalidArgument, match="port out of range: 70000"):
         PrivateServer(port=70000)
     with pytest.raises(RuntimeError, match=r"restart\(\) before start\(\)") as info:
