@@ -9,8 +9,6 @@ Each class also keeps its builtin (or redis-py) base, in brackets, so code that 
         ConfigError [ValueError]       missing or invalid configuration: what to set
         NodeValidationError [ValueError]   a node class cannot be served
         GraphValidationError [ValueError]  upsert_graph refused a graph: every problem
-        TemplateError [ValueError]     a bad or unresolvable ${{ ... }} placeholder
-        CronExpressionError [ValueError]   a cron expression croniter cannot use
         GraphNotFound [KeyError]       no such graph in the namespace
         RunNotFound [KeyError]         no such run (unknown, or expired)
         WaitTimedOut [TimeoutError]    a wait gave up: names what is unfinished
@@ -19,14 +17,16 @@ Each class also keeps its builtin (or redis-py) base, in brackets, so code that 
         SecretsError [RuntimeError]    a graph's secrets cannot be decrypted
         StoreUnavailable [RuntimeError]    `self.store` where there is no run store
         MetricsPortError [OSError]     the metrics port cannot be bound
+        TemplateError [ValueError]     a bad or unresolvable ${{ ... }} placeholder
+        CronExpressionError [ValueError]   a cron expression croniter cannot use
         PrivateServerError [RuntimeError]  exospherehost.testing's redis-server will not run
         MalformedEntry [ValueError]    a stream entry that cannot be decoded (dead-lettered)
         InputError [ValueError]        an input value that cannot be decoded (dead-lettered)
         TimedOut                       a node's execution ran out of time (retried)
         ShutdownAbandoned [redis ConnectionError]  a stopping worker gave up on Redis
 
-The last four are raised and handled inside the Runtime; a user meets them as the
-`Class: message` text of a dead letter or run history, not as an exception.
+The last four are raised and handled inside the Runtime; a user meets them in the error
+text of a dead letter, run history or log line, not as an exception.
 
 PruneSignal and ReQueueAfterSignal (exospherehost.signals) are outside the tree: they are
 not errors but instructions node code raises for the Runtime, and must not be caught on

@@ -8,6 +8,7 @@ import inspect
 import pkgutil
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -139,6 +140,13 @@ def test_the_tree_drawn_in_the_docstring_names_every_error() -> None:
     doc = errors.__doc__ or ""
     for name in _module_errors():
         assert re.search(rf"^ +{name}\b", doc, re.M), name
+
+
+def test_the_readme_draws_the_same_tree() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Errors", 1)[1].split("\n## ", 1)[0]
+    for name in _module_errors():
+        assert re.search(rf"^ *{name}\b", section, re.M), name
 
 
 # -- public calls raise the tree's classes, still caught by the old builtin -------------
