@@ -3,6 +3,7 @@ its old import path, and public calls raise the tree's classes."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
@@ -103,6 +104,14 @@ def test_the_root_and_the_broker_errors_are_one_class_each() -> None:
     assert issubclass(errors.ExosphereError, Exception)
     for name in ("InvalidArgument", "KeyNameError", "KeyRefused", "MalformedEntry"):
         assert getattr(errors, name) is getattr(broker_errors, name)
+
+
+def test_the_broker_s_errors_import_nothing_of_the_sdk() -> None:
+    tree = ast.parse(Path(inspect.getfile(broker_errors)).read_text())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    sdk = [m for m in imported if m.split(".")[0] == "exospherehost"]
+    assert all(m.startswith("exospherehost.broker") for m in sdk), sdk
 
 
 @pytest.mark.parametrize(("name", "module"), sorted(OLD_HOME.items()))
