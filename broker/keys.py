@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from exospherehost.broker.errors import KeyNameError as KeyNameError  # old import path
+
 GROUP = "exo"
 """The one consumer group on every state stream; every Runtime process is a consumer."""
 
@@ -17,10 +19,6 @@ NAME_ALPHABET = "A-Z a-z 0-9 _ . -"
 
 # fullmatch, not `^...$` with match: `$` also matches before a final newline ("ok\n").
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
-
-
-class KeyNameError(ValueError):
-    pass
 
 
 def name_problem(kind: str, value: object) -> str | None:

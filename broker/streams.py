@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from exospherehost.broker.codec import unpack
+from exospherehost.broker.errors import KeyRefused as KeyRefused  # old import path
 from exospherehost.broker.keys import GROUP, Keys
 from exospherehost.broker.plan import SettleFlags, SettlePlan
 from exospherehost.broker.runstart import RunStart
@@ -29,11 +30,6 @@ RawRedis: TypeAlias = Any
 the union of all decode_responses shapes (bytes | str) and mapping arguments invariantly;
 this project always uses bytes replies, so the client is handled untyped and replies are
 decoded where they are read."""
-
-
-class KeyRefused(ResponseError):
-    """A call checked the keys it would write and wrote nothing: one holds another type
-    (a foreign client's), or a stream has used up its entry ids. The message names it."""
 
 
 def stream_is_full(last_id: str) -> bool:

@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from exospherehost.broker.streams import RawRedis
 from exospherehost.config import ConfigError
+from exospherehost.errors import SecretsError as SecretsError  # old import path
 
 ENV_SECRETS_KEY = "EXOSPHERE_SECRETS_KEY"
 GENERATE_KEY = (
@@ -26,11 +27,6 @@ GENERATE_KEY = (
 )
 
 log = logging.getLogger("exospherehost.secrets")
-
-
-class SecretsError(RuntimeError):
-    """A graph's secrets cannot be decrypted. The message says why and what to do; it
-    never contains a secret value."""
 
 
 class SecretsCipher:

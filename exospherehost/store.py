@@ -14,16 +14,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from exospherehost.broker.codec import pack, unpack
+from exospherehost.errors import InvalidArgument, RunNotFound, StoreConflict
+from exospherehost.errors import StoreUnavailable as StoreUnavailable  # old import path
 
 if TYPE_CHECKING:
     from exospherehost.broker.streams import Broker
 
 MAX_KEY_LENGTH = 512
-
-
-class StoreUnavailable(RuntimeError):
-    """`self.store` was used where there is no run store (a state enqueued without a graph,
-    or a node instance not executed by a Runtime)."""
 
 
 def check_store_key(key: object) -> str:
@@ -32,13 +29,15 @@ def check_store_key(key: object) -> str:
     if not isinstance(key, str):
         raise TypeError(f"store key must be a string, got {type(key).__name__} {key!r}")
     if not key or not key.strip():
-        raise ValueError("store key cannot be empty or only whitespace")
+        raise InvalidArgument("store key cannot be empty or only whitespace")
     if key != key.strip():
-        raise ValueError(f"store key {key!r} has leading or trailing whitespace")
+        raise InvalidArgument(f"store key {key!r} has leading or trailing whitespace")
     if "." in key:
-        raise ValueError(f"store key {key!r} cannot contain '.'")
+        raise InvalidArgument(f"store key {key!r} cannot contain '.'")
     if len(key) > MAX_KEY_LENGTH:
-        raise ValueError(f"store key {key[:40]!r}... is longer than {MAX_KEY_LENGTH} characters")
+        raise InvalidArgument(
+            f"store key {key[:40]!r}... is longer than {MAX_KEY_LENGTH} characters"
+        )
     return key
 
 
@@ -140,10 +139,10 @@ class RunStore:
                 return new
             if written < 0:
                 raise self._gone()
-        raise TimeoutError(f"store key {key!r}: {attempts} conflicting writers in a row")
+        raise StoreConflict(f"store key {key!r}: another writer came in between {attempts} times")
 
-    def _gone(self) -> KeyError:
-        return KeyError(
+    def _gone(self) -> RunNotFound:
+        return RunNotFound(
             f"run {self.run_id!r} not found (unknown, or expired after retention): "
             f"cannot write its store"
         )

@@ -12,13 +12,9 @@ from exospherehost.broker.keys import ENVELOPE_FIELD, Keys, check_name
 from exospherehost.broker.plan import MAX_XADD_FIELDS
 from exospherehost.broker.streams import REDRIVE_REFUSED, Broker, RawRedis
 from exospherehost.client.runs import RunNotFound
+from exospherehost.errors import RedriveRefused as RedriveRefused  # old import path
 
 log = logging.getLogger("exospherehost.client.deadletters")
-
-
-class RedriveRefused(ValueError):
-    """The redrive script checked the call and wrote nothing (e.g. the node's stream key
-    holds another type, or its entry ids are used up): the message says why."""
 
 
 @dataclass
@@ -136,12 +132,12 @@ def redrive_fields(dead: DeadLetter) -> dict[bytes | str, bytes | str]:
     dead-lettered again, with the reason) goes back byte for byte."""
     original = dead.original
     if not original:
-        raise ValueError(f"dead letter {dead.id} has no original entry to redrive")
+        raise RedriveRefused(f"dead letter {dead.id} has no original entry to redrive")
     try:
         env = decode((dead.state_id or dead.entry).encode(), original)
     except MalformedEntry:
         if len(original) > MAX_XADD_FIELDS:
-            raise ValueError(
+            raise RedriveRefused(
                 f"dead letter {dead.id} holds an undecodable entry of {len(original)} fields, "
                 f"more than can be re-added ({MAX_XADD_FIELDS})"
             ) from None

@@ -10,13 +10,11 @@ from typing import Any
 from exospherehost.broker.codec import unpack
 from exospherehost.broker.keys import Keys, check_name
 from exospherehost.broker.streams import RawRedis
+from exospherehost.errors import RunNotFound as RunNotFound  # old import path
+from exospherehost.errors import WaitTimedOut
 
 MAX_BLOCK_S = 1.0
 """Blocking reads are cut into slices well under the client's socket timeout."""
-
-
-class RunNotFound(KeyError):
-    pass
 
 
 @dataclass
@@ -116,7 +114,7 @@ class RunsMixin:
             left = deadline - time.monotonic()
             if left <= 0:
                 some = sorted(waiting)[:5]
-                raise TimeoutError(
+                raise WaitTimedOut(
                     f"{len(waiting)} run(s) not finished after {timeout}s, e.g. {some}"
                 )
             block = max(1, int(min(left, MAX_BLOCK_S) * 1000))

@@ -24,6 +24,8 @@ from exospherehost.client.runs import (
     StateRecord,
 )
 from exospherehost.config import resolve
+from exospherehost.errors import GraphNotFound, InvalidArgument, WaitTimedOut
+from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.cron import CronExpressionError, check_expression
 from exospherehost.graph.runplan import plan_run, run_store
@@ -48,12 +50,6 @@ __all__ = [
     "StateRecord",
     "StateResult",
 ]
-
-
-class GraphValidationError(ValueError):
-    def __init__(self, graph: str, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
-        super().__init__(f"graph {graph!r} is invalid:\n- " + "\n- ".join(self.errors))
 
 
 @dataclass
@@ -84,7 +80,7 @@ def _schema_of(raw: bytes) -> NodeSchema:
 
 def _check_delay(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int (milliseconds), got {value!r}")
+        raise InvalidArgument(f"{name} must be a non-negative int (milliseconds), got {value!r}")
 
 
 def _inputs_dict(inputs: Mapping[str, Any] | BaseModel, what: str) -> dict[str, Any]:
@@ -207,7 +203,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = len(wanted - found.keys())
-                raise TimeoutError(f"{missing} of {len(wanted)} states of {node_name} not done")
+                raise WaitTimedOut(f"{missing} of {len(wanted)} states of {node_name} not done")
             block = max(1, int(min(left, MAX_BLOCK_S) * 1000))
             batch = await self.outputs(node_name, after, 1000, block_ms=block)
             for r in batch:
@@ -279,13 +275,13 @@ class StateManager(RunsMixin, DeadLettersMixin):
     async def get_graph(self, graph_name: str) -> dict[str, Any]:
         doc = await self.graphs.current(check_name("graph name", graph_name))
         if doc is None:
-            raise KeyError(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
         return dict(doc)
 
     async def _compiled_current(self, graph_name: str) -> CompiledGraph:
         version = await self.graphs.current_version(check_name("graph name", graph_name))
         if version is None:
-            raise KeyError(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
         key = (graph_name, version)
         if key not in self._compiled:
             doc = await self.graphs.load(graph_name, version)

@@ -10,6 +10,7 @@ from typing import Any
 from exospherehost.broker.codec import Envelope, encode
 from exospherehost.broker.keys import Keys
 from exospherehost.broker.runstart import RunStart
+from exospherehost.errors import InvalidArgument
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.ids import new_id
 from exospherehost.store import check_store_key, encode_store
@@ -23,7 +24,7 @@ def run_store(graph: CompiledGraph, given: Mapping[str, Any]) -> dict[str, Any]:
     full = {**graph.store_config.default_values, **given}
     missing = [k for k in graph.store_config.required_keys if k not in full]
     if missing:
-        raise ValueError(f"graph {graph.name!r} requires store keys {missing} at trigger")
+        raise InvalidArgument(f"graph {graph.name!r} requires store keys {missing} at trigger")
     return full
 
 

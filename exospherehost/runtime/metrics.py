@@ -48,6 +48,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from exospherehost.errors import MetricsPortError as MetricsPortError  # old import path
 from exospherehost.runtime.stats import BUCKETS, RuntimeStats
 
 if TYPE_CHECKING:
@@ -63,10 +64,6 @@ OUTCOMES = ("succeeded", "failed", "pruned", "requeued")
 LABELS = ["namespace", "node"]
 Gauges = Mapping[str, Mapping[str, int]]
 """node -> {"backlog", "pending", "delayed"}"""
-
-
-class MetricsPortError(OSError):
-    """The metrics port cannot be bound (in use, or not allowed)."""
 
 
 def _le(bound: float) -> str:

@@ -22,6 +22,7 @@ from exospherehost.broker.keys import check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
 from exospherehost.config import ConfigError, resolve
+from exospherehost.errors import InvalidArgument
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
@@ -50,7 +51,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def _positive(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise InvalidArgument(f"{name} must be a positive number, got {value!r}")
 
 
 def unregistered(names: Sequence[str], present: Sequence[object]) -> list[str]:
@@ -103,11 +104,11 @@ class Runtime:
             or not isinstance(output_maxlen, int)
             or output_maxlen < 0
         ):
-            raise ValueError(
+            raise InvalidArgument(
                 f"output_maxlen must be an int >= 0 (0 = keep no results), got {output_maxlen!r}"
             )
         if block_ms > 5000:
-            raise ValueError(
+            raise InvalidArgument(
                 f"block_ms must be at most 5000 (the socket timeout is 10 s), got {block_ms}"
             )
         if metrics_port is not None and (
@@ -115,10 +116,12 @@ class Runtime:
             or not isinstance(metrics_port, int)
             or not 1 <= metrics_port <= 65535
         ):
-            raise ValueError(f"metrics_port must be a port number (1-65535), got {metrics_port!r}")
+            raise InvalidArgument(
+                f"metrics_port must be a port number (1-65535), got {metrics_port!r}"
+            )
         self.metrics_port = metrics_port
         if tune_gc is not None and not isinstance(tune_gc, bool):
-            raise ValueError(f"tune_gc must be True, False or None, got {tune_gc!r}")
+            raise InvalidArgument(f"tune_gc must be True, False or None, got {tune_gc!r}")
         # None: tune the collector (exospherehost.runtime.gctune) only when start() owns the
         # process, i.e. runs its own event loop; inside a caller's loop, leave it alone.
         self.tune_gc = tune_gc

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Literal, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
@@ -27,6 +26,7 @@ from exospherehost.broker.keys import ENVELOPE_FIELD
 from exospherehost.broker.lane import Lane
 from exospherehost.broker.plan import APPLIED, FAILED, REFUSED
 from exospherehost.broker.streams import Broker
+from exospherehost.errors import ShutdownAbandoned as ShutdownAbandoned  # old import path
 from exospherehost.graphstore import GraphCache
 from exospherehost.runtime.execution import (
     InternalErrors,
@@ -57,11 +57,6 @@ SETTLES_IN_FLIGHT = 2  # see Worker._settler
 SETTLE_AFTER_GRACE_S = 2.0
 _UNSETTLED = -1  # flag of a state whose settle failed: left pending, counted nowhere
 T = TypeVar("T")
-
-
-class ShutdownAbandoned(RedisConnectionError):
-    """A stopping worker gave up a Redis call: Redis stayed unreachable up to the stop
-    deadline. Whatever it held stays pending in Redis, for another worker to reclaim."""
 
 
 class Worker:

@@ -163,7 +163,14 @@ IO_MODULES = (
 )
 
 
+# Exception classes only: the error tree keeps redis-py bases (KeyRefused is a
+# ResponseError) so `except ResponseError` still catches them; importing them does no I/O.
+NOT_IO = ("redis.exceptions",)
+
+
 def does_io(target: str) -> bool:
+    if any(_within(target, p) for p in NOT_IO):
+        return False
     # The bare package too: exospherehost/__init__.py re-exports Runtime and StateManager.
     return target == "exospherehost" or any(_within(target, p) for p in IO_LIBRARIES + IO_MODULES)
 
