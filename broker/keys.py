@@ -12,6 +12,10 @@ from exospherehost.broker.fields import ENVELOPE_FIELD as ENVELOPE_FIELD
 GROUP = "exo"
 """The one consumer group on every state stream; every Runtime process is a consumer."""
 
+NODES_PATTERN = "exo:{*}:nodes"
+"""SCAN pattern of every namespace's node registry (Keys.nodes); the namespace is the part
+between the braces."""
+
 NAME_ALPHABET = "A-Z a-z 0-9 _ . -"
 """What namespaces, node (class) names, graph names and node identifiers may contain."""
 

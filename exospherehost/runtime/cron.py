@@ -152,8 +152,7 @@ class CronScheduler:
     async def reload(self, now: float) -> None:
         """Pick up new, changed and removed graphs (only changed versions are read)."""
         self._reload_due = now + self.reload_s
-        raw = await self.graphs.client.hgetall(self.keys.graphs())
-        versions = {k.decode(): int(v) for k, v in raw.items()}
+        versions = await self.graphs.versions()
         for name in list(self._loaded):
             if name not in versions:
                 del self._loaded[name]
