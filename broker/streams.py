@@ -113,18 +113,18 @@ class Broker:
         self.queues = QueueReader(self.client, self.keys)
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT (e.g. after a
         # Redis restart flushed the script cache).
-        self._settle = client.register_script(_lua("settle.lua"))
-        self._promote = client.register_script(_lua("promote.lua"))
-        self._reclaim = client.register_script(_lua("reclaim.lua"))
-        self._heartbeat = client.register_script(_lua("heartbeat.lua"))
-        self._redrive = client.register_script(_lua("redrive.lua"))
-        self._publish = client.register_script(_lua("publish.lua"))
-        self._retire = client.register_script(_lua("retire.lua"))
-        self._cron_fire = client.register_script(_lua("cron_fire.lua"))
-        self._start_run = client.register_script(_lua("start_run.lua"))
-        self._store_set = client.register_script(_lua("store_set.lua"))
-        self._store_incr = client.register_script(_lua("store_incr.lua"))
-        self._store_cas = client.register_script(_lua("store_cas.lua"))
+        self._settle = self.client.register_script(_lua("settle.lua"))
+        self._promote = self.client.register_script(_lua("promote.lua"))
+        self._reclaim = self.client.register_script(_lua("reclaim.lua"))
+        self._heartbeat = self.client.register_script(_lua("heartbeat.lua"))
+        self._redrive = self.client.register_script(_lua("redrive.lua"))
+        self._publish = self.client.register_script(_lua("publish.lua"))
+        self._retire = self.client.register_script(_lua("retire.lua"))
+        self._cron_fire = self.client.register_script(_lua("cron_fire.lua"))
+        self._start_run = self.client.register_script(_lua("start_run.lua"))
+        self._store_set = self.client.register_script(_lua("store_set.lua"))
+        self._store_incr = self.client.register_script(_lua("store_incr.lua"))
+        self._store_cas = self.client.register_script(_lua("store_cas.lua"))
         self._reported: set[str] = set()  # problems the promote script reported, logged once
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:

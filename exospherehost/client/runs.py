@@ -10,6 +10,7 @@ from typing import Any
 from exospherehost.broker.fields import RUNNING
 from exospherehost.broker.keys import check_name
 from exospherehost.broker.runs import RunRecord, RunsReader
+from exospherehost.broker.streams import Broker
 
 MAX_BLOCK_S = 1.0
 """Blocking reads are cut into slices well under the client's socket timeout."""
@@ -88,12 +89,16 @@ def run_status(run_id: str, record: RunRecord) -> RunStatus:
 
 
 class RunsMixin:
-    """StateManager methods over runs; needs the broker's `runs` reader."""
+    """StateManager methods over runs; needs `broker`."""
 
-    runs: RunsReader
+    broker: Broker
+
+    @property
+    def _runs(self) -> RunsReader:
+        return self.broker.runs
 
     async def status(self, run_id: str) -> RunStatus:
-        record = await self.runs.run(check_name("run id", run_id))
+        record = await self._runs.run(check_name("run id", run_id))
         if record is None:
             raise _not_found(run_id)
         return run_status(run_id, record)
@@ -107,7 +112,7 @@ class RunsMixin:
         connection however many runs); raises TimeoutError naming what is unfinished."""
         waiting = {check_name("run id", r) for r in run_ids}
         deadline = time.monotonic() + timeout
-        last = await self.runs.events_tail()  # before the first check: no event is missed
+        last = await self._runs.events_tail()  # before the first check: no event is missed
         candidates = set(waiting)
         while True:
             finished = await self._finished(candidates)
@@ -121,7 +126,7 @@ class RunsMixin:
                     f"{len(waiting)} run(s) not finished after {timeout}s, e.g. {some}"
                 )
             block = max(1, int(min(left, MAX_BLOCK_S) * 1000))
-            events = await self.runs.events(last, 10_000, block)
+            events = await self._runs.events(last, 10_000, block)
             candidates = {e.run_id for e in events if e.run_id in waiting}
             if events:
                 last = events[-1].entry_id
@@ -134,7 +139,7 @@ class RunsMixin:
         done: set[str] = set()
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            for r, st in zip(chunk, await self.runs.statuses(chunk), strict=True):
+            for r, st in zip(chunk, await self._runs.statuses(chunk), strict=True):
                 if st is None:
                     raise _not_found(r)
                 if st != RUNNING:
@@ -147,7 +152,7 @@ class RunsMixin:
         check_name("run id", run_id)
         if timeout is not None:
             await self.wait(run_id, timeout)
-        results: list[dict[str, Any]] = await self.runs.results(run_id)
+        results: list[dict[str, Any]] = await self._runs.results(run_id)
         return results
 
     async def list_runs(self, graph_name: str, offset: int = 0, count: int = 50) -> list[RunStatus]:
@@ -155,18 +160,18 @@ class RunsMixin:
         check_name("graph name", graph_name)
         out: list[RunStatus] = []
         gone: list[str] = []
-        for run_id in await self.runs.run_ids(graph_name, offset, count):
+        for run_id in await self._runs.run_ids(graph_name, offset, count):
             try:
                 out.append(await self.status(run_id))
             except RunNotFound:
                 gone.append(run_id)
         if gone:
-            await self.runs.forget(graph_name, gone)
+            await self._runs.forget(graph_name, gone)
         return out
 
     async def run_history(self, run_id: str) -> list[StateRecord]:
         """Every settled outcome of the run's states, in settle order."""
-        history = await self.runs.history(check_name("run id", run_id))
+        history = await self._runs.history(check_name("run id", run_id))
         return [
             StateRecord(h.state_id, h.identifier, h.node, h.status, h.attempt, h.error, h.time_ms)
             for h in history

@@ -130,7 +130,6 @@ class StateManager(RunsMixin, DeadLettersMixin):
         self.client = self.config.client()
         self.broker = Broker(self.client, namespace)
         self.keys: Keys = self.broker.keys
-        self.runs = self.broker.runs
         self.graphs = GraphStore(self.broker.client, self.keys)
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
 
