@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -52,8 +52,11 @@ from benchmarks.worker import go_key, ready_key
 from exospherehost import GraphNodeModel, StateManager, UnitesModel
 from exospherehost.broker.codec import unpack
 from exospherehost.broker.keys import GROUP, Keys
-from exospherehost.broker.streams import RawRedis
 from exospherehost.testing.server import PrivateServer
+
+RawRedis: TypeAlias = Any
+"""A redis.asyncio.Redis with bytes replies, untyped: the bench sends commands (INFO, MEMORY,
+SCAN, CLIENT) that exospherehost.broker.client.RedisClient leaves out."""
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
