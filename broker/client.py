@@ -34,7 +34,10 @@ class Script(Protocol):
     script: str | bytes
 
     def __call__(
-        self, keys: Sequence[str] | None = None, args: Sequence[Any] | None = None
+        self,
+        keys: Sequence[str] | None = None,
+        args: Sequence[Any] | None = None,
+        client: Pipeline | None = None,  # queue the call on this pipeline instead
     ) -> Awaitable[Any]: ...
 
 
@@ -88,7 +91,6 @@ class RedisClient(Protocol):
     def register_script(self, script: str) -> Script: ...
     def pipeline(self, transaction: bool = True) -> Pipeline: ...
     def execute_command(self, *args: Value) -> Awaitable[Any]: ...
-    def aclose(self) -> Awaitable[None]: ...
     def scan_iter(
         self, match: str | None = None, count: int | None = None
     ) -> AsyncIterator[bytes]: ...

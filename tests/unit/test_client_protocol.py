@@ -12,15 +12,16 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline as RedisPipeline
 from redis.asyncio.connection import ConnectionPool
 
-from exospherehost.broker.client import Pipeline, Pool, RedisClient
+from exospherehost.broker.client import Pipeline, Pool, RedisClient, Script
 
 
 def _members(protocol: type) -> list[str]:
     return sorted(
         name
         for name, value in vars(protocol).items()
-        if not name.startswith("_") and (callable(value) or isinstance(value, property))
-    )
+        if (not name.startswith("_") or name == "__call__")
+        and (callable(value) or isinstance(value, property))
+    ) + sorted(getattr(protocol, "__annotations__", {}))
 
 
 def _parameters_fit(ours: Any, theirs: Any) -> list[str]:
@@ -50,7 +51,8 @@ def _instances() -> list[tuple[type, object]]:
     client = Redis()
     pipe = client.pipeline()
     assert isinstance(pipe, RedisPipeline)
-    return [(RedisClient, client), (Pipeline, pipe), (Pool, ConnectionPool())]
+    script = client.register_script("return 1")
+    return [(RedisClient, client), (Pipeline, pipe), (Pool, ConnectionPool()), (Script, script)]
 
 
 @pytest.mark.parametrize(("protocol", "real"), _instances())
@@ -58,9 +60,9 @@ def test_every_member_matches_redis_py(protocol: type, real: object) -> None:
     problems = {}
     for name in _members(protocol):
         assert hasattr(real, name), f"{type(real).__name__} has no {name}"
-        ours, theirs = getattr(protocol, name), getattr(real, name)
-        if isinstance(ours, property):
-            continue  # an attribute (connection_pool): its presence is what matters
+        ours, theirs = getattr(protocol, name, None), getattr(real, name)
+        if not callable(ours) or isinstance(ours, property):
+            continue  # an attribute (connection_pool, sha): its presence is what matters
         if found := _parameters_fit(ours, theirs):
             problems[name] = found
     assert problems == {}
