@@ -38,7 +38,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from benchmarks import peers as peer_mod
-from benchmarks.harness import Ctx, log
+from benchmarks.harness import Ctx, RawRedis, log
 from benchmarks.report import (
     log_result,
     machine_info,
@@ -48,7 +48,6 @@ from benchmarks.report import (
     summarise,
 )
 from benchmarks.workloads import ALL, DEFAULT_N, WORKLOADS
-from exospherehost.broker.streams import RawRedis
 from exospherehost.testing.server import PrivateServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"

@@ -13,9 +13,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-from exospherehost.broker.streams import RawRedis
+RawRedis: TypeAlias = Any
+"""A redis.asyncio.Redis with bytes replies, untyped: the benchmarks send commands (INFO,
+MEMORY, SCAN, CLIENT) that exospherehost.broker.client.RedisClient leaves out."""
+
 
 ROOT = Path(__file__).resolve().parents[1]
 POLL_MIN_S, POLL_MAX_S = 0.001, 0.02

@@ -8,11 +8,10 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from benchmarks.harness import Ctx, cleanup, measurement, payload, snapshot
+from benchmarks.harness import Ctx, RawRedis, cleanup, measurement, payload, snapshot
 from benchmarks.processes import Workers, wait_drained
 from exospherehost import StateManager
 from exospherehost.broker.keys import GROUP, Keys
-from exospherehost.broker.streams import RawRedis
 
 
 async def used_memory(client: RawRedis) -> dict[str, int]:

@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from exospherehost.broker.streams import RawRedis
+from exospherehost.broker.client import RedisClient
 
 _BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -33,7 +33,7 @@ def transport_closed(exc: BaseException) -> bool:
 
 
 class Lane:
-    def __init__(self, client: RawRedis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._pool = client.connection_pool
         self._conn: AbstractConnection | None = None
 

@@ -9,7 +9,8 @@ the SDK reports and retries. BullMQ makes the same check."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from exospherehost.broker.client import RedisClient
 
 SAFE_POLICY = "noeviction"
 
@@ -42,7 +43,7 @@ def eviction_problem(policy: str) -> tuple[bool, str] | None:
     )
 
 
-async def memory(client: Any) -> Memory:
+async def memory(client: RedisClient) -> Memory:
     """INFO memory (allowed where CONFIG is not, e.g. managed Redis and per-namespace ACL
     users with +info)."""
     info = await client.info("memory")

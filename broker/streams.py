@@ -9,27 +9,25 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from exospherehost.broker.client import Redis, RedisClient, Script, StreamEntry, typed_client
 from exospherehost.broker.codec import unpack
+from exospherehost.broker.deadletters import DeadLetterReader
 from exospherehost.broker.errors import KeyRefused as KeyRefused  # old import path
 from exospherehost.broker.keys import GROUP, Keys
 from exospherehost.broker.plan import SettleFlags, SettlePlan
+from exospherehost.broker.queues import QueueReader
+from exospherehost.broker.registry import NodeRegistry
+from exospherehost.broker.runs import RunsReader
 from exospherehost.broker.runstart import RunStart
 
 if TYPE_CHECKING:
     from exospherehost.broker.lane import Lane
 
 log = logging.getLogger("exospherehost.broker")
-
-RawRedis: TypeAlias = Any
-"""A `redis.asyncio.Redis` with decode_responses=False. redis-py's stubs type every reply as
-the union of all decode_responses shapes (bytes | str) and mapping arguments invariantly;
-this project always uses bytes replies, so the client is handled untyped and replies are
-decoded where they are read."""
 
 
 def stream_is_full(last_id: str) -> bool:
@@ -52,8 +50,8 @@ def run_start_keys(starts: Sequence[RunStart]) -> dict[str, str]:
 REDRIVE_REFUSED = -2
 """Broker.redrive's code for a call the script refused (nothing written)."""
 
-Entry = tuple[bytes, dict[bytes, bytes]]
-"""(entry id, fields) as redis-py returns them with decode_responses=False."""
+Entry = StreamEntry
+"""(entry id, fields) of one state-stream entry (broker.client.StreamEntry)."""
 
 
 def _lua(name: str) -> str:
@@ -99,25 +97,30 @@ def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:
 
 
 class Broker:
-    """One namespace's streams on one Redis connection pool."""
+    """One namespace's streams on one Redis connection pool, and the typed readers of
+    what else the namespace holds (the SDK never sends a command itself)."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str) -> None:
-        self.client: RawRedis = client
+    def __init__(self, client: Redis | RedisClient, namespace: str) -> None:
+        self.client = typed_client(client)
         self.keys = Keys(namespace)
+        self.registry = NodeRegistry(self.client, self.keys)
+        self.runs = RunsReader(self.client, self.keys)
+        self.dead_letters = DeadLetterReader(self.client, self.keys)
+        self.queues = QueueReader(self.client, self.keys)
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT (e.g. after a
         # Redis restart flushed the script cache).
-        self._settle = client.register_script(_lua("settle.lua"))
-        self._promote = client.register_script(_lua("promote.lua"))
-        self._reclaim = client.register_script(_lua("reclaim.lua"))
-        self._heartbeat = client.register_script(_lua("heartbeat.lua"))
-        self._redrive = client.register_script(_lua("redrive.lua"))
-        self._publish = client.register_script(_lua("publish.lua"))
-        self._retire = client.register_script(_lua("retire.lua"))
-        self._cron_fire = client.register_script(_lua("cron_fire.lua"))
-        self._start_run = client.register_script(_lua("start_run.lua"))
-        self._store_set = client.register_script(_lua("store_set.lua"))
-        self._store_incr = client.register_script(_lua("store_incr.lua"))
-        self._store_cas = client.register_script(_lua("store_cas.lua"))
+        self._settle = self.client.register_script(_lua("settle.lua"))
+        self._promote = self.client.register_script(_lua("promote.lua"))
+        self._reclaim = self.client.register_script(_lua("reclaim.lua"))
+        self._heartbeat = self.client.register_script(_lua("heartbeat.lua"))
+        self._redrive = self.client.register_script(_lua("redrive.lua"))
+        self._publish = self.client.register_script(_lua("publish.lua"))
+        self._retire = self.client.register_script(_lua("retire.lua"))
+        self._cron_fire = self.client.register_script(_lua("cron_fire.lua"))
+        self._start_run = self.client.register_script(_lua("start_run.lua"))
+        self._store_set = self.client.register_script(_lua("store_set.lua"))
+        self._store_incr = self.client.register_script(_lua("store_incr.lua"))
+        self._store_cas = self.client.register_script(_lua("store_cas.lua"))
         self._reported: set[str] = set()  # problems the promote script reported, logged once
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:
@@ -403,6 +406,10 @@ class Broker:
         raw = await self.client.lrange(self.keys.collected(run_id, unite, target_state), 0, -1)
         return [unpack(r) for r in raw]
 
+    async def delay(self, node: str, envelopes: Sequence[bytes], due_ms: int) -> None:
+        """Put envelopes in `node`'s delayed set, promoted to its stream at `due_ms`."""
+        await self.client.zadd(self.keys.delayed(node), dict.fromkeys(envelopes, due_ms))
+
     async def publish(self, node: str, envelopes: Sequence[bytes], chunk: int = 2000) -> list[str]:
         """XADD many envelopes to `node`'s stream: one script call per chunk (redis-py
         spends ~30 us building and parsing each separate command; a script call carries
@@ -426,6 +433,6 @@ class Broker:
         return [r.decode() if isinstance(r, bytes) else str(r) for r in removed]
 
     @cached_property
-    def _prune_consumers_script(self) -> Any:
+    def _prune_consumers_script(self) -> Script:
         # Registered on first use (kept here, at the end, with its one caller).
         return self.client.register_script(_lua("prune_consumers.lua"))

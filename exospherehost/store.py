@@ -14,43 +14,15 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from exospherehost.broker.codec import pack, unpack
-from exospherehost.errors import InvalidArgument, RunNotFound, StoreConflict
+from exospherehost.errors import RunNotFound, StoreConflict
 from exospherehost.errors import StoreUnavailable as StoreUnavailable  # old import path
+from exospherehost.graph.storevalues import MAX_KEY_LENGTH as MAX_KEY_LENGTH
+from exospherehost.graph.storevalues import check_store_key as check_store_key
+from exospherehost.graph.storevalues import encode_store as encode_store
+from exospherehost.graph.storevalues import encode_value as encode_value
 
 if TYPE_CHECKING:
     from exospherehost.broker.streams import Broker
-
-MAX_KEY_LENGTH = 512
-
-
-def check_store_key(key: object) -> str:
-    """A store key: a non-empty string without '.', surrounding whitespace or more than
-    MAX_KEY_LENGTH characters (the same rules as StoreConfigModel's keys)."""
-    if not isinstance(key, str):
-        raise TypeError(f"store key must be a string, got {type(key).__name__} {key!r}")
-    if not key or not key.strip():
-        raise InvalidArgument("store key cannot be empty or only whitespace")
-    if key != key.strip():
-        raise InvalidArgument(f"store key {key!r} has leading or trailing whitespace")
-    if "." in key:
-        raise InvalidArgument(f"store key {key!r} cannot contain '.'")
-    if len(key) > MAX_KEY_LENGTH:
-        raise InvalidArgument(
-            f"store key {key[:40]!r}... is longer than {MAX_KEY_LENGTH} characters"
-        )
-    return key
-
-
-def encode_value(key: str, value: Any) -> bytes:
-    try:
-        return pack(value)
-    except TypeError as exc:
-        raise TypeError(f"store value for key {key!r}: {exc}") from None
-
-
-def encode_store(values: Mapping[str, Any]) -> dict[str, bytes]:
-    """Check every key and msgpack every value; the error names the offending key."""
-    return {check_store_key(k): encode_value(k, v) for k, v in values.items()}
 
 
 class RunStore:

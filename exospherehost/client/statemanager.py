@@ -11,9 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from exospherehost.broker import queues
+from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
-from exospherehost.broker.keys import GROUP, Keys, check_name
-from exospherehost.broker.streams import Broker, RawRedis
+from exospherehost.broker.keys import Keys, check_name
+from exospherehost.broker.streams import Broker
 from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
 from exospherehost.client.runs import (
     MAX_BLOCK_S,
@@ -67,7 +69,7 @@ def _props(schema: dict[str, Any]) -> frozenset[str]:
     return frozenset((schema.get("properties") or {}).keys())
 
 
-def _schema_of(raw: bytes) -> NodeSchema:
+def _schema_of(raw: str) -> NodeSchema:
     doc = json.loads(raw)
     ins = doc["inputs_schema"]
     return NodeSchema(
@@ -119,10 +121,12 @@ class StateManager(RunsMixin, DeadLettersMixin):
     ) -> None:
         self.namespace = check_name("namespace", namespace)
         self.config = resolve(redis_url, key)
-        self.client: RawRedis = self.config.client()
+        # The connection, for closing (and for tests that poke Redis directly); every
+        # command goes through the broker and its readers.
+        self.client = self.config.client()
         self.broker = Broker(self.client, namespace)
         self.keys: Keys = self.broker.keys
-        self.graphs = GraphStore(self.client, self.keys)
+        self.graphs = GraphStore(self.broker.client, self.keys)
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
 
     async def close(self) -> None:
@@ -159,7 +163,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
             envelopes.append(encode(Envelope(state_id, _inputs_dict(item, f"inputs[{i}]"))))
         if delay_ms:
             due = int(time.time() * 1000) + delay_ms
-            await self.client.zadd(self.keys.delayed(node_name), dict.fromkeys(envelopes, due))
+            await self.broker.delay(node_name, envelopes, due)
         else:
             await self.broker.publish(node_name, envelopes)
         return ids
@@ -168,28 +172,11 @@ class StateManager(RunsMixin, DeadLettersMixin):
         self, node_name: str, after: str = "0", count: int = 1000, block_ms: int | None = None
     ) -> list[StateResult]:
         """Results of graphless states of `node_name`, oldest first, after entry id `after`."""
-        stream = self.keys.output(check_name("node name", node_name))
-        if block_ms is None:
-            entries = await self.client.xrange(
-                stream, min=f"({after}" if after != "0" else "-", count=count
-            )
-        else:
-            reply = await self.client.xread({stream: after}, count=count, block=block_ms)
-            entries = reply[0][1] if reply else []
-        out: list[StateResult] = []
-        for entry_id, f in entries:
-            out.append(
-                StateResult(
-                    entry_id.decode(),
-                    f[b"state"].decode(),
-                    f[b"status"].decode(),
-                    unpack(f[b"outputs"])
-                    if b"outputs" in f
-                    else (unpack(f[b"data"]) if b"data" in f else None),
-                    f[b"error"].decode() if b"error" in f else None,
-                )
-            )
-        return out
+        check_name("node name", node_name)
+        return [
+            StateResult(o.entry_id, o.state_id, o.status, o.outputs, o.error)
+            for o in await self.broker.queues.outputs(node_name, after, count, block_ms)
+        ]
 
     async def wait_for_states(
         self, node_name: str, state_ids: Iterable[str], timeout: float = 30.0
@@ -214,8 +201,8 @@ class StateManager(RunsMixin, DeadLettersMixin):
 
     # -- graphs -------------------------------------------------------------------------
     async def _schemas(self) -> dict[str, NodeSchema]:
-        raw = await self.client.hgetall(self.keys.nodes())
-        return {k.decode(): _schema_of(v) for k, v in raw.items()}
+        raw = await self.broker.registry.schemas()
+        return {k: _schema_of(v) for k, v in raw.items()}
 
     async def upsert_graph(
         self,
@@ -330,7 +317,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
 
     async def run_store(self, run_id: str) -> dict[str, Any]:
         """The run's store as it is now (trigger values, defaults and nodes' writes)."""
-        raw = await self.client.hgetall(self.keys.run_store(check_name("run id", run_id)))
+        raw = await self.broker.store_all(check_name("run id", run_id))
         return {k.decode(): unpack(v) for k, v in raw.items()}
 
     async def graph_names(self) -> list[str]:
@@ -338,33 +325,21 @@ class StateManager(RunsMixin, DeadLettersMixin):
 
     async def node_names(self) -> list[str]:
         """Nodes registered in this namespace by Runtimes."""
-        return sorted(k.decode() for k in await self.client.hkeys(self.keys.nodes()))
+        return await self.broker.registry.names()
 
     async def node_stats(self) -> dict[str, dict[str, Any]]:
         """Per registered node: backlog, pending, delayed, consumers, oldest pending age (ms),
         settled output count; one pipelined round trip per node."""
         out: dict[str, dict[str, Any]] = {}
         for node in await self.node_names():
-            q = self.keys.queue(node)
-            pipe = self.client.pipeline(transaction=False)
-            pipe.xlen(q)
-            pipe.zcard(self.keys.delayed(node))
-            pipe.xinfo_groups(q)
-            pipe.xinfo_consumers(q, GROUP)
-            pipe.xpending_range(q, GROUP, min="-", max="+", count=1)
-            length, delayed, groups, consumers, oldest = await pipe.execute(raise_on_error=False)
-            group = groups[0] if isinstance(groups, list) and groups else {}
+            s = await self.broker.queues.stats(node)
             out[node] = {
-                "length": int(length) if isinstance(length, int) else 0,
-                "delayed": int(delayed) if isinstance(delayed, int) else 0,
-                "pending": int(group.get("pending", 0)),
-                "lag": group.get("lag"),
-                "consumers": len(consumers) if isinstance(consumers, list) else 0,
-                "oldest_pending_ms": (
-                    int(oldest[0]["time_since_delivered"])
-                    if isinstance(oldest, list) and oldest
-                    else 0
-                ),
+                "length": s.length,
+                "delayed": s.delayed,
+                "pending": s.pending,
+                "lag": s.lag,
+                "consumers": s.consumers,
+                "oldest_pending_ms": s.oldest_pending_ms,
             }
         return out
 
@@ -373,22 +348,11 @@ class StateManager(RunsMixin, DeadLettersMixin):
         """Namespaces that have registered nodes on this Redis (SCAN, not KEYS)."""
         client = resolve(redis_url, key).client()
         try:
-            found = set()
-            async for k in client.scan_iter(match="exo:{*}:nodes", count=1000):
-                name = k.decode()
-                found.add(name[name.index("{") + 1 : name.rindex("}")])
-            return sorted(found)
+            return await queues.namespaces(typed_client(client))
         finally:
             await client.aclose()
 
     async def pending(self, node_name: str) -> dict[str, int]:
         """Backlog and pending (delivered, unsettled) counts of a node's stream."""
-        stream = self.keys.queue(check_name("node name", node_name))
-        length = await self.client.xlen(stream)
-        try:
-            info = await self.client.xpending(stream, GROUP)
-            pending = int(info["pending"])
-        except Exception:
-            pending = 0
-        delayed = await self.client.zcard(self.keys.delayed(node_name))
-        return {"length": int(length), "pending": pending, "delayed": int(delayed)}
+        c = await self.broker.queues.counts(check_name("node name", node_name))
+        return {"length": c.length, "pending": c.pending, "delayed": c.delayed}

@@ -12,8 +12,8 @@ from exospherehost.broker.keys import Keys
 from exospherehost.broker.runstart import RunStart
 from exospherehost.errors import InvalidArgument
 from exospherehost.graph.compiled import CompiledGraph
+from exospherehost.graph.storevalues import check_store_key, encode_store
 from exospherehost.ids import new_id
-from exospherehost.store import check_store_key, encode_store
 
 
 def run_store(graph: CompiledGraph, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,11 +54,6 @@ def _positive(name: str, value: float) -> None:
         raise InvalidArgument(f"{name} must be a positive number, got {value!r}")
 
 
-def unregistered(names: Sequence[str], present: Sequence[object]) -> list[str]:
-    """The node names whose registry entry is missing (`present`: HEXISTS replies)."""
-    return [n for n, p in zip(names, present, strict=True) if not p]
-
-
 class Runtime:
     registry_check_s: float = 5.0
     """Seconds between checks that this Runtime's nodes are still in the namespace's node
@@ -288,9 +283,7 @@ class Runtime:
 
     async def _check_secrets(self, store: GraphStore, cipher: SecretsCipher | None) -> None:
         """Refuse to start without EXOSPHERE_SECRETS_KEY when a graph has secrets."""
-        names = await store.names()
-        keys = {n: store.keys.secrets(n) for n in names}
-        await check_namespace_secrets(store.client, keys, cipher)
+        check_namespace_secrets(await store.stored_secrets_of(await store.names()), cipher)
 
     async def _register(self, broker: Broker, nodes: Sequence[type[BaseNode]] = ()) -> None:
         """Record the schemas of `nodes` (default: all of ours) so graphs can be validated
@@ -300,7 +293,7 @@ class Runtime:
             n.__name__: json.dumps({**node_schema(n), "runtime": self.name, "registered_ms": now})
             for n in nodes or self.nodes
         }
-        await broker.client.hset(broker.keys.nodes(), mapping=mapping)
+        await broker.registry.register(mapping)
 
     async def _keep_registered(self, broker: Broker, stop: asyncio.Event) -> None:
         """Every `registry_check_s`, write again the registry entries of our nodes that are
@@ -311,10 +304,7 @@ class Runtime:
         last_error = ""
         while not await pause(self.registry_check_s, stop):
             try:
-                pipe = broker.client.pipeline(transaction=False)
-                for name in names:
-                    pipe.hexists(broker.keys.nodes(), name)
-                missing = unregistered(names, await pipe.execute())
+                missing = await broker.registry.missing(names)
                 if missing:
                     await self._register(broker, [n for n in self.nodes if n.__name__ in missing])
                     log.warning(

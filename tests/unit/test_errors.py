@@ -271,11 +271,14 @@ class _Nothing:
     async def store_set(self, run_id: str, values: dict[str, bytes]) -> bool:
         return False
 
+    async def run(self, run_id: str) -> None:
+        return None
+
 
 async def test_a_missing_run_or_graph_is_caught_as_a_key_error() -> None:
     sm = StateManager("ns", redis_url=NOWHERE)
     await sm.close()
-    sm.client = _Nothing()
+    sm.broker.runs = _Nothing()  # type: ignore[assignment]
     sm.graphs = _Nothing()  # type: ignore[assignment]
     with pytest.raises(KeyError, match="run 'nope' not found") as run_info:
         await sm.status("nope")

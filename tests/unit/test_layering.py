@@ -187,12 +187,7 @@ TREE = Tree(ROOT)
 
 # Known violations, each xfail(strict=True): when it is fixed the test XPASSes, fails,
 # and this entry must go.
-KNOWN = {
-    "exospherehost.graph.runplan": "graph/runplan.py imports exospherehost.store (check_store_key,"
-    " encode_store: pure, but the module also holds the Redis-backed RunStore)",
-    "exospherehost.runtime.metrics": "runtime/metrics.py imports"
-    " exospherehost.client.statemanager.StateManager (another change removes it)",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _params(modules: list[str]) -> list[object]:
