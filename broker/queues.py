@@ -138,6 +138,11 @@ class QueueReader:
             entries = reply[0][1] if reply else []
         return [Output.parse(i, e) for i, e in entries]
 
+    async def newest_outputs(self, node: str, count: int) -> list[Output]:
+        """The newest `count` results on `node`'s output stream, oldest first."""
+        entries = await self._client.xrevrange(self.keys.output(node), count=count)
+        return [Output.parse(i, e) for i, e in reversed(entries)]
+
 
 async def namespaces(client: RedisClient) -> list[str]:
     """Namespaces with a node registry on this Redis (SCAN, not KEYS)."""

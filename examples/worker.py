@@ -1,8 +1,9 @@
 """One worker process: `python -m examples.worker`.
 
 Serves the example nodes from Redis (EXOSPHERE_REDIS_URL, and EXOSPHERE_API_KEY if the
-server needs a password) in namespace EXOSPHERE_NAMESPACE (default "demo"), with Prometheus metrics on
-EXOSPHERE_METRICS_PORT when it is set (docker-compose sets 9464). Run as many
+server needs a password) in namespace EXOSPHERE_NAMESPACE (default "demo"), with
+Prometheus metrics on EXOSPHERE_METRICS_PORT when it is set (docker-compose sets 9464).
+Run as many
 as the load needs: replicas share each node's consumer group. SIGTERM / SIGINT stop it
 cleanly (in-flight states finish and are settled, the rest are released).
 """

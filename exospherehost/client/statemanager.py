@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -178,6 +178,14 @@ class StateManager(RunsMixin, DeadLettersMixin):
             for o in await self.broker.queues.outputs(node_name, after, count, block_ms)
         ]
 
+    async def newest_outputs(self, node_name: str, count: int = 20) -> list[StateResult]:
+        """The newest `count` results of graphless states of `node_name`, oldest first."""
+        check_name("node name", node_name)
+        return [
+            StateResult(o.entry_id, o.state_id, o.status, o.outputs, o.error)
+            for o in await self.broker.queues.newest_outputs(node_name, count)
+        ]
+
     async def wait_for_states(
         self, node_name: str, state_ids: Iterable[str], timeout: float = 30.0
     ) -> dict[str, StateResult]:
@@ -225,6 +233,9 @@ class StateManager(RunsMixin, DeadLettersMixin):
         triggers (see exospherehost.runtime.cron), fired by the namespace's Runtimes."""
         check_name("graph name", graph_name)
         nodes = [GraphNodeModel.model_validate(n) for n in graph_nodes]
+        # Models or their dicts (a template file's JSON), as nodes and triggers are.
+        retry_policy = _model_or_none(RetryPolicyModel, retry_policy, "retry_policy")
+        store_config = _model_or_none(StoreConfigModel, store_config, "store_config")
         secret_map = {str(k): str(v) for k, v in (secrets or {}).items()}
         cipher = require_cipher(graph_name) if secret_map else None
         cron = [CronTrigger.model_validate(t) for t in triggers or ()]
@@ -242,6 +253,8 @@ class StateManager(RunsMixin, DeadLettersMixin):
             if not errors or not unregistered or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(polling_interval)
+        if errors:  # before next_version: a refused graph uses up no version number
+            raise GraphValidationError(graph_name, errors)
         doc: GraphDoc = {
             "name": graph_name,
             "version": await self.graphs.next_version(graph_name),
@@ -250,12 +263,10 @@ class StateManager(RunsMixin, DeadLettersMixin):
             "store_config": store_config.model_dump(mode="json") if store_config else None,
             "triggers": [t.model_dump(mode="json") for t in cron],
             "secret_names": sorted(secret_map),
-            "validation_status": "INVALID" if errors else "VALID",
-            "validation_errors": errors,
+            "validation_status": "VALID",
+            "validation_errors": [],
             "updated_ms": int(time.time() * 1000),
         }
-        if errors:
-            raise GraphValidationError(graph_name, errors)
         await self.graphs.save(doc, cipher.encrypt(secret_map) if cipher else {})
         return dict(doc)
 
@@ -356,3 +367,18 @@ class StateManager(RunsMixin, DeadLettersMixin):
         """Backlog and pending (delivered, unsettled) counts of a node's stream."""
         c = await self.broker.queues.counts(check_name("node name", node_name))
         return {"length": c.length, "pending": c.pending, "delayed": c.delayed}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model_or_none(model: type[M], value: object, name: str) -> M | None:
+    """`value` as `model` (an instance, or a mapping validated into one); None stays None.
+    Anything else is refused naming the argument."""
+    if value is None or isinstance(value, model):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(
+            f"{name} must be a {model.__name__} or a mapping, got {type(value).__name__}"
+        )
+    return model.model_validate(value)

@@ -99,8 +99,10 @@ def test_help_lists_every_command_in_order() -> None:
     assert listed == [
         "dev",
         "worker",
+        "graphs",
         "enqueue",
         "trigger",
+        "results",
         "status",
         "runs",
         "dead",
