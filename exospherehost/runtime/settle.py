@@ -21,13 +21,16 @@ from exospherehost.ids import new_id
 from exospherehost.models import RetryPolicyModel
 from exospherehost.runtime.outcomes import (
     Completed,
+    DeadLettered,
     Failed,
+    Fate,
     Job,
     Malformed,
     Outcome,
     Pruned,
     Released,
     Requeued,
+    Retry,
 )
 
 
@@ -59,15 +62,17 @@ def plan_settle(
 ) -> SettlePlan:
     """One plan for `outcomes`. `max_deliveries` (0: no limit) is the poison limit: a
     state released at shutdown after that many deliveries without a settle (counted
-    across its releases) is dead-lettered instead of released once more."""
+    across its releases) is dead-lettered instead of released once more. Each Failed
+    outcome gets the plan's decision for it in its `fate`."""
     planner = _Planner(cfg)
     plan = planner.plan
-    for outcome in outcomes:
+    for given in outcomes:
+        outcome = given
         if isinstance(outcome, Released) and max_deliveries > 0:
             outcome = _poisoned(outcome, max_deliveries)
         mark = plan.mark()
         try:
-            planner.outcome(outcome)
+            fate = planner.outcome(outcome)
         except Exception as exc:
             # E.g. an output msgpack cannot carry. Only this state is affected: it is
             # settled as a permanent failure with the reason, the batch goes on.
@@ -75,7 +80,9 @@ def plan_settle(
             if isinstance(outcome, Malformed):
                 raise
             reason = f"cannot settle {type(outcome).__name__}: {exc}"
-            planner.outcome(Failed(outcome.job, reason, tb.format_exc(), permanent=True))
+            fate = planner.outcome(Failed(outcome.job, reason, tb.format_exc(), permanent=True))
+        if type(given) is Failed:
+            given.fate = fate  # recorded once planned for good (not before a rollback)
     return plan
 
 
@@ -104,7 +111,7 @@ def _poisoned(released: Released, max_deliveries: int) -> Released | Failed:
         f"delivered {total} times without being settled: its worker stopped or died "
         f"each time before it finished (poison message)"
     )
-    return Failed(released.job, reason, "", permanent=True)
+    return Failed(released.job, reason, "", permanent=True, executed=False)
 
 
 def as_failure(outcome: Outcome, reason: str) -> Failed | None:
@@ -139,19 +146,6 @@ def _policy(env: Envelope, cfg: SettleConfig) -> RetryPolicyModel:
     return graph.retry_policy if graph is not None else cfg.default_retry
 
 
-def will_retry(failed: Failed, cfg: SettleConfig) -> bool:
-    """Whether a failure gets another attempt (else it is dead-lettered): not permanent and
-    the retry budget of the state's graph version (or the Runtime default) not spent."""
-    return (
-        not failed.permanent and failed.job.env.attempt < _policy(failed.job.env, cfg).max_retries
-    )
-
-
-def retry_budget(failed: Failed, cfg: SettleConfig) -> int:
-    """How many retries the state's graph version (or the Runtime default) allows."""
-    return _policy(failed.job.env, cfg).max_retries
-
-
 class _Planner:
     """Plans outcomes into one SettlePlan under one config: the config and the plan are
     what every step shares, so they live here instead of in each step's parameters."""
@@ -163,18 +157,19 @@ class _Planner:
         self.keys = cfg.keys
         self.plan = SettlePlan()
 
-    def outcome(self, outcome: Outcome) -> None:
+    def outcome(self, outcome: Outcome) -> Fate | None:
+        """Plan one outcome; for a failure, what was decided for it."""
         if isinstance(outcome, Malformed):
             entry = self.plan.entry(outcome.stream, outcome.entry_id)
             entry.dead_letter(self.keys.dead(), self.malformed_letter(outcome, outcome.reason))
-            return
+            return None
         job = outcome.job
         entry = self.plan.entry(job.stream, job.entry_id)
         env = job.env
         if isinstance(outcome, Completed):
             self.completed(entry, outcome)
         elif isinstance(outcome, Failed):
-            self.failed(entry, outcome)
+            return self.failed(entry, outcome)
         elif isinstance(outcome, Pruned):
             if env.run_id is None:
                 self.output(entry, job, "PRUNED", "data", pack(outcome.data))
@@ -186,6 +181,7 @@ class _Planner:
             entry.delay(self.keys.delayed(job.node), outcome.delay_ms, member)
         elif isinstance(outcome, Released):
             entry.xadd_pairs(job.stream, 0, (ENVELOPE_FIELD, released_envelope(job)))
+        return None
 
     def completed(self, entry: PlanEntry, done: Completed) -> None:
         job, env, keys = done.job, done.job.env, self.keys
@@ -258,10 +254,12 @@ class _Planner:
             history=self.history(job, "SUCCEEDED"),
         )
 
-    def failed(self, entry: PlanEntry, failed: Failed) -> None:
+    def failed(self, entry: PlanEntry, failed: Failed) -> Fate:
+        """Another attempt unless the failure is permanent or the retry budget of the
+        state's graph version (or the Runtime default) is spent; else a dead letter."""
         job, env = failed.job, failed.job.env
-        if will_retry(failed, self.cfg):
-            policy = _policy(env, self.cfg)
+        policy = _policy(env, self.cfg)
+        if not failed.permanent and env.attempt < policy.max_retries:
             env2 = Envelope(
                 env.state_id,
                 env.inputs,
@@ -286,12 +284,13 @@ class _Planner:
                     counters={f"r:{env.identifier}": 1},
                     history=self.history(job, "RETRYING", failed.error),
                 )
-            return
+            return Retry(env.attempt + 2, policy.max_retries + 1, delay)
         entry.dead_letter(self.keys.dead(), self.job_letter(job, failed.error, failed.traceback))
         if env.run_id is None:
             self.output(entry, job, "FAILED", "error", failed.error)
         else:
             self.ended(entry, job, _FAILED, failed.error)
+        return DeadLettered.PERMANENT if failed.permanent else DeadLettered.RETRIES_SPENT
 
     def ended(self, entry: PlanEntry, job: Job, end: _End, note: str) -> None:
         """A graph state ended without success (pruned, or failed for good): its fan-in
