@@ -68,10 +68,11 @@ class RuntimeStats:
         elif isinstance(outcome, Requeued):
             s.requeued += 1
 
-    def decided(self, settled: Iterable[Outcome]) -> None:
-        """Split the failed executions among outcomes whose settle was applied into
-        retried / dead-lettered, as settle planning decided them (`Failed.fate`)."""
-        for outcome in settled:
+    def decided(self, planned: Iterable[Outcome]) -> None:
+        """Split the failed executions among settled outcomes (whatever the settle's flag:
+        each is counted by the worker that ran it, as `failed` is) into retried /
+        dead-lettered, as settle planning decided them (`Failed.fate`)."""
+        for outcome in planned:
             if type(outcome) is Failed and outcome.executed and outcome.fate is not None:
                 s = self.nodes[outcome.job.node]
                 if isinstance(outcome.fate, Retry):

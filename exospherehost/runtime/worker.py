@@ -424,7 +424,7 @@ class Worker:
                 nodes[node].late_settles += 1
         if failed:
             self._failures.report(failed)
-            self.stats.decided(failed)
+        self.stats.decided(batch)
         self.inflight -= len(batch)
         self.settled += len(batch)
         self._room.set()
