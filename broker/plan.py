@@ -2,7 +2,7 @@
 
 Pure: it only collects keys and ops; `Broker.settle` sends it in one EVALSHA. Each op is
 the flat list settle.lua reads (its code, then its fields in the order the script's
-header names them); the methods of `PlanEntry` are the only place that lays them out."""
+header names them); the op methods of `SettlePlan` are the only place that lays them out."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exospherehost.broker.codec import packer
+from exospherehost.broker.keys import ENVELOPE_FIELD
 
 # Redis' Lua cmsgpack predates the msgpack bin types: bytes go as raw strings, which Lua
 # strings hold byte for byte.
@@ -77,123 +78,19 @@ class DeadLetterRecord:
         )  # fmt: skip
 
 
-class PlanEntry:
-    """One plan item: the source entry to ack, and the ops it emits once acked, built by
-    the named methods below. Ops run in the order they are added."""
-
-    __slots__ = ("_key", "_run_from", "entry_id", "ops", "source")
-
-    def __init__(self, plan: SettlePlan, stream: str, entry_id: bytes | str) -> None:
-        self._key = plan.key
-        self.source = plan.key(stream)  # KEYS index of the entry's stream
-        self.entry_id = entry_id  # '' = acked already: the ops are written unconditionally
-        self.ops: list[list[Any]] = []
-        self._run_from = 0
-
-    def wire(self) -> list[Any]:
-        """The item as settle.lua reads it: {src, entry_id, ops}."""
-        return [self.source, self.entry_id, self.ops]
-
-    def xadd(self, stream: str, fields: dict[str, Any], maxlen: int = 0) -> None:
-        self.xadd_pairs(stream, maxlen, [x for pair in fields.items() for x in pair])
-
-    def xadd_pairs(self, stream: str, maxlen: int, pairs: Sequence[Any]) -> None:
-        """`xadd` with the fields given flat: (f1, v1, f2, v2, ...)."""
-        self.ops.append([XADD, self._key(stream), maxlen, *pairs])
-
-    def dead_letter(self, stream: str, record: DeadLetterRecord) -> None:
-        self.xadd_pairs(stream, 0, record.pairs())
-
-    def delay(self, zset: str, delay_ms: int, member: bytes) -> None:
-        self.ops.append([ZADD_DELAYED, self._key(zset), max(0, int(delay_ms)), member])
-
-    def rpush(self, key: str, value: bytes) -> None:
-        self.ops.append([RPUSH, self._key(key), value])
-
-    def run_ops_start_here(self) -> None:
-        """The ops added from now on need the entry's run; those before (a dead letter)
-        are written even if it no longer exists. By default all of them need it."""
-        self._run_from = len(self.ops)
-
-    def run_step(
-        self,
-        *,
-        run_key: str,
-        events_key: str,
-        run_id: str,
-        open_delta: int,
-        failed_delta: int,
-        retention_s: int,
-        history_key: str,
-        history: bytes,
-        expire_with_run: Sequence[str],
-        counters: dict[str, int],
-    ) -> None:
-        """Run bookkeeping of the entry (the last of its ops), and where its run ops start
-        (`run_ops_start_here`) the change of the run's open count, which also checks
-        that the run exists: if not, the ops from there on are skipped. The open-count
-        op is placed now, not when the run ops start, so that KEYS keep their order."""
-        run = self._key(run_key)
-        op: list[Any] = [
-            RUN_STEP,
-            run,
-            self._key(events_key),
-            run_id,
-            open_delta,
-            failed_delta,
-            retention_s,
-            self._key(history_key),
-            history,
-            len(expire_with_run),
-        ]
-        op += [self._key(k) for k in expire_with_run]
-        for field, incr in counters.items():
-            op += (field, incr)
-        self.ops.append(op)
-        self.ops.insert(self._run_from, [RUN_OPEN, run, open_delta])
-
-    def group_init(
-        self, group_key: str, open_: int, strategy: str, env: bytes, unite_identifier: str
-    ) -> None:
-        self.ops.append([GROUP_INIT, self._key(group_key), open_, strategy, env, unite_identifier])
-
-    def group_step(
-        self,
-        *,
-        group_key: str,
-        collected_key: str,
-        unite_queue: str,
-        run_key: str,
-        open_delta: int,
-        bad_delta: int,
-        retention_s: int,
-        outer_groups: Sequence[str],
-        collected: Sequence[bytes],
-    ) -> None:
-        key = self._key
-        op: list[Any] = [
-            GROUP_STEP,
-            key(group_key),
-            key(collected_key),
-            key(unite_queue),
-            key(run_key),
-            open_delta,
-            bad_delta,
-            retention_s,
-            len(outer_groups),
-        ]
-        op += [key(k) for k in outer_groups]
-        op += collected
-        self.ops.append(op)
-
-
 class SettlePlan:
-    __slots__ = ("_index", "items", "keys")
+    """The plan of one settle call: `keys` (the script's KEYS) and `items`, one per entry
+    to settle, `[source stream's KEYS index, entry id, ops]`. `entry` begins an item; the
+    op methods after it add to that item, in the order the script runs them."""
+
+    __slots__ = ("_index", "_ops", "_run_from", "items", "keys")
 
     def __init__(self) -> None:
         self.keys: list[str] = []
         self._index: dict[str, int] = {}
-        self.items: list[PlanEntry] = []
+        self.items: list[list[Any]] = []
+        self._ops: list[list[Any]] = []  # the ops of the item begun last
+        self._run_from = 0  # where its run ops start (see run_ops_start_here)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -213,13 +110,110 @@ class SettlePlan:
             idx = self._index[name] = len(self.keys)
         return idx
 
-    def entry(self, stream: str, entry_id: bytes | str, ack: bool = True) -> PlanEntry:
-        """Settle `entry_id` of `stream`: the returned item takes its ops. `ack=False`:
-        the entry was acked already (by a call that failed part-way after its ack), the
-        ops are written unconditionally."""
-        item = PlanEntry(self, stream, entry_id if ack else "")
-        self.items.append(item)
-        return item
+    def entry(self, stream: str, entry_id: bytes | str, ack: bool = True) -> None:
+        """Begin the item settling `entry_id` of `stream`. `ack=False`: the entry was acked
+        already (by a call that failed part-way after its ack), its ops are written
+        unconditionally."""
+        self._ops = []
+        self._run_from = 0
+        self.items.append([self.key(stream), entry_id if ack else "", self._ops])
+
+    def xadd(self, stream: str, fields: dict[str, Any], maxlen: int = 0) -> None:
+        self.xadd_pairs(stream, maxlen, [x for pair in fields.items() for x in pair])
+
+    def xadd_pairs(self, stream: str, maxlen: int, pairs: Sequence[Any]) -> None:
+        """`xadd` with the fields given flat: (f1, v1, f2, v2, ...)."""
+        self._ops.append([XADD, self.key(stream), maxlen, *pairs])
+
+    def queue(self, stream: str, envelope: bytes) -> None:
+        """A state entry on a node's stream: one envelope field, whatever its inputs."""
+        self._ops.append([XADD, self.key(stream), 0, ENVELOPE_FIELD, envelope])
+
+    def dead_letter(self, stream: str, record: DeadLetterRecord) -> None:
+        self.xadd_pairs(stream, 0, record.pairs())
+
+    def delay(self, zset: str, delay_ms: int, member: bytes) -> None:
+        self._ops.append([ZADD_DELAYED, self.key(zset), max(0, int(delay_ms)), member])
+
+    def rpush(self, key: str, value: bytes) -> None:
+        self._ops.append([RPUSH, self.key(key), value])
+
+    def run_ops_start_here(self) -> None:
+        """The item's ops added from now on need its run; those before (a dead letter)
+        are written even if the run no longer exists. By default all of them need it."""
+        self._run_from = len(self._ops)
+
+    def run_step(
+        self,
+        *,
+        run_key: str,
+        events_key: str,
+        run_id: str,
+        open_delta: int,
+        failed_delta: int,
+        retention_s: int,
+        history_key: str,
+        history: bytes,
+        expire_with_run: Sequence[str],
+        counters: dict[str, int],
+    ) -> None:
+        """Run bookkeeping of the item (the last of its ops), and where its run ops start
+        (`run_ops_start_here`) the change of the run's open count, which also checks
+        that the run exists: if not, the ops from there on are skipped. The open-count
+        op is placed now, not when the run ops start, so that KEYS keep their order."""
+        key = self.key
+        run = key(run_key)
+        op: list[Any] = [
+            RUN_STEP,
+            run,
+            key(events_key),
+            run_id,
+            open_delta,
+            failed_delta,
+            retention_s,
+            key(history_key),
+            history,
+            len(expire_with_run),
+        ]
+        op += [key(k) for k in expire_with_run]
+        for field, incr in counters.items():
+            op += (field, incr)
+        self._ops.append(op)
+        self._ops.insert(self._run_from, [RUN_OPEN, run, open_delta])
+
+    def group_init(
+        self, group_key: str, open_: int, strategy: str, env: bytes, unite_identifier: str
+    ) -> None:
+        self._ops.append([GROUP_INIT, self.key(group_key), open_, strategy, env, unite_identifier])
+
+    def group_step(
+        self,
+        *,
+        group_key: str,
+        collected_key: str,
+        unite_queue: str,
+        run_key: str,
+        open_delta: int,
+        bad_delta: int,
+        retention_s: int,
+        outer_groups: Sequence[str],
+        collected: Sequence[bytes],
+    ) -> None:
+        key = self.key
+        op: list[Any] = [
+            GROUP_STEP,
+            key(group_key),
+            key(collected_key),
+            key(unite_queue),
+            key(run_key),
+            open_delta,
+            bad_delta,
+            retention_s,
+            len(outer_groups),
+        ]
+        op += [key(k) for k in outer_groups]
+        op += collected
+        self._ops.append(op)
 
     def encode(self) -> bytes:
-        return _pack_plan([item.wire() for item in self.items])
+        return _pack_plan(self.items)

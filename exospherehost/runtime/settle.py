@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exospherehost.broker.codec import Envelope, decode, encode, pack
-from exospherehost.broker.keys import ENVELOPE_FIELD, Keys
-from exospherehost.broker.plan import DeadLetterRecord, PlanEntry, SettlePlan
+from exospherehost.broker.keys import Keys
+from exospherehost.broker.plan import DeadLetterRecord, SettlePlan
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.retry import retry_delay_ms
 from exospherehost.ids import new_id
@@ -23,7 +23,6 @@ from exospherehost.runtime.outcomes import (
     Completed,
     DeadLettered,
     Failed,
-    Fate,
     Job,
     Malformed,
     Outcome,
@@ -66,13 +65,12 @@ def plan_settle(
     outcome gets the plan's decision for it in its `fate`."""
     planner = _Planner(cfg)
     plan = planner.plan
-    for given in outcomes:
-        outcome = given
+    for outcome in outcomes:
         if isinstance(outcome, Released) and max_deliveries > 0:
             outcome = _poisoned(outcome, max_deliveries)
         mark = plan.mark()
         try:
-            fate = planner.outcome(outcome)
+            planner.outcome(outcome)
         except Exception as exc:
             # E.g. an output msgpack cannot carry. Only this state is affected: it is
             # settled as a permanent failure with the reason, the batch goes on.
@@ -80,9 +78,10 @@ def plan_settle(
             if isinstance(outcome, Malformed):
                 raise
             reason = f"cannot settle {type(outcome).__name__}: {exc}"
-            fate = planner.outcome(Failed(outcome.job, reason, tb.format_exc(), permanent=True))
-        if type(given) is Failed:
-            given.fate = fate  # recorded once planned for good (not before a rollback)
+            instead = Failed(outcome.job, reason, tb.format_exc(), permanent=True)
+            planner.outcome(instead)
+            if isinstance(outcome, Failed):
+                outcome.fate = instead.fate
     return plan
 
 
@@ -132,12 +131,12 @@ def plan_dead_letters(
     plan = planner.plan
     for outcome, reason in failures:
         if isinstance(outcome, Malformed):
-            entry = plan.entry(outcome.stream, outcome.entry_id, ack=not acked)
-            entry.dead_letter(cfg.keys.dead(), planner.malformed_letter(outcome, reason))
+            plan.entry(outcome.stream, outcome.entry_id, ack=not acked)
+            plan.dead_letter(cfg.keys.dead(), planner.malformed_letter(outcome, reason))
         else:
             job = outcome.job
-            entry = plan.entry(job.stream, job.entry_id, ack=not acked)
-            entry.dead_letter(cfg.keys.dead(), planner.job_letter(job, reason, ""))
+            plan.entry(job.stream, job.entry_id, ack=not acked)
+            plan.dead_letter(cfg.keys.dead(), planner.job_letter(job, reason, ""))
     return plan
 
 
@@ -157,37 +156,36 @@ class _Planner:
         self.keys = cfg.keys
         self.plan = SettlePlan()
 
-    def outcome(self, outcome: Outcome) -> Fate | None:
-        """Plan one outcome; for a failure, what was decided for it."""
+    def outcome(self, outcome: Outcome) -> None:
+        plan = self.plan
         if isinstance(outcome, Malformed):
-            entry = self.plan.entry(outcome.stream, outcome.entry_id)
-            entry.dead_letter(self.keys.dead(), self.malformed_letter(outcome, outcome.reason))
-            return None
+            plan.entry(outcome.stream, outcome.entry_id)
+            plan.dead_letter(self.keys.dead(), self.malformed_letter(outcome, outcome.reason))
+            return
         job = outcome.job
-        entry = self.plan.entry(job.stream, job.entry_id)
+        plan.entry(job.stream, job.entry_id)
         env = job.env
         if isinstance(outcome, Completed):
-            self.completed(entry, outcome)
+            self.completed(outcome)
         elif isinstance(outcome, Failed):
-            return self.failed(entry, outcome)
+            self.failed(outcome)
         elif isinstance(outcome, Pruned):
             if env.run_id is None:
-                self.output(entry, job, "PRUNED", "data", pack(outcome.data))
+                self.output(job, "PRUNED", "data", pack(outcome.data))
             else:
-                self.ended(entry, job, _PRUNED, str(outcome.data))
+                self.ended(job, _PRUNED, str(outcome.data))
         elif isinstance(outcome, Requeued):
             # Settled: deliveries carried from earlier releases start afresh.
             member = encode(dataclasses.replace(env, deliveries=0) if env.deliveries else env)
-            entry.delay(self.keys.delayed(job.node), outcome.delay_ms, member)
+            plan.delay(self.keys.delayed(job.node), outcome.delay_ms, member)
         elif isinstance(outcome, Released):
-            entry.xadd_pairs(job.stream, 0, (ENVELOPE_FIELD, released_envelope(job)))
-        return None
+            plan.queue(job.stream, released_envelope(job))
 
-    def completed(self, entry: PlanEntry, done: Completed) -> None:
-        job, env, keys = done.job, done.job.env, self.keys
+    def completed(self, done: Completed) -> None:
+        job, env, keys, plan = done.job, done.job.env, self.keys, self.plan
         outputs: Any = done.outputs if done.fanout else done.outputs[0]
         if env.run_id is None:
-            self.output(entry, job, "SUCCEEDED", "outputs", pack(outputs))
+            self.output(job, "SUCCEEDED", "outputs", pack(outputs))
             return
         graph = self.cfg.graphs[(env.graph or "", env.graph_version)]
         ident = env.identifier or ""
@@ -210,7 +208,7 @@ class _Planner:
                 grp,
                 list(succ.path),
             )
-            entry.xadd_pairs(keys.queue(child.node_name), 0, (ENVELOPE_FIELD, encode(nxt)))
+            plan.queue(keys.queue(child.node_name), encode(nxt))
             created = f"c:{child.identifier}"
             counters[created] = counters.get(created, 0) + 1
         for step in completion.groups:
@@ -231,8 +229,8 @@ class _Planner:
                     unite=step.xid,
                 )
                 strategy = graph.unites[step.unite].strategy.value
-                entry.group_init(gkey, 0, strategy, encode(u_env), step.unite)
-            entry.group_step(
+                plan.group_init(gkey, 0, strategy, encode(u_env), step.unite)
+            plan.group_step(
                 group_key=gkey,
                 collected_key=keys.collected(env.run_id, step.unite, step.xid),
                 unite_queue=keys.queue(unite.node_name),
@@ -245,18 +243,18 @@ class _Planner:
             )
         if completion.leaf:
             result = {"identifier": ident, "state": env.state_id, "outputs": outputs}
-            entry.rpush(keys.run_results(env.run_id), pack(result))
+            plan.rpush(keys.run_results(env.run_id), pack(result))
         self.run_step(
-            entry,
             env,
             open_delta=len(completion.successors) - 1,
             counters=counters,
             history=self.history(job, "SUCCEEDED"),
         )
 
-    def failed(self, entry: PlanEntry, failed: Failed) -> Fate:
+    def failed(self, failed: Failed) -> None:
         """Another attempt unless the failure is permanent or the retry budget of the
-        state's graph version (or the Runtime default) is spent; else a dead letter."""
+        state's graph version (or the Runtime default) is spent; else a dead letter. The
+        decision goes on the outcome once its ops are planned (none if they raise)."""
         job, env = failed.job, failed.job.env
         policy = _policy(env, self.cfg)
         if not failed.permanent and env.attempt < policy.max_retries:
@@ -275,32 +273,33 @@ class _Planner:
                 env.unite,
             )
             delay = retry_delay_ms(policy, env.attempt + 1)
-            entry.delay(self.keys.delayed(job.node), delay, encode(env2))
+            self.plan.delay(self.keys.delayed(job.node), delay, encode(env2))
             if env.run_id is not None:
                 self.run_step(
-                    entry,
                     env,
                     open_delta=0,
                     counters={f"r:{env.identifier}": 1},
                     history=self.history(job, "RETRYING", failed.error),
                 )
-            return Retry(env.attempt + 2, policy.max_retries + 1, delay)
-        entry.dead_letter(self.keys.dead(), self.job_letter(job, failed.error, failed.traceback))
+            failed.fate = Retry(env.attempt + 2, policy.max_retries + 1, delay)
+            return
+        self.plan.dead_letter(
+            self.keys.dead(), self.job_letter(job, failed.error, failed.traceback)
+        )
         if env.run_id is None:
-            self.output(entry, job, "FAILED", "error", failed.error)
+            self.output(job, "FAILED", "error", failed.error)
         else:
-            self.ended(entry, job, _FAILED, failed.error)
-        return DeadLettered.PERMANENT if failed.permanent else DeadLettered.RETRIES_SPENT
+            self.ended(job, _FAILED, failed.error)
+        failed.fate = DeadLettered.PERMANENT if failed.permanent else DeadLettered.RETRIES_SPENT
 
-    def ended(self, entry: PlanEntry, job: Job, end: _End, note: str) -> None:
+    def ended(self, job: Job, end: _End, note: str) -> None:
         """A graph state ended without success (pruned, or failed for good): its fan-in
         groups lose a member and the run one open state. A dead letter already in the
         entry is written even if the run no longer exists (the run's ops start after it)."""
         env = job.env
-        entry.run_ops_start_here()
-        self.ended_in_groups(entry, env)
+        self.plan.run_ops_start_here()
+        self.ended_in_groups(env)
         self.run_step(
-            entry,
             env,
             open_delta=-1,
             failed=end.failed,
@@ -308,7 +307,7 @@ class _Planner:
             history=self.history(job, end.status, note),
         )
 
-    def ended_in_groups(self, entry: PlanEntry, env: Envelope) -> None:
+    def ended_in_groups(self, env: Envelope) -> None:
         """A state failed for good or was pruned: its groups lose a member and count it bad
         (an ALL_SUCCESS unite then does not fire; an ALL_DONE one still does)."""
         keys = self.keys
@@ -317,7 +316,7 @@ class _Planner:
         for unite_id, xid in env.groups.items():
             if graph is None or unite_id not in graph.nodes:
                 continue
-            entry.group_step(
+            self.plan.group_step(
                 group_key=keys.group(run_id, unite_id, xid),
                 collected_key=keys.collected(run_id, unite_id, xid),
                 unite_queue=keys.queue(graph.nodes[unite_id].node_name),
@@ -348,7 +347,6 @@ class _Planner:
 
     def run_step(
         self,
-        entry: PlanEntry,
         env: Envelope,
         *,
         open_delta: int,
@@ -357,7 +355,7 @@ class _Planner:
         failed: int = 0,
     ) -> None:
         keys, run_id = self.keys, env.run_id or ""
-        entry.run_step(
+        self.plan.run_step(
             run_key=keys.run(run_id),
             events_key=keys.events(),
             run_id=run_id,
@@ -374,16 +372,14 @@ class _Planner:
             counters=counters,
         )
 
-    def output(
-        self, entry: PlanEntry, job: Job, status: str, field: str, value: bytes | str
-    ) -> None:
+    def output(self, job: Job, status: str, field: str, value: bytes | str) -> None:
         """The result of a graphless state on its node's output stream (capped). The hot
         path of a drain: fields go straight into the op, no dict in between."""
         maxlen = self.cfg.output_maxlen
         if maxlen == 0:
             return  # fire-and-forget: the Runtime keeps no results of graphless states
         fields = ("state", job.env.state_id, "status", status, field, value)
-        entry.xadd_pairs(self.keys.output(job.node), maxlen, fields)
+        self.plan.xadd_pairs(self.keys.output(job.node), maxlen, fields)
 
     def job_letter(self, job: Job, error: str, traceback: str) -> DeadLetterRecord:
         env = job.env

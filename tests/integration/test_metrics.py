@@ -213,7 +213,7 @@ def test_retried_or_dead_lettered_matches_settle_planning(attempt: int, permanen
     env = Envelope("s1", {"x": 1}, attempt=attempt)
     job = Job("Boom", cfg.keys.queue("Boom"), b"1-0", {}, env)
     failed = Failed(job, "boom", "", permanent=permanent)
-    ops = plan_settle([failed], cfg).items[0].ops
+    ops = plan_settle([failed], cfg).items[0][2]
     planned_retry = any(op[0] == ZADD_DELAYED for op in ops)
     stats = RuntimeStats(["Boom"])
     stats.decided([failed])  # what the worker counts once the settle is applied

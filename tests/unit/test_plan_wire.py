@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from exospherehost.broker import plan as wire
-from exospherehost.broker.plan import PlanEntry, SettlePlan
+from exospherehost.broker.plan import SettlePlan
 
 SCRIPT = Path(wire.__file__).parent / "lua" / "settle.lua"
 # `local A, B,\n C = 1, 2,\n 3` (a statement may wrap lines).
@@ -49,7 +49,7 @@ class Tail:
 @dataclass(frozen=True)
 class Op:
     code: int
-    build: Callable[[PlanEntry], None]
+    build: Callable[[SettlePlan], None]
     fields: dict[str, Any]  # the Lua name's suffix, lowercased -> what that field holds
 
 
@@ -68,25 +68,25 @@ GROUP_STEP: dict[str, Any] = dict(
 OPS: dict[str, Op] = {
     "XADD": Op(
         wire.XADD,
-        lambda e: e.xadd_pairs("k:stream", 77, ("f1", "v1", "f2", "v2")),
+        lambda p: p.xadd_pairs("k:stream", 77, ("f1", "v1", "f2", "v2")),
         {"stream": Key("k:stream"), "maxlen": 77, "pairs": Tail(("f1", "v1", "f2", "v2"))},
     ),
     "ZADD": Op(
         wire.ZADD_DELAYED,
-        lambda e: e.delay("k:zset", 250, b"member"),
+        lambda p: p.delay("k:zset", 250, b"member"),
         {"zset": Key("k:zset"), "delay_ms": 250, "member": b"member"},
     ),
     "RPUSH": Op(
-        wire.RPUSH, lambda e: e.rpush("k:list", b"value"), {"key": Key("k:list"), "value": b"value"}
+        wire.RPUSH, lambda p: p.rpush("k:list", b"value"), {"key": Key("k:list"), "value": b"value"}
     ),
     "RO": Op(
         wire.RUN_OPEN,
-        lambda e: e.run_step(**RUN_STEP),
+        lambda p: p.run_step(**RUN_STEP),
         {"run_key": Key("k:run"), "open_delta": -3},
     ),
     "RS": Op(
         wire.RUN_STEP,
-        lambda e: e.run_step(**RUN_STEP),
+        lambda p: p.run_step(**RUN_STEP),
         {
             "run_key": Key("k:run"),
             "events_key": Key("k:events"),
@@ -103,7 +103,7 @@ OPS: dict[str, Op] = {
     ),
     "GI": Op(
         wire.GROUP_INIT,
-        lambda e: e.group_init("k:group", 4, "ALL_DONE", b"env", "u"),
+        lambda p: p.group_init("k:group", 4, "ALL_DONE", b"env", "u"),
         {
             "group_key": Key("k:group"),
             "open": 4,
@@ -114,7 +114,7 @@ OPS: dict[str, Op] = {
     ),
     "GS": Op(
         wire.GROUP_STEP,
-        lambda e: e.group_step(**GROUP_STEP),
+        lambda p: p.group_step(**GROUP_STEP),
         {
             "group_key": Key("k:group"),
             "collected_key": Key("k:collected"),
@@ -167,9 +167,9 @@ def test_op_fields_agree(prefix: str) -> None:
     }
     assert set(lua) == set(spec.fields), f"settle.lua's {prefix}_* fields vs the builder's"
     plan = SettlePlan()
-    entry = plan.entry("k:src", b"1-1")
-    spec.build(entry)
-    [op] = [o for o in entry.ops if o[0] == spec.code]
+    plan.entry("k:src", b"1-1")
+    spec.build(plan)
+    [op] = [o for o in plan.items[0][2] if o[0] == spec.code]
     for name, pos in lua.items():
         got, want = _held(plan, op, pos, spec.fields[name])
         assert got == want, (
@@ -180,7 +180,8 @@ def test_op_fields_agree(prefix: str) -> None:
 def test_item_fields_agree() -> None:
     plan = SettlePlan()
     plan.key("k:other")
-    item = plan.entry("k:src", b"1-1").wire()
+    plan.entry("k:src", b"1-1")
+    [item] = plan.items
     c = lua_constants()
     assert plan.keys[item[c["ITEM_SOURCE"] - 1] - 1] == "k:src"
     assert item[c["ITEM_ENTRY_ID"] - 1] == b"1-1"

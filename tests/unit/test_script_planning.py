@@ -50,7 +50,8 @@ def _env_job(env: Envelope, entry_id: bytes = b"6-1", deliveries: int = 1) -> Jo
 
 def _ops(plan: SettlePlan) -> list[list[Any]]:
     [item] = plan.items
-    return item.ops
+    ops: list[list[Any]] = item[2]
+    return ops
 
 
 def _xadd_fields(plan: SettlePlan, op: list[Any]) -> tuple[str, dict[Any, Any]]:
@@ -111,7 +112,7 @@ def test_dead_letters_of_refused_settles() -> None:
     assert failure is not None and failure.permanent and failure.error.endswith("why")
     pending = plan_dead_letters([(Completed(job, [{}], False), "why")], CFG, acked=False)
     acked = plan_dead_letters([(Completed(job, [{}], False), "why")], CFG, acked=True)
-    assert pending.items[0].entry_id == b"5-1" and acked.items[0].entry_id == ""  # '' = no ack
+    assert pending.items[0][1] == b"5-1" and acked.items[0][1] == ""  # '' = no ack
     for plan in (pending, acked):
         key, dead = _xadd_fields(plan, _ops(plan)[0])
         assert key == KEYS.dead() and dead["state"] == "5-1" and dead["error"] == "why"
@@ -171,10 +172,10 @@ class RefusingBroker:
         self.calls: list[list[Any]] = []
 
     async def settle(self, plan: SettlePlan, lane: object) -> SettleFlags:
-        self.calls.append([item.entry_id for item in plan.items])
+        self.calls.append([item[1] for item in plan.items])
         for item in plan.items:
-            dead_letter_only = all(plan.keys[op[1] - 1] == KEYS.dead() for op in item.ops)
-            if item.entry_id in self.bad and (self.refuse_dead_letters or not dead_letter_only):
+            dead_letter_only = all(plan.keys[op[1] - 1] == KEYS.dead() for op in item[2])
+            if item[1] in self.bad and (self.refuse_dead_letters or not dead_letter_only):
                 raise ResponseError("ERR something this state trips over")
         return SettleFlags([1] * len(plan.items), {})
 

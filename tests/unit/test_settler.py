@@ -36,7 +36,7 @@ class StubBroker:
     async def settle(self, plan: SettlePlan, lane: object) -> SettleFlags:
         release = asyncio.Event()
         async with self.changed:
-            self.calls.append(([item.entry_id for item in plan.items], release))
+            self.calls.append(([item[1] for item in plan.items], release))
             self.changed.notify_all()
         await release.wait()
         return SettleFlags([1] * len(plan.items), {})
