@@ -1,7 +1,9 @@
 """Pure settle planning: a batch of outcomes -> one SettlePlan (one script call).
 
 Every decision about where a finished state goes (successors, results, retry, dead letter,
-run bookkeeping) is made here, without I/O, so it is testable without Redis."""
+run bookkeeping) is made here, without I/O, so it is testable without Redis. The one for
+a failure (retry, or dead letter and why) is also recorded on its outcome (`Failed.fate`):
+the stats and the failure log read it there instead of deciding again."""
 
 from __future__ import annotations
 
