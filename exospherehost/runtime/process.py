@@ -14,7 +14,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from functools import partial
 
 from redis.exceptions import RedisError
 
@@ -31,7 +30,7 @@ from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
 from exospherehost.runtime.resilience import TRANSIENT, pause
-from exospherehost.runtime.settle import SettleConfig, will_retry
+from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
 from exospherehost.runtime.worker import ShutdownAbandoned, Worker
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
@@ -216,8 +215,6 @@ class Runtime:
                 max_deliveries=self.max_deliveries,
                 consumer_idle_ms=self.consumer_idle_ms,
             )
-            # Lets the stats split failures into retried / dead-lettered as settling will.
-            self._worker.stats.will_retry = partial(will_retry, cfg=settle_cfg)
             if self.metrics_port is not None:
                 # Imported on use: only Runtimes that export load prometheus_client.
                 from exospherehost.runtime.metrics import MetricsExporter

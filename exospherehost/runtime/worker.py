@@ -44,8 +44,6 @@ from exospherehost.runtime.settle import (
     as_failure,
     plan_dead_letters,
     plan_settle,
-    retry_budget,
-    will_retry,
 )
 from exospherehost.runtime.stats import RuntimeStats
 from exospherehost.secrets import SecretsError
@@ -110,11 +108,7 @@ class Worker:
         self.executing = 0  # executions running now (said when stopping)
         self.cut_short = 0  # executions cancelled at the end of the grace period
         # Node failures, each once with what happens next (rate-limited per node).
-        self._failures = FailureLog(
-            logging.getLogger("exospherehost.failures"),
-            partial(will_retry, cfg=settle_cfg),
-            partial(retry_budget, cfg=settle_cfg),
-        )
+        self._failures = FailureLog(logging.getLogger("exospherehost.failures"))
         self._done = asyncio.Event()  # everything read was settled or released
         self.ready = asyncio.Event()  # groups exist and this consumer joined them
         self._executing: set[asyncio.Task[None]] = set()
@@ -264,7 +258,7 @@ class Worker:
                 continue
             job = Job(node, stream, entry_id, fields, env, deliveries, timeout)
             if poison is not None:
-                self._finish(Failed(job, poison, "", permanent=True))
+                self._finish(Failed(job, poison, "", permanent=True, executed=False))
             else:
                 put(job)
 
@@ -425,6 +419,7 @@ class Worker:
                 nodes[node].late_settles += 1
         if failed:
             self._failures.report(failed)
+        self.stats.decided(batch)
         self.inflight -= len(batch)
         self.settled += len(batch)
         self._room.set()
