@@ -104,3 +104,11 @@ HIST_STATUS: Final = "status"
 HIST_ATTEMPT: Final = "attempt"
 HIST_ERROR: Final = "error"
 HIST_TIME_MS: Final = "time_ms"
+
+# -- a record of a run's results list (Keys.run_results), msgpack map keys -----------------
+RESULT_IDENTIFIER: Final = "identifier"
+RESULT_STATE: Final = "state"
+RESULT_OUTPUTS: Final = "outputs"
+
+# -- a settled state's status (output stream entries and history records) ------------------
+PRUNED: Final = "PRUNED"

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from exospherehost.broker import fields as f
 from exospherehost.broker.codec import packer
 from exospherehost.broker.keys import ENVELOPE_FIELD
 
@@ -71,10 +72,11 @@ class DeadLetterRecord:
 
     def pairs(self) -> tuple[Any, ...]:
         return (
-            "node", self.node, "state", self.state, "run", self.run,
-            "identifier", self.identifier, "attempts", self.attempts,
-            "deliveries", self.deliveries, "error", self.error, "traceback", self.traceback,
-            "time_ms", self.time_ms, "entry", self.entry, "original", self.original,
+            f.DEAD_NODE, self.node, f.DEAD_STATE, self.state, f.DEAD_RUN, self.run,
+            f.DEAD_IDENTIFIER, self.identifier, f.DEAD_ATTEMPTS, self.attempts,
+            f.DEAD_DELIVERIES, self.deliveries, f.DEAD_ERROR, self.error,
+            f.DEAD_TRACEBACK, self.traceback, f.DEAD_TIME_MS, self.time_ms,
+            f.DEAD_ENTRY, self.entry, f.DEAD_ORIGINAL, self.original,
         )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from exospherehost.broker import fields as f
 from exospherehost.broker.codec import Envelope, decode, encode, pack
 from exospherehost.broker.keys import Keys
 from exospherehost.broker.plan import DeadLetterRecord, SettlePlan
@@ -54,8 +55,8 @@ class _End:
     failed: int  # added to the run's failed count (a failed run ends FAILED)
 
 
-_PRUNED = _End("PRUNED", "p", 0)
-_FAILED = _End("FAILED", "f", 1)
+_PRUNED = _End(f.PRUNED, f.PRUNED_COUNT, 0)
+_FAILED = _End(f.FAILED, f.FAILED_COUNT, 1)
 
 
 def plan_settle(
@@ -173,7 +174,7 @@ class _Planner:
             self.failed(outcome)
         elif isinstance(outcome, Pruned):
             if env.run_id is None:
-                self.output(job, "PRUNED", "data", pack(outcome.data))
+                self.output(job, f.PRUNED, f.OUT_DATA, pack(outcome.data))
             else:
                 self.ended(job, _PRUNED, str(outcome.data))
         elif isinstance(outcome, Requeued):
@@ -187,14 +188,14 @@ class _Planner:
         job, env, keys, plan = done.job, done.job.env, self.keys, self.plan
         outputs: Any = done.outputs if done.fanout else done.outputs[0]
         if env.run_id is None:
-            self.output(job, "SUCCEEDED", "outputs", pack(outputs))
+            self.output(job, f.SUCCEEDED, f.OUT_OUTPUTS, pack(outputs))
             return
         graph = self.cfg.graphs[(env.graph or "", env.graph_version)]
         ident = env.identifier or ""
         completion = graph.complete(
             ident, env.state_id, env.ctx, env.groups, env.path, done.outputs, done.fanout
         )
-        counters: dict[str, int] = {f"s:{ident}": 1}
+        counters: dict[str, int] = {f.SUCCEEDED_COUNT + ident: 1}
         for succ, grp in completion.successors:
             child = succ.node
             nxt = Envelope(
@@ -211,7 +212,7 @@ class _Planner:
                 list(succ.path),
             )
             plan.queue(keys.queue(child.node_name), encode(nxt))
-            created = f"c:{child.identifier}"
+            created = f.CREATED + child.identifier
             counters[created] = counters.get(created, 0) + 1
         for step in completion.groups:
             # Group ops go before the run step: a firing unite re-opens the run first.
@@ -244,13 +245,17 @@ class _Planner:
                 collected=[pack(c) for c in step.collected],
             )
         if completion.leaf:
-            result = {"identifier": ident, "state": env.state_id, "outputs": outputs}
+            result = {
+                f.RESULT_IDENTIFIER: ident,
+                f.RESULT_STATE: env.state_id,
+                f.RESULT_OUTPUTS: outputs,
+            }
             plan.rpush(keys.run_results(env.run_id), pack(result))
         self.run_step(
             env,
             open_delta=len(completion.successors) - 1,
             counters=counters,
-            history=self.history(job, "SUCCEEDED"),
+            history=self.history(job, f.SUCCEEDED),
         )
 
     def failed(self, failed: Failed) -> None:
@@ -280,7 +285,7 @@ class _Planner:
                 self.run_step(
                     env,
                     open_delta=0,
-                    counters={f"r:{env.identifier}": 1},
+                    counters={f"{f.RETRIED_COUNT}{env.identifier}": 1},
                     history=self.history(job, "RETRYING", failed.error),
                 )
             failed.fate = Retry(env.attempt + 2, policy.max_retries + 1, delay)
@@ -289,7 +294,7 @@ class _Planner:
             self.keys.dead(), self.job_letter(job, failed.error, failed.traceback)
         )
         if env.run_id is None:
-            self.output(job, "FAILED", "error", failed.error)
+            self.output(job, f.FAILED, f.OUT_ERROR, failed.error)
         else:
             self.ended(job, _FAILED, failed.error)
         failed.fate = DeadLettered.PERMANENT if failed.permanent else DeadLettered.RETRIES_SPENT
@@ -305,7 +310,7 @@ class _Planner:
             env,
             open_delta=-1,
             failed=end.failed,
-            counters={f"{end.counter}:{env.identifier}": 1},
+            counters={f"{end.counter}{env.identifier}": 1},
             history=self.history(job, end.status, note),
         )
 
@@ -337,13 +342,13 @@ class _Planner:
         """One line of the run's history (the run step appends it only if the run exists)."""
         env = job.env
         record = {
-            "state": env.state_id,
-            "identifier": env.identifier,
-            "node": job.node,
-            "status": status,
-            "attempt": env.attempt + 1,
-            "error": error,
-            "time_ms": int(self.cfg.clock() * 1000),
+            f.HIST_STATE: env.state_id,
+            f.HIST_IDENTIFIER: env.identifier,
+            f.HIST_NODE: job.node,
+            f.HIST_STATUS: status,
+            f.HIST_ATTEMPT: env.attempt + 1,
+            f.HIST_ERROR: error,
+            f.HIST_TIME_MS: int(self.cfg.clock() * 1000),
         }
         return pack(record)
 
@@ -380,7 +385,7 @@ class _Planner:
         maxlen = self.cfg.output_maxlen
         if maxlen == 0:
             return  # fire-and-forget: the Runtime keeps no results of graphless states
-        fields = ("state", job.env.state_id, "status", status, field, value)
+        fields = (f.OUT_STATE, job.env.state_id, f.OUT_STATUS, status, field, value)
         self.plan.xadd_pairs(self.keys.output(job.node), maxlen, fields)
 
     def job_letter(self, job: Job, error: str, traceback: str) -> DeadLetterRecord:

@@ -17,7 +17,7 @@ LUA = Path(__file__).resolve().parents[2] / "broker" / "lua"
 # The key expressions the scripts name each hash by. A field literal on a hash key not
 # listed here fails the test: a new hash needs its fields defined (and listed) first.
 RUN_HASH = {"run"}
-GROUP_HASH = {"g", "KEYS[op[2]]", "KEYS[op[i]]"}
+GROUP_HASH = {"g", "KEYS[op[GI_GROUP_KEY]]", "KEYS[op[i]]"}
 HASH_COMMANDS = {"HSET", "HSETNX", "HGET", "HMGET", "HINCRBY", "HINCRBYFLOAT", "HDEL", "HEXISTS"}
 _LITERAL = re.compile(r"^'([^'\\]*)'$|^\"([^\"\\]*)\"$")
 _PREFIXED = re.compile(r"^'([^'\\]*)'\s*\.\.")
