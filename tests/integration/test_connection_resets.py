@@ -26,7 +26,7 @@ async def _consumers(sm: StateManager, node: str) -> int:
     return int(groups[0]["consumers"]) if groups else 0
 
 
-async def _until(check: object, what: str, timeout: float = 20.0) -> None:
+async def _until(check: object, what: str, timeout: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():  # type: ignore[operator]
         if asyncio.get_running_loop().time() > deadline:
