@@ -7,8 +7,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# Dependencies first, from pyproject.toml alone: a code change then rebuilds only the
+# layers below, not every dependency.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['dashboard']))" \
+    > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt
 COPY . .
-RUN pip install --no-cache-dir ".[dashboard]" \
+RUN pip install --no-cache-dir --no-deps ".[dashboard]" \
     && useradd --system --uid 10001 --no-create-home exosphere
 USER exosphere
 

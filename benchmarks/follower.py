@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)
-    # Untyped, as exospherehost.broker.streams.RawRedis: redis-py types replies as bytes | str.
+    # Untyped, as bench.RawRedis: redis-py types replies as bytes | str.
     client: Any = redis.Redis.from_url(args.url)
     client.ping()
     client.rpush(args.ready_key, os.getpid())

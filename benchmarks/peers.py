@@ -39,9 +39,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from benchmarks import peer_common as pc
-from benchmarks.bench import POLL_MAX_S, POLL_MIN_S, Ctx, _measurement, log, payload, snapshot
+from benchmarks.harness import ROOT, Ctx, log, measurement, next_poll, payload, snapshot
 
-ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("taskiq", "dramatiq")
 TASKIQ_GROUP = "taskiq"  # RedisStreamBroker's default consumer_group_name
 
@@ -241,8 +240,8 @@ async def _dramatiq_enqueue(
 async def _wait_done(
     remaining: Callable[[], Awaitable[int]], workers: PeerWorkers, timeout: float
 ) -> float:
-    """Poll `remaining()` until 0, adaptively as bench.wait_drained does; returns that
-    moment (time.monotonic)."""
+    """Poll `remaining()` until 0, adaptively as processes.wait_drained does
+    (harness.next_poll); returns that moment (time.monotonic)."""
     deadline = time.monotonic() + timeout
     last: tuple[float, int] | None = None
     while True:
@@ -250,10 +249,7 @@ async def _wait_done(
         now = time.monotonic()
         if left <= 0:
             return now
-        wait = POLL_MAX_S
-        if last is not None and last[1] > left:
-            rate = (last[1] - left) / (now - last[0])
-            wait = min(POLL_MAX_S, max(POLL_MIN_S, left / rate / 2))
+        wait = next_poll(last, now, left)
         last = (now, left)
         workers.check_alive()
         if now > deadline:
@@ -298,7 +294,7 @@ async def peer_run(
         cpu = workers.cpu_s() - cpu0
         reports = await workers.stop()
         _verify(system, workload, n, processes, reports)
-        result = _measurement(n, a, b, [], ctx.external, worker_cpu_s=cpu)
+        result = measurement(n, a, b, [], ctx.external, worker_cpu_s=cpu)
         result["enqueue_rate"] = round(n / enqueue_s, 1)
         if workload == "w2":
             result["states_per_s"] = round(3 * n / (b.at - a.at), 1)

@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 from pydantic_core import to_jsonable_python
 
+from exospherehost.broker.errors import MalformedEntry as MalformedEntry  # old import path
 from exospherehost.broker.keys import ENVELOPE_FIELD
 
 WIRE_VERSION = 1
@@ -22,10 +23,6 @@ _ENVELOPE_KEYS = frozenset(
     {"v", "i", "in", "r", "g", "gv", "n", "c", "gr", "p", "u", "a", "f", "d"}
 )
 _ENV_KEY = ENVELOPE_FIELD.encode()
-
-
-class MalformedEntry(ValueError):
-    """An entry that cannot be decoded; the message says why (it goes to the dead letters)."""
 
 
 @dataclass(slots=True)
@@ -102,10 +99,6 @@ def encode(env: Envelope) -> bytes:
     if env.deliveries:
         m["d"] = env.deliveries
     return pack(m)
-
-
-def entry_fields(env: Envelope) -> dict[str, bytes]:
-    return {ENVELOPE_FIELD: encode(env)}
 
 
 def _decode_envelope(raw: bytes) -> Envelope:

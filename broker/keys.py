@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import re
 
+from exospherehost.broker.errors import KeyNameError as KeyNameError  # old import path
+
+# Re-exported: the worker, the settle planner and the codec import it from here.
+from exospherehost.broker.fields import ENVELOPE_FIELD as ENVELOPE_FIELD
+
 GROUP = "exo"
 """The one consumer group on every state stream; every Runtime process is a consumer."""
 
-ENVELOPE_FIELD = "_exo"
-"""Stream-entry field holding a msgpack envelope. Any other fields are plain inputs."""
+NODES_PATTERN = "exo:{*}:nodes"
+"""SCAN pattern of every namespace's node registry (Keys.nodes); the namespace is the part
+between the braces."""
 
 NAME_ALPHABET = "A-Z a-z 0-9 _ . -"
 """What namespaces, node (class) names, graph names and node identifiers may contain."""
 
 # fullmatch, not `^...$` with match: `$` also matches before a final newline ("ok\n").
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
-
-
-class KeyNameError(ValueError):
-    pass
 
 
 def name_problem(kind: str, value: object) -> str | None:

@@ -19,13 +19,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from exospherehost.broker.streams import RawRedis
+from exospherehost.broker.client import RedisClient
 
 _BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def transport_closed(exc: BaseException) -> bool:
+    """uvloop's answer to a write on a connection the peer reset: `RuntimeError: unable to
+    perform operation on <TCPTransport closed=True>; the handler is closed` (asyncio's loop
+    drops the write and the read then fails with a ConnectionError). The same broken
+    connection, by another name."""
+    return isinstance(exc, RuntimeError) and "closed" in str(exc)
+
+
 class Lane:
-    def __init__(self, client: RawRedis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._pool = client.connection_pool
         self._conn: AbstractConnection | None = None
 
@@ -54,6 +62,12 @@ class Lane:
                 await self._drop(conn)
                 if attempt == 2:
                     raise
+            except RuntimeError as exc:
+                await self._drop(conn)
+                if not transport_closed(exc):
+                    raise
+                if attempt == 2:
+                    raise RedisConnectionError(f"connection reset: {exc}") from exc
             except BaseException:
                 # Cancelled mid-call: the reply may still arrive on this connection, so
                 # it cannot serve another command.

@@ -1,7 +1,8 @@
 """The writes that start a graph run, as a value. `exospherehost.graph.runplan.plan_run` decides
-them (envelope, store, counters); `Broker.start_run` applies them in one MULTI (a manual
-trigger) and `Broker.cron_fire` in the cron_fire script (a scheduled trigger, after winning
-the fire marker). Both write exactly the same keys and values."""
+them (envelope, store, counters); `Broker.start_runs` applies them with the start_run script
+(a manual trigger: at most once per run id) and `Broker.cron_fire` with the cron_fire script
+(a scheduled trigger, after winning the fire marker). Both write the same keys and values
+(lua/_runstart.lua)."""
 
 from __future__ import annotations
 
@@ -26,23 +27,11 @@ class RunStart:
     due_ms: int  # 0: XADD now; otherwise ZADD with this score
     envelope: bytes  # the root state's msgpack envelope
 
-    def write(self, pipe: Any) -> None:
-        """Queue the writes on a (transactional) redis-py pipeline."""
-        pipe.hset(self.run_key, mapping=self.run_fields)
-        if self.store:
-            pipe.hset(self.store_key, mapping=self.store)
-        pipe.zadd(self.index_key, {self.run_id: self.created_ms})
-        pipe.zremrangebyrank(self.index_key, 0, -RUN_INDEX_SIZE - 1)
-        if self.due_ms:
-            pipe.zadd(self.target_key, {self.envelope: self.due_ms})
-        else:
-            pipe.xadd(self.target_key, {"_exo": self.envelope})
-
     def script_keys(self) -> list[str]:
         return [self.run_key, self.store_key, self.index_key, self.target_key]
 
     def script_args(self) -> list[Any]:
-        """ARGV tail of cron_fire.lua (see the script's header)."""
+        """ARGV of start_run.lua, and the tail of cron_fire.lua's (lua/_runstart.lua)."""
         args: list[Any] = [
             self.run_id,
             self.created_ms,

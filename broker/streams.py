@@ -9,31 +9,25 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from exospherehost.broker.client import Redis, RedisClient, Script, StreamEntry, typed_client
 from exospherehost.broker.codec import unpack
+from exospherehost.broker.deadletters import DeadLetterReader
+from exospherehost.broker.errors import KeyRefused as KeyRefused  # old import path
 from exospherehost.broker.keys import GROUP, Keys
 from exospherehost.broker.plan import SettleFlags, SettlePlan
+from exospherehost.broker.queues import QueueReader
+from exospherehost.broker.registry import NodeRegistry
+from exospherehost.broker.runs import RunsReader
 from exospherehost.broker.runstart import RunStart
 
 if TYPE_CHECKING:
     from exospherehost.broker.lane import Lane
 
 log = logging.getLogger("exospherehost.broker")
-
-RawRedis: TypeAlias = Any
-"""A `redis.asyncio.Redis` with decode_responses=False. redis-py's stubs type every reply as
-the union of all decode_responses shapes (bytes | str) and mapping arguments invariantly;
-this project always uses bytes replies, so the client is handled untyped and replies are
-decoded where they are read."""
-
-
-class KeyRefused(ResponseError):
-    """A call checked the keys it would write and wrote nothing: one holds another type
-    (a foreign client's), or a stream has used up its entry ids. The message names it."""
 
 
 def stream_is_full(last_id: str) -> bool:
@@ -56,16 +50,22 @@ def run_start_keys(starts: Sequence[RunStart]) -> dict[str, str]:
 REDRIVE_REFUSED = -2
 """Broker.redrive's code for a call the script refused (nothing written)."""
 
-Entry = tuple[bytes, dict[bytes, bytes]]
-"""(entry id, fields) as redis-py returns them with decode_responses=False."""
+Entry = StreamEntry
+"""(entry id, fields) of one state-stream entry (broker.client.StreamEntry)."""
 
 
 def _lua(name: str) -> str:
     """A script's source; one with a `#!lua` line (the scripts that check before they
-    write) gets the shared checks of lua/_checks.lua right after it: a Redis script
-    cannot import, and the shebang must stay the first line."""
-    folder = resources.files("broker").joinpath("lua")
-    source = folder.joinpath(name).read_text()
+    write) gets the shared checks of lua/_checks.lua right after it, and a line
+    `--@include NAME` is replaced by lua/NAME: a Redis script cannot import, and the shebang
+    must stay the first line."""
+    folder = resources.files(__package__ or "exospherehost.broker").joinpath("lua")
+    source = "".join(
+        folder.joinpath(line.removeprefix("--@include ").strip()).read_text()
+        if line.startswith("--@include ")
+        else line
+        for line in folder.joinpath(name).read_text().splitlines(keepends=True)
+    )
     shebang, _, body = source.partition("\n")
     if not shebang.startswith("#!lua"):
         return source
@@ -97,22 +97,30 @@ def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:
 
 
 class Broker:
-    """One namespace's streams on one Redis connection pool."""
+    """One namespace's streams on one Redis connection pool, and the typed readers of
+    what else the namespace holds (the SDK never sends a command itself)."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str) -> None:
-        self.client: RawRedis = client
+    def __init__(self, client: Redis | RedisClient, namespace: str) -> None:
+        self.client = typed_client(client)
         self.keys = Keys(namespace)
+        self.registry = NodeRegistry(self.client, self.keys)
+        self.runs = RunsReader(self.client, self.keys)
+        self.dead_letters = DeadLetterReader(self.client, self.keys)
+        self.queues = QueueReader(self.client, self.keys)
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT (e.g. after a
         # Redis restart flushed the script cache).
-        self._settle = client.register_script(_lua("settle.lua"))
-        self._promote = client.register_script(_lua("promote.lua"))
-        self._reclaim = client.register_script(_lua("reclaim.lua"))
-        self._heartbeat = client.register_script(_lua("heartbeat.lua"))
-        self._redrive = client.register_script(_lua("redrive.lua"))
-        self._publish = client.register_script(_lua("publish.lua"))
-        self._retire = client.register_script(_lua("retire.lua"))
-        self._cron_fire = client.register_script(_lua("cron_fire.lua"))
-        self._store_set = client.register_script(_lua("store_set.lua"))
+        self._settle = self.client.register_script(_lua("settle.lua"))
+        self._promote = self.client.register_script(_lua("promote.lua"))
+        self._reclaim = self.client.register_script(_lua("reclaim.lua"))
+        self._heartbeat = self.client.register_script(_lua("heartbeat.lua"))
+        self._redrive = self.client.register_script(_lua("redrive.lua"))
+        self._publish = self.client.register_script(_lua("publish.lua"))
+        self._retire = self.client.register_script(_lua("retire.lua"))
+        self._cron_fire = self.client.register_script(_lua("cron_fire.lua"))
+        self._start_run = self.client.register_script(_lua("start_run.lua"))
+        self._store_set = self.client.register_script(_lua("store_set.lua"))
+        self._store_incr = self.client.register_script(_lua("store_incr.lua"))
+        self._store_cas = self.client.register_script(_lua("store_cas.lua"))
         self._reported: set[str] = set()  # problems the promote script reported, logged once
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:
@@ -289,24 +297,34 @@ class Broker:
         return REDRIVE_REFUSED, text
 
     # -- starting runs ------------------------------------------------------------------
-    async def start_run(self, start: RunStart) -> None:
-        """Start a run (StateManager.trigger): every write of `start` in one MULTI."""
-        await self.start_runs([start])
+    async def start_run(self, start: RunStart) -> bool:
+        """Start a run (StateManager.trigger); False when it was started already."""
+        return await self.start_runs([start]) == 1
 
-    async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> None:
-        """Start many runs: one MULTI (one round trip) per chunk, and a batch costs a few
-        round trips instead of one per run. A MULTI does not roll back either: a command
-        refused inside it (a foreign client's wrong-typed key, a root stream out of ids)
-        would leave its run RUNNING without a root state. So the shared keys the chunk
-        writes (run indexes, root streams or delayed sets) are checked first, once each,
-        and a bad one refuses the chunk before anything is written (KeyRefused)."""
+    async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> int:
+        """Start many runs, each at most once (start_run.lua skips a run whose hash exists:
+        redis-py's retry re-sends a batch whose reply was lost, with the same run ids),
+        in one pipelined round trip per chunk; returns how many were started now.
+
+        The keys a chunk's runs share (run indexes, root streams or delayed sets) are
+        checked first, once each, and a bad one refuses the chunk before anything is
+        written (KeyRefused); each script checks its run's own keys."""
+        started = 0
         for first in range(0, len(starts), chunk):
             part = starts[first : first + chunk]
             await self._check_keys(run_start_keys(part))
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self.client.pipeline(transaction=False)
             for start in part:
-                start.write(pipe)
-            await pipe.execute()
+                await self._start_run(
+                    keys=start.script_keys(), args=start.script_args(), client=pipe
+                )
+            for reply in await pipe.execute(raise_on_error=False):
+                if isinstance(reply, Exception):
+                    if str(reply).startswith("start_run: "):  # its own check, nothing written
+                        raise KeyRefused(f"{reply} ({started} runs before it started)")
+                    raise reply  # e.g. OOM or READONLY: refused before any write
+                started += int(reply)
+        return started
 
     async def _check_keys(self, wanted: dict[str, str]) -> None:
         """Raise KeyRefused unless each key holds its wanted type (or nothing) and each
@@ -366,6 +384,20 @@ class Broker:
         keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
         return int(await self._store_set(keys=keys, args=flat)) == 1
 
+    async def store_incr(self, run_id: str, key: str, amount: int | float) -> bytes | None:
+        """Add `amount` to a number in the run's store, atomically; the new value
+        (msgpack), or None when the run does not exist."""
+        keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
+        reply = await self._store_incr(keys=keys, args=[key, repr(amount)])
+        return reply if isinstance(reply, bytes) else None
+
+    async def store_cas(self, run_id: str, key: str, expected: bytes | None, value: bytes) -> int:
+        """Set `key` to `value` if it holds `expected` (None: if it is absent): 1 written,
+        0 it held something else, -1 the run does not exist."""
+        keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
+        args: list[str | bytes] = [key, expected or b"", value, "1" if expected is None else "0"]
+        return int(await self._store_cas(keys=keys, args=args))
+
     async def store_delete(self, run_id: str, key: str) -> bool:
         return int(await self.client.hdel(self.keys.run_store(run_id), key)) == 1
 
@@ -373,6 +405,10 @@ class Broker:
         """What the branches of a fan-in group left for the uniting state (decoded)."""
         raw = await self.client.lrange(self.keys.collected(run_id, unite, target_state), 0, -1)
         return [unpack(r) for r in raw]
+
+    async def delay(self, node: str, envelopes: Sequence[bytes], due_ms: int) -> None:
+        """Put envelopes in `node`'s delayed set, promoted to its stream at `due_ms`."""
+        await self.client.zadd(self.keys.delayed(node), dict.fromkeys(envelopes, due_ms))
 
     async def publish(self, node: str, envelopes: Sequence[bytes], chunk: int = 2000) -> list[str]:
         """XADD many envelopes to `node`'s stream: one script call per chunk (redis-py
@@ -397,6 +433,6 @@ class Broker:
         return [r.decode() if isinstance(r, bytes) else str(r) for r in removed]
 
     @cached_property
-    def _prune_consumers_script(self) -> Any:
+    def _prune_consumers_script(self) -> Script:
         # Registered on first use (kept here, at the end, with its one caller).
         return self.client.register_script(_lua("prune_consumers.lua"))

@@ -2,6 +2,22 @@
 
 from exospherehost._version import VERSION
 from exospherehost.client.statemanager import StateManager
+from exospherehost.errors import (
+    ConfigError,
+    ExosphereError,
+    GraphNotFound,
+    GraphValidationError,
+    InvalidArgument,
+    KeyNameError,
+    KeyRefused,
+    MetricsPortError,
+    NodeValidationError,
+    RedriveRefused,
+    RunNotFound,
+    SecretsError,
+    StoreUnavailable,
+    WaitTimedOut,
+)
 from exospherehost.models import (
     CronTrigger,
     GraphNodeModel,
@@ -17,18 +33,34 @@ from exospherehost.signals import PruneSignal, ReQueueAfterSignal
 
 __version__ = VERSION
 
+# The original SDK's names and the errors a public call can raise at its caller (the
+# whole tree, the Runtime's internal ones included, is in exospherehost.errors).
 __all__ = [
     "VERSION",
     "BaseNode",
+    "ConfigError",
     "CronTrigger",
+    "ExosphereError",
     "GraphNodeModel",
+    "GraphNotFound",
+    "GraphValidationError",
+    "InvalidArgument",
+    "KeyNameError",
+    "KeyRefused",
+    "MetricsPortError",
+    "NodeValidationError",
     "PruneSignal",
     "ReQueueAfterSignal",
+    "RedriveRefused",
     "RetryPolicyModel",
     "RetryStrategyEnum",
+    "RunNotFound",
     "Runtime",
+    "SecretsError",
     "StateManager",
     "StoreConfigModel",
+    "StoreUnavailable",
     "UnitesModel",
     "UnitesStrategyEnum",
+    "WaitTimedOut",
 ]

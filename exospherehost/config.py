@@ -13,14 +13,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from exospherehost.broker.connection import faster
+from exospherehost.errors import ConfigError as ConfigError  # old import path
 
 ENV_URL = "EXOSPHERE_REDIS_URL"
 ENV_KEY = "EXOSPHERE_API_KEY"
 _SCHEMES = ("redis", "rediss", "unix")
-
-
-class ConfigError(ValueError):
-    """Missing or invalid configuration; the message says what to set."""
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, TypedDict
 
-import redis.asyncio as aioredis
-
+from exospherehost.broker.client import Redis, RedisClient, typed_client
 from exospherehost.broker.codec import pack, unpack
+from exospherehost.broker.graphs import GraphRecords
 from exospherehost.broker.keys import Keys
-from exospherehost.broker.streams import RawRedis
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.models import GraphNodeModel, RetryPolicyModel, StoreConfigModel
 from exospherehost.secrets import SecretsCipher, SecretsError, decrypt_secrets
@@ -64,40 +63,30 @@ def version_floor(seconds: int, micros: int) -> int:
 
 
 class GraphStore:
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
-        self.client: RawRedis = client
+    def __init__(self, client: Redis | RedisClient, keys: Keys) -> None:
         self.keys = keys
+        self.records = GraphRecords(typed_client(client), keys)
 
     async def next_version(self, name: str) -> int:
         """A version number of `name` never handed out before, even if Redis lost the
         counter (see the module docstring). Two round trips; upserts are rare."""
-        seconds, micros = await self.client.time()
-        seq = self.keys.graph_seq()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hsetnx(seq, name, version_floor(seconds, micros))  # only when missing
-        pipe.hincrby(seq, name, 1)
-        _, version = await pipe.execute()
-        return int(version)
+        seconds, micros = await self.records.clock()
+        return await self.records.next_version(name, version_floor(seconds, micros))
 
     async def save(self, doc: GraphDoc, secrets: dict[str, bytes] | None) -> None:
         """Write the document and the graph's (already encrypted) secrets, and point the
         graph at the document, in one MULTI."""
-        name = doc["name"]
-        pipe = self.client.pipeline(transaction=True)
-        pipe.set(self.keys.graph(name, doc["version"]), pack(doc))
-        if secrets is not None:
-            pipe.delete(self.keys.secrets(name))
-            if secrets:
-                pipe.hset(self.keys.secrets(name), mapping=secrets)
-        pipe.hset(self.keys.graphs(), name, doc["version"])
-        await pipe.execute()
+        await self.records.save(doc["name"], doc["version"], pack(doc), secrets)
 
     async def current_version(self, name: str) -> int | None:
-        v = await self.client.hget(self.keys.graphs(), name)
-        return int(v) if v is not None else None
+        return await self.records.current_version(name)
+
+    async def versions(self) -> dict[str, int]:
+        """Every graph of the namespace -> its current version."""
+        return await self.records.versions()
 
     async def load(self, name: str, version: int) -> GraphDoc | None:
-        raw = await self.client.get(self.keys.graph(name, version))
+        raw = await self.records.document(name, version)
         return None if raw is None else unpack(raw)
 
     async def current(self, name: str) -> GraphDoc | None:
@@ -105,12 +94,15 @@ class GraphStore:
         return None if version is None else await self.load(name, version)
 
     async def names(self) -> list[str]:
-        return sorted(k.decode() for k in await self.client.hkeys(self.keys.graphs()))
+        return await self.records.names()
 
     async def stored_secrets(self, name: str) -> dict[bytes, bytes]:
         """The graph's secrets as stored: name -> Fernet token (see exospherehost.secrets)."""
-        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.secrets(name))
-        return raw
+        return await self.records.secrets(name)
+
+    async def stored_secrets_of(self, names: list[str]) -> dict[str, dict[bytes, bytes]]:
+        """`stored_secrets` of each graph in `names`, in one round trip."""
+        return await self.records.secrets_of(names)
 
 
 class GraphCache:

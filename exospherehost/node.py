@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from exospherehost.broker.keys import name_problem
+from exospherehost.errors import NodeValidationError as NodeValidationError  # old import path
 from exospherehost.store import RunStore, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -80,14 +81,6 @@ class BaseNode(ABC):
     @abstractmethod
     async def execute(self) -> Any:
         """Do the work with `self.inputs` / `self.secrets`; return Outputs or list[Outputs]."""
-
-
-class NodeValidationError(ValueError):
-    """A node class cannot be served; the message lists every problem found."""
-
-
-def node_name(cls: type[BaseNode]) -> str:
-    return cls.__name__
 
 
 def _model_problems(cls: type, attr: str) -> list[str]:

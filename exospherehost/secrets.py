@@ -17,8 +17,8 @@ from collections.abc import Mapping
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from exospherehost.broker.streams import RawRedis
 from exospherehost.config import ConfigError
+from exospherehost.errors import SecretsError as SecretsError  # old import path
 
 ENV_SECRETS_KEY = "EXOSPHERE_SECRETS_KEY"
 GENERATE_KEY = (
@@ -26,11 +26,6 @@ GENERATE_KEY = (
 )
 
 log = logging.getLogger("exospherehost.secrets")
-
-
-class SecretsError(RuntimeError):
-    """A graph's secrets cannot be decrypted. The message says why and what to do; it
-    never contains a secret value."""
 
 
 class SecretsCipher:
@@ -106,19 +101,13 @@ def decrypt_secrets(
     return cipher.decrypt(graph, stored)
 
 
-async def check_namespace_secrets(
-    client: RawRedis, secrets_keys: Mapping[str, str], cipher: SecretsCipher | None
+def check_namespace_secrets(
+    stored: Mapping[str, Mapping[bytes, bytes]], cipher: SecretsCipher | None
 ) -> None:
     """At Runtime start: refuse to start without a key when any graph of the namespace has
-    secrets (`secrets_keys`: graph name -> its secrets hash key); warn about graphs whose
+    secrets (`stored`: graph name -> its secrets hash as stored); warn about graphs whose
     secrets the key cannot decrypt (their states will fail)."""
-    names = sorted(secrets_keys)
-    if not names:
-        return
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.hgetall(secrets_keys[name])
-    stored = dict(zip(names, await pipe.execute(), strict=True))
+    names = sorted(stored)
     with_secrets = [n for n in names if stored[n]]
     if not with_secrets:
         return

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from exospherehost.errors import InvalidArgument
+
 _NOTE = "NOTE: Do not catch this Exception, let it bubble up to the Runtime"
 
 
@@ -23,7 +25,7 @@ class ReQueueAfterSignal(Exception):
         if not isinstance(delay, timedelta):
             raise TypeError(f"ReQueueAfterSignal needs a datetime.timedelta, got {delay!r}")
         if delay.total_seconds() < 0:
-            raise ValueError(f"ReQueueAfterSignal delay must not be negative, got {delay}")
+            raise InvalidArgument(f"ReQueueAfterSignal delay must not be negative, got {delay}")
         self.delay = delay
         super().__init__(f"ReQueueAfter signal received with timedelta: {delay}\n{_NOTE}")
 

@@ -10,48 +10,19 @@ are seen by nodes reading `self.store`, not by templates."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from exospherehost.broker.codec import pack, unpack
+from exospherehost.errors import RunNotFound, StoreConflict
+from exospherehost.errors import StoreUnavailable as StoreUnavailable  # old import path
+from exospherehost.graph.storevalues import MAX_KEY_LENGTH as MAX_KEY_LENGTH
+from exospherehost.graph.storevalues import check_store_key as check_store_key
+from exospherehost.graph.storevalues import encode_store as encode_store
+from exospherehost.graph.storevalues import encode_value as encode_value
 
 if TYPE_CHECKING:
     from exospherehost.broker.streams import Broker
-
-MAX_KEY_LENGTH = 512
-
-
-class StoreUnavailable(RuntimeError):
-    """`self.store` was used where there is no run store (a state enqueued without a graph,
-    or a node instance not executed by a Runtime)."""
-
-
-def check_store_key(key: object) -> str:
-    """A store key: a non-empty string without '.', surrounding whitespace or more than
-    MAX_KEY_LENGTH characters (the same rules as StoreConfigModel's keys)."""
-    if not isinstance(key, str):
-        raise TypeError(f"store key must be a string, got {type(key).__name__} {key!r}")
-    if not key or not key.strip():
-        raise ValueError("store key cannot be empty or only whitespace")
-    if key != key.strip():
-        raise ValueError(f"store key {key!r} has leading or trailing whitespace")
-    if "." in key:
-        raise ValueError(f"store key {key!r} cannot contain '.'")
-    if len(key) > MAX_KEY_LENGTH:
-        raise ValueError(f"store key {key[:40]!r}... is longer than {MAX_KEY_LENGTH} characters")
-    return key
-
-
-def encode_value(key: str, value: Any) -> bytes:
-    try:
-        return pack(value)
-    except TypeError as exc:
-        raise TypeError(f"store value for key {key!r}: {exc}") from None
-
-
-def encode_store(values: Mapping[str, Any]) -> dict[str, bytes]:
-    """Check every key and msgpack every value; the error names the offending key."""
-    return {check_store_key(k): encode_value(k, v) for k, v in values.items()}
 
 
 class RunStore:
@@ -60,8 +31,14 @@ class RunStore:
     Every call is one Redis round trip and sees the latest value (writes by other states
     of the run included). Values are anything msgpack carries (str, int, float, bool,
     None, bytes, lists, dicts; datetimes, UUIDs and models in their JSON form). Writes to
-    a run that no longer exists raise `KeyError`. Execution is at-least-once: a state run
-    twice writes twice, so write idempotently (e.g. set, not increment-by-read)."""
+    a run that no longer exists raise `KeyError`.
+
+    Atomic: `update` (several keys at once), `incr`, `compare_and_set` and `modify` (a
+    read-modify-write that retries until no other writer came in between). A `get`
+    followed by a `set` is not: concurrent states can overwrite each other's value.
+    Execution is at-least-once: a state run twice writes twice, so an `incr` of a state
+    that is retried or reclaimed counts twice; make writes idempotent where that
+    matters (e.g. `set` a per-state key)."""
 
     __slots__ = ("_broker", "run_id")
 
@@ -89,10 +66,58 @@ class RunStore:
         if not encoded:
             return
         if not await self._broker.store_set(self.run_id, encoded):
-            raise KeyError(
-                f"run {self.run_id!r} not found (unknown, or expired after retention): "
-                f"cannot write its store"
-            )
+            raise self._gone()
+
+    async def incr(self, key: str, amount: int | float = 1) -> int | float:
+        """Add `amount` to the number at `key` (missing: 0) in one atomic step; returns
+        the new value. Redis's Lua numbers are doubles: integers beyond 2**53 lose
+        precision."""
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            raise TypeError(f"store incr amount must be a number, got {amount!r}")
+        raw = await self._broker.store_incr(self.run_id, check_store_key(key), amount)
+        if raw is None:
+            raise self._gone()
+        value: int | float = unpack(raw)
+        return value
+
+    async def compare_and_set(self, key: str, expected: Any, value: Any) -> bool:
+        """Set `key` to `value` only if it still holds `expected` (compared as the encoded
+        value; `expected=None` matches a missing key and one holding None). True when
+        written."""
+        key = check_store_key(key)
+        new = encode_value(key, value)
+        written = await self._broker.store_cas(
+            self.run_id, key, None if expected is None else encode_value(key, expected), new
+        )
+        if written == 0 and expected is None:
+            # The key may hold an explicit None (msgpack nil): that matches too.
+            written = await self._broker.store_cas(self.run_id, key, pack(None), new)
+        if written < 0:
+            raise self._gone()
+        return written == 1
+
+    async def modify(
+        self, key: str, change: Callable[[Any], Any], default: Any = None, attempts: int = 100
+    ) -> Any:
+        """Apply `change` to the value of `key` (`default` when missing) atomically: read,
+        change, compare-and-set, again on a conflict (up to `attempts`); returns the value
+        written. `change` may run more than once, so it must be pure."""
+        key = check_store_key(key)
+        for _ in range(attempts):
+            raw = await self._broker.store_get(self.run_id, key)
+            new = change(default if raw is None else unpack(raw))
+            written = await self._broker.store_cas(self.run_id, key, raw, encode_value(key, new))
+            if written == 1:
+                return new
+            if written < 0:
+                raise self._gone()
+        raise StoreConflict(f"store key {key!r}: another writer came in between {attempts} times")
+
+    def _gone(self) -> RunNotFound:
+        return RunNotFound(
+            f"run {self.run_id!r} not found (unknown, or expired after retention): "
+            f"cannot write its store"
+        )
 
     async def delete(self, key: str) -> bool:
         """Remove `key`; True when it existed."""

@@ -14,6 +14,7 @@
 -- Returns 1 fired, 0 already fired (marker taken), -1 the graph's current version is not
 -- ARGV[3] any more (the caller reloads the graph and tries again); an error when a key
 -- holds the wrong type (nothing written).
+--@include _runstart.lua
 
 local marker, graphs, run, store, index, target =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -37,23 +38,5 @@ if not redis.call('SET', marker, run_id, 'NX', 'EX', ARGV[1]) then
   return 0
 end
 
-local function hset_chunks(key, first, last)  -- bounded unpack: Lua's C stack holds ~8000
-  for i = first, last, 2000 do
-    redis.call('HSET', key, unpack(ARGV, i, math.min(i + 1999, last)))
-  end
-end
-
-local n = tonumber(ARGV[9])
-local first_store = 10 + 2 * n
-hset_chunks(run, 10, first_store - 1)
-if #ARGV >= first_store then
-  hset_chunks(store, first_store, #ARGV)
-end
-redis.call('ZADD', index, ARGV[5], run_id)
-redis.call('ZREMRANGEBYRANK', index, 0, -tonumber(ARGV[6]) - 1)
-if due_ms > 0 then
-  redis.call('ZADD', target, ARGV[8], ARGV[7])
-else
-  redis.call('XADD', target, '*', '_exo', ARGV[7])
-end
+write_run(run, store, index, target, 4)  -- broker/lua/_runstart.lua
 return 1

@@ -19,31 +19,45 @@
 -- KEYS:    every key the plan touches (ops refer to them by index).
 -- ARGV[1]: consumer group.  ARGV[2]: msgpack plan = { {src, entry_id, ops}, ... }
 --          entry_id '' = no source entry to ack: apply the ops unconditionally (a dead
---          letter written for an entry acked by an earlier call that failed half-way).
--- ops:
---   {1, k, maxlen, f1, v1, ...}     XADD KEYS[k] [MAXLEN ~ maxlen] * f1 v1 ...
---   {2, k, delay_ms, member}        ZADD KEYS[k] (now + delay_ms) member
---   {3, k, value}                   RPUSH KEYS[k] value
---   {7, run_k, open_delta}          a graph state's change to its run's open count, before
---                                   its other run ops; if the run does not exist (expired,
---                                   or a forged entry) the entry's remaining ops are
---                                   skipped (flag 2); ops before it (a dead letter) stay
---   {4, run_k, events_k, run_id, open_delta, failed_delta, retention_s, hist_k, record,
---       n, exp_k1..exp_kn, field1, incr1, ...}
---                                   run bookkeeping (+ a history record, '' for none);
---                                   finishes the run when no state is open (only a
---                                   negative open_delta can; exp_k are sent only then)
---   {5, g_k, open, strategy, env, unite_ident}
---                                   open a fan-in group (unites) when its target settles
---   {6, g_k, c_k, q_k, run_k, open_delta, bad_delta, retention_s,
---       n_outer, outer_k..., item...}
---                                   count a group member's settle; fire the uniting state
---                                   (XADD env to q_k) when the group's last member is done
+--          letter written for an entry acked by an earlier call that failed part-way).
+-- An op is a flat array: its code (OP_*), then its fields at the positions named below
+-- (`k` fields are KEYS indices). exospherehost.broker.plan builds them, and
+-- tests/unit/test_plan_wire.py holds its builder and these constants in agreement.
 -- Ops of one entry run in order; group ops come before the run op, so a firing unite
 -- re-opens the run before the run could be seen as finished.
 -- Returns one result per entry: 1 applied, 0 skipped (was not pending any more), 2 acked
 -- but nothing emitted (its run does not exist), '3 <error>' acked but its ops failed
 -- part-way, '4 <reason>' refused by the pre-pass (not acked: still pending).
+
+-- A plan item: {src k, entry_id, ops}.
+local ITEM_SOURCE, ITEM_ENTRY_ID, ITEM_OPS = 1, 2, 3
+local OP_CODE = 1
+local OP_XADD, OP_ZADD_DELAYED, OP_RPUSH, OP_RUN_STEP, OP_GROUP_INIT, OP_GROUP_STEP,
+      OP_RUN_OPEN = 1, 2, 3, 4, 5, 6, 7
+-- OP_XADD: XADD KEYS[stream] [MAXLEN ~ maxlen (if > 0)] * f1 v1 ... (the pairs, to the end)
+local XADD_STREAM, XADD_MAXLEN, XADD_PAIRS = 2, 3, 4
+-- OP_ZADD_DELAYED: ZADD KEYS[zset] (now + delay_ms) member
+local ZADD_ZSET, ZADD_DELAY_MS, ZADD_MEMBER = 2, 3, 4
+-- OP_RPUSH: RPUSH KEYS[key] value
+local RPUSH_KEY, RPUSH_VALUE = 2, 3
+-- OP_RUN_OPEN: a graph state's change to its run's open count, before its other run ops;
+-- if the run does not exist (expired, or a forged entry) the entry's remaining ops are
+-- skipped (flag 2); ops before it (a dead letter) stay.
+local RO_RUN_KEY, RO_OPEN_DELTA = 2, 3
+-- OP_RUN_STEP: run bookkeeping (+ a history record, '' for none); finishes the run when no
+-- state is open (only a negative open_delta can; the n expire keys are sent only then).
+-- After the n expire keys: field1, incr1, ... (run hash counters), to the end.
+local RS_RUN_KEY, RS_EVENTS_KEY, RS_RUN_ID, RS_OPEN_DELTA, RS_FAILED_DELTA, RS_RETENTION_S,
+      RS_HISTORY_KEY, RS_HISTORY, RS_N_EXPIRE_WITH_RUN, RS_EXPIRE_WITH_RUN =
+      2, 3, 4, 5, 6, 7, 8, 9, 10, 11
+-- OP_GROUP_INIT: open a fan-in group (unites) when its target settles.
+local GI_GROUP_KEY, GI_OPEN, GI_STRATEGY, GI_ENV, GI_UNITE_IDENTIFIER = 2, 3, 4, 5, 6
+-- OP_GROUP_STEP: count a group member's settle; fire the uniting state (XADD env to the
+-- unite queue) when the group's last member is done. After the n outer group keys: the
+-- items collected for the unite, to the end.
+local GS_GROUP_KEY, GS_COLLECTED_KEY, GS_UNITE_QUEUE, GS_RUN_KEY, GS_OPEN_DELTA,
+      GS_BAD_DELTA, GS_RETENTION_S, GS_N_OUTER_GROUPS, GS_OUTER_GROUPS =
+      2, 3, 4, 5, 6, 7, 8, 9, 10
 
 local group = ARGV[1]
 local plan = cmsgpack.unpack(ARGV[2])
@@ -75,19 +89,22 @@ end
 
 local function item_problem(ops)
   for _, op in ipairs(ops) do
-    local code, p = op[1], false
-    if code == 1 then
-      if #op - 3 > MAX_VALUES then
-        return 'XADD of ' .. ((#op - 3) / 2) .. ' fields, more than a script can pass (' ..
+    local code, p = op[OP_CODE], false
+    if code == OP_XADD then
+      local values = #op - XADD_PAIRS + 1
+      if values > MAX_VALUES then
+        return 'XADD of ' .. (values / 2) .. ' fields, more than a script can pass (' ..
                (MAX_VALUES / 2) .. ')'
       end
-      p = index_problem(op[2], 'stream')
-    elseif code == 2 then
-      p = index_problem(op[2], 'zset')
-    elseif code == 4 then
-      p = index_problem(op[3], 'stream')  -- the events stream, written when the run ends
-    elseif code == 6 then
-      p = index_problem(op[4], 'stream')  -- the uniting node's queue, when the unite fires
+      p = index_problem(op[XADD_STREAM], 'stream')
+    elseif code == OP_ZADD_DELAYED then
+      p = index_problem(op[ZADD_ZSET], 'zset')
+    elseif code == OP_RUN_STEP then
+      -- the events stream, written when the run ends
+      p = index_problem(op[RS_EVENTS_KEY], 'stream')
+    elseif code == OP_GROUP_STEP then
+      -- the uniting node's queue, when the unite fires
+      p = index_problem(op[GS_UNITE_QUEUE], 'stream')
     end
     if p then return p end
   end
@@ -99,7 +116,7 @@ if type(plan) ~= 'table' then
 end
 local results = {}
 for n, item in ipairs(plan) do
-  local p = item_problem(item[3])
+  local p = item_problem(item[ITEM_OPS])
   if p then results[n] = '4 ' .. p end
 end
 
@@ -112,9 +129,9 @@ local function run_open_op(op)
   -- `open` first: its reply also tells whether the run exists. Only a missing hash (an
   -- expired run, or a forged entry) comes back as exactly the delta without a status:
   -- that stray hash is removed again and the entry's remaining ops are skipped.
-  local run = KEYS[op[2]]
-  run_open = redis.call('HINCRBY', run, 'open', op[3])
-  if run_open == op[3] and redis.call('HEXISTS', run, 'status') == 0 then
+  local run, delta = KEYS[op[RO_RUN_KEY]], op[RO_OPEN_DELTA]
+  run_open = redis.call('HINCRBY', run, 'open', delta)
+  if run_open == delta and redis.call('HEXISTS', run, 'status') == 0 then
     redis.call('DEL', run)
     return false
   end
@@ -122,18 +139,18 @@ local function run_open_op(op)
 end
 
 local function run_step(op)
-  local run = KEYS[op[2]]
-  if op[9] ~= '' then
-    redis.call('RPUSH', KEYS[op[8]], op[9])
+  local run, history = KEYS[op[RS_RUN_KEY]], op[RS_HISTORY]
+  if history ~= '' then
+    redis.call('RPUSH', KEYS[op[RS_HISTORY_KEY]], history)
   end
-  local n = op[10]
-  for i = 11 + n, #op, 2 do
+  local n = op[RS_N_EXPIRE_WITH_RUN]
+  for i = RS_EXPIRE_WITH_RUN + n, #op, 2 do
     redis.call('HINCRBY', run, op[i], op[i + 1])
   end
-  if op[6] ~= 0 then
-    redis.call('HINCRBY', run, 'failed', op[6])
+  if op[RS_FAILED_DELTA] ~= 0 then
+    redis.call('HINCRBY', run, 'failed', op[RS_FAILED_DELTA])
   end
-  if run_open == 0 and op[5] < 0 then
+  if run_open == 0 and op[RS_OPEN_DELTA] < 0 then
     -- The last open state of the run settled. This branch runs once per run: `open`
     -- only changes inside acked settles, and nothing is open afterwards. (A step that
     -- opens as many states as it closes cannot end a run: the settling state was open.)
@@ -141,35 +158,38 @@ local function run_step(op)
     local status = 'SUCCEEDED'
     if failed > 0 then status = 'FAILED' end
     redis.call('HSET', run, 'status', status, 'finished_ms', now)
-    redis.call('XADD', KEYS[op[3]], 'MAXLEN', '~', 10000, '*', 'run', op[4], 'status', status)
-    if op[7] > 0 then
-      redis.call('EXPIRE', run, op[7])
-      redis.call('EXPIRE', KEYS[op[8]], op[7])
-      for i = 11, 10 + n do
-        redis.call('EXPIRE', KEYS[op[i]], op[7])
+    redis.call('XADD', KEYS[op[RS_EVENTS_KEY]], 'MAXLEN', '~', 10000, '*', 'run',
+               op[RS_RUN_ID], 'status', status)
+    local retention = op[RS_RETENTION_S]
+    if op[RS_RETENTION_S] > 0 then
+      redis.call('EXPIRE', run, retention)
+      redis.call('EXPIRE', KEYS[op[RS_HISTORY_KEY]], retention)
+      for i = RS_EXPIRE_WITH_RUN, RS_EXPIRE_WITH_RUN + n - 1 do
+        redis.call('EXPIRE', KEYS[op[i]], retention)
       end
     end
   end
 end
 
 local function group_init(op)
-  redis.call('HSET', KEYS[op[2]], 'open', op[3], 'bad', 0, 'strategy', op[4], 'env', op[5],
-             'unite', op[6])
+  redis.call('HSET', KEYS[op[GI_GROUP_KEY]], 'open', op[GI_OPEN], 'bad', 0,
+             'strategy', op[GI_STRATEGY], 'env', op[GI_ENV], 'unite', op[GI_UNITE_IDENTIFIER])
 end
 
 local function group_step(op)
-  local g, c, q, run = KEYS[op[2]], KEYS[op[3]], KEYS[op[4]], KEYS[op[5]]
+  local g, c = KEYS[op[GS_GROUP_KEY]], KEYS[op[GS_COLLECTED_KEY]]
+  local q, run = KEYS[op[GS_UNITE_QUEUE]], KEYS[op[GS_RUN_KEY]]
   if redis.call('EXISTS', g) == 0 then
     return
   end
-  if op[7] ~= 0 then
-    redis.call('HINCRBY', g, 'bad', op[7])
+  if op[GS_BAD_DELTA] ~= 0 then
+    redis.call('HINCRBY', g, 'bad', op[GS_BAD_DELTA])
   end
-  local n_outer = op[9]
-  for i = 10 + n_outer, #op do
+  local n_outer = op[GS_N_OUTER_GROUPS]
+  for i = GS_OUTER_GROUPS + n_outer, #op do
     redis.call('RPUSH', c, op[i])
   end
-  local open = redis.call('HINCRBY', g, 'open', op[6])
+  local open = redis.call('HINCRBY', g, 'open', op[GS_OPEN_DELTA])
   if open ~= 0 or redis.call('HSETNX', g, 'fired', 1) == 0 then
     return
   end
@@ -180,7 +200,7 @@ local function group_step(op)
     redis.call('XADD', q, '*', '_exo', redis.call('HGET', g, 'env'))
     run_open = redis.call('HINCRBY', run, 'open', 1)
     redis.call('HINCRBY', run, 'c:' .. unite, 1)
-    for i = 10, 9 + n_outer do
+    for i = GS_OUTER_GROUPS, GS_OUTER_GROUPS + n_outer - 1 do
       redis.call('HINCRBY', KEYS[op[i]], 'open', 1)
     end
   else
@@ -188,9 +208,10 @@ local function group_step(op)
     redis.call('HSET', run, 'why:' .. unite, 'unite ' .. unite .. ' did not fire: ' .. bad ..
                ' branch state(s) failed or were pruned (strategy ALL_SUCCESS)')
   end
-  if op[8] > 0 then
-    redis.call('EXPIRE', g, op[8])
-    redis.call('EXPIRE', c, op[8])
+  local retention = op[GS_RETENTION_S]
+  if retention > 0 then
+    redis.call('EXPIRE', g, retention)
+    redis.call('EXPIRE', c, retention)
   end
 end
 
@@ -198,26 +219,27 @@ end
 local function apply(ops)
   run_open = nil
   for _, op in ipairs(ops) do
-    local code = op[1]
-    if code == 7 then
+    local code = op[OP_CODE]
+    if code == OP_RUN_OPEN then
       if not run_open_op(op) then
         return 2
       end
-    elseif code == 1 then
-      if op[3] > 0 then
-        redis.call('XADD', KEYS[op[2]], 'MAXLEN', '~', op[3], '*', unpack(op, 4))
+    elseif code == OP_XADD then
+      local stream, maxlen = KEYS[op[XADD_STREAM]], op[XADD_MAXLEN]
+      if maxlen > 0 then
+        redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(op, XADD_PAIRS))
       else
-        redis.call('XADD', KEYS[op[2]], '*', unpack(op, 4))
+        redis.call('XADD', stream, '*', unpack(op, XADD_PAIRS))
       end
-    elseif code == 2 then
-      redis.call('ZADD', KEYS[op[2]], now + op[3], op[4])
-    elseif code == 3 then
-      redis.call('RPUSH', KEYS[op[2]], op[3])
-    elseif code == 4 then
+    elseif code == OP_ZADD_DELAYED then
+      redis.call('ZADD', KEYS[op[ZADD_ZSET]], now + op[ZADD_DELAY_MS], op[ZADD_MEMBER])
+    elseif code == OP_RPUSH then
+      redis.call('RPUSH', KEYS[op[RPUSH_KEY]], op[RPUSH_VALUE])
+    elseif code == OP_RUN_STEP then
       run_step(op)
-    elseif code == 5 then
+    elseif code == OP_GROUP_INIT then
       group_init(op)
-    elseif code == 6 then
+    elseif code == OP_GROUP_STEP then
       group_step(op)
     end
   end
@@ -233,11 +255,11 @@ end
 local acked = {}  -- source stream index -> acked ids: deleted in one XDEL per stream
 for n, item in ipairs(plan) do
   if results[n] == nil then
-    local id = item[2]
+    local src, id = item[ITEM_SOURCE], item[ITEM_ENTRY_ID]
     local ok, got = true, 1
     if id ~= '' then
       -- Refused (not acked, nothing written) if XACK itself fails, e.g. a malformed id.
-      ok, got = pcall(redis.call, 'XACK', KEYS[item[1]], group, id)
+      ok, got = pcall(redis.call, 'XACK', KEYS[src], group, id)
     end
     if not ok then
       results[n] = '4 ' .. why(got)
@@ -245,14 +267,14 @@ for n, item in ipairs(plan) do
       results[n] = 0
     else
       if id ~= '' then
-        local ids = acked[item[1]]
+        local ids = acked[src]
         if ids == nil then
           ids = {}
-          acked[item[1]] = ids
+          acked[src] = ids
         end
         ids[#ids + 1] = id
       end
-      local fine, flag = pcall(apply, item[3])
+      local fine, flag = pcall(apply, item[ITEM_OPS])
       results[n] = fine and flag or ('3 ' .. why(flag))
     end
   end

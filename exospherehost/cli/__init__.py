@@ -9,6 +9,8 @@ import click
 
 from exospherehost._version import VERSION
 from exospherehost.cli._common import ENV_NAMESPACE, Settings
+from exospherehost.cli.dev import dev
+from exospherehost.cli.graphs import graphs, results
 from exospherehost.cli.monitor import status
 from exospherehost.cli.records import dead, runs
 from exospherehost.cli.states import enqueue, trigger
@@ -53,6 +55,7 @@ def cli(ctx: click.Context, redis_url: str | None, key: str | None, namespace: s
 
     \b
     Examples:
+      exosphere dev examples.nodes:ALL     # private Redis + workers + dashboard
       exosphere -n demo worker examples.nodes:ALL --processes 4
       exosphere -n demo trigger squares --store n=3 --wait
       exosphere status --watch
@@ -61,7 +64,19 @@ def cli(ctx: click.Context, redis_url: str | None, key: str | None, namespace: s
     ctx.obj = Settings(redis_url or None, key or None, namespace or None)
 
 
-for command in (worker, enqueue, trigger, status, runs, dead, bench, dashboard):
+for command in (
+    dev,
+    worker,
+    graphs,
+    enqueue,
+    trigger,
+    results,
+    status,
+    runs,
+    dead,
+    bench,
+    dashboard,
+):
     cli.add_command(command)
 
 

@@ -51,7 +51,7 @@ class _Monitor:
                     ns, self.settings.redis_url, self.settings.key
                 )
             stats = await sm.node_stats()
-            counters = await _counters(sm, list(stats))
+            counters = await sm.broker.queues.counters(list(stats))
             now = self.clock()
             nodes = {}
             for node, s in stats.items():
@@ -67,10 +67,11 @@ class _Monitor:
                     "done_per_s": None,
                 }
                 if node in counters:
-                    row.update(self._rates((ns, node), now, *counters[node]))
+                    c = counters[node]
+                    row.update(self._rates((ns, node), now, c.added, c.length))
                 nodes[node] = row
-            dead = await sm.client.xlen(sm.keys.dead())
-            out[ns] = {"dead_letters": int(dead), "nodes": nodes}
+            dead = await sm.broker.dead_letters.count()
+            out[ns] = {"dead_letters": dead, "nodes": nodes}
         return out
 
     def _rates(self, key: tuple[str, str], now: float, added: int, length: int) -> dict[str, Any]:
@@ -89,19 +90,6 @@ class _Monitor:
     async def close(self) -> None:
         for sm in self.managers.values():
             await sm.close()
-
-
-async def _counters(sm: StateManager, nodes: list[str]) -> dict[str, tuple[int, int]]:
-    """node -> (entries-added, length) of its stream, in one round trip (Redis >= 7)."""
-    pipe = sm.client.pipeline(transaction=False)
-    for node in nodes:
-        pipe.xinfo_stream(sm.keys.queue(node))
-    replies = await pipe.execute(raise_on_error=False)
-    out = {}
-    for node, info in zip(nodes, replies, strict=True):
-        if isinstance(info, dict) and info.get("entries-added") is not None:
-            out[node] = (int(info["entries-added"]), int(info["length"]))
-    return out
 
 
 def _rate(value: float | None) -> str:

@@ -10,6 +10,7 @@ import sys
 import click
 
 from exospherehost.cli._common import Settings, namespace_option, pass_settings
+from exospherehost.config import ConfigError
 
 
 @click.command(
@@ -54,4 +55,6 @@ def dashboard(settings: Settings, host: str, port: int) -> None:
             namespace=settings.namespace,
         )
     except ModuleNotFoundError as exc:  # its web dependencies are an optional extra
+        raise click.ClickException(str(exc)) from None
+    except ConfigError as exc:  # no or a bad Redis URL: one line, as every other command
         raise click.ClickException(str(exc)) from None

@@ -71,8 +71,12 @@ class _Plan:
     key: str | None
     options: dict[str, Any] = field(default_factory=dict)
 
+    def runtime_nodes(self) -> list[object]:
+        """Import the node classes (and fail here, in one line, when they are wrong)."""
+        return load_nodes(self.target)
+
     def runtime(self, metrics_port: int | None) -> Runtime:
-        nodes = load_nodes(self.target)
+        nodes = self.runtime_nodes()
         return Runtime(
             self.namespace,
             self.name,

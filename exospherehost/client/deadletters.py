@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 from redis.exceptions import ResponseError
 
-from exospherehost.broker.codec import MalformedEntry, decode, encode, unpack
-from exospherehost.broker.keys import ENVELOPE_FIELD, Keys, check_name
+from exospherehost.broker.codec import MalformedEntry, decode, encode
+from exospherehost.broker.deadletters import DeadLetterReader, DeadRecord
+from exospherehost.broker.keys import ENVELOPE_FIELD, check_name
 from exospherehost.broker.plan import MAX_XADD_FIELDS
-from exospherehost.broker.streams import REDRIVE_REFUSED, Broker, RawRedis
+from exospherehost.broker.streams import REDRIVE_REFUSED, Broker
 from exospherehost.client.runs import RunNotFound
+from exospherehost.errors import RedriveRefused as RedriveRefused  # old import path
 
 log = logging.getLogger("exospherehost.client.deadletters")
-
-
-class RedriveRefused(ValueError):
-    """The redrive script checked the call and wrote nothing (e.g. the node's stream key
-    holds another type, or its entry ids are used up): the message says why."""
 
 
 @dataclass
@@ -49,40 +47,31 @@ class DeadLetter:
 
     @classmethod
     def parse(cls, entry_id: bytes, f: dict[bytes, bytes]) -> DeadLetter:
-        text = {k.decode(): v.decode("utf-8", "replace") for k, v in f.items() if k != b"original"}
-        original = unpack(f[b"original"]) if b"original" in f else {}
-        return cls(
-            id=entry_id.decode(),
-            node=text.get("node", ""),
-            state_id=text.get("state", ""),
-            run_id=text.get("run") or None,
-            identifier=text.get("identifier") or None,
-            attempts=int(text.get("attempts") or 0),
-            deliveries=int(text.get("deliveries") or 0),
-            error=text.get("error", ""),
-            traceback=text.get("traceback", ""),
-            time_ms=int(text.get("time_ms") or 0),
-            entry=text.get("entry", ""),
-            original=original if isinstance(original, dict) else {},
-        )
+        """A dead-letter stream entry as XRANGE returns it."""
+        return cls.of(DeadRecord.parse(entry_id, f))
+
+    @classmethod
+    def of(cls, record: DeadRecord) -> DeadLetter:
+        return cls(**{fl.name: getattr(record, fl.name) for fl in dataclasses.fields(record)})
 
 
 class DeadLettersMixin:
-    """StateManager methods over the dead-letter stream; needs `client`, `keys`, `broker`."""
+    """StateManager methods over the dead-letter stream; needs `broker`."""
 
-    client: RawRedis
-    keys: Keys
     broker: Broker
+
+    @property
+    def _dead(self) -> DeadLetterReader:
+        return self.broker.dead_letters
 
     async def dead_letters(self, count: int = 100, after: str = "-") -> list[DeadLetter]:
         """Dead letters oldest first, from entry id `after` (exclusive unless '-')."""
         start = after if after == "-" else f"({after}"
-        entries = await self.client.xrange(self.keys.dead(), min=start, count=count)
-        return [DeadLetter.parse(i, f) for i, f in entries]
+        return [DeadLetter.of(r) for r in await self._dead.range(start, count)]
 
     async def dead_letter(self, dead_id: str) -> DeadLetter | None:
-        entries = await self.client.xrange(self.keys.dead(), min=dead_id, max=dead_id)
-        return DeadLetter.parse(*entries[0]) if entries else None
+        record = await self._dead.get(dead_id)
+        return None if record is None else DeadLetter.of(record)
 
     async def redrive(self, dead_id: str) -> bool:
         """Put a dead letter back on its node's stream for a fresh set of attempts, under
@@ -112,10 +101,9 @@ class DeadLettersMixin:
         the others go on. Letters that die again meanwhile land after the starting tail and
         are left alone (otherwise a state that always fails would be redriven forever)."""
         report = RedriveReport()
-        tail = await self.client.xrevrange(self.keys.dead(), count=1)
-        if not tail:
+        last = await self._dead.last_id()
+        if last is None:
             return report
-        last = tail[0][0].decode()
         after = "-"
         while batch := await self.dead_letters(1000, after):
             for dead in batch:
@@ -136,12 +124,12 @@ def redrive_fields(dead: DeadLetter) -> dict[bytes | str, bytes | str]:
     dead-lettered again, with the reason) goes back byte for byte."""
     original = dead.original
     if not original:
-        raise ValueError(f"dead letter {dead.id} has no original entry to redrive")
+        raise RedriveRefused(f"dead letter {dead.id} has no original entry to redrive")
     try:
         env = decode((dead.state_id or dead.entry).encode(), original)
     except MalformedEntry:
         if len(original) > MAX_XADD_FIELDS:
-            raise ValueError(
+            raise RedriveRefused(
                 f"dead letter {dead.id} holds an undecodable entry of {len(original)} fields, "
                 f"more than can be re-added ({MAX_XADD_FIELDS})"
             ) from None

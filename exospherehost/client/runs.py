@@ -7,16 +7,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exospherehost.broker.codec import unpack
-from exospherehost.broker.keys import Keys, check_name
-from exospherehost.broker.streams import RawRedis
+from exospherehost.broker.fields import RUNNING
+from exospherehost.broker.keys import check_name
+from exospherehost.broker.runs import RunRecord, RunsReader
+from exospherehost.broker.streams import Broker
+from exospherehost.errors import RunNotFound as RunNotFound  # old import path
+from exospherehost.errors import WaitTimedOut
 
 MAX_BLOCK_S = 1.0
 """Blocking reads are cut into slices well under the client's socket timeout."""
-
-
-class RunNotFound(KeyError):
-    pass
 
 
 @dataclass
@@ -42,7 +41,7 @@ class RunStatus:
 
     @property
     def done(self) -> bool:
-        return self.status != "RUNNING"
+        return self.status != RUNNING
 
 
 @dataclass
@@ -58,44 +57,49 @@ class StateRecord:
     time_ms: int
 
 
-class RunsMixin:
-    """StateManager methods over runs; needs `client` and `keys`."""
+def _not_found(run_id: str) -> RunNotFound:
+    return RunNotFound(f"run {run_id!r} not found (unknown, or expired after retention)")
 
-    client: RawRedis
-    keys: Keys
+
+def run_status(run_id: str, record: RunRecord) -> RunStatus:
+    """The public view of a run hash: per identifier, `pending` = created - settled."""
+    counts = {
+        ident: NodeCounts(
+            c.created - c.succeeded - c.failed - c.pruned,
+            c.succeeded,
+            c.failed,
+            c.pruned,
+            c.retried,
+            c.skipped,
+        )
+        for ident, c in record.counts.items()
+    }
+    return RunStatus(
+        run_id,
+        record.graph,
+        record.status,
+        record.open,
+        record.created_ms,
+        record.finished_ms,
+        counts,
+        dict(record.notes),
+    )
+
+
+class RunsMixin:
+    """StateManager methods over runs; needs `broker`."""
+
+    broker: Broker
+
+    @property
+    def _runs(self) -> RunsReader:
+        return self.broker.runs
 
     async def status(self, run_id: str) -> RunStatus:
-        raw = await self.client.hgetall(self.keys.run(check_name("run id", run_id)))
-        if not raw:
-            raise RunNotFound(f"run {run_id!r} not found (unknown, or expired after retention)")
-        h = {k.decode(): v.decode() for k, v in raw.items()}
-        counts: dict[str, NodeCounts] = {}
-        kinds = {"s": "succeeded", "f": "failed", "p": "pruned", "r": "retried", "k": "skipped"}
-        notes: dict[str, str] = {}
-        for k, v in h.items():
-            kind, sep, ident = k.partition(":")
-            if not sep:
-                continue
-            if kind == "why":
-                notes[ident] = v
-                continue
-            c = counts.setdefault(ident, NodeCounts())
-            if kind == "c":
-                c.pending += int(v)
-            elif kind in kinds:
-                setattr(c, kinds[kind], int(v))
-        for c in counts.values():
-            c.pending -= c.succeeded + c.failed + c.pruned
-        return RunStatus(
-            run_id,
-            h.get("graph", ""),
-            h.get("status", "RUNNING"),
-            int(h.get("open", 0)),
-            int(h.get("created_ms", 0)),
-            int(h["finished_ms"]) if "finished_ms" in h else None,
-            counts,
-            notes,
-        )
+        record = await self._runs.run(check_name("run id", run_id))
+        if record is None:
+            raise _not_found(run_id)
+        return run_status(run_id, record)
 
     async def wait(self, run_id: str, timeout: float = 60.0) -> RunStatus:
         """Wait until the run is finished; raises TimeoutError naming the run."""
@@ -106,7 +110,7 @@ class RunsMixin:
         connection however many runs); raises TimeoutError naming what is unfinished."""
         waiting = {check_name("run id", r) for r in run_ids}
         deadline = time.monotonic() + timeout
-        last = await self._events_tail()  # before the first check: no event is missed
+        last = await self._runs.events_tail()  # before the first check: no event is missed
         candidates = set(waiting)
         while True:
             finished = await self._finished(candidates)
@@ -116,19 +120,15 @@ class RunsMixin:
             left = deadline - time.monotonic()
             if left <= 0:
                 some = sorted(waiting)[:5]
-                raise TimeoutError(
+                raise WaitTimedOut(
                     f"{len(waiting)} run(s) not finished after {timeout}s, e.g. {some}"
                 )
             block = max(1, int(min(left, MAX_BLOCK_S) * 1000))
-            reply = await self.client.xread({self.keys.events(): last}, count=10_000, block=block)
-            candidates = set()
-            for _, entries in reply or ():
-                for entry_id, fields in entries:
-                    last = entry_id
-                    run = fields.get(b"run", b"").decode()
-                    if run in waiting:
-                        candidates.add(run)
-            if not reply:
+            events = await self._runs.events(last, 10_000, block)
+            candidates = {e.run_id for e in events if e.run_id in waiting}
+            if events:
+                last = events[-1].entry_id
+            else:
                 candidates = set(waiting)  # idle second: re-check all (covers trimmed events)
         return {r: await self.status(r) for r in run_ids}
 
@@ -137,19 +137,12 @@ class RunsMixin:
         done: set[str] = set()
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            pipe = self.client.pipeline(transaction=False)
-            for r in chunk:
-                pipe.hget(self.keys.run(r), "status")
-            for r, st in zip(chunk, await pipe.execute(), strict=True):
+            for r, st in zip(chunk, await self._runs.statuses(chunk), strict=True):
                 if st is None:
-                    raise RunNotFound(f"run {r!r} not found (unknown, or expired after retention)")
-                if st != b"RUNNING":
+                    raise _not_found(r)
+                if st != RUNNING:
                     done.add(r)
         return done
-
-    async def _events_tail(self) -> bytes | str:
-        tail = await self.client.xrevrange(self.keys.events(), count=1)
-        return tail[0][0] if tail else "0"
 
     async def results(self, run_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
         """Outputs of the run's leaf states ({identifier, state, outputs}); with `timeout`,
@@ -157,39 +150,27 @@ class RunsMixin:
         check_name("run id", run_id)
         if timeout is not None:
             await self.wait(run_id, timeout)
-        raw = await self.client.lrange(self.keys.run_results(run_id), 0, -1)
-        return [unpack(r) for r in raw]
+        results: list[dict[str, Any]] = await self._runs.results(run_id)
+        return results
 
     async def list_runs(self, graph_name: str, offset: int = 0, count: int = 50) -> list[RunStatus]:
         """Recent runs of a graph, newest first (runs expired after retention are dropped)."""
         check_name("graph name", graph_name)
-        ids = await self.client.zrevrange(self.keys.runs(graph_name), offset, offset + count - 1)
         out: list[RunStatus] = []
-        gone: list[bytes] = []
-        for raw in ids:
+        gone: list[str] = []
+        for run_id in await self._runs.run_ids(graph_name, offset, count):
             try:
-                out.append(await self.status(raw.decode()))
+                out.append(await self.status(run_id))
             except RunNotFound:
-                gone.append(raw)
+                gone.append(run_id)
         if gone:
-            await self.client.zrem(self.keys.runs(graph_name), *gone)
+            await self._runs.forget(graph_name, gone)
         return out
 
     async def run_history(self, run_id: str) -> list[StateRecord]:
         """Every settled outcome of the run's states, in settle order."""
-        raw = await self.client.lrange(self.keys.run_history(check_name("run id", run_id)), 0, -1)
-        out: list[StateRecord] = []
-        for r in raw:
-            d = unpack(r)
-            out.append(
-                StateRecord(
-                    d["state"],
-                    d["identifier"] or "",
-                    d["node"],
-                    d["status"],
-                    int(d["attempt"]),
-                    d["error"],
-                    int(d["time_ms"]),
-                )
-            )
-        return out
+        history = await self._runs.history(check_name("run id", run_id))
+        return [
+            StateRecord(h.state_id, h.identifier, h.node, h.status, h.attempt, h.error, h.time_ms)
+            for h in history
+        ]

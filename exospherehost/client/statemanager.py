@@ -7,13 +7,15 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from exospherehost.broker import queues
+from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
-from exospherehost.broker.keys import GROUP, Keys, check_name
-from exospherehost.broker.streams import Broker, RawRedis
+from exospherehost.broker.keys import Keys, check_name
+from exospherehost.broker.streams import Broker
 from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
 from exospherehost.client.runs import (
     MAX_BLOCK_S,
@@ -24,6 +26,8 @@ from exospherehost.client.runs import (
     StateRecord,
 )
 from exospherehost.config import resolve
+from exospherehost.errors import GraphNotFound, InvalidArgument, WaitTimedOut
+from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.cron import CronExpressionError, check_expression
 from exospherehost.graph.runplan import plan_run, run_store
@@ -50,12 +54,6 @@ __all__ = [
 ]
 
 
-class GraphValidationError(ValueError):
-    def __init__(self, graph: str, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
-        super().__init__(f"graph {graph!r} is invalid:\n- " + "\n- ".join(self.errors))
-
-
 @dataclass
 class StateResult:
     """One entry of a node's output stream (a state enqueued without a graph)."""
@@ -71,7 +69,7 @@ def _props(schema: dict[str, Any]) -> frozenset[str]:
     return frozenset((schema.get("properties") or {}).keys())
 
 
-def _schema_of(raw: bytes) -> NodeSchema:
+def _schema_of(raw: str) -> NodeSchema:
     doc = json.loads(raw)
     ins = doc["inputs_schema"]
     return NodeSchema(
@@ -84,7 +82,7 @@ def _schema_of(raw: bytes) -> NodeSchema:
 
 def _check_delay(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int (milliseconds), got {value!r}")
+        raise InvalidArgument(f"{name} must be a non-negative int (milliseconds), got {value!r}")
 
 
 def _inputs_dict(inputs: Mapping[str, Any] | BaseModel, what: str) -> dict[str, Any]:
@@ -123,10 +121,12 @@ class StateManager(RunsMixin, DeadLettersMixin):
     ) -> None:
         self.namespace = check_name("namespace", namespace)
         self.config = resolve(redis_url, key)
-        self.client: RawRedis = self.config.client()
+        # The connection, for closing (and for tests that poke Redis directly); every
+        # command goes through the broker and its readers.
+        self.client = self.config.client()
         self.broker = Broker(self.client, namespace)
         self.keys: Keys = self.broker.keys
-        self.graphs = GraphStore(self.client, self.keys)
+        self.graphs = GraphStore(self.broker.client, self.keys)
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
 
     async def close(self) -> None:
@@ -163,7 +163,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
             envelopes.append(encode(Envelope(state_id, _inputs_dict(item, f"inputs[{i}]"))))
         if delay_ms:
             due = int(time.time() * 1000) + delay_ms
-            await self.client.zadd(self.keys.delayed(node_name), dict.fromkeys(envelopes, due))
+            await self.broker.delay(node_name, envelopes, due)
         else:
             await self.broker.publish(node_name, envelopes)
         return ids
@@ -172,28 +172,19 @@ class StateManager(RunsMixin, DeadLettersMixin):
         self, node_name: str, after: str = "0", count: int = 1000, block_ms: int | None = None
     ) -> list[StateResult]:
         """Results of graphless states of `node_name`, oldest first, after entry id `after`."""
-        stream = self.keys.output(check_name("node name", node_name))
-        if block_ms is None:
-            entries = await self.client.xrange(
-                stream, min=f"({after}" if after != "0" else "-", count=count
-            )
-        else:
-            reply = await self.client.xread({stream: after}, count=count, block=block_ms)
-            entries = reply[0][1] if reply else []
-        out: list[StateResult] = []
-        for entry_id, f in entries:
-            out.append(
-                StateResult(
-                    entry_id.decode(),
-                    f[b"state"].decode(),
-                    f[b"status"].decode(),
-                    unpack(f[b"outputs"])
-                    if b"outputs" in f
-                    else (unpack(f[b"data"]) if b"data" in f else None),
-                    f[b"error"].decode() if b"error" in f else None,
-                )
-            )
-        return out
+        check_name("node name", node_name)
+        return [
+            StateResult(o.entry_id, o.state_id, o.status, o.outputs, o.error)
+            for o in await self.broker.queues.outputs(node_name, after, count, block_ms)
+        ]
+
+    async def newest_outputs(self, node_name: str, count: int = 20) -> list[StateResult]:
+        """The newest `count` results of graphless states of `node_name`, oldest first."""
+        check_name("node name", node_name)
+        return [
+            StateResult(o.entry_id, o.state_id, o.status, o.outputs, o.error)
+            for o in await self.broker.queues.newest_outputs(node_name, count)
+        ]
 
     async def wait_for_states(
         self, node_name: str, state_ids: Iterable[str], timeout: float = 30.0
@@ -207,7 +198,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = len(wanted - found.keys())
-                raise TimeoutError(f"{missing} of {len(wanted)} states of {node_name} not done")
+                raise WaitTimedOut(f"{missing} of {len(wanted)} states of {node_name} not done")
             block = max(1, int(min(left, MAX_BLOCK_S) * 1000))
             batch = await self.outputs(node_name, after, 1000, block_ms=block)
             for r in batch:
@@ -218,8 +209,8 @@ class StateManager(RunsMixin, DeadLettersMixin):
 
     # -- graphs -------------------------------------------------------------------------
     async def _schemas(self) -> dict[str, NodeSchema]:
-        raw = await self.client.hgetall(self.keys.nodes())
-        return {k.decode(): _schema_of(v) for k, v in raw.items()}
+        raw = await self.broker.registry.schemas()
+        return {k: _schema_of(v) for k, v in raw.items()}
 
     async def upsert_graph(
         self,
@@ -242,6 +233,9 @@ class StateManager(RunsMixin, DeadLettersMixin):
         triggers (see exospherehost.runtime.cron), fired by the namespace's Runtimes."""
         check_name("graph name", graph_name)
         nodes = [GraphNodeModel.model_validate(n) for n in graph_nodes]
+        # Models or their dicts (a template file's JSON), as nodes and triggers are.
+        retry_policy = _model_or_none(RetryPolicyModel, retry_policy, "retry_policy")
+        store_config = _model_or_none(StoreConfigModel, store_config, "store_config")
         secret_map = {str(k): str(v) for k, v in (secrets or {}).items()}
         cipher = require_cipher(graph_name) if secret_map else None
         cron = [CronTrigger.model_validate(t) for t in triggers or ()]
@@ -259,6 +253,8 @@ class StateManager(RunsMixin, DeadLettersMixin):
             if not errors or not unregistered or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(polling_interval)
+        if errors:  # before next_version: a refused graph uses up no version number
+            raise GraphValidationError(graph_name, errors)
         doc: GraphDoc = {
             "name": graph_name,
             "version": await self.graphs.next_version(graph_name),
@@ -267,25 +263,23 @@ class StateManager(RunsMixin, DeadLettersMixin):
             "store_config": store_config.model_dump(mode="json") if store_config else None,
             "triggers": [t.model_dump(mode="json") for t in cron],
             "secret_names": sorted(secret_map),
-            "validation_status": "INVALID" if errors else "VALID",
-            "validation_errors": errors,
+            "validation_status": "VALID",
+            "validation_errors": [],
             "updated_ms": int(time.time() * 1000),
         }
-        if errors:
-            raise GraphValidationError(graph_name, errors)
         await self.graphs.save(doc, cipher.encrypt(secret_map) if cipher else {})
         return dict(doc)
 
     async def get_graph(self, graph_name: str) -> dict[str, Any]:
         doc = await self.graphs.current(check_name("graph name", graph_name))
         if doc is None:
-            raise KeyError(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
         return dict(doc)
 
     async def _compiled_current(self, graph_name: str) -> CompiledGraph:
         version = await self.graphs.current_version(check_name("graph name", graph_name))
         if version is None:
-            raise KeyError(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
         key = (graph_name, version)
         if key not in self._compiled:
             doc = await self.graphs.load(graph_name, version)
@@ -334,7 +328,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
 
     async def run_store(self, run_id: str) -> dict[str, Any]:
         """The run's store as it is now (trigger values, defaults and nodes' writes)."""
-        raw = await self.client.hgetall(self.keys.run_store(check_name("run id", run_id)))
+        raw = await self.broker.store_all(check_name("run id", run_id))
         return {k.decode(): unpack(v) for k, v in raw.items()}
 
     async def graph_names(self) -> list[str]:
@@ -342,33 +336,21 @@ class StateManager(RunsMixin, DeadLettersMixin):
 
     async def node_names(self) -> list[str]:
         """Nodes registered in this namespace by Runtimes."""
-        return sorted(k.decode() for k in await self.client.hkeys(self.keys.nodes()))
+        return await self.broker.registry.names()
 
     async def node_stats(self) -> dict[str, dict[str, Any]]:
         """Per registered node: backlog, pending, delayed, consumers, oldest pending age (ms),
         settled output count; one pipelined round trip per node."""
         out: dict[str, dict[str, Any]] = {}
         for node in await self.node_names():
-            q = self.keys.queue(node)
-            pipe = self.client.pipeline(transaction=False)
-            pipe.xlen(q)
-            pipe.zcard(self.keys.delayed(node))
-            pipe.xinfo_groups(q)
-            pipe.xinfo_consumers(q, GROUP)
-            pipe.xpending_range(q, GROUP, min="-", max="+", count=1)
-            length, delayed, groups, consumers, oldest = await pipe.execute(raise_on_error=False)
-            group = groups[0] if isinstance(groups, list) and groups else {}
+            s = await self.broker.queues.stats(node)
             out[node] = {
-                "length": int(length) if isinstance(length, int) else 0,
-                "delayed": int(delayed) if isinstance(delayed, int) else 0,
-                "pending": int(group.get("pending", 0)),
-                "lag": group.get("lag"),
-                "consumers": len(consumers) if isinstance(consumers, list) else 0,
-                "oldest_pending_ms": (
-                    int(oldest[0]["time_since_delivered"])
-                    if isinstance(oldest, list) and oldest
-                    else 0
-                ),
+                "length": s.length,
+                "delayed": s.delayed,
+                "pending": s.pending,
+                "lag": s.lag,
+                "consumers": s.consumers,
+                "oldest_pending_ms": s.oldest_pending_ms,
             }
         return out
 
@@ -377,22 +359,26 @@ class StateManager(RunsMixin, DeadLettersMixin):
         """Namespaces that have registered nodes on this Redis (SCAN, not KEYS)."""
         client = resolve(redis_url, key).client()
         try:
-            found = set()
-            async for k in client.scan_iter(match="exo:{*}:nodes", count=1000):
-                name = k.decode()
-                found.add(name[name.index("{") + 1 : name.rindex("}")])
-            return sorted(found)
+            return await queues.namespaces(typed_client(client))
         finally:
             await client.aclose()
 
     async def pending(self, node_name: str) -> dict[str, int]:
         """Backlog and pending (delivered, unsettled) counts of a node's stream."""
-        stream = self.keys.queue(check_name("node name", node_name))
-        length = await self.client.xlen(stream)
-        try:
-            info = await self.client.xpending(stream, GROUP)
-            pending = int(info["pending"])
-        except Exception:
-            pending = 0
-        delayed = await self.client.zcard(self.keys.delayed(node_name))
-        return {"length": int(length), "pending": pending, "delayed": int(delayed)}
+        c = await self.broker.queues.counts(check_name("node name", node_name))
+        return {"length": c.length, "pending": c.pending, "delayed": c.delayed}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model_or_none(model: type[M], value: object, name: str) -> M | None:
+    """`value` as `model` (an instance, or a mapping validated into one); None stays None.
+    Anything else is refused naming the argument."""
+    if value is None or isinstance(value, model):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidArgument(
+            f"{name} must be a {model.__name__} or a mapping, got {type(value).__name__}"
+        )
+    return model.model_validate(value)

@@ -7,9 +7,7 @@ from datetime import UTC, datetime
 
 from croniter import croniter
 
-
-class CronExpressionError(ValueError):
-    """A cron expression croniter cannot use; the message names it."""
+from exospherehost.errors import CronExpressionError as CronExpressionError  # old import path
 
 
 def next_fire(expression: str, after: int) -> int:

@@ -36,8 +36,3 @@ def retry_delay_ms(
     elif policy.strategy.value.endswith("EQUAL_JITTER"):
         delay = delay / 2 + uniform(0.0, delay / 2)
     return int(delay)
-
-
-def should_retry(policy: RetryPolicyModel, attempt: int) -> bool:
-    """`attempt` counts executions already failed minus one (0 = first try failed)."""
-    return attempt < policy.max_retries

@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from exospherehost.broker import fields as f
 from exospherehost.broker.codec import Envelope, encode
 from exospherehost.broker.keys import Keys
 from exospherehost.broker.runstart import RunStart
+from exospherehost.errors import InvalidArgument
 from exospherehost.graph.compiled import CompiledGraph
+from exospherehost.graph.storevalues import check_store_key, encode_store
 from exospherehost.ids import new_id
-from exospherehost.store import check_store_key, encode_store
 
 
 def run_store(graph: CompiledGraph, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -23,7 +25,7 @@ def run_store(graph: CompiledGraph, given: Mapping[str, Any]) -> dict[str, Any]:
     full = {**graph.store_config.default_values, **given}
     missing = [k for k in graph.store_config.required_keys if k not in full]
     if missing:
-        raise ValueError(f"graph {graph.name!r} requires store keys {missing} at trigger")
+        raise InvalidArgument(f"graph {graph.name!r} requires store keys {missing} at trigger")
     return full
 
 
@@ -46,13 +48,13 @@ def plan_run(
         new_id(), root.inputs, run_id, graph.name, graph.version, root.node.identifier, root.ctx
     )
     fields: dict[str, str | int] = {
-        "graph": graph.name,
-        "version": graph.version,
-        "status": "RUNNING",
-        "open": 1,
-        "failed": 0,
-        "created_ms": now_ms,
-        f"c:{root.node.identifier}": 1,
+        f.RUN_GRAPH: graph.name,
+        f.RUN_VERSION: graph.version,
+        f.RUN_STATUS: f.RUNNING,
+        f.RUN_OPEN: 1,
+        f.RUN_FAILED: 0,
+        f.RUN_CREATED_MS: now_ms,
+        f.per_identifier(f.CREATED, root.node.identifier): 1,
     }
     if extra_fields:
         fields.update(extra_fields)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from exospherehost.errors import TemplateError as TemplateError  # old import path
+
 __all__ = [
     "OutputRef",
     "Ref",
@@ -23,16 +25,6 @@ __all__ = [
     "TemplateError",
     "compile_template",
 ]
-
-
-class TemplateError(ValueError):
-    """A placeholder is malformed (compile time) or refers to a value that is missing
-    (render time). `text` is the offending placeholder text, for callers that want to
-    point at it without parsing the message."""
-
-    def __init__(self, message: str, text: str = "") -> None:
-        super().__init__(message)
-        self.text = text
 
 
 @dataclass(frozen=True, slots=True)

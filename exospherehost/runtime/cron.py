@@ -29,12 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from exospherehost.broker.fields import RUN_CRON, RUN_FIRE_TS, RUN_TRIGGER
 from exospherehost.broker.streams import Broker
+from exospherehost.errors import ShutdownAbandoned
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.cron import CronExpressionError, check_expression, next_fire
 from exospherehost.graph.runplan import plan_run, run_store
 from exospherehost.graphstore import GraphStore, compile_doc
-from exospherehost.runtime.resilience import OutageLog, Retrier, ShutdownAbandoned, pause
+from exospherehost.runtime.resilience import OutageLog, Retrier, pause
 
 log = logging.getLogger("exospherehost.runtime.cron")
 
@@ -147,8 +149,7 @@ class CronScheduler:
     async def reload(self, now: float) -> None:
         """Pick up new, changed and removed graphs (only changed versions are read)."""
         self._reload_due = now + self.reload_s
-        raw = await self.graphs.client.hgetall(self.keys.graphs())
-        versions = {k.decode(): int(v) for k, v in raw.items()}
+        versions = await self.graphs.versions()
         for name in list(self._loaded):
             if name not in versions:
                 del self._loaded[name]
@@ -208,7 +209,11 @@ class CronScheduler:
                     store=run_store(graph, {}),
                     start_delay_ms=0,
                     now_ms=int(now * 1000),
-                    extra_fields={"trigger": "cron", "cron": trig.expression, "fire_ts": fire_ts},
+                    extra_fields={
+                        RUN_TRIGGER: "cron",
+                        RUN_CRON: trig.expression,
+                        RUN_FIRE_TS: fire_ts,
+                    },
                 )
             except (ValueError, TypeError) as exc:
                 self.stats.skipped += 1

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from exospherehost.errors import InputError as InputError  # old import path
+from exospherehost.errors import TimedOut as TimedOut  # old import path
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.node import BaseNode
 from exospherehost.runtime.outcomes import Completed, Failed, Job, Outcome, Pruned, Requeued
@@ -64,16 +66,6 @@ def shutdown_cancel() -> bool:
     whoever cancelled it (the worker's shutdown), not to node code that raised it."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-class InputError(ValueError):
-    """An input value that cannot be decoded (its field named in the message)."""
-
-
-class TimedOut(Exception):
-    def __init__(self, limit: float) -> None:
-        super().__init__(f"timed out after {float(limit)} s")
-        self.limit = limit
 
 
 class InternalErrors:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from exospherehost.runtime.outcomes import Failed, Malformed, Outcome
+from exospherehost.runtime.outcomes import DeadLettered, Failed, Malformed, Outcome, Retry
 
 
 @dataclass(slots=True)
@@ -26,23 +26,20 @@ class FailureLog:
     def __init__(
         self,
         log: logging.Logger,
-        will_retry: Callable[[Failed], bool],
-        max_retries: Callable[[Failed], int],
         *,
         burst: int = 10,
         window_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
-        self.will_retry = will_retry
-        self.max_retries = max_retries
         self.burst = burst
         self.window_s = window_s
         self.clock = clock
         self._windows: dict[str, _Window] = {}
 
     def report(self, settled: Iterable[Outcome]) -> None:
-        """Log the failures among outcomes whose settle was applied."""
+        """Log the failures among outcomes whose settle was applied, with what settle
+        planning decided for them (`Failed.fate`)."""
         for outcome in settled:
             if isinstance(outcome, Failed):
                 self._line(outcome.job.node, *self._failed(outcome))
@@ -60,13 +57,12 @@ class FailureLog:
             where += f" of run {env.run_id} (graph {env.graph!r}, identifier {env.identifier!r})"
         attempt = env.attempt + 1
         text = f"{where} failed on attempt {attempt}: {failed.error}"
-        if self.will_retry(failed):
-            return (
-                logging.WARNING,
-                f"{text}; retrying (attempt {attempt + 1} of {self.max_retries(failed) + 1})",
-            )
-        why = "cannot succeed on a retry" if failed.permanent else "retries spent"
-        return logging.ERROR, f"{text}; dead-lettered ({why})"
+        fate = failed.fate
+        if isinstance(fate, Retry):
+            return logging.WARNING, f"{text}; retrying (attempt {fate.attempt} of {fate.attempts})"
+        if isinstance(fate, DeadLettered):
+            return logging.ERROR, f"{text}; dead-lettered ({fate.value})"
+        return logging.ERROR, text  # not planned: nothing to say about what comes next
 
     def _line(self, node: str, level: int, text: str) -> None:
         now = self.clock()

@@ -48,10 +48,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from exospherehost.broker.client import Redis
+from exospherehost.broker.streams import Broker
+from exospherehost.errors import MetricsPortError as MetricsPortError  # old import path
 from exospherehost.runtime.stats import BUCKETS, RuntimeStats
 
 if TYPE_CHECKING:
-    from exospherehost.client.statemanager import StateManager
     from exospherehost.runtime.process import Runtime
 
 log = logging.getLogger("exospherehost.runtime.metrics")
@@ -63,10 +65,6 @@ OUTCOMES = ("succeeded", "failed", "pruned", "requeued")
 LABELS = ["namespace", "node"]
 Gauges = Mapping[str, Mapping[str, int]]
 """node -> {"backlog", "pending", "delayed"}"""
-
-
-class MetricsPortError(OSError):
-    """The metrics port cannot be bound (in use, or not allowed)."""
 
 
 def _le(bound: float) -> str:
@@ -187,11 +185,9 @@ class MetricsExporter:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sm: StateManager | None = None
+        self._client: Redis | None = None
 
     async def start(self) -> None:
-        from exospherehost.client.statemanager import StateManager
-
         try:
             self._server, self._thread = start_http_server(
                 self.port, self.addr, registry=self.registry
@@ -200,9 +196,10 @@ class MetricsExporter:
             raise MetricsPortError(
                 f"cannot serve metrics on {self.addr}:{self.port}: {exc.strerror or exc}"
             ) from exc
-        cfg = self.runtime.config
-        self._sm = StateManager(self.runtime.namespace, cfg.url, cfg.password)
-        self._task = asyncio.create_task(self._refresh(self._sm), name="exo-metrics-gauges")
+        # A connection of its own: a slow gauge read never waits for the worker's pool.
+        self._client = self.runtime.config.client()
+        broker = Broker(self._client, self.runtime.namespace)
+        self._task = asyncio.create_task(self._refresh(broker), name="exo-metrics-gauges")
         log.info("serving Prometheus metrics on http://%s:%d/metrics", self.addr, self.port)
 
     async def aclose(self) -> None:
@@ -214,17 +211,19 @@ class MetricsExporter:
             # shutdown() waits for serve_forever to notice (up to its 0.5 s poll): off-loop.
             await asyncio.to_thread(self._server.shutdown)
             self._server.server_close()
-        if self._sm is not None:
-            await self._sm.close()
+        if self._client is not None:
+            await self._client.aclose()
 
-    async def _refresh(self, sm: StateManager) -> None:
+    async def _refresh(self, broker: Broker) -> None:
         ours = {n.__name__ for n in self.runtime.nodes}
         # The first read after registration, so our nodes are already listed.
         await self.runtime.started.wait()
         failing = False
         while True:
             try:
-                stats = await sm.node_stats()
+                # Registered nodes only, as `exosphere status` shows them.
+                names = [n for n in await broker.registry.names() if n in ours]
+                stats = {n: await broker.queues.stats(n) for n in names}
             except (RedisError, OSError) as exc:
                 if not failing:
                     log.warning("cannot read queue gauges from Redis (%s); retrying", exc)
@@ -235,11 +234,10 @@ class MetricsExporter:
                 self.gauges = {
                     node: {
                         # Settled entries are deleted, so the stream holds backlog + pending.
-                        "backlog": max(0, int(s["length"]) - int(s["pending"])),
-                        "pending": int(s["pending"]),
-                        "delayed": int(s["delayed"]),
+                        "backlog": max(0, s.length - s.pending),
+                        "pending": s.pending,
+                        "delayed": s.delayed,
                     }
                     for node, s in stats.items()
-                    if node in ours
                 }
             await asyncio.sleep(self.refresh_s)

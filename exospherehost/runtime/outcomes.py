@@ -3,7 +3,8 @@ turns a batch of them into one atomic settle-script call."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from exospherehost.broker.codec import Envelope
@@ -29,12 +30,37 @@ class Completed:
     fanout: bool  # execute returned a list (even of one): one successor set per element
 
 
+@dataclass(slots=True)  # not frozen: built per retried failure, a frozen init is ~5x slower
+class Retry:
+    """Settle planning gave a failure another attempt: attempt `attempt` (1-based) of the
+    `attempts` its retry policy allows, due `delay_ms` after the settle."""
+
+    attempt: int
+    attempts: int
+    delay_ms: int
+
+
+class DeadLettered(Enum):
+    """Settle planning dead-lettered a failure; the value says why, as logged."""
+
+    RETRIES_SPENT = "retries spent"
+    PERMANENT = "cannot succeed on a retry"
+
+
+Fate = Retry | DeadLettered
+
+
 @dataclass(slots=True)
 class Failed:
     job: Job
     error: str
     traceback: str
     permanent: bool = False  # bad inputs or graph: retrying cannot help
+    # Not from an execution (a reclaimed poison message): not counted as one in the stats.
+    executed: bool = True
+    # What settle planning decided for it (None until planned): the stats and the failure
+    # log read this, so retry or dead letter is decided once, where it is written.
+    fate: Fate | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)

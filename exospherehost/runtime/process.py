@@ -14,13 +14,14 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from functools import partial
 
 from redis.exceptions import RedisError
 
 from exospherehost.broker.keys import check_name
+from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
-from exospherehost.config import resolve
+from exospherehost.config import ConfigError, resolve
+from exospherehost.errors import InvalidArgument, ShutdownAbandoned
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
@@ -28,8 +29,8 @@ from exospherehost.node import BaseNode, node_schema, validate_nodes
 from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
-from exospherehost.runtime.resilience import TRANSIENT, Retrier, ShutdownAbandoned, pause
-from exospherehost.runtime.settle import SettleConfig, will_retry
+from exospherehost.runtime.resilience import TRANSIENT, Retrier, pause
+from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
 from exospherehost.runtime.worker import Worker
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
@@ -49,12 +50,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def _positive(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
-def unregistered(names: Sequence[str], present: Sequence[object]) -> list[str]:
-    """The node names whose registry entry is missing (`present`: HEXISTS replies)."""
-    return [n for n, p in zip(names, present, strict=True) if not p]
+        raise InvalidArgument(f"{name} must be a positive number, got {value!r}")
 
 
 class Runtime:
@@ -102,11 +98,11 @@ class Runtime:
             or not isinstance(output_maxlen, int)
             or output_maxlen < 0
         ):
-            raise ValueError(
+            raise InvalidArgument(
                 f"output_maxlen must be an int >= 0 (0 = keep no results), got {output_maxlen!r}"
             )
         if block_ms > 5000:
-            raise ValueError(
+            raise InvalidArgument(
                 f"block_ms must be at most 5000 (the socket timeout is 10 s), got {block_ms}"
             )
         if metrics_port is not None and (
@@ -114,10 +110,12 @@ class Runtime:
             or not isinstance(metrics_port, int)
             or not 1 <= metrics_port <= 65535
         ):
-            raise ValueError(f"metrics_port must be a port number (1-65535), got {metrics_port!r}")
+            raise InvalidArgument(
+                f"metrics_port must be a port number (1-65535), got {metrics_port!r}"
+            )
         self.metrics_port = metrics_port
         if tune_gc is not None and not isinstance(tune_gc, bool):
-            raise ValueError(f"tune_gc must be True, False or None, got {tune_gc!r}")
+            raise InvalidArgument(f"tune_gc must be True, False or None, got {tune_gc!r}")
         # None: tune the collector (exospherehost.runtime.gctune) only when start() owns the
         # process, i.e. runs its own event loop; inside a caller's loop, leave it alone.
         self.tune_gc = tune_gc
@@ -221,8 +219,6 @@ class Runtime:
                 retry=retry,
                 ready=self.started,  # set once its consumers joined the groups
             )
-            # Lets the stats split failures into retried / dead-lettered as settling will.
-            self._worker.stats.will_retry = partial(will_retry, cfg=settle_cfg)
             if self.metrics_port is not None:
                 # Imported on use: only Runtimes that export load prometheus_client.
                 from exospherehost.runtime.metrics import MetricsExporter
@@ -232,6 +228,7 @@ class Runtime:
             if self._stop_requested:
                 self._worker.stop()
             try:
+                await retry.until_ok(lambda: self._check_server(broker))
                 await retry.until_ok(lambda: self._check_secrets(store, cipher))
                 await retry.until_ok(lambda: self._register(broker))
             except ShutdownAbandoned as exc:  # stopped while Redis was down: nothing read yet
@@ -272,11 +269,20 @@ class Runtime:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
 
+    async def _check_server(self, broker: Broker) -> None:
+        """Refuse a Redis that evicts any key (allkeys-*: queued states and runs would vanish
+        without a trace), unless EXOSPHERE_ALLOW_EVICTION is set; warn on volatile-*."""
+        verdict = eviction_problem((await memory(broker.client)).policy)
+        if verdict is None:
+            return
+        fatal, why = verdict
+        if fatal and os.environ.get("EXOSPHERE_ALLOW_EVICTION", "") in ("", "0", "false", "no"):
+            raise ConfigError(why)
+        log.warning("%s", why)
+
     async def _check_secrets(self, store: GraphStore, cipher: SecretsCipher | None) -> None:
         """Refuse to start without EXOSPHERE_SECRETS_KEY when a graph has secrets."""
-        names = await store.names()
-        keys = {n: store.keys.secrets(n) for n in names}
-        await check_namespace_secrets(store.client, keys, cipher)
+        check_namespace_secrets(await store.stored_secrets_of(await store.names()), cipher)
 
     async def _register(self, broker: Broker, nodes: Sequence[type[BaseNode]] = ()) -> None:
         """Record the schemas of `nodes` (default: all of ours) so graphs can be validated
@@ -286,7 +292,7 @@ class Runtime:
             n.__name__: json.dumps({**node_schema(n), "runtime": self.name, "registered_ms": now})
             for n in nodes or self.nodes
         }
-        await broker.client.hset(broker.keys.nodes(), mapping=mapping)
+        await broker.registry.register(mapping)
 
     async def _keep_registered(self, broker: Broker, stop: asyncio.Event) -> None:
         """Every `registry_check_s`, write again the registry entries of our nodes that are
@@ -297,10 +303,7 @@ class Runtime:
         last_error = ""
         while not await pause(self.registry_check_s, stop):
             try:
-                pipe = broker.client.pipeline(transaction=False)
-                for name in names:
-                    pipe.hexists(broker.keys.nodes(), name)
-                missing = unregistered(names, await pipe.execute())
+                missing = await broker.registry.missing(names)
                 if missing:
                     await self._register(broker, [n for n in self.nodes if n.__name__ in missing])
                     log.warning(

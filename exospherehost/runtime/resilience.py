@@ -15,6 +15,8 @@ from typing import TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from exospherehost.errors import ShutdownAbandoned
+
 log = logging.getLogger("exospherehost.runtime.worker")
 
 # Errors that mean "Redis is not reachable right now": retried with backoff by every loop.
@@ -22,11 +24,6 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 FIRST_DELAY_S = 0.05  # backoff between attempts: doubled after each failure, up to
 MAX_DELAY_S = 2.0  # this cap
 T = TypeVar("T")
-
-
-class ShutdownAbandoned(RedisConnectionError):
-    """A stopping worker gave up a Redis call: Redis stayed unreachable up to the stop
-    deadline. Whatever it held stays pending in Redis, for another worker to reclaim."""
 
 
 async def pause(seconds: float, stop: asyncio.Event) -> bool:

@@ -4,14 +4,10 @@ Exporters (Prometheus metrics, the CLI) read them; nothing here does I/O."""
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from exospherehost.runtime.outcomes import Completed, Failed, Outcome, Pruned, Requeued
-
-if TYPE_CHECKING:
-    pass
+from exospherehost.runtime.outcomes import Completed, Failed, Outcome, Pruned, Requeued, Retry
 
 # Execution-time histogram bucket upper bounds, seconds (Prometheus-style, cumulative).
 BUCKETS: tuple[float, ...] = (
@@ -58,9 +54,6 @@ class NodeStats:
 class RuntimeStats:
     def __init__(self, nodes: list[str]) -> None:
         self.nodes: dict[str, NodeStats] = {n: NodeStats() for n in nodes}
-        # Set by the Runtime (it owns the settle config) to split `failed` into
-        # retried / dead_lettered; unset, only `failed` is counted.
-        self.will_retry: Callable[[Failed], bool] | None = None
 
     def executed(self, node: str, outcome: Outcome, seconds: float) -> None:
         s = self.nodes[node]
@@ -69,16 +62,23 @@ class RuntimeStats:
         if isinstance(outcome, Completed):
             s.succeeded += 1
         elif isinstance(outcome, Failed):
-            s.failed += 1
-            if self.will_retry is not None:
-                if self.will_retry(outcome):
-                    s.retried += 1
-                else:
-                    s.dead_lettered += 1
+            s.failed += 1  # retried or dead-lettered: counted once settled (`decided`)
         elif isinstance(outcome, Pruned):
             s.pruned += 1
         elif isinstance(outcome, Requeued):
             s.requeued += 1
+
+    def decided(self, planned: Iterable[Outcome]) -> None:
+        """Split the failed executions among settled outcomes (whatever the settle's flag:
+        each is counted by the worker that ran it, as `failed` is) into retried /
+        dead-lettered, as settle planning decided them (`Failed.fate`)."""
+        for outcome in planned:
+            if type(outcome) is Failed and outcome.executed and outcome.fate is not None:
+                s = self.nodes[outcome.job.node]
+                if isinstance(outcome.fate, Retry):
+                    s.retried += 1
+                else:
+                    s.dead_lettered += 1
 
     def malformed(self, node: str) -> None:
         self.nodes[node].malformed += 1

@@ -25,6 +25,7 @@ from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
 from exospherehost.broker.lane import Lane
 from exospherehost.broker.plan import APPLIED, FAILED, REFUSED
 from exospherehost.broker.streams import Broker
+from exospherehost.errors import ShutdownAbandoned as ShutdownAbandoned  # old import path
 from exospherehost.graphstore import GraphCache
 from exospherehost.runtime.execution import (
     InternalErrors,
@@ -36,14 +37,12 @@ from exospherehost.runtime.execution import (
 from exospherehost.runtime.failurelog import FailureLog
 from exospherehost.runtime.jobqueue import JobQueue
 from exospherehost.runtime.outcomes import Failed, Job, Malformed, Outcome, Released, source
-from exospherehost.runtime.resilience import Retrier, ShutdownAbandoned
+from exospherehost.runtime.resilience import Retrier
 from exospherehost.runtime.settle import (
     SettleConfig,
     as_failure,
     plan_dead_letters,
     plan_settle,
-    retry_budget,
-    will_retry,
 )
 from exospherehost.runtime.stats import RuntimeStats
 from exospherehost.runtime.upkeep.heartbeat import heartbeat
@@ -112,11 +111,7 @@ class Worker:
         self.executing = 0  # executions running now (said when stopping)
         self.cut_short = 0  # executions cancelled at the end of the grace period
         # Node failures, each once with what happens next (rate-limited per node).
-        self._failures = FailureLog(
-            logging.getLogger("exospherehost.failures"),
-            partial(will_retry, cfg=settle_cfg),
-            partial(retry_budget, cfg=settle_cfg),
-        )
+        self._failures = FailureLog(logging.getLogger("exospherehost.failures"))
         self._done = asyncio.Event()  # everything read was settled or released
         self.ready = ready if ready is not None else asyncio.Event()
         self._executing: set[asyncio.Task[None]] = set()
@@ -300,7 +295,7 @@ class Worker:
                 continue
             job = Job(node, stream, entry_id, fields, env, deliveries, timeout)
             if poison is not None:
-                self._finish(Failed(job, poison, "", permanent=True))
+                self._finish(Failed(job, poison, "", permanent=True, executed=False))
             else:
                 put(job)
 
@@ -463,6 +458,7 @@ class Worker:
                 nodes[node].late_settles += 1
         if failed:
             self._failures.report(failed)
+        self.stats.decided(batch)
         self.holdings.count -= len(batch)
         self.settled += len(batch)
         self.holdings.room.set()

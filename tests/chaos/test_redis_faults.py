@@ -1,7 +1,9 @@
 """Scenario 3: Redis misbehaves under load. On a private server with AOF `appendfsync always`
 (so a kill -9 of Redis loses nothing it acknowledged): Redis killed and restarted, paused
-(CLIENT PAUSE, and the whole process frozen as DEBUG SLEEP would), and every client
-connection killed (CLIENT KILL TYPE normal), each while worker processes drain graph runs.
+(CLIENT PAUSE, and the whole process frozen as DEBUG SLEEP would), every client
+connection killed (CLIENT KILL TYPE normal), writes refused for memory (OOM), a read-only
+window (the server made a replica: READONLY, UNBLOCKED) and a foreign script holding the
+server (BUSY), each while worker processes drain graph runs.
 Every run completes exactly once and nothing is left pending."""
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import asyncio
 import os
 import random
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from exospherehost import StateManager
 from exospherehost.testing.server import PrivateServer
@@ -64,11 +68,59 @@ async def kill_connections(server: PrivateServer, sm: StateManager) -> None:
         await asyncio.sleep(0.2)
 
 
+async def out_of_memory(server: PrivateServer, sm: StateManager) -> None:
+    """Writes refused for 2 s: `maxmemory` below what is used, `noeviction` (issue 17: one OOM
+    reply killed the promoter for good)."""
+    await sm.client.config_set("maxmemory-policy", "noeviction")
+    await sm.client.config_set("maxmemory", 1)
+    try:
+        await asyncio.sleep(2.0)
+    finally:
+        await sm.client.config_set("maxmemory", 0)
+
+
+async def read_only(server: PrivateServer, sm: StateManager) -> None:
+    """A failover window: the server is a replica (of a port nothing listens on, so it keeps
+    its data) for 3 s; writes get READONLY and blocked reads UNBLOCKED (issue 18)."""
+    with socket.socket() as probe:  # a free port: the master that never answers
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    await sm.client.execute_command("REPLICAOF", "127.0.0.1", port)
+    try:
+        await asyncio.sleep(3.0)
+    finally:
+        await sm.client.execute_command("REPLICAOF", "NO", "ONE")
+
+
+# Spins for the given seconds without writing (so it ends by itself, as a foreign
+# client's slow script would); Redis answers everyone else BUSY meanwhile.
+_BUSY = """
+local t = redis.call('TIME'); local start = t[1] + t[2] / 1e6
+repeat t = redis.call('TIME') until t[1] + t[2] / 1e6 - start > tonumber(ARGV[1])
+return 1
+"""
+
+
+async def busy_script(server: PrivateServer, sm: StateManager) -> None:
+    """A foreign Lua script busy for 2.5 s, BUSY answered after 0.2 s (issue 18)."""
+    await sm.client.config_set("busy-reply-threshold", 200)
+    info = server.info
+    assert info is not None
+    foreign = Redis.from_url(info.url)  # its own connection, no timeouts: waits the script out
+    try:
+        await foreign.eval(_BUSY, 0, 2.5)
+    finally:
+        await foreign.aclose()
+
+
 FAULTS: dict[str, Fault] = {
     "restart": restart_redis,
     "client-pause": client_pause,
     "freeze": freeze_redis,
     "client-kill": kill_connections,
+    "out-of-memory": out_of_memory,
+    "read-only": read_only,
+    "busy-script": busy_script,
 }
 
 
@@ -122,7 +174,14 @@ async def faults_under_load(
     assert await assert_settled(sm.client, namespace, NODES) == []
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
+# Not yet ridden out (issues 17.1 and 18.3): runs stay stuck or a Runtime exits.
+REFUSALS = {"out-of-memory", "read-only", "busy-script"}
+_REFUSED = pytest.mark.xfail(run=False, reason="issues 17.1/18.3: refusals kill loops (180 s each)")
+
+
+@pytest.mark.parametrize(
+    "fault", [pytest.param(f, marks=[_REFUSED] if f in REFUSALS else []) for f in FAULTS]
+)
 async def test_runs_complete_once_through_redis_faults(
     fault: str, own_server: PrivateServer, own_sm: StateManager, namespace: str, tmp_path: Path
 ) -> None:

@@ -97,9 +97,12 @@ def test_help_lists_every_command_in_order() -> None:
     assert result.exit_code == 0
     listed = re.findall(r"^  (\w+)  ", result.output.split("Commands:")[1], re.M)
     assert listed == [
+        "dev",
         "worker",
+        "graphs",
         "enqueue",
         "trigger",
+        "results",
         "status",
         "runs",
         "dead",
@@ -739,3 +742,11 @@ def test_dashboard_absent_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("exospherehost.cli.tools.importlib.import_module", without_dashboard)
     assert "has no dashboard" in one_line_error(CliRunner().invoke(cli, ["dashboard"]))
+
+
+def test_dashboard_without_redis_is_one_line() -> None:
+    """Found trying it as a new user: with no EXOSPHERE_REDIS_URL the dashboard printed
+    ConfigError's traceback where every other command prints one `Error:` line."""
+    env = {"EXOSPHERE_REDIS_URL": None, "EXOSPHERE_NAMESPACE": None, "EXOSPHERE_API_KEY": None}
+    error = one_line_error(CliRunner().invoke(cli, ["dashboard", "--port", "1"], env=env))
+    assert "no Redis configured" in error

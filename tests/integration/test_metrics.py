@@ -20,8 +20,8 @@ from exospherehost.broker.keys import Keys
 from exospherehost.broker.plan import ZADD_DELAYED
 from exospherehost.runtime.metrics import MetricsPortError
 from exospherehost.runtime.outcomes import Failed, Job
-from exospherehost.runtime.settle import SettleConfig, plan_settle, will_retry
-from exospherehost.runtime.stats import BUCKETS
+from exospherehost.runtime.settle import SettleConfig, plan_settle
+from exospherehost.runtime.stats import BUCKETS, RuntimeStats
 from tests.integration.apps.nodes import SampleNode
 from tests.integration.helpers import running
 
@@ -215,4 +215,8 @@ def test_retried_or_dead_lettered_matches_settle_planning(attempt: int, permanen
     failed = Failed(job, "boom", "", permanent=permanent)
     ops = plan_settle([failed], cfg).items[0][2]
     planned_retry = any(op[0] == ZADD_DELAYED for op in ops)
-    assert will_retry(failed, cfg) == planned_retry == (not permanent and attempt < 2)
+    stats = RuntimeStats(["Boom"])
+    stats.decided([failed])  # what the worker counts once the settle is applied
+    counted_retry = stats.nodes["Boom"].retried == 1
+    assert counted_retry == planned_retry == (not permanent and attempt < 2)
+    assert stats.nodes["Boom"].dead_lettered == (not planned_retry)

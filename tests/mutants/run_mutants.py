@@ -74,7 +74,10 @@ def scratch_copy() -> Path:
             continue
         rel = raw.decode()
         src = ROOT / rel
-        if src.is_file():
+        if src.is_symlink():  # exospherehost/broker -> ../broker stays a link
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).symlink_to(os.readlink(src))
+        elif src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     return dest
@@ -99,7 +102,7 @@ def check_imports(scratch: Path, python: str, env: dict[str, str]) -> None:
         [
             python,
             "-c",
-            "import broker, exospherehost; print(broker.__file__, exospherehost.__file__)",
+            "import exospherehost.broker as b, exospherehost as e; print(b.__file__, e.__file__)",
         ],
         cwd=scratch,
         env=env,

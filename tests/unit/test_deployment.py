@@ -100,7 +100,12 @@ def test_dockerfile() -> None:
     instructions = [ln for ln in lines if ln and not ln.startswith("#")]
     assert instructions[0] == "FROM python:3.11-slim"
     assert any(ln.startswith("COPY . ") for ln in instructions)
-    assert any('pip install --no-cache-dir ".[dashboard]"' in ln for ln in instructions)
+    assert any('pip install --no-cache-dir --no-deps ".[dashboard]"' in ln for ln in instructions)
+    # Dependencies are installed from pyproject.toml before the tree is copied, so a code
+    # change does not reinstall them.
+    deps = next(i for i, ln in enumerate(instructions) if "-r /tmp/requirements.txt" in ln)
+    tree = next(i for i, ln in enumerate(instructions) if ln.startswith("COPY . "))
+    assert instructions.index("COPY pyproject.toml ./") < deps < tree
     cmds = [ln for ln in instructions if ln.startswith("CMD ")]
     assert len(cmds) == 1, cmds
     # Exec form, so the Runtime (not a shell) receives SIGTERM.
@@ -132,7 +137,14 @@ def test_app_env_points_at_redis_service(services: dict[str, Any], name: str) ->
 
 
 def test_worker_and_producer_share_namespace(services: dict[str, Any]) -> None:
-    assert env(services["worker"]) == env(services["producer"])
+    worker = {k: v for k, v in env(services["worker"]).items() if k != "EXOSPHERE_METRICS_PORT"}
+    assert worker == env(services["producer"])
+
+
+def test_workers_and_dashboard_have_healthchecks(services: dict[str, Any]) -> None:
+    assert env(services["worker"])["EXOSPHERE_METRICS_PORT"] == "9464"
+    assert "9464/metrics" in " ".join(services["worker"]["healthcheck"]["test"])
+    assert "8080/" in " ".join(services["dashboard"]["healthcheck"]["test"])
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)

@@ -9,13 +9,19 @@ import pytest
 
 from exospherehost.broker.codec import Envelope
 from exospherehost.runtime.failurelog import FailureLog
-from exospherehost.runtime.outcomes import Failed, Job, Malformed
+from exospherehost.runtime.outcomes import DeadLettered, Failed, Fate, Job, Malformed, Retry
+
+RETRIES = 2  # the retry policy's budget the fates below are decided under
 
 
 def _failed(node: str, sid: str, attempt: int = 0, permanent: bool = False) -> Failed:
+    """A failure as settle planning leaves it: with its fate decided."""
     env = Envelope(sid, {}, attempt=attempt)
     job = Job(node, f"q:{node}", b"1-1", {}, env)
-    return Failed(job, "ValueError: boom", "Traceback ...", permanent=permanent)
+    fate: Fate = DeadLettered.PERMANENT if permanent else DeadLettered.RETRIES_SPENT
+    if not permanent and attempt < RETRIES:
+        fate = Retry(attempt + 2, RETRIES + 1, 10)
+    return Failed(job, "ValueError: boom", "Traceback ...", permanent=permanent, fate=fate)
 
 
 class Clock:
@@ -26,14 +32,9 @@ class Clock:
         return self.now
 
 
-def _log(clock: Clock, retries: int = 2, burst: int = 3) -> FailureLog:
+def _log(clock: Clock, burst: int = 3) -> FailureLog:
     return FailureLog(
-        logging.getLogger("exospherehost.failures"),
-        lambda f: not f.permanent and f.job.env.attempt < retries,
-        lambda f: retries,
-        burst=burst,
-        window_s=10.0,
-        clock=clock,
+        logging.getLogger("exospherehost.failures"), burst=burst, window_s=10.0, clock=clock
     )
 
 

@@ -12,7 +12,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from exospherehost.runtime.resilience import OutageLog, Retrier, ShutdownAbandoned
+from exospherehost.errors import ShutdownAbandoned
+from exospherehost.runtime.resilience import OutageLog, Retrier
 
 
 class Flaky:

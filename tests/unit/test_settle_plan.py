@@ -17,7 +17,16 @@ from exospherehost.broker.plan import (
 )
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.models import GraphNodeModel, RetryPolicyModel, RetryStrategyEnum
-from exospherehost.runtime.outcomes import Completed, Failed, Job, Malformed, Released, Requeued
+from exospherehost.runtime.outcomes import (
+    Completed,
+    DeadLettered,
+    Failed,
+    Job,
+    Malformed,
+    Released,
+    Requeued,
+    Retry,
+)
 from exospherehost.runtime.settle import SettleConfig, plan_settle
 
 K = Keys("ns")
@@ -150,3 +159,22 @@ def test_output_maxlen_zero_keeps_no_results() -> None:
         [Completed(job(Envelope("s", {})), [{"ok": True}], False)], cfg(output_maxlen=0)
     )
     assert ops(plan) == []  # acked and deleted, nothing written
+
+
+def test_the_plan_records_its_decision_on_each_failure() -> None:
+    """Retry or dead letter is decided once, here: the stats and the failure log read it."""
+    first = Failed(job(Envelope("s", {}, "r", "g", 1, "a", attempt=0)), "boom", "tb")
+    spent = Failed(job(Envelope("s", {}, "r", "g", 1, "a", attempt=2)), "boom", "tb")
+    bad = Failed(job(Envelope("s", {})), "bad inputs", "", permanent=True)
+    plan_settle([first, spent, bad], cfg())
+    assert first.fate == Retry(attempt=2, attempts=3, delay_ms=500)  # the graph's policy
+    assert spent.fate is DeadLettered.RETRIES_SPENT
+    assert bad.fate is DeadLettered.PERMANENT
+
+
+def test_a_failure_that_cannot_be_planned_is_recorded_as_dead_lettered() -> None:
+    unpackable = Failed(job(Envelope("s", {}, "r", "g", 1, "a")), "boom", "tb")
+    unpackable.job.env.inputs["x"] = object()  # the retry's envelope cannot be encoded
+    plan = plan_settle([unpackable], cfg())
+    assert next(key(plan, op) for op in ops(plan) if op[0] == XADD) == K.dead()
+    assert unpackable.fate is DeadLettered.PERMANENT  # not the Retry first planned

@@ -1,0 +1,35 @@
+"""The root of the SDK's error tree, and the broker's own errors.
+
+The root lives here, not in exospherehost.errors, because the broker imports nothing of the
+SDK while its errors belong to the tree too. exospherehost.errors draws the whole tree and
+re-exports these. Each error also keeps the builtin (or redis-py) base it always had, so
+`except ValueError` / `except ResponseError` in existing code still catches it.
+"""
+
+from __future__ import annotations
+
+from redis.exceptions import ResponseError
+
+
+class ExosphereError(Exception):
+    """Root of every error the SDK raises on purpose: `except ExosphereError` catches them
+    all. Node signals (PruneSignal, ReQueueAfterSignal) are not errors and not under it."""
+
+
+class InvalidArgument(ExosphereError, ValueError):
+    """A value a public constructor or method cannot use; the message names the parameter
+    (or key) and the value."""
+
+
+class KeyNameError(InvalidArgument):
+    """A name that cannot go into a Redis key name (namespace, node, graph, identifier, run
+    id); the message names it and the allowed characters."""
+
+
+class MalformedEntry(ExosphereError, ValueError):
+    """An entry that cannot be decoded; the message says why (it goes to the dead letters)."""
+
+
+class KeyRefused(ExosphereError, ResponseError):
+    """A call checked the keys it would write and wrote nothing: one holds another type
+    (a foreign client's), or a stream has used up its entry ids. The message names it."""

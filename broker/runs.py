@@ -1,0 +1,160 @@
+"""The read side of graph runs as stored: the run hash (Keys.run), the events stream, the
+results and history lists and the per-graph run index, parsed into frozen records."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from exospherehost.broker import fields as f
+from exospherehost.broker.client import RedisClient
+from exospherehost.broker.codec import unpack
+from exospherehost.broker.keys import Keys
+
+# Counter prefix of the run hash -> the IdentifierCounts attribute it counts.
+_COUNTERS = {
+    f.CREATED: "created",
+    f.SUCCEEDED_COUNT: "succeeded",
+    f.FAILED_COUNT: "failed",
+    f.PRUNED_COUNT: "pruned",
+    f.RETRIED_COUNT: "retried",
+    f.SKIPPED_COUNT: "skipped",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierCounts:
+    """The counters of one graph node (identifier) of a run."""
+
+    created: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    pruned: int = 0
+    retried: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A run hash, parsed."""
+
+    graph: str
+    status: str  # RUNNING | SUCCEEDED | FAILED
+    open: int
+    created_ms: int
+    finished_ms: int | None
+    counts: dict[str, IdentifierCounts]  # identifier -> counters
+    notes: dict[str, str]  # identifier -> why a unite did not fire
+
+    @classmethod
+    def parse(cls, raw: dict[bytes, bytes]) -> RunRecord:
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+        counters: dict[str, dict[str, int]] = {}
+        notes: dict[str, str] = {}
+        for key, value in h.items():
+            kind, sep, ident = key.partition(":")
+            if not sep:
+                continue
+            prefix = kind + sep
+            if prefix == f.WHY:
+                notes[ident] = value
+                continue
+            c = counters.setdefault(ident, {})
+            if prefix in _COUNTERS:
+                c[_COUNTERS[prefix]] = int(value)
+        return cls(
+            h.get(f.RUN_GRAPH, ""),
+            h.get(f.RUN_STATUS, f.RUNNING),
+            int(h.get(f.RUN_OPEN, 0)),
+            int(h.get(f.RUN_CREATED_MS, 0)),
+            int(h[f.RUN_FINISHED_MS]) if f.RUN_FINISHED_MS in h else None,
+            {ident: IdentifierCounts(**c) for ident, c in counters.items()},
+            notes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """An entry of the events stream: a run finished."""
+
+    entry_id: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord:
+    """One settled outcome of a state of a run."""
+
+    state_id: str
+    identifier: str
+    node: str
+    status: str  # SUCCEEDED | FAILED | PRUNED | RETRYING
+    attempt: int
+    error: str
+    time_ms: int
+
+    @classmethod
+    def parse(cls, raw: bytes) -> HistoryRecord:
+        d = unpack(raw)
+        return cls(
+            d[f.HIST_STATE],
+            d[f.HIST_IDENTIFIER] or "",
+            d[f.HIST_NODE],
+            d[f.HIST_STATUS],
+            int(d[f.HIST_ATTEMPT]),
+            d[f.HIST_ERROR],
+            int(d[f.HIST_TIME_MS]),
+        )
+
+
+class RunsReader:
+    __slots__ = ("_client", "keys")
+
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
+        self._client = client
+        self.keys = keys
+
+    async def run(self, run_id: str) -> RunRecord | None:
+        """The run's hash, or None when it does not exist (unknown, or expired)."""
+        raw = await self._client.hgetall(self.keys.run(run_id))
+        return RunRecord.parse(raw) if raw else None
+
+    async def statuses(self, run_ids: Sequence[str]) -> list[str | None]:
+        """The status of each run (None: no such run), in one pipelined round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for r in run_ids:
+            pipe.hget(self.keys.run(r), f.RUN_STATUS)
+        return [None if st is None else st.decode() for st in await pipe.execute()]
+
+    async def events_tail(self) -> str:
+        """The id of the newest run event, or "0" when there is none."""
+        tail = await self._client.xrevrange(self.keys.events(), count=1)
+        return tail[0][0].decode() if tail else "0"
+
+    async def events(self, after: str, count: int, block_ms: int) -> list[RunEvent]:
+        """Run events after entry id `after`, waiting up to `block_ms` for one."""
+        reply = await self._client.xread({self.keys.events(): after}, count=count, block=block_ms)
+        run_field = f.EVENT_RUN.encode()
+        return [
+            RunEvent(entry_id.decode(), fields.get(run_field, b"").decode())
+            for _, entries in reply or ()
+            for entry_id, fields in entries
+        ]
+
+    async def results(self, run_id: str) -> list[Any]:
+        """The decoded results of the run's leaf states, in settle order."""
+        return [unpack(r) for r in await self._client.lrange(self.keys.run_results(run_id), 0, -1)]
+
+    async def history(self, run_id: str) -> list[HistoryRecord]:
+        raw = await self._client.lrange(self.keys.run_history(run_id), 0, -1)
+        return [HistoryRecord.parse(r) for r in raw]
+
+    async def run_ids(self, graph: str, offset: int, count: int) -> list[str]:
+        """Run ids of `graph`, newest first."""
+        ids = await self._client.zrevrange(self.keys.runs(graph), offset, offset + count - 1)
+        return [r.decode() for r in ids]
+
+    async def forget(self, graph: str, run_ids: Sequence[str]) -> None:
+        """Drop `run_ids` from `graph`'s run index (their runs expired)."""
+        await self._client.zrem(self.keys.runs(graph), *run_ids)

@@ -1,0 +1,54 @@
+"""What a Runtime or client must know about the server before it trusts it with states.
+
+A job queue cannot work on a Redis that evicts keys: with an `allkeys-*` policy Redis deletes
+streams, run hashes and dead letters when memory runs short, and runs vanish without a trace
+(issue 17: 175,740 of 199,500 runs gone under allkeys-lru, and no line said so). Only
+`noeviction` keeps what was accepted; memory pressure then shows as refused writes, which
+the SDK reports and retries. BullMQ makes the same check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exospherehost.broker.client import RedisClient
+
+SAFE_POLICY = "noeviction"
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    policy: str  # maxmemory-policy
+    used: int  # bytes
+    limit: int  # maxmemory in bytes; 0 = no limit
+
+
+def eviction_problem(policy: str) -> tuple[bool, str] | None:
+    """None when `policy` keeps every key; else (fatal, why). Fatal: `allkeys-*` evicts any
+    key (queues, runs, dead letters). Not fatal: `volatile-*` evicts only keys with a TTL,
+    which here are finished runs (their status, results and history may go before
+    run_retention), never a queue."""
+    if policy == SAFE_POLICY:
+        return None
+    if policy.startswith("volatile-"):
+        return False, (
+            f"Redis maxmemory-policy is {policy}: under memory pressure it evicts finished "
+            f"runs (status, results, history) before their retention ends; set it to "
+            f"{SAFE_POLICY} (CONFIG SET maxmemory-policy {SAFE_POLICY}, or in redis.conf)"
+        )
+    return True, (
+        f"Redis maxmemory-policy is {policy}: under memory pressure it deletes queued "
+        f"states, running runs and dead letters without a trace, so a job queue cannot run "
+        f"on it; set it to {SAFE_POLICY} (CONFIG SET maxmemory-policy {SAFE_POLICY}, or in "
+        f"redis.conf), or set EXOSPHERE_ALLOW_EVICTION=1 to start anyway"
+    )
+
+
+async def memory(client: RedisClient) -> Memory:
+    """INFO memory (allowed where CONFIG is not, e.g. managed Redis and per-namespace ACL
+    users with +info)."""
+    info = await client.info("memory")
+    return Memory(
+        policy=str(info.get("maxmemory_policy", SAFE_POLICY)),
+        used=int(info.get("used_memory", 0)),
+        limit=int(info.get("maxmemory", 0)),
+    )

@@ -1,0 +1,128 @@
+"""A private Redis Cluster on loopback: `masters` redis-server processes in cluster mode
+(each a PrivateServer), slots split evenly, no replicas. For tests and benchmarks of the
+cluster mode; Debian's redis-server runs it.
+
+Cluster nodes talk on a bus port = port + 10000, so ports are picked below 55535 with both
+free (a free port the OS hands out may be above that)."""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from types import TracebackType
+from typing import Self
+
+import redis
+
+from exospherehost.testing.server import HOST, PrivateServer, ServerInfo
+
+SLOTS = 16384
+_BUS_OFFSET = 10000
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports(count: int, rng: random.Random | None = None) -> list[int]:
+    """`count` ports below 55535 whose bus ports (+10000) are free too."""
+    rng = rng or random.Random()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(20000, 45000)
+        taken = {q for p in ports for q in (p, p + _BUS_OFFSET)}
+        if {port, port + _BUS_OFFSET} & taken:
+            continue
+        if _free(port) and _free(port + _BUS_OFFSET):
+            ports.append(port)
+    return ports
+
+
+def slot_ranges(masters: int) -> list[tuple[int, int]]:
+    """Contiguous, even slot ranges, one per master (inclusive ends)."""
+    bounds = [i * SLOTS // masters for i in range(masters + 1)]
+    return [(bounds[i], bounds[i + 1] - 1) for i in range(masters)]
+
+
+class PrivateCluster:
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
+        if masters < 1:
+            raise ValueError(f"a cluster needs at least one master, not {masters}")
+        self.masters = masters
+        self.node_timeout_ms = node_timeout_ms
+        self.servers: list[PrivateServer] = []
+
+    @property
+    def infos(self) -> list[ServerInfo]:
+        infos = [s.info for s in self.servers]
+        if not infos or any(i is None for i in infos):
+            raise RuntimeError("the cluster is not running")
+        return [i for i in infos if i is not None]
+
+    @property
+    def url(self) -> str:
+        """Any one node's URL: a cluster client discovers the rest."""
+        return self.infos[0].url
+
+    def start(self, timeout: float = 30.0) -> list[ServerInfo]:
+        options = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+        ]  # fmt: skip
+        try:
+            for port in cluster_ports(self.masters):
+                server = PrivateServer(port=port, extra_args=options)
+                self.servers.append(server)
+                server.start()
+            self._form(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.infos
+
+    def _form(self, timeout: float) -> None:
+        ports = [i.port for i in self.infos]
+        clients = [redis.Redis(host=HOST, port=p) for p in ports]
+        try:
+            for client, (first, last) in zip(clients, slot_ranges(self.masters), strict=True):
+                client.cluster("ADDSLOTSRANGE", first, last)
+            for port in ports[1:]:
+                clients[0].cluster("MEET", HOST, port)
+            deadline = time.monotonic() + timeout
+            while not all(self._formed(c) for c in clients):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster on ports {ports} not formed within {timeout}s")
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+
+    def _formed(self, client: redis.Redis) -> bool:
+        info = client.cluster("INFO")
+        state = info.get("cluster_state") if isinstance(info, dict) else None
+        known = int(info.get("cluster_known_nodes", 0)) if isinstance(info, dict) else 0
+        return state == "ok" and known == self.masters
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.servers = []
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

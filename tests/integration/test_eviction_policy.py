@@ -1,0 +1,87 @@
+"""Issue 17 item 2: a Runtime refuses a Redis that evicts any key (allkeys-*), unless told
+to start anyway, and warns on volatile-* (which can evict only finished runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from exospherehost import Runtime
+from exospherehost.broker.keys import Keys
+from exospherehost.config import ConfigError
+from exospherehost.testing import PrivateServer, ServerInfo
+from tests.integration.apps.nodes import SampleNode
+from tests.integration.helpers import running
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def evicting_server() -> Iterator[ServerInfo]:
+    """Its own server: the policy is server-wide, the session's server stays noeviction."""
+    with PrivateServer() as server:
+        assert server.info is not None
+        yield server.info
+
+
+@pytest.fixture
+async def policy(evicting_server: ServerInfo) -> AsyncIterator[Redis]:
+    client = Redis.from_url(evicting_server.url)
+    try:
+        yield client
+    finally:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.aclose()
+
+
+def _runtime(url: str, namespace: str) -> Runtime:
+    return Runtime(namespace=namespace, name="ev", nodes=[SampleNode], redis_url=url)
+
+
+async def test_allkeys_lru_is_refused_with_the_fix_named(
+    evicting_server: ServerInfo, policy: Redis, namespace: str
+) -> None:
+    await policy.config_set("maxmemory-policy", "allkeys-lru")
+    task = _runtime(evicting_server.url, namespace).start()
+    assert task is not None
+    with pytest.raises(ConfigError, match=r"allkeys-lru.*noeviction"):
+        await asyncio.wait_for(task, 10)
+    assert await policy.exists(Keys(namespace).nodes()) == 0, "it registered anyway"
+
+
+async def test_allow_eviction_starts_with_a_warning(
+    evicting_server: ServerInfo,
+    policy: Redis,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await policy.config_set("maxmemory-policy", "allkeys-lfu")
+    monkeypatch.setenv("EXOSPHERE_ALLOW_EVICTION", "1")
+    with caplog.at_level(logging.WARNING, "exospherehost"):
+        async with running(_runtime(evicting_server.url, namespace)):
+            pass
+    assert any("allkeys-lfu" in r.getMessage() for r in caplog.records)
+
+
+async def test_volatile_policy_warns_and_serves(
+    evicting_server: ServerInfo, policy: Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await policy.config_set("maxmemory-policy", "volatile-lru")
+    with caplog.at_level(logging.WARNING, "exospherehost"):
+        async with running(_runtime(evicting_server.url, namespace)):
+            pass
+    assert any("volatile-lru" in r.getMessage() for r in caplog.records)
+
+
+async def test_noeviction_says_nothing(
+    evicting_server: ServerInfo, policy: Redis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "exospherehost"):
+        async with running(_runtime(evicting_server.url, namespace)):
+            pass
+    assert not [r for r in caplog.records if "maxmemory-policy" in r.getMessage()]
