@@ -57,9 +57,9 @@ PHASES: tuple[tuple[str, str], ...] = (
     ("plan_settle (", "settle: planning (Python)"),
     ("Broker.settle (", "settle: plan msgpack + EVALSHA call (redis-py)"),
     ("Worker._settler (", "settle: bookkeeping after the call"),
-    ("Worker._promoter (", "background tasks"),
-    ("Worker._reclaimer (", "background tasks"),
-    ("Worker._heartbeat (", "background tasks"),
+    ("promote (exospherehost/runtime/upkeep/", "background tasks"),
+    ("Reclaimer.run (", "background tasks"),
+    ("heartbeat (exospherehost/runtime/upkeep/", "background tasks"),
 )
 """Phases of the Runtime's worker loop (exospherehost/runtime/worker.py) for `--phases`."""
 

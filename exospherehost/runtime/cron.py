@@ -31,11 +31,12 @@ from datetime import UTC, datetime
 
 from exospherehost.broker.fields import RUN_CRON, RUN_FIRE_TS, RUN_TRIGGER
 from exospherehost.broker.streams import Broker
+from exospherehost.errors import ShutdownAbandoned
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.cron import CronExpressionError, check_expression, next_fire
 from exospherehost.graph.runplan import plan_run, run_store
 from exospherehost.graphstore import GraphStore, compile_doc
-from exospherehost.runtime.resilience import TRANSIENT, OutageLog, pause
+from exospherehost.runtime.resilience import OutageLog, Retrier, pause
 
 log = logging.getLogger("exospherehost.runtime.cron")
 
@@ -88,7 +89,8 @@ class CronScheduler:
         self.grace_s = grace_s
         self.marker_ttl_s = marker_ttl_s or int(grace_s) + 600
         self.stats = CronStats()
-        self.outage = outage or OutageLog()  # the Runtime shares its worker's
+        self.outage = outage or OutageLog()  # the Runtime shares its own (and its worker's)
+        self._retry = Retrier(self.outage, self._stop)  # a stop ends an outage's retries
         self._started: float | None = None
         self._reload_due = 0.0
         self._loaded: dict[str, _Graph] = {}
@@ -107,17 +109,11 @@ class CronScheduler:
 
     async def run(self) -> None:
         """Schedule until `stop()`; Redis outages are ridden out with capped backoff."""
-        backoff = 0.05
         while not self._stop.is_set():
             try:
-                await self.tick()
-                backoff = 0.05
-                self.outage.up()
-            except TRANSIENT as exc:
-                self.outage.down(exc)
-                await self._pause(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
+                await self._retry.until_ok(self.tick)
+            except ShutdownAbandoned:
+                return  # stopped while Redis is unreachable
             except Exception as exc:
                 log.exception("cron scheduler round failed")
                 self._note(f"round failed: {type(exc).__name__}: {exc}")

@@ -21,7 +21,7 @@ from exospherehost.broker.keys import check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
 from exospherehost.config import ConfigError, resolve
-from exospherehost.errors import InvalidArgument
+from exospherehost.errors import InvalidArgument, ShutdownAbandoned
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
@@ -29,10 +29,10 @@ from exospherehost.node import BaseNode, node_schema, validate_nodes
 from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
-from exospherehost.runtime.resilience import TRANSIENT, pause
+from exospherehost.runtime.resilience import TRANSIENT, Retrier, pause
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
-from exospherehost.runtime.worker import ShutdownAbandoned, Worker
+from exospherehost.runtime.worker import Worker
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
 
 log = logging.getLogger("exospherehost.runtime.process")
@@ -201,6 +201,8 @@ class Runtime:
                 run_retention_s=self.run_retention_s,
             )
             specs = [NodeSpec.of(n) for n in self.nodes]
+            # One for the worker and our own start-up calls: one outage log, one stop.
+            retry = Retrier()
             self._worker = Worker(
                 broker,
                 specs,
@@ -214,6 +216,8 @@ class Runtime:
                 visibility_ms=self.visibility_ms,
                 max_deliveries=self.max_deliveries,
                 consumer_idle_ms=self.consumer_idle_ms,
+                retry=retry,
+                ready=self.started,  # set once its consumers joined the groups
             )
             if self.metrics_port is not None:
                 # Imported on use: only Runtimes that export load prometheus_client.
@@ -224,9 +228,9 @@ class Runtime:
             if self._stop_requested:
                 self._worker.stop()
             try:
-                await self._worker._until_ok(lambda: self._check_server(broker))
-                await self._worker._until_ok(lambda: self._check_secrets(store, cipher))
-                await self._worker._until_ok(lambda: self._register(broker))
+                await retry.until_ok(lambda: self._check_server(broker))
+                await retry.until_ok(lambda: self._check_secrets(store, cipher))
+                await retry.until_ok(lambda: self._register(broker))
             except ShutdownAbandoned as exc:  # stopped while Redis was down: nothing read yet
                 log.warning("runtime %s stopped before serving: %s", self.name, exc)
                 return
@@ -237,10 +241,8 @@ class Runtime:
                 self.namespace,
                 self.consumer,
             )
-            # `started` is set by the worker once its consumers joined the groups.
-            self._worker.ready = self.started
             # Every Runtime schedules the namespace's cron triggers (fires are exactly-once).
-            self._cron = CronScheduler(broker, store, outage=self._worker.outage)
+            self._cron = CronScheduler(broker, store, outage=retry.outage)
             cron_task = asyncio.create_task(self._cron.run(), name="exo-cron")
             registry_stop = asyncio.Event()
             registry_task = asyncio.create_task(

@@ -1,7 +1,7 @@
-"""Riding out Redis outages: what counts as one (TRANSIENT), the stoppable pause between
-attempts, and one outage log per Runtime: every loop that talks to Redis reports failures
-and recoveries there, so an outage is logged once (and its end once), not once per loop or
-per attempt."""
+"""Riding out Redis outages, in one place: what counts as one (TRANSIENT), the stoppable
+pause between attempts, the retry-with-backoff loop every Redis-calling loop goes through
+(Retrier), and one outage log per Runtime: every loop reports failures and recoveries
+there, so an outage is logged once (and its end once), not once per loop or per attempt."""
 
 from __future__ import annotations
 
@@ -9,14 +9,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from exospherehost.errors import ShutdownAbandoned
 
 log = logging.getLogger("exospherehost.runtime.worker")
 
 # Errors that mean "Redis is not reachable right now": retried with backoff by every loop.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+FIRST_DELAY_S = 0.05  # backoff between attempts: doubled after each failure, up to
+MAX_DELAY_S = 2.0  # this cap
+T = TypeVar("T")
 
 
 async def pause(seconds: float, stop: asyncio.Event) -> bool:
@@ -39,3 +46,68 @@ class OutageLog:
         if self.since is not None:
             log.warning("Redis reachable again after %.1fs", time.monotonic() - self.since)
             self.since = None
+
+
+class Retrier:
+    """Retries Redis calls through an outage with capped backoff (`until_ok`), reporting
+    to one OutageLog, until a stop says otherwise.
+
+    A stop (`stop(deadline)`) bounds the retrying, raising ShutdownAbandoned: tasks with
+    nothing to finish give up at once (before `serve()`, every task; after it, those it
+    named: a worker's start-up, reader, promoter and reclaimer, as nothing new should
+    start); the others (settles above all) at the deadline. Nothing is lost: what was not
+    settled stays pending in Redis and is reclaimed elsewhere."""
+
+    def __init__(self, outage: OutageLog | None = None, stopping: asyncio.Event | None = None):
+        self.outage = outage if outage is not None else OutageLog()
+        self.stopping = stopping if stopping is not None else asyncio.Event()
+        self.deadline = 0.0  # set by stop(): when the tasks that finish work give up
+        self._quit_first: set[asyncio.Task[object]] | None = None
+
+    def stop(self, deadline: float) -> None:
+        """Stop retrying (see the class); the first stop's `deadline` (monotonic) holds."""
+        if not self.stopping.is_set():
+            self.deadline = deadline
+        self.stopping.set()
+
+    def serve(self, quit_first: Iterable[asyncio.Task[object]]) -> None:
+        """From now on only `quit_first` give up at once when stopping; every other task
+        retries up to the deadline. Call again to name more."""
+        if self._quit_first is None:
+            self._quit_first = set()
+        self._quit_first.update(quit_first)
+
+    async def until_ok(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`'s result, retried while it raises TRANSIENT (see the class)."""
+        delay = FIRST_DELAY_S
+        # Set once stopping and failing: a retry must not outlast the stop deadline (one
+        # attempt can take seconds in redis-py's own retries). The first attempt is never
+        # bounded, so a healthy call after the deadline still goes through.
+        bound: float | None = None
+        while True:
+            try:
+                if bound is None:
+                    result = await call()
+                else:
+                    async with asyncio.timeout(bound):  # TimeoutError is an OSError
+                        result = await call()
+            except TRANSIENT as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py may turn a cancelled read into a connection error; the
+                    # cancellation (shutdown) wins over retrying.
+                    raise asyncio.CancelledError from exc
+                self.outage.down(exc)
+                if not self.stopping.is_set():
+                    await pause(delay, self.stopping)  # a stop cuts the backoff short
+                else:
+                    quit_now = self._quit_first is None or task in self._quit_first
+                    left = 0.0 if quit_now else self.deadline - time.monotonic()
+                    if left <= 0:
+                        raise ShutdownAbandoned(f"stopping, Redis unreachable: {exc}") from exc
+                    await asyncio.sleep(min(delay, left))
+                    bound = max(0.1, self.deadline - time.monotonic())
+                delay = min(delay * 2, MAX_DELAY_S)
+                continue
+            self.outage.up()
+            return result

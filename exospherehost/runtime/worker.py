@@ -8,6 +8,7 @@ No task is spawned per state: `concurrency` long-lived executors pull from the q
 a state whose node never awaits runs straight through. `inflight` (read, not yet settled)
 is bounded by `max_inflight`, which is also the most states a crash can leave pending.
 The reader and each settle slot keep their own Redis connection (exospherehost.broker.lane).
+The upkeep loops beside it (promote, reclaim, heartbeat, retire) are in runtime/upkeep/.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
-from typing import Literal, TypeVar
 
 from redis.exceptions import ResponseError
 
 from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
-from exospherehost.broker.keys import ENVELOPE_FIELD
 from exospherehost.broker.lane import Lane
 from exospherehost.broker.plan import APPLIED, FAILED, REFUSED
 from exospherehost.broker.streams import Broker
@@ -38,7 +37,7 @@ from exospherehost.runtime.execution import (
 from exospherehost.runtime.failurelog import FailureLog
 from exospherehost.runtime.jobqueue import JobQueue
 from exospherehost.runtime.outcomes import Failed, Job, Malformed, Outcome, Released, source
-from exospherehost.runtime.resilience import TRANSIENT, OutageLog, pause
+from exospherehost.runtime.resilience import Retrier
 from exospherehost.runtime.settle import (
     SettleConfig,
     as_failure,
@@ -46,6 +45,12 @@ from exospherehost.runtime.settle import (
     plan_settle,
 )
 from exospherehost.runtime.stats import RuntimeStats
+from exospherehost.runtime.upkeep.heartbeat import heartbeat
+from exospherehost.runtime.upkeep.holdings import Holdings
+from exospherehost.runtime.upkeep.promote import promote
+from exospherehost.runtime.upkeep.prune import Pruner, consumer_idle_bound
+from exospherehost.runtime.upkeep.reclaim import Reclaimer
+from exospherehost.runtime.upkeep.retire import retire
 from exospherehost.secrets import SecretsError
 
 log = logging.getLogger("exospherehost.runtime.worker")
@@ -54,10 +59,12 @@ SETTLES_IN_FLIGHT = 2  # see Worker._settler
 # stopping worker gives up (what is unsettled then stays pending and gets reclaimed).
 SETTLE_AFTER_GRACE_S = 2.0
 _UNSETTLED = -1  # flag of a state whose settle failed: left pending, counted nowhere
-T = TypeVar("T")
 
 
 class Worker:
+    """`retry`: the Runtime's, shared with its other Redis calls (one outage log, one
+    stop); `ready`: set once the groups exist and this consumer joined them."""
+
     def __init__(
         self,
         broker: Broker,
@@ -74,6 +81,8 @@ class Worker:
         max_deliveries: int = 5,
         suspect_timeout_s: float | None = None,
         consumer_idle_ms: int | None = None,
+        retry: Retrier | None = None,
+        ready: asyncio.Event | None = None,
     ) -> None:
         self.broker = broker
         self.specs = {s.name: s for s in specs}
@@ -86,91 +95,79 @@ class Worker:
         self.grace_s = grace_s
         self.visibility_ms = visibility_ms
         self.max_deliveries = max_deliveries
-        # Entries read and not yet settled, per node: entry id -> monotonic read time.
-        self._held: dict[str, dict[bytes, float]] = {n: {} for n in self.specs}
-        self._watch: dict[tuple[str, bytes], asyncio.Event] = {}  # settles awaited
         # Room for ~4 batches: reads go on while a settle is in flight. With 2 the worker
         # sat idle ~14% of the time waiting for settles (W1: 0.86 -> 0.97 core busy).
-        self.max_inflight = batch_size * 4 + concurrency
-        self.inflight = 0
+        self.holdings = Holdings(self.specs, batch_size * 4 + concurrency)
+        # The hot path's own references (the settles release and wake per state).
+        self._held, self._watch = self.holdings.held, self.holdings.watch
         self.settled = 0
         self.stats = RuntimeStats(list(self.specs))
         self._queue: JobQueue[Job] = JobQueue()
         self._outcomes: list[Outcome] = []
         self._has_outcomes = asyncio.Event()
-        self._room = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._stop_deadline = 0.0  # set by stop(): when a stopping worker gives up on Redis
-        # Tasks with nothing to finish once stopping (run() itself: start-up and reading;
-        # promoter, reclaimer): in an outage they give up at once. None before run().
-        self._quit_first: set[asyncio.Task[object]] | None = None
+        self._retry = retry if retry is not None else Retrier()
+        self._stopping = self._retry.stopping
         self._bugs = InternalErrors(log)  # bugs of our own, logged once per kind
         self.executing = 0  # executions running now (said when stopping)
         self.cut_short = 0  # executions cancelled at the end of the grace period
         # Node failures, each once with what happens next (rate-limited per node).
         self._failures = FailureLog(logging.getLogger("exospherehost.failures"))
         self._done = asyncio.Event()  # everything read was settled or released
-        self.ready = asyncio.Event()  # groups exist and this consumer joined them
+        self.ready = ready if ready is not None else asyncio.Event()
         self._executing: set[asyncio.Task[None]] = set()
-        self.outage = OutageLog()  # shared with the Runtime's other loops (cron)
         # A connection each for the reader's and the settles' one-call-per-batch loops.
         self._read_lane = Lane(broker.client)
         self._settle_lanes = [Lane(broker.client) for _ in range(SETTLES_IN_FLIGHT)]
-        # Reclaiming (see _reclaimer). From how many deliveries a reclaimed entry is a
-        # suspect, run alone; the one suspect awaited now: (node, id), settled, deadline.
-        self._suspect_from = suspect_threshold(max_deliveries)
-        self._suspect: tuple[tuple[str, bytes], asyncio.Event, float] | None = None
-        # A suspect's execution bound (Job.timeout): 10 visibility timeouts leave a healthy
-        # slow state room, and a hung one then fails under its retry policy instead of
-        # holding an executor for good (heartbeats keep its claim alive meanwhile).
-        self.suspect_timeout_s = (
-            suspect_timeout_s if suspect_timeout_s is not None else visibility_ms / 100
+        nodes = list(self.specs)
+        idle_ms = consumer_idle_bound(consumer_idle_ms, visibility_ms)
+        self._reclaimer = Reclaimer(
+            broker,
+            consumer,
+            nodes,
+            self.holdings,
+            self._accept,
+            self._retry,
+            Pruner(broker, consumer, idle_ms, self._retry),
+            visibility_ms=visibility_ms,
+            max_deliveries=max_deliveries,
+            suspect_timeout_s=suspect_timeout_s,
         )
-        # A consumer holding nothing, idle and not recorded alive this long is a dead
-        # worker's (kill -9 skips _retire): removed (see _prune). Streams are pruned every
-        # half of it, so it has a floor: pruning must not become a busy loop.
-        if consumer_idle_ms is None:
-            consumer_idle_ms = max(10 * visibility_ms, 300_000)
-        self.consumer_idle_ms = max(consumer_idle_ms, 1000)
-        self._prune_due: dict[str, float] = {}  # node -> monotonic time of its next prune
-        self.consumers_removed = 0
+
+    @property
+    def inflight(self) -> int:
+        """States read or claimed and not settled yet (at most max_inflight, see
+        Reclaimer._room)."""
+        return self.holdings.count
+
+    @inflight.setter
+    def inflight(self, count: int) -> None:
+        self.holdings.count = count
+
+    @property
+    def max_inflight(self) -> int:
+        return self.holdings.limit
 
     def stop(self) -> None:
-        if not self._stopping.is_set():
-            self._stop_deadline = time.monotonic() + self.grace_s + SETTLE_AFTER_GRACE_S
-        self._stopping.set()
-        self._room.set()  # a reader waiting for room wakes up and sees the stop
+        self._retry.stop(time.monotonic() + self.grace_s + SETTLE_AFTER_GRACE_S)
+        self.holdings.room.set()  # a reader waiting for room wakes up and sees the stop
 
     async def run(self) -> None:
+        """Serve until stopped: join the groups, then read -> execute -> settle, with the
+        upkeep loops beside; at the stop, drain, settle what finished and leave."""
+        # Tasks with nothing to finish once stopping give up at once in an outage: run()
+        # itself (start-up and reading), then the promoter and the reclaimer.
         serving = asyncio.current_task()
-        self._quit_first = {serving} if serving is not None else set()
-        nodes = list(self.specs)
-        try:
-            await self._until_ok(lambda: self.broker.ensure_groups(nodes))
-            await self._until_ok(lambda: self.broker.join(self.consumer, nodes))
-            for lane in self._settle_lanes:
-                # Connected up front: settles then reach Redis in the order they were sent
-                # (a lane connecting lazily would let a later batch overtake).
-                await self._until_ok(lane.open)
-        except ShutdownAbandoned as exc:  # stopped before serving, Redis unreachable
-            log.warning("stopped before serving: %s", exc)
-            for lane in self._settle_lanes:
-                await lane.close()
+        self._retry.serve([serving] if serving is not None else [])
+        if not await self._join():
             return
         self.ready.set()
         settler = asyncio.create_task(self._settler(), name="exo-settler")
-        background = [
-            asyncio.create_task(self._promoter(), name="exo-promoter"),
-            asyncio.create_task(self._reclaimer(), name="exo-reclaimer"),
-            asyncio.create_task(self._heartbeat(), name="exo-heartbeat"),
-        ]
-        self._quit_first.update(background[:2])  # the heartbeat keeps claims in the grace
+        upkeep = self._start_upkeep()
         executors = [
             asyncio.create_task(self._executor(), name=f"exo-exec-{i}")
             for i in range(self.concurrency)
         ]
         self._executing.update(executors)
-        abandoned = False  # a stopping worker gave up on an unreachable Redis
         try:
             await self._reader()
         except ShutdownAbandoned:
@@ -179,49 +176,89 @@ class Worker:
             self.stop()  # also when the reader failed: let the settler finish
             await self._drain(executors)
             self._has_outcomes.set()
-            try:
-                await settler
-            except ShutdownAbandoned:
-                abandoned = True
-            # Background loops end on their own at their next wake-up (cancelling them
-            # mid-call is unreliable: redis-py can swallow a cancellation into a retry);
-            # only one stuck in an outage is cancelled after a bound.
-            self._done.set()
-            _, stuck = await asyncio.wait(background, timeout=5)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            if unsettled := sum(len(held) for held in self._held.values()):
-                log.warning(
-                    "stopped with %d states unsettled (Redis unreachable until the stop "
-                    "deadline); they stay pending and another worker reclaims them after "
-                    "visibility_timeout",
-                    unsettled,
-                )
-            if abandoned or self.outage.since is not None:
-                # Redis is down (and what we hold stays pending anyway): leaving the
-                # groups would only cost one more failing call.
-                log.warning("could not leave the consumer groups: Redis unreachable")
-            else:
-                await self._retire(nodes)
-            for lane in (self._read_lane, *self._settle_lanes):
+            await self._shut_down(settler, upkeep)
+
+    async def _join(self) -> bool:
+        """Create the groups, join them, open the settle lanes; False if stopped first."""
+        nodes = list(self.specs)
+        until_ok = self._retry.until_ok
+        try:
+            await until_ok(lambda: self.broker.ensure_groups(nodes))
+            await until_ok(lambda: self.broker.join(self.consumer, nodes))
+            for lane in self._settle_lanes:
+                # Connected up front: settles then reach Redis in the order they were sent
+                # (a lane connecting lazily would let a later batch overtake).
+                await until_ok(lane.open)
+        except ShutdownAbandoned as exc:  # stopped before serving, Redis unreachable
+            log.warning("stopped before serving: %s", exc)
+            for lane in self._settle_lanes:
                 await lane.close()
+            return False
+        return True
+
+    def _start_upkeep(self) -> list[asyncio.Task[None]]:
+        nodes, retry = list(self.specs), self._retry
+        beat = heartbeat(
+            self.broker, self.consumer, self.holdings, self.visibility_ms, self._done, retry
+        )
+        upkeep = [
+            asyncio.create_task(promote(self.broker, nodes, retry), name="exo-promoter"),
+            asyncio.create_task(self._reclaimer.run(), name="exo-reclaimer"),
+            asyncio.create_task(beat, name="exo-heartbeat"),
+        ]
+        retry.serve(upkeep[:2])  # the heartbeat keeps claims in the grace period
+        return upkeep
+
+    async def _shut_down(
+        self, settler: asyncio.Task[None], upkeep: list[asyncio.Task[None]]
+    ) -> None:
+        """After the drain: let the settler finish, end the upkeep loops, leave the groups
+        (unless Redis is down) and close the lanes."""
+        abandoned = False  # a stopping worker gave up on an unreachable Redis
+        try:
+            await settler
+        except ShutdownAbandoned:
+            abandoned = True
+        # Upkeep loops end on their own at their next wake-up (cancelling them mid-call
+        # is unreliable: redis-py can swallow a cancellation into a retry); only one stuck
+        # in an outage is cancelled after a bound.
+        self._done.set()
+        _, stuck = await asyncio.wait(upkeep, timeout=5)
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*upkeep, return_exceptions=True)
+        if unsettled := self.holdings.unsettled():
+            log.warning(
+                "stopped with %d states unsettled (Redis unreachable until the stop "
+                "deadline); they stay pending and another worker reclaims them after "
+                "visibility_timeout",
+                unsettled,
+            )
+        if abandoned or self._retry.outage.since is not None:
+            # Redis is down (and what we hold stays pending anyway): leaving the
+            # groups would only cost one more failing call.
+            log.warning("could not leave the consumer groups: Redis unreachable")
+        else:
+            await retire(self.broker, self.consumer, list(self.specs))
+        for lane in (self._read_lane, *self._settle_lanes):
+            await lane.close()
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
         nodes = list(self.specs)
+        holdings = self.holdings
         while not self._stopping.is_set():
-            room = self.max_inflight - self.inflight
+            room = holdings.free()
             if room < self.batch_size // 2 + 1:
-                self._room.clear()
+                holdings.room.clear()
                 # One event, set by settles and by stop(): waiting on two would cost two
                 # tasks per wait, and the reader waits here about once per batch.
-                await self._room.wait()
+                await holdings.room.wait()
                 continue
             # XREADGROUP's COUNT applies per stream: share the room between the streams so
             # a read never overshoots what may be in flight (a read then overlaps settles).
             count = max(1, min(self.batch_size, room) // len(nodes))
-            batches = await self._until_ok(
+            batches = await self._retry.until_ok(
                 partial(
                     self.broker.read, self.consumer, nodes, count, self.block_ms, self._read_lane
                 )
@@ -240,7 +277,7 @@ class Worker:
         """Take delivered entries of `node` into the pipeline (a reclaimed poison message
         straight to its settle). The hot path: it runs for every state read, so what the
         entries share is looked up once."""
-        self.inflight += len(entries)
+        self.holdings.count += len(entries)
         held = self._held[node]
         now = time.monotonic()
         stream = self.broker.keys.queue(node)
@@ -312,12 +349,14 @@ class Worker:
         if env.run_id is not None and env.graph is not None:
             graph = self.graphs.compiled.get((env.graph, env.graph_version))  # cached: no await
             if graph is None:  # first state of this graph version here: load it
-                graph = await self._until_ok(partial(self.graphs.get, env.graph, env.graph_version))
+                graph = await self._retry.until_ok(
+                    partial(self.graphs.get, env.graph, env.graph_version)
+                )
             secrets = self.graphs.secrets(env.graph, env.graph_version)
             ident = env.identifier or ""
             if graph is not None and env.unite is not None and ident in graph.unites:
                 # A fired fan-in: its inputs come from what every branch left behind.
-                collected = await self._until_ok(
+                collected = await self._retry.until_ok(
                     partial(self.broker.collected, env.run_id, ident, env.unite)
                 )
                 try:
@@ -339,7 +378,7 @@ class Worker:
         queued = self._queue.drain()
         for job in queued:
             self._finish(Released(job))
-        left = self._stop_deadline - SETTLE_AFTER_GRACE_S - time.monotonic()
+        left = self._retry.deadline - SETTLE_AFTER_GRACE_S - time.monotonic()
         running = self.executing
         if queued or running:
             log.info(
@@ -420,9 +459,9 @@ class Worker:
         if failed:
             self._failures.report(failed)
         self.stats.decided(batch)
-        self.inflight -= len(batch)
+        self.holdings.count -= len(batch)
         self.settled += len(batch)
-        self._room.set()
+        self.holdings.room.set()
         if 2 in flags:
             self._log_orphans(batch, flags)
         if late := flags.count(0):
@@ -435,7 +474,7 @@ class Worker:
         script refused or could not finish are dead-lettered here (`_rescue`), so the
         flags come back as 1, 2, 0 or _UNSETTLED."""
         plan = plan_settle(batch, self.settle_cfg, self.max_deliveries)
-        flags = await self._until_ok(lambda: self.broker.settle(plan, lane))
+        flags = await self._retry.until_ok(lambda: self.broker.settle(plan, lane))
         if not flags.errors:
             return flags
         out = list(flags)
@@ -465,7 +504,7 @@ class Worker:
         if not acked and (failure := as_failure(outcome, reason)) is not None:
             plan = plan_settle([failure], cfg)
             try:
-                got = await self._until_ok(lambda: self.broker.settle(plan, lane))
+                got = await self._retry.until_ok(lambda: self.broker.settle(plan, lane))
             except ResponseError as exc:
                 reason += f"; nor as a failure: {exc}"
             else:
@@ -475,7 +514,7 @@ class Worker:
                 reason += f"; nor as a failure: {got.errors[0]}"
         bare = plan_dead_letters([(outcome, reason)], cfg, acked=acked)
         try:
-            got = await self._until_ok(lambda: self.broker.settle(bare, lane))
+            got = await self._retry.until_ok(lambda: self.broker.settle(bare, lane))
         except ResponseError as exc:
             reason += f"; nor as a bare dead letter: {exc}"
         else:
@@ -503,267 +542,6 @@ class Worker:
             "; ".join(orphans[:10]) + (" ..." if len(orphans) > 10 else ""),
         )
 
-    async def _promoter(self) -> None:
-        """Move due retries / delayed states to their streams. Every Runtime runs this;
-        the script is atomic, so many promoters never duplicate a state."""
-        nodes = list(self.specs)
-        while not self._stopping.is_set():
-            moved, next_due = await self._until_ok(lambda: self.broker.promote(nodes))
-            if moved:
-                continue
-            wait = 0.5 if next_due < 0 else max(0.002, min(0.5, next_due / 1000 - time.time()))
-            await pause(wait, self._stopping)
-
-    async def _retire(self, nodes: list[str]) -> None:
-        """Leave the consumer groups on a clean stop, so stopped workers do not pile up as
-        consumers; a consumer still holding pending entries stays (they get reclaimed)."""
-        try:
-            kept = await self.broker.retire(self.consumer, nodes)
-        except TRANSIENT as exc:
-            log.warning("could not leave the consumer groups (%s)", exc)
-            return
-        if kept:
-            log.warning("%d stream(s) still hold unsettled entries of %s", kept, self.consumer)
-
-    # -- reclaiming and heartbeats ------------------------------------------------------
-    async def _reclaimer(self) -> None:
-        """Take over states whose worker died or hung (pending longer than the visibility
-        timeout), as many at once as there is free room (max_inflight - inflight) for,
-        never more. An entry delivered once is mostly innocent read-ahead of one dead or hung
-        worker: those run in parallel, like read entries. An entry delivered more often is
-        a suspect (it may be what killed its workers): suspects run ONE AT A TIME, the next
-        claimed once the last one settled or after a bounded wait (the visibility timeout;
-        a hung one keeps its executor, under an execution bound). A poison message
-        therefore drags innocent batch-mates along for one delivery at most, never to the
-        delivery limit; one delivered `max_deliveries` times is dead-lettered, not run.
-        Now and then also removes dead workers' consumers from the groups."""
-        interval = self.visibility_ms / 2000
-        streak = 0  # reclaimed since the last quiet round: logged once, not per state
-        while not self._stopping.is_set():
-            for node in self.specs:
-                await self._prune(node)  # when due; also keeps our consumers marked alive
-            # A claim filled its room: there may be more, claimed as room frees. Only then
-            # (not whenever reads fill the room) does a round follow the settles' pace.
-            more = False
-            for node in self.specs:
-                if self._stopping.is_set():
-                    return  # claim nothing more once stopping: it could not be run
-                room = self._reclaim_room()
-                if room <= 0:
-                    break  # full of read states: try again next round
-                taken, filled = await self._reclaim(node, room)
-                streak += taken
-                more = more or filled
-            if more:
-                if self._reclaim_room() <= 0:
-                    self._room.clear()  # safe: the reader checks the room before waiting
-                    # Set by settles and by stop(); bounded so prunes stay on time.
-                    await pause(max(0.0, min(interval, self._until_prune())), self._room)
-                continue
-            if streak:
-                log.info("took over %d states of dead or hung workers", streak)
-                streak = 0
-            await self._reclaim_pause(interval)
-
-    def _reclaim_room(self) -> int:
-        """How many states may be claimed now: the free room. Not less, e.g. to leave a
-        share for a read that may be on its way: a saturated worker (reads refill the
-        room as soon as half a batch is free) would then never reclaim at all. So a read
-        in flight during a claim can overshoot max_inflight by its count, once."""
-        return self.max_inflight - self.inflight
-
-    async def _reclaim(self, node: str, room: int) -> tuple[int, bool]:
-        """One claim of `node`'s idle entries, up to `room`: (taken, whether room ran out)."""
-        suspects = 1 if self._suspect_free() else 0
-        # The room is reserved during the call, so a read starting meanwhile cannot take
-        # it too.
-        self.inflight += room
-        try:
-            claimed = await self._until_ok(
-                partial(
-                    self.broker.reclaim,
-                    node,
-                    self.consumer,
-                    self.visibility_ms,
-                    room,
-                    suspects=suspects,
-                    suspect_from=self._suspect_from,
-                    poison_at=self.max_deliveries,
-                )
-            )
-        finally:
-            self.inflight -= room
-            self._room.set()  # a reader that waited on the reservation looks again
-        if claimed and self._stopping.is_set():
-            # Too late to run them: they stay pending (not held, so not heartbeaten) and
-            # another worker reclaims them after the visibility timeout.
-            log.info("stopping: %d reclaimed %s states left for other workers", len(claimed), node)
-            return 0, False
-        return self._take(node, claimed), len(claimed) >= room
-
-    def _take(self, node: str, claimed: list[tuple[bytes, int, dict[bytes, bytes]]]) -> int:
-        """Accept what one claim returned, each kind its way; returns how many."""
-        held = self._held[node]
-        batches: dict[int, list[tuple[bytes, dict[bytes, bytes]]]] = {}
-        taken = 0
-        for entry_id, deliveries, fields in claimed:
-            if entry_id in held:
-                continue  # already ours (our own heartbeat lagged): no second copy
-            taken += 1
-            kind = triage(deliveries, self._suspect_from, self.max_deliveries)
-            # Deliveries of the entries it was released from at shutdown count toward the
-            # poison limit too (the claim script sees this entry's own count only).
-            total = deliveries + _carried_deliveries(entry_id, fields)
-            if total >= self.max_deliveries:
-                kind = "poison"
-            # XCLAIM counted one more delivery (to us): deliveries + 1.
-            if kind == "poison":
-                self._accept(node, [(entry_id, fields)], _poison(total), deliveries + 1)
-            elif kind == "suspect":
-                log.debug("suspect %s %s (delivered %d times)", node, entry_id, deliveries)
-                deadline = time.monotonic() + self.visibility_ms / 1000
-                self._suspect = ((node, entry_id), self._settled_event(node, entry_id), deadline)
-                self._accept(
-                    node, [(entry_id, fields)], None, deliveries + 1, self.suspect_timeout_s
-                )
-            else:
-                batches.setdefault(deliveries, []).append((entry_id, fields))
-        for deliveries, entries in batches.items():
-            self._accept(node, entries, None, deliveries + 1)
-        return taken
-
-    def _suspect_free(self) -> bool:
-        """Whether the next suspect may be claimed: the last one settled, or its wait ran
-        out (it runs on, bounded by suspect_timeout_s; reclaiming goes on without it)."""
-        if self._suspect is None:
-            return True
-        key, settled, deadline = self._suspect
-        if not settled.is_set():
-            if time.monotonic() < deadline:
-                return False
-            self._watch.pop(key, None)  # no longer waited for
-            log.warning(
-                "reclaimed suspect %s %s still runs after %.1fs; claiming the next one",
-                key[0],
-                key[1].decode(errors="replace"),
-                self.visibility_ms / 1000,
-            )
-        self._suspect = None
-        return True
-
-    async def _reclaim_pause(self, interval: float) -> None:
-        """Wait for the next round: `interval`, or less if the awaited suspect settles or
-        its wait runs out first, or a stream is due for pruning; stop() ends it at once."""
-        interval = min(interval, self._until_prune())
-        events = [self._stopping]
-        if self._suspect is not None:
-            _, settled, deadline = self._suspect
-            events.append(settled)
-            interval = min(interval, deadline - time.monotonic())
-        await _any_set(events, max(0.0, interval))
-
-    def _until_prune(self) -> float:
-        """Seconds until a stream is due for pruning (also our liveness record)."""
-        if not self._prune_due:
-            return float("inf")
-        return min(self._prune_due.values()) - time.monotonic()
-
-    async def _prune(self, node: str) -> None:
-        """Remove dead consumers of `node`'s group and record ours alive (see
-        broker/lua/prune_consumers.lua), every consumer_idle_ms / 2: more often than
-        the bound, so a live consumer always has a fresh record."""
-        now = time.monotonic()
-        if now < self._prune_due.get(node, 0.0):
-            return
-        self._prune_due[node] = now + self.consumer_idle_ms / 2000
-        try:
-            removed = await self._until_ok(
-                partial(self.broker.prune_consumers, node, self.consumer, self.consumer_idle_ms)
-            )
-        except ResponseError as exc:  # e.g. an ACL without XINFO: not worth retrying
-            log.warning("cannot remove dead consumers of %s (%s); not trying again", node, exc)
-            self._prune_due[node] = float("inf")
-            return
-        if removed:
-            self.consumers_removed += len(removed)
-            log.info(
-                "removed %d dead consumer(s) of %s: %s",
-                len(removed),
-                node,
-                ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""),
-            )
-
-    def _settled_event(self, node: str, entry_id: bytes) -> asyncio.Event:
-        event = asyncio.Event()
-        self._watch[(node, entry_id)] = event
-        return event
-
-    async def _heartbeat(self) -> None:
-        """Keep our claim on entries held longer than a third of the visibility timeout,
-        so a healthy slow execution is not reclaimed by another worker."""
-        interval = self.visibility_ms / 3000
-        # Runs until everything is settled: executions finishing in the grace period
-        # still need their claims kept.
-        while not await pause(interval, self._done):
-            old = time.monotonic() - interval
-            for node, held in self._held.items():
-                ids = [i for i, t in held.items() if t <= old]
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
-                    lost = await self._until_ok(
-                        partial(self.broker.heartbeat, node, self.consumer, chunk)
-                    )
-                    if lost:
-                        log.warning(
-                            "%d %s states were reclaimed by another worker; their "
-                            "late settles will emit nothing",
-                            len(lost),
-                            node,
-                        )
-
-    # -- resilience ---------------------------------------------------------------------
-    async def _until_ok(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry a Redis call through an outage with capped backoff; log once per outage.
-
-        A stop bounds the retrying (raising ShutdownAbandoned): start-up, the reader, the
-        promoter and the reclaimer give up at once, as nothing new should start; other
-        loops (settles above all) at the stop deadline, grace period +
-        SETTLE_AFTER_GRACE_S. Nothing is lost: what was not settled stays pending in Redis
-        and is reclaimed elsewhere."""
-        delay = 0.05
-        # Set once stopping and failing: a retry must not outlast the stop deadline (one
-        # attempt can take seconds in redis-py's own retries). The first attempt is never
-        # bounded, so a healthy call after the deadline still goes through.
-        bound: float | None = None
-        while True:
-            try:
-                if bound is None:
-                    result = await call()
-                else:
-                    async with asyncio.timeout(bound):  # TimeoutError is an OSError
-                        result = await call()
-            except TRANSIENT as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # redis-py may turn a cancelled read into a connection error; the
-                    # cancellation (shutdown) wins over retrying.
-                    raise asyncio.CancelledError from exc
-                self.outage.down(exc)
-                if not self._stopping.is_set():
-                    await pause(delay, self._stopping)  # a stop cuts the backoff short
-                else:
-                    # Before run(), the only callers are start-up calls: nothing to finish.
-                    quit_now = self._quit_first is None or task in self._quit_first
-                    left = 0.0 if quit_now else self._stop_deadline - time.monotonic()
-                    if left <= 0:
-                        raise ShutdownAbandoned(f"stopping, Redis unreachable: {exc}") from exc
-                    await asyncio.sleep(min(delay, left))
-                    bound = max(0.1, self._stop_deadline - time.monotonic())
-                delay = min(delay * 2, 2.0)
-                continue
-            self.outage.up()
-            return result
-
 
 def _name(outcome: Outcome) -> str:
     node, entry_id = source(outcome)
@@ -774,59 +552,3 @@ def _name(outcome: Outcome) -> str:
 def _fields(outcome: Outcome) -> dict[str, str]:
     fields = outcome.fields if isinstance(outcome, Malformed) else outcome.job.fields
     return printable_fields(dict(list(fields.items())[:20]), limit=200)
-
-
-async def _any_set(events: Sequence[asyncio.Event], seconds: float) -> None:
-    """Sleep up to `seconds`, waking early when any of `events` is set."""
-    if any(e.is_set() for e in events):
-        return
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-
-
-def suspect_threshold(max_deliveries: int) -> int:
-    """Deliveries (before a claim) from which a reclaimed entry is a suspect, run alone.
-
-    Entries delivered once run in parallel. If one of them killed the worker that
-    reclaimed them, its batch-mates got one delivery more (2) and are suspects from then
-    on: the rule costs an innocent one delivery at most, which must leave it below the
-    limit. So with max_deliveries < 3 every reclaimed entry is a suspect."""
-    return 2 if max_deliveries >= 3 else 1
-
-
-def triage(
-    deliveries: int, suspect_from: int, max_deliveries: int
-) -> Literal["poison", "suspect", "run"]:
-    """What to do with an entry reclaimed after `deliveries` deliveries: "poison"
-    (dead-letter it, do not run it), "suspect" (run it alone) or "run" (with the rest).
-    broker/lua/reclaim.lua claims by the same rule."""
-    if deliveries >= max_deliveries:
-        return "poison"
-    if deliveries >= suspect_from:
-        return "suspect"
-    return "run"
-
-
-_ENVELOPE_KEY = ENVELOPE_FIELD.encode()
-
-
-def _carried_deliveries(entry_id: bytes, fields: dict[bytes, bytes]) -> int:
-    """Deliveries an envelope carries over from entries it was released from (`d`); 0 for a
-    plain entry or one that does not decode (its settle says why)."""
-    if _ENVELOPE_KEY not in fields:
-        return 0
-    try:
-        return decode(entry_id, fields).deliveries
-    except Exception:
-        return 0
-
-
-def _poison(deliveries: int) -> str:
-    return (
-        f"delivered {deliveries} times without being settled: the worker running it died "
-        f"or hung each time (poison message)"
-    )

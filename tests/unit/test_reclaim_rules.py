@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exospherehost.runtime.worker import suspect_threshold, triage
+from exospherehost.runtime.upkeep.rules import suspect_threshold, triage
 
 
 @pytest.mark.parametrize(
