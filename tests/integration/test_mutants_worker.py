@@ -432,3 +432,84 @@ async def test_a_poison_entry_is_claimed_while_a_suspect_still_runs(
         [done] = (await sm.wait_for_states("Held", [suspect], timeout=10)).values()
     assert dead.state_id == poison and "poison message" in dead.error
     assert done.status == "SUCCEEDED"
+
+
+async def _orphan_all(sm: StateManager, node: str) -> list[bytes]:
+    """Leave every entry of `node` pending, delivered once, to a worker gone long ago."""
+    await sm.broker.ensure_groups([node])
+    stream = sm.keys.queue(node)
+    reply = await sm.client.xreadgroup(GROUP, "ghost", {stream: ">"}, count=1000)
+    ids = [bytes(entry_id) for entry_id, _ in reply[0][1]]
+    await sm.client.xclaim(stream, GROUP, "ghost", 0, ids, idle=3_600_000, justid=True)
+    return ids
+
+
+async def _held_by_consumer(redis: Redis, stream: str, consumer: str) -> list[dict[str, Any]]:
+    return [p for p in await pending_entries(redis, stream) if p["consumer"] == consumer]
+
+
+async def test_a_claim_takes_no_more_orphans_than_the_room(
+    redis: Redis, redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """Thirty orphaned states and a worker with room for five: its first claim takes five
+    (the rest wait for room). Bug: the room not passed to the claim (it takes its default
+    count, a hundred)."""
+    stream = sm.keys.queue("Held")
+    await sm.enqueue_many("Held", [{"x": i} for i in range(30)])
+    await _orphan_all(sm, "Held")
+    rt = Runtime(
+        namespace=namespace,
+        name="m",
+        nodes=[Held],
+        redis_url=redis_url,
+        batch_size=1,
+        workers=1,
+        visibility_timeout=10,
+        grace_period=0.5,
+    )
+    async with running(rt):
+        await asyncio.wait_for(Held.started.wait(), 10)  # after the claim that fed it
+        held = await _held_by_consumer(redis, stream, rt.consumer)
+        Held.release.set()
+    assert len(held) == 5, f"{len(held)} claimed, room for 5"
+
+
+async def test_a_claim_returning_an_entry_already_held_still_takes_the_rest(
+    redis: Redis, redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """A claim returns, in id order, a state the worker is running (the test hands it to
+    a dead worker, idle: as if taken over after a hang) and then that dead worker's
+    orphan. The one it runs is skipped, the orphan taken and kept (heartbeats: it is not
+    claimed again). Bug:
+    `break` for `continue` at the own entry (the orphan is claimed but not held: it
+    goes unheartbeaten and is reclaimed once more, one delivery closer to poison)."""
+    stream = sm.keys.queue("Held")
+    # batch 20, 1 executor: room for 81; the reader stops at 75 (room 6 is below half a
+    # batch), which leaves the reclaimer room for both entries of its claim.
+    await sm.enqueue_many("Held", [{"x": i} for i in range(75)])
+    rt = Runtime(
+        namespace=namespace,
+        name="m",
+        nodes=[Held],
+        redis_url=redis_url,
+        batch_size=20,
+        workers=1,
+        visibility_timeout=1.0,
+        grace_period=0.5,
+    )
+    async with running(rt):
+        await until(lambda: _count_held(redis, stream, rt.consumer, 75), "the reader fills up")
+        orphan = await redis.xadd(stream, {"x": "99"})
+        await redis.xreadgroup(GROUP, "ghost", {stream: ">"}, count=1)
+        await redis.xclaim(stream, GROUP, "ghost", 0, [orphan], idle=3_600_000, justid=True)
+        [own, *_] = await _held_by_consumer(redis, stream, rt.consumer)
+        await redis.xclaim(stream, GROUP, "ghost", 0, [own["id"]], idle=3_600_000, justid=True)
+        await until(lambda: _count_held(redis, stream, rt.consumer, 76), "the orphan is claimed")
+        await asyncio.sleep(2.5)  # past two visibility timeouts: it would be claimed again
+        [taken] = [p for p in await pending_entries(redis, stream) if p["id"] == orphan]
+        Held.release.set()
+    assert taken["consumer"] == rt.consumer and taken["deliveries"] == 2, taken
+
+
+async def _count_held(redis: Redis, stream: str, consumer: str, n: int) -> bool:
+    return len(await _held_by_consumer(redis, stream, consumer)) >= n
