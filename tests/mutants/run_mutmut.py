@@ -67,9 +67,9 @@ CORE: dict[str, list[str]] = {
     "exospherehost/runtime/execution.py": ["tests/unit"],
     # Every Runtime test reaches the worker's loops, so a surviving mutant costs the whole
     # selection: the worker's unit tests and the Runtime tests of claims, reclaiming, bad
-    # nodes and failing scripts (~70 s), not test_core / test_failures / test_promises_stats
-    # (~47 s per mutant more), nor test_reclaim's two slowest (17 s and 7 s; the same
-    # paths as its others and test_promises_claims' heartbeat test).
+    # nodes, failing scripts and worker survivors (~95 s), not test_core / test_failures /
+    # test_promises_stats (~47 s per mutant more), nor test_reclaim's two slowest (17 s and
+    # 7 s; the same paths as its others and test_promises_claims' heartbeat test).
     "exospherehost/runtime/worker.py": [
         "tests/unit/test_settler.py",
         "tests/unit/test_script_planning.py",
@@ -90,6 +90,7 @@ CORE: dict[str, list[str]] = {
         "tests/integration/test_promises_claims.py",
         "tests/integration/test_bad_nodes.py",
         "tests/integration/test_script_failures.py",
+        "tests/integration/test_mutants_worker.py",
     ],
 }
 
