@@ -513,3 +513,23 @@ async def test_a_claim_returning_an_entry_already_held_still_takes_the_rest(
 
 async def _count_held(redis: Redis, stream: str, consumer: str, n: int) -> bool:
     return len(await _held_by_consumer(redis, stream, consumer)) >= n
+
+
+async def test_the_next_suspect_is_claimed_as_soon_as_the_last_one_settles(
+    redis: Redis, redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """Suspects run one at a time; the next is claimed when the last one settles, not
+    after its wait (a visibility timeout, 10 s here) runs out. Bug: the settle watched
+    under another key (the wait always runs out)."""
+    states = await sm.enqueue_many("Other", [{"x": 1}, {"x": 2}])
+    stream = sm.keys.queue("Other")
+    await sm.broker.ensure_groups(["Other"])
+    reply = await sm.client.xreadgroup(GROUP, "ghost-1", {stream: ">"}, count=10)
+    ids = [entry_id for entry_id, _ in reply[0][1]]
+    await sm.client.xclaim(stream, GROUP, "ghost-2", 0, ids, idle=3_600_000)  # 2 deliveries
+    rt = Runtime(
+        namespace=namespace, name="m", nodes=[Other], redis_url=redis_url, visibility_timeout=10
+    )
+    async with running(rt):
+        results = await sm.wait_for_states("Other", states, timeout=4)  # within the wait
+    assert {r.status for r in results.values()} == {"SUCCEEDED"}
