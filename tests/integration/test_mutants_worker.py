@@ -533,3 +533,48 @@ async def test_the_next_suspect_is_claimed_as_soon_as_the_last_one_settles(
     async with running(rt):
         results = await sm.wait_for_states("Other", states, timeout=4)  # within the wait
     assert {r.status for r in results.values()} == {"SUCCEEDED"}
+
+
+async def _suspects(sm: StateManager, node: str) -> None:
+    """Leave every entry of `node` pending, delivered twice (a suspect when reclaimed)."""
+    stream = sm.keys.queue(node)
+    await sm.broker.ensure_groups([node])
+    reply = await sm.client.xreadgroup(GROUP, "ghost-1", {stream: ">"}, count=10)
+    ids = [entry_id for entry_id, _ in reply[0][1]]
+    await sm.client.xclaim(stream, GROUP, "ghost-2", 0, ids, idle=3_600_000)
+
+
+async def test_a_failing_suspects_dead_letter_counts_its_deliveries(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """A suspect (delivered twice, then reclaimed: three deliveries) that fails for good
+    is dead-lettered with its three deliveries. Bugs: the suspect's deliveries passed as
+    None, or its execution bound passed as its deliveries."""
+    Echo.failing = {1}
+    state = await sm.enqueue("Echo", {"x": 1})
+    await _suspects(sm, "Echo")
+    async with running(_runtime(namespace, redis_url, visibility_timeout=10)):
+        dead = await _one_dead_letter(sm)
+    assert dead.state_id == state and dead.deliveries == 3
+    assert dead.error.startswith("ValueError: x=1 refused"), dead.error
+
+
+async def test_a_hung_suspect_is_cut_off_at_its_execution_bound(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """A reclaimed suspect that hangs is cut off after ten visibility timeouts (2 s here)
+    and fails under its retry policy (none: dead-lettered), freeing its executor. Bug:
+    the suspect's bound not passed (it hangs for good)."""
+    state = await sm.enqueue("Held", {"x": 1})
+    await _suspects(sm, "Held")
+    rt = Runtime(
+        namespace=namespace,
+        name="m",
+        nodes=[Held],
+        redis_url=redis_url,
+        visibility_timeout=0.2,
+        default_retry_policy=NO_RETRY,
+    )
+    async with running(rt):
+        dead = await _one_dead_letter(sm)
+    assert dead.state_id == state and "timed out after 2.0 s" in dead.error, dead.error
