@@ -535,27 +535,31 @@ async def test_the_next_suspect_is_claimed_as_soon_as_the_last_one_settles(
     assert {r.status for r in results.values()} == {"SUCCEEDED"}
 
 
-async def _suspects(sm: StateManager, node: str) -> None:
-    """Leave every entry of `node` pending, delivered twice (a suspect when reclaimed)."""
+async def _orphans(sm: StateManager, node: str, deliveries: int = 2) -> None:
+    """Leave every entry of `node` pending, delivered `deliveries` times (1 or 2), idle
+    long; delivered twice it is a suspect when reclaimed."""
     stream = sm.keys.queue(node)
     await sm.broker.ensure_groups([node])
     reply = await sm.client.xreadgroup(GROUP, "ghost-1", {stream: ">"}, count=10)
     ids = [entry_id for entry_id, _ in reply[0][1]]
-    await sm.client.xclaim(stream, GROUP, "ghost-2", 0, ids, idle=3_600_000)
+    again = deliveries == 1  # JUSTID: not counted as a delivery
+    await sm.client.xclaim(stream, GROUP, "ghost-2", 0, ids, idle=3_600_000, justid=again)
 
 
-async def test_a_failing_suspects_dead_letter_counts_its_deliveries(
-    redis_url: str, namespace: str, sm: StateManager
+@pytest.mark.parametrize("before", [1, 2], ids=["innocent", "suspect"])
+async def test_a_reclaimed_state_failing_for_good_counts_its_deliveries(
+    redis_url: str, namespace: str, sm: StateManager, before: int
 ) -> None:
-    """A suspect (delivered twice, then reclaimed: three deliveries) that fails for good
-    is dead-lettered with its three deliveries. Bugs: the suspect's deliveries passed as
-    None, or its execution bound passed as its deliveries."""
+    """A state delivered once (run with the rest when reclaimed) or twice (a suspect, run
+    alone), reclaimed and then failing for good, is dead-lettered with the claim counted
+    as one more delivery. Bugs: the deliveries passed as None, left out, off by one
+    either way, or the suspect's execution bound passed as its deliveries."""
     Echo.failing = {1}
     state = await sm.enqueue("Echo", {"x": 1})
-    await _suspects(sm, "Echo")
+    await _orphans(sm, "Echo", before)
     async with running(_runtime(namespace, redis_url, visibility_timeout=10)):
         dead = await _one_dead_letter(sm)
-    assert dead.state_id == state and dead.deliveries == 3
+    assert dead.state_id == state and dead.deliveries == before + 1
     assert dead.error.startswith("ValueError: x=1 refused"), dead.error
 
 
@@ -566,7 +570,7 @@ async def test_a_hung_suspect_is_cut_off_at_its_execution_bound(
     and fails under its retry policy (none: dead-lettered), freeing its executor. Bug:
     the suspect's bound not passed (it hangs for good)."""
     state = await sm.enqueue("Held", {"x": 1})
-    await _suspects(sm, "Held")
+    await _orphans(sm, "Held")
     rt = Runtime(
         namespace=namespace,
         name="m",
