@@ -583,3 +583,23 @@ async def test_a_hung_suspect_is_cut_off_at_its_execution_bound(
     async with running(rt):
         dead = await _one_dead_letter(sm)
     assert dead.state_id == state and "timed out after 2.0 s" in dead.error, dead.error
+
+
+async def test_reclaiming_goes_on_after_a_suspect_settled(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """A suspect reclaimed and settled, with no suspect after it: the reclaimer goes on
+    and takes an orphan that becomes idle enough later. Bug: the finished suspect
+    cleared to "" instead of None (the next wait unpacks it and the reclaimer dies)."""
+    stream = sm.keys.queue("Other")
+    await sm.broker.ensure_groups(["Other"])
+    suspect, later = await sm.enqueue_many("Other", [{"x": 1}, {"x": 2}])
+    reply = await sm.client.xreadgroup(GROUP, "ghost-1", {stream: ">"}, count=10)
+    [(first, _), (second, _)] = reply[0][1]
+    await sm.client.xclaim(stream, GROUP, "ghost-2", 0, [first], idle=3_600_000)
+    await sm.client.xclaim(stream, GROUP, "ghost-1", 0, [second], idle=0, justid=True)
+    # Visibility 2 s: the suspect is claimed in the first round, the other entry (idle
+    # from now) rounds later, after the suspect settled.
+    async with running(_runtime(namespace, redis_url, visibility_timeout=2.0)):
+        done = await sm.wait_for_states("Other", [suspect, later], timeout=10)
+    assert {r.status for r in done.values()} == {"SUCCEEDED"}
