@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, ClassVar
 
 import pytest
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from exospherehost import BaseNode, GraphNodeModel, RetryPolicyModel, Runtime, StateManager
+from exospherehost.broker.codec import decode
 from exospherehost.broker.keys import ENVELOPE_FIELD, GROUP
 from exospherehost.client.deadletters import DeadLetter
 from exospherehost.testing.server import PrivateServer
@@ -57,10 +59,11 @@ class Other(BaseNode):
 
 
 class Held(BaseNode):
-    """Runs until the test releases it."""
+    """Runs until the test releases it; notes when it was cancelled."""
 
     started: ClassVar[asyncio.Event]
     release: ClassVar[asyncio.Event]
+    cancelled_at: ClassVar[float | None] = None
 
     class Inputs(BaseModel):
         x: int
@@ -70,7 +73,11 @@ class Held(BaseNode):
 
     async def execute(self) -> Outputs:
         Held.started.set()
-        await Held.release.wait()
+        try:
+            await Held.release.wait()
+        except asyncio.CancelledError:
+            Held.cancelled_at = time.monotonic()
+            raise
         return self.Outputs(x=self.inputs.x)
 
 
@@ -79,6 +86,7 @@ def _fresh_nodes() -> None:
     Echo.failing = set()
     Held.started = asyncio.Event()
     Held.release = asyncio.Event()
+    Held.cancelled_at = None
 
 
 def _runtime(ns: str, url: str, **kw: Any) -> Runtime:
@@ -603,3 +611,30 @@ async def test_reclaiming_goes_on_after_a_suspect_settled(
     async with running(_runtime(namespace, redis_url, visibility_timeout=2.0)):
         done = await sm.wait_for_states("Other", [suspect, later], timeout=10)
     assert {r.status for r in done.values()} == {"SUCCEEDED"}
+
+
+# -- stopping -----------------------------------------------------------------------------
+async def test_an_execution_running_past_the_grace_period_is_cut_off_at_its_end(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """An execution still running when the grace period (0.1 s) ends is cancelled then,
+    and its state handed back to its stream. Bugs: the grace measured to the settles'
+    later deadline (cut off 4 s late), or given at least a second."""
+    state = await sm.enqueue("Held", {"x": 1})
+    # block_ms 50: the reader's blocking read (which ends before the drain) returns soon.
+    rt = Runtime(
+        namespace=namespace,
+        name="m",
+        nodes=[Held],
+        redis_url=redis_url,
+        grace_period=0.1,
+        block_ms=50,
+    )
+    async with running(rt):
+        await asyncio.wait_for(Held.started.wait(), 10)
+        stopped = time.monotonic()  # running() stops the Runtime on leaving the block
+    assert Held.cancelled_at is not None
+    assert Held.cancelled_at - stopped < 0.6, f"cut off after {Held.cancelled_at - stopped}s"
+    assert await sm.pending("Held") == {"length": 1, "pending": 0, "delayed": 0}
+    [(_, [(_, fields)])] = await sm.client.xread({sm.keys.queue("Held"): "0"})
+    assert decode(b"0-0", fields).state_id == state
