@@ -1,13 +1,15 @@
 """mutmut (generated Python mutants) over core modules, in a scratch copy of the repo.
 
-    python tests/mutants/run_mutmut.py [MODULE ...] [--max-children N] [--keep]
+    python tests/mutants/run_mutmut.py [MODULE ...] [--only PATTERN ...] [--max-children N] [--keep]
 
 MODULE is a path such as exospherehost/graph/retry.py; the default is every core module
 below. The test selection is the union of the fast tests of the chosen modules (mutmut
 then runs, per mutant, only the selected tests that reach the mutated function). The
 configuration is written into the scratch copy (its setup.cfg), so the repository's own
 pyproject.toml carries none and `mutants/` never lands in the work tree. Prints mutmut's
-survivors; with --keep the scratch copy stays for `mutmut show NAME` / `mutmut browse`
+survivors. --only runs the mutants whose names match a pattern (mutmut's fnmatch, e.g.
+'exospherehost.runtime.worker.x*_reclaim*'): a part of a slow module. With --keep the
+scratch copy stays for `mutmut show NAME` / `mutmut browse`
 there. Slow (minutes per module): not part of CI; run it with `./dev mutate py ...`.
 """
 
@@ -63,14 +65,32 @@ CORE: dict[str, list[str]] = {
     # Unit tests only: execute() needs no Redis, and with test_core / test_promises_runs
     # (a Runtime each) every execute() mutant took ~30 s (324 mutants: over an hour).
     "exospherehost/runtime/execution.py": ["tests/unit"],
+    # Every Runtime test reaches the worker's loops, so a surviving mutant costs the whole
+    # selection: the worker's unit tests and the Runtime tests of claims, reclaiming, bad
+    # nodes, failing scripts and worker survivors (~95 s), not test_core / test_failures /
+    # test_promises_stats (~47 s per mutant more), nor test_reclaim's two slowest (17 s and
+    # 7 s; the same paths as its others and test_promises_claims' heartbeat test).
     "exospherehost/runtime/worker.py": [
         "tests/unit/test_settler.py",
         "tests/unit/test_script_planning.py",
         "tests/unit/test_jobqueue.py",
-        "tests/integration/test_core.py",
-        "tests/integration/test_failures.py",
+        "tests/unit/test_reclaim_rules.py",
+        *(
+            f"tests/integration/test_reclaim.py::{t}"
+            for t in (
+                "test_many_orphaned_states_clear_in_bounded_time_within_the_room",
+                "test_a_saturated_worker_still_reclaims",
+                "test_claim_script_takes_one_suspect_the_poisoned_and_the_rest_up_to_count",
+                "test_a_hung_suspect_does_not_block_the_next_suspects",
+                "test_a_poison_reclaimed_with_innocents_is_dead_lettered_alone",
+                "test_dead_consumers_are_removed_live_and_holding_ones_kept",
+                "test_deliveries_carried_across_releases_count_toward_the_poison_limit",
+            )
+        ),
         "tests/integration/test_promises_claims.py",
-        "tests/integration/test_promises_stats.py",
+        "tests/integration/test_bad_nodes.py",
+        "tests/integration/test_script_failures.py",
+        "tests/integration/test_mutants_worker.py",
     ],
 }
 
@@ -101,6 +121,7 @@ def main() -> int:
     ap.add_argument("modules", nargs="*", default=list(CORE))
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
+    ap.add_argument("--only", nargs="+", default=[], metavar="PATTERN", help="mutant names")
     args = ap.parse_args()
     unknown = [m for m in args.modules if not (ROOT / m).is_file()]
     if unknown:
@@ -115,7 +136,7 @@ def main() -> int:
     try:
         # Own process group, so an interrupted run leaves no pytest or redis-server behind.
         run = subprocess.Popen(
-            [mutmut, "run", "--max-children", str(args.max_children)],
+            [mutmut, "run", "--max-children", str(args.max_children), *args.only],
             cwd=scratch,
             env=env,
             start_new_session=True,
