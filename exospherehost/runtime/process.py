@@ -29,7 +29,7 @@ from exospherehost.node import BaseNode, node_schema, validate_nodes
 from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
-from exospherehost.runtime.resilience import TRANSIENT, Retrier, pause
+from exospherehost.runtime.resilience import Retrier, is_outage, pause
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
 from exospherehost.runtime.worker import Worker
@@ -314,12 +314,14 @@ class Runtime:
                         ", ".join(missing),
                     )
                 last_error = ""
-            except TRANSIENT:
-                pass  # an outage: the worker's loops log it; the next check retries
-            except RedisError as exc:  # e.g. an ACL without HEXISTS: say so once
-                if str(exc) != last_error:
+            except (RedisError, OSError, RuntimeError) as exc:
+                if is_outage(exc):
+                    pass  # the worker's loops log an outage; the next check retries
+                elif not isinstance(exc, RedisError):
+                    raise
+                elif str(exc) != last_error:  # e.g. an ACL without HEXISTS: say so once
                     log.warning(
                         "node registry check in namespace %s failed: %s", self.namespace, exc
                     )
-                last_error = str(exc)
+                    last_error = str(exc)
             self.registry_checks += 1

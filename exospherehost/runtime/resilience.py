@@ -8,19 +8,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from exospherehost.broker.lane import transport_closed
 from exospherehost.errors import ShutdownAbandoned
+
+_REFUSING = (OutOfMemoryError, ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError)
 
 log = logging.getLogger("exospherehost.runtime.worker")
 
 # Errors that mean "Redis is not reachable right now": retried with backoff by every loop.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Replies with which a reachable Redis says "not now" about any command, not "no" about
+# this one: out of memory under noeviction (OOM), a replica or a failover window
+# (READONLY, MASTERDOWN, and UNBLOCKED for a blocked read when the role changes), a script
+# holding the server (BUSY), a failed RDB save (MISCONF), too few replicas (NOREPLICAS),
+# cluster transitions (TRYAGAIN, CLUSTERDOWN). LOADING is a ConnectionError subclass in
+# redis-py already. Scripts with a `#!lua` line are refused up front with these, before
+# anything is written, so the same call can simply be sent again later. One OOM reply used
+# to end the promoter for good (issue 17), a read-only window ended Runtimes (issue 18).
+_NOT_NOW = ("OOM", "READONLY", "MASTERDOWN", "UNBLOCKED", "BUSY ", "MISCONF", "NOREPLICAS",
+            "TRYAGAIN", "CLUSTERDOWN", "LOADING")  # fmt: skip
+# A script without a `#!lua` line hits OOM at its first write: "... OOM command not allowed".
+_SCRIPT_OOM = "OOM command not allowed"
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` means Redis cannot serve now (retry the same call later), as opposed
+    to an answer about the call itself (a wrong type, a script's own error)."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        # redis-py strips the code of errors it has a class for (OutOfMemoryError,
+        # ReadOnlyError, ...): its class name says it then.
+        code = getattr(exc, "status_code", None) or text.split(" ", 1)[0]
+        return (
+            isinstance(exc, _REFUSING)
+            or f"{code} ".startswith(_NOT_NOW)
+            or text.startswith(_NOT_NOW)
+            or _SCRIPT_OOM in text
+        )
+    # uvloop's answer to a write on a connection the peer reset (see broker/lane.py).
+    return transport_closed(exc)
+
+
 FIRST_DELAY_S = 0.05  # backoff between attempts: doubled after each failure, up to
 MAX_DELAY_S = 2.0  # this cap
 T = TypeVar("T")
@@ -40,7 +87,9 @@ class OutageLog:
     def down(self, exc: BaseException) -> None:
         if self.since is None:
             self.since = time.monotonic()
-            log.warning("Redis unavailable (%s); retrying with backoff", exc)
+            log.warning(
+                "Redis unavailable (%s: %s); retrying with backoff", type(exc).__name__, exc
+            )
 
     def up(self) -> None:
         if self.since is not None:
@@ -78,7 +127,8 @@ class Retrier:
         self._quit_first.update(quit_first)
 
     async def until_ok(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()`'s result, retried while it raises TRANSIENT (see the class)."""
+        """`call()`'s result, retried while it raises an outage (`is_outage`: Redis
+        unreachable, or refusing every command for now; see the class)."""
         delay = FIRST_DELAY_S
         # Set once stopping and failing: a retry must not outlast the stop deadline (one
         # attempt can take seconds in redis-py's own retries). The first attempt is never
@@ -91,7 +141,9 @@ class Retrier:
                 else:
                     async with asyncio.timeout(bound):  # TimeoutError is an OSError
                         result = await call()
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     # redis-py may turn a cancelled read into a connection error; the
@@ -111,3 +163,30 @@ class Retrier:
                 continue
             self.outage.up()
             return result
+
+
+async def supervised(name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Run a background loop until it returns or `stop` is set. Outages it rides out
+    itself (Retrier); anything else it raises (a reply no one foresaw, a bug) is logged at
+    ERROR with its traceback, at most once a minute per loop, and the loop starts again
+    after a capped backoff: a background loop never ends silently, and never for good
+    over one bad reply (issue 17: the promoter died of one OOM reply and retries stayed
+    delayed forever). Cancellation and a stop's ShutdownAbandoned end it."""
+    delay, last_log, held_back = FIRST_DELAY_S, -math.inf, 0
+    while True:
+        try:
+            await loop()
+            return
+        except ShutdownAbandoned:
+            return
+        except Exception as exc:
+            now = time.monotonic()
+            if now - last_log >= 60.0:
+                more = f" ({held_back} more failures since the last report)" if held_back else ""
+                log.error("%s loop failed; restarting it%s", name, more, exc_info=exc)
+                last_log, held_back = now, 0
+            else:
+                held_back += 1
+        if await pause(delay, stop):
+            return
+        delay = min(delay * 2, MAX_DELAY_S)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from functools import partial
 
 from redis.exceptions import ResponseError
@@ -37,7 +37,7 @@ from exospherehost.runtime.execution import (
 from exospherehost.runtime.failurelog import FailureLog
 from exospherehost.runtime.jobqueue import JobQueue
 from exospherehost.runtime.outcomes import Failed, Job, Malformed, Outcome, Released, source
-from exospherehost.runtime.resilience import Retrier
+from exospherehost.runtime.resilience import Retrier, supervised
 from exospherehost.runtime.settle import (
     SettleConfig,
     as_failure,
@@ -198,13 +198,23 @@ class Worker:
 
     def _start_upkeep(self) -> list[asyncio.Task[None]]:
         nodes, retry = list(self.specs), self._retry
-        beat = heartbeat(
-            self.broker, self.consumer, self.holdings, self.visibility_ms, self._done, retry
-        )
+
+        def beat() -> Awaitable[None]:
+            return heartbeat(
+                self.broker, self.consumer, self.holdings, self.visibility_ms, self._done, retry
+            )
+
+        stopping = retry.stopping
         upkeep = [
-            asyncio.create_task(promote(self.broker, nodes, retry), name="exo-promoter"),
-            asyncio.create_task(self._reclaimer.run(), name="exo-reclaimer"),
-            asyncio.create_task(beat, name="exo-heartbeat"),
+            asyncio.create_task(
+                supervised("promoter", lambda: promote(self.broker, nodes, retry), stopping),
+                name="exo-promoter",
+            ),
+            asyncio.create_task(
+                supervised("reclaimer", self._reclaimer.run, stopping), name="exo-reclaimer"
+            ),
+            # The heartbeat goes on while stopping (claims in the grace period), to `done`.
+            asyncio.create_task(supervised("heartbeat", beat, self._done), name="exo-heartbeat"),
         ]
         retry.serve(upkeep[:2])  # the heartbeat keeps claims in the grace period
         return upkeep

@@ -124,6 +124,18 @@ FAULTS: dict[str, Fault] = {
 }
 
 
+def _worker_logs(log_dir: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted(log_dir.glob("worker-*.log")))
+
+
+# What the worker log says when Redis refuses for a while (resilience.OutageLog).
+SAID = {
+    "out-of-memory": "Redis unavailable (OutOfMemoryError",
+    "read-only": "Redis unavailable (ReadOnlyError",
+    "busy-script": "Redis unavailable (ResponseError: BUSY",
+}
+
+
 @pytest.fixture
 async def own_sm(own_server: PrivateServer, namespace: str) -> AsyncIterator[StateManager]:
     """A StateManager on the test's own server; its client retries through outages."""
@@ -172,16 +184,13 @@ async def faults_under_load(
         codes = await f.stop_all()
     assert set(codes.values()) == {0}, codes
     assert await assert_settled(sm.client, namespace, NODES) == []
+    logs = await asyncio.to_thread(_worker_logs, log_dir)
+    for fault in set(faults) & set(SAID):
+        # A refusal is ridden out as an outage, and the log says which (issue 17).
+        assert SAID[fault] in logs, f"no worker logged {SAID[fault]!r} for {fault}"
 
 
-# Not yet ridden out (issues 17.1 and 18.3): runs stay stuck or a Runtime exits.
-REFUSALS = {"out-of-memory", "read-only", "busy-script"}
-_REFUSED = pytest.mark.xfail(run=False, reason="issues 17.1/18.3: refusals kill loops (180 s each)")
-
-
-@pytest.mark.parametrize(
-    "fault", [pytest.param(f, marks=[_REFUSED] if f in REFUSALS else []) for f in FAULTS]
-)
+@pytest.mark.parametrize("fault", list(FAULTS))
 async def test_runs_complete_once_through_redis_faults(
     fault: str, own_server: PrivateServer, own_sm: StateManager, namespace: str, tmp_path: Path
 ) -> None:

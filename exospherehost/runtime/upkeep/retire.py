@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from exospherehost.broker.streams import Broker
-from exospherehost.runtime.resilience import TRANSIENT
+from exospherehost.runtime.resilience import is_outage
 
 log = logging.getLogger("exospherehost.runtime.worker")
 
@@ -16,7 +16,9 @@ async def retire(broker: Broker, consumer: str, nodes: list[str]) -> None:
     is the last thing a stopping worker does."""
     try:
         kept = await broker.retire(consumer, nodes)
-    except TRANSIENT as exc:
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
         log.warning("could not leave the consumer groups (%s)", exc)
         return
     if kept:
