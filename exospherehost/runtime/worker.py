@@ -520,7 +520,18 @@ class Worker:
             else:
                 if not got.errors:
                     return got[0]
-                acked = got[0] == FAILED
+                if got[0] == FAILED:
+                    # Acked, so the pre-pass let it through and an op after the first
+                    # failed: a permanent failure's first op is its dead letter (see
+                    # settle._Planner.failed), which is written. Another, bare, letter
+                    # would be a second one for the same state (redriven twice).
+                    log.error(
+                        "dead-lettered %s, but its run's bookkeeping failed: %s; %s",
+                        _name(outcome),
+                        reason,
+                        got.errors[0],
+                    )
+                    return APPLIED
                 reason += f"; nor as a failure: {got.errors[0]}"
         bare = plan_dead_letters([(outcome, reason)], cfg, acked=acked)
         try:
