@@ -105,6 +105,8 @@ class Worker:
         self._queue: JobQueue[Job] = JobQueue()
         self._outcomes: list[Outcome] = []
         self._has_outcomes = asyncio.Event()
+        self.holdings.gathered = lambda: self._outcomes
+        self.holdings.source = source
         self._retry = retry if retry is not None else Retrier()
         self._stopping = self._retry.stopping
         self._bugs = InternalErrors(log)  # bugs of our own, logged once per kind
@@ -439,6 +441,8 @@ class Worker:
     async def _settle_batch(
         self, batch: list[Outcome], lane: Lane, lanes: list[Lane], slots: asyncio.Semaphore
     ) -> None:
+        settling = self.holdings.settling
+        settling[id(batch)] = (time.monotonic(), batch)
         try:
             try:
                 flags = await self._settle(batch, lane)
@@ -450,6 +454,7 @@ class Worker:
                 log.error("settle of %d states refused (%s); settling one by one", len(batch), exc)
                 flags = [await self._settle_alone(outcome, lane) for outcome in batch]
         finally:
+            del settling[id(batch)]
             lanes.append(lane)
             slots.release()
         # One pass over the batch: release what was held, wake watchers, count per node.

@@ -6,7 +6,8 @@ suspect)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 
 class Holdings:
@@ -19,6 +20,13 @@ class Holdings:
         # Set whenever room may have freed up (a settle, a claim's reservation ending)
         # and by a stop, so one wait covers both.
         self.room = asyncio.Event()
+        # Finished states on their way to Redis: settle batches sent (monotonic send time
+        # and the batch's outcomes) and the outcomes gathered behind them. Kept per batch,
+        # not per state: only the heartbeat reads them, to find stalled settles, through
+        # `source` ((node, entry id) of an outcome).
+        self.settling: dict[int, tuple[float, Sequence[Any]]] = {}
+        self.gathered: Callable[[], Sequence[Any]] = tuple
+        self.source: Callable[[Any], tuple[str, bytes]] = tuple
 
     def free(self) -> int:
         return self.limit - self.count
@@ -31,3 +39,15 @@ class Holdings:
 
     def unsettled(self) -> int:
         return sum(len(held) for held in self.held.values())
+
+    def stalled(self, older_than: float) -> set[tuple[str, bytes]]:
+        """Finished states whose settle was sent before `older_than` (monotonic) and has
+        not come back, with the outcomes gathered behind it: a worker that cannot settle
+        them (Redis refusing or unreachable for this worker only, e.g. no connection to
+        be had under `maxclients`) should let their claims lapse, so another worker can
+        take them over (issue 18). Empty while settles flow."""
+        stalled = [batch for sent, batch in self.settling.values() if sent < older_than]
+        if not stalled:
+            return set()
+        stalled.append(self.gathered())
+        return {self.source(o) for batch in stalled for o in batch}

@@ -79,6 +79,12 @@ class Reclaimer:
         while not stopping.is_set():
             for node in self.nodes:
                 await self.pruner.prune(node)  # when due; also keeps our consumers marked alive
+            if holdings.stalled(time.monotonic() - self.visibility_ms / 1000):
+                # Our settles do not get through: what we claimed we could not settle, and
+                # a claim resets the idle time of our own stalled states, which the
+                # heartbeat lets lapse for another worker to take (see Holdings.stalled).
+                await self._pause(interval)
+                continue
             # A claim filled its room: there may be more, claimed as room frees. Only then
             # (not whenever reads fill the room) does a round follow the settles' pace.
             more = False
