@@ -15,11 +15,12 @@ from urllib.parse import urlparse
 
 import click
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import ENV_URL, ConfigError
+from exospherehost.errors import ExosphereError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,11 +87,16 @@ def one_line_errors(settings: Settings) -> Iterator[None]:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
         raise click.ClickException(f"cannot reach Redis at {settings.where()}: {exc}") from None
+    except OutOfMemoryError as exc:  # redis-py strips the OOM code from the message
+        raise click.ClickException(
+            f"Redis at {settings.where()} is out of memory (maxmemory reached; nothing was "
+            f"written): {exc}"
+        ) from None
     except RedisError as exc:
         raise click.ClickException(f"Redis at {settings.where()}: {exc}") from None
     except KeyError as exc:  # unknown graph, run (RunNotFound)
         raise click.ClickException(str(exc.args[0]) if exc.args else repr(exc)) from None
-    except (ConfigError, ValueError, TimeoutError) as exc:
+    except (ConfigError, ValueError, TimeoutError, ExosphereError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -16,6 +16,7 @@ from exospherehost.config import ConfigError
 from exospherehost.testing import PrivateServer, ServerInfo
 from tests.integration.apps.nodes import SampleNode
 from tests.integration.helpers import running
+from tests.integration.test_cli import one_line_error, run_cli
 
 pytestmark = pytest.mark.redis
 
@@ -85,3 +86,18 @@ async def test_noeviction_says_nothing(
         async with running(_runtime(evicting_server.url, namespace)):
             pass
     assert not [r for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+
+
+def test_a_write_refused_for_memory_says_so_in_one_line(evicting_server: ServerInfo) -> None:
+    """Issue 17 item 3: a refused enqueue says Redis is out of memory (redis-py strips the
+    OOM code, leaving "command not allowed when used memory > 'maxmemory'")."""
+    import redis
+
+    admin = redis.Redis.from_url(evicting_server.url)
+    admin.config_set("maxmemory", 1)
+    try:
+        result = run_cli(evicting_server.url, "oom", "enqueue", "SampleNode", "-i", "name=a")
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+    assert "is out of memory (maxmemory reached; nothing was written)" in one_line_error(result)
