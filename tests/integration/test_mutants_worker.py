@@ -20,42 +20,15 @@ from exospherehost.broker.codec import decode
 from exospherehost.broker.keys import ENVELOPE_FIELD, GROUP
 from exospherehost.client.deadletters import DeadLetter
 from exospherehost.testing.server import PrivateServer
+from tests.integration.apps.scripted import Echo, Other
+from tests.integration.apps.scripted import exhaust as _exhaust
 from tests.integration.helpers import running
 from tests.integration.promises_support import pending_entries, until
 
 pytestmark = pytest.mark.redis
 
-MAX_ID = "18446744073709551615-18446744073709551615"
 NO_RETRY = RetryPolicyModel(max_retries=0)
 WORKER_LOG = "exospherehost.runtime.worker"
-
-
-class Echo(BaseNode):
-    """Fails (permanently, with no retries configured) while `failing` holds its x."""
-
-    failing: ClassVar[set[int]] = set()
-
-    class Inputs(BaseModel):
-        x: int
-
-    class Outputs(BaseModel):
-        x: int
-
-    async def execute(self) -> Outputs:
-        if self.inputs.x in Echo.failing:
-            raise ValueError(f"x={self.inputs.x} refused")
-        return self.Outputs(x=self.inputs.x)
-
-
-class Other(BaseNode):
-    class Inputs(BaseModel):
-        x: int
-
-    class Outputs(BaseModel):
-        x: int
-
-    async def execute(self) -> Outputs:
-        return self.Outputs(x=self.inputs.x)
 
 
 class Held(BaseNode):
@@ -92,12 +65,6 @@ def _fresh_nodes() -> None:
 def _runtime(ns: str, url: str, **kw: Any) -> Runtime:
     kw.setdefault("default_retry_policy", NO_RETRY)
     return Runtime(namespace=ns, name="m", nodes=[Echo, Other], redis_url=url, **kw)
-
-
-async def _exhaust(redis: Redis, key: str) -> None:
-    """Use up a stream's id space as a foreign client could (its last id stays)."""
-    await redis.xadd(key, {"f": "v"}, id=MAX_ID)
-    await redis.xdel(key, MAX_ID)
 
 
 async def _one_dead_letter(sm: StateManager, timeout: float = 20) -> DeadLetter:

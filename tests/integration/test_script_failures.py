@@ -32,39 +32,12 @@ from exospherehost.client.deadletters import DeadLetter, RedriveRefused
 from exospherehost.runtime.outcomes import Completed, Job, Released
 from exospherehost.runtime.settle import SettleConfig, plan_settle
 from exospherehost.testing.server import PrivateServer
+from tests.integration.apps.scripted import Echo, Other
+from tests.integration.apps.scripted import exhaust as _exhaust
 from tests.integration.helpers import running
 
-MAX_ID = "18446744073709551615-18446744073709551615"
 WIDE = 5000  # fields of a "wide" plain entry: more than Lua's unpack takes (~8000 values)
 NO_RETRY = RetryPolicyModel(max_retries=0)
-
-
-class Echo(BaseNode):
-    """Fails (permanently, with no retries configured) while `failing` holds its x."""
-
-    failing: ClassVar[set[int]] = set()
-
-    class Inputs(BaseModel):
-        x: int
-
-    class Outputs(BaseModel):
-        x: int
-
-    async def execute(self) -> Outputs:
-        if self.inputs.x in Echo.failing:
-            raise ValueError(f"x={self.inputs.x} refused")
-        return self.Outputs(x=self.inputs.x)
-
-
-class Other(BaseNode):
-    class Inputs(BaseModel):
-        x: int
-
-    class Outputs(BaseModel):
-        x: int
-
-    async def execute(self) -> Outputs:
-        return self.Outputs(x=self.inputs.x)
 
 
 class Hang(BaseNode):
@@ -134,13 +107,6 @@ async def _nothing_pending(redis: Redis, sm: StateManager, *nodes: str) -> None:
         stream = sm.keys.queue(node)
         assert (await redis.xpending(stream, GROUP))["pending"] == 0, node
         assert await redis.xlen(stream) == 0, node
-
-
-async def _exhaust(redis: Redis, key: str) -> None:
-    """Use up a stream's id space as a foreign client could; the entry itself goes again
-    (the last-generated id stays)."""
-    await redis.xadd(key, {"f": "v"}, id=MAX_ID)
-    await redis.xdel(key, MAX_ID)
 
 
 # -- settle.lua ---------------------------------------------------------------------------
