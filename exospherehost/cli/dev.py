@@ -21,7 +21,7 @@ from exospherehost.cli._common import (
     one_line_errors,
     pass_settings,
 )
-from exospherehost.cli.workers import _Plan, _supervise
+from exospherehost.cli.workers import _Plan, _supervise, concurrency_option, processes_option
 from exospherehost.config import ENV_KEY, ENV_URL
 from exospherehost.logs import setup_logging
 from exospherehost.testing.server import PrivateServer
@@ -64,22 +64,8 @@ def _dashboard(url: str, namespace: str, port: int) -> Iterator[str | None]:
 @click.command(short_help="A private Redis, workers and the dashboard on this machine.")
 @click.argument("target", metavar="MODULE:NODES")
 @namespace_option
-@click.option(
-    "-p",
-    "--processes",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Worker processes.",
-)
-@click.option(
-    "-c",
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Concurrent executions per process.",
-)
+@processes_option
+@concurrency_option
 @click.option(
     "--dashboard-port",
     type=click.IntRange(0, 65535),

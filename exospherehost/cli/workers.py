@@ -197,6 +197,25 @@ def _supervise(plan: _Plan, processes: int, metrics_port: int | None) -> list[st
     return failures
 
 
+# Shared with `exosphere dev`.
+concurrency_option = click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Concurrent executions per process.",
+)
+processes_option = click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runtime processes to run (each a separate Python process).",
+)
+
+
 @click.command(short_help="Serve nodes in one or more Runtime processes.")
 @click.argument("target", metavar=_TARGET)
 @namespace_option
@@ -206,14 +225,7 @@ def _supervise(plan: _Plan, processes: int, metrics_port: int | None) -> list[st
     show_default=True,
     help="Runtime name (replicas may share it; consumers get host, pid and a random part).",
 )
-@click.option(
-    "-c",
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Concurrent executions per process.",
-)
+@concurrency_option
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -221,14 +233,7 @@ def _supervise(plan: _Plan, processes: int, metrics_port: int | None) -> list[st
     show_default=True,
     help="Entries read per XREADGROUP.",
 )
-@click.option(
-    "-p",
-    "--processes",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Runtime processes to run (each a separate Python process).",
-)
+@processes_option
 @click.option(
     "--grace-period",
     type=click.FloatRange(min=0, min_open=True),
