@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from exospherehost.broker import queues
 from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
 from exospherehost.broker.keys import Keys, check_name
+from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
 from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
 from exospherehost.client.runs import (
@@ -41,6 +43,8 @@ from exospherehost.models import (
     StoreConfigModel,
 )
 from exospherehost.secrets import require_cipher
+
+log = logging.getLogger("exospherehost.client")
 
 __all__ = [
     "DeadLetter",
@@ -128,6 +132,18 @@ class StateManager(RunsMixin, DeadLettersMixin):
         self.keys: Keys = self.broker.keys
         self.graphs = GraphStore(self.broker.client, self.keys)
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
+        self._server_checked = False
+
+    async def _check_server(self) -> None:
+        """Before the first write: warn (once per StateManager) when Redis may evict what
+        is written (broker/serverinfo.py). A client warns instead of refusing as a Runtime
+        does: it may be the tool that reads out what is left."""
+        if self._server_checked:
+            return
+        self._server_checked = True
+        verdict = eviction_problem((await memory(self.broker.client)).policy)
+        if verdict is not None:
+            log.warning("%s", verdict[1])
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -155,6 +171,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
         `delay_ms`, in its delayed set, promoted when due); returns their state ids."""
         check_name("node name", node_name)
         _check_delay("delay_ms", delay_ms)
+        await self._check_server()
         ids: list[str] = []
         envelopes: list[bytes] = []
         for i, item in enumerate(inputs):
@@ -309,6 +326,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
         """Start one run per element of `inputs` (each as `trigger(inputs=...)`, sharing
         `store`), in a few round trips; returns the run ids in order."""
         _check_delay("start_delay", start_delay)
+        await self._check_server()
         graph = await self._compiled_current(graph_name)
         full_store = run_store(graph, _inputs_dict(store or {}, "store"))
         now = int(time.time() * 1000)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from exospherehost import Runtime
+from exospherehost import Runtime, StateManager
 from exospherehost.broker.keys import Keys
 from exospherehost.config import ConfigError
 from exospherehost.testing import PrivateServer, ServerInfo
@@ -101,3 +101,21 @@ def test_a_write_refused_for_memory_says_so_in_one_line(evicting_server: ServerI
         admin.config_set("maxmemory", 0)
         admin.close()
     assert "is out of memory (maxmemory reached; nothing was written)" in one_line_error(result)
+
+
+async def test_a_state_manager_warns_once_before_writing_to_an_evicting_redis(
+    evicting_server: ServerInfo,
+    policy: Redis,
+    namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await policy.config_set("maxmemory-policy", "allkeys-lru")
+    sm = StateManager(namespace, redis_url=evicting_server.url)
+    try:
+        with caplog.at_level(logging.WARNING, "exospherehost"):
+            await sm.enqueue("SampleNode", {"name": "a", "data": {}})
+            await sm.enqueue("SampleNode", {"name": "b", "data": {}})
+    finally:
+        await sm.close()
+    said = [r for r in caplog.records if "allkeys-lru" in r.getMessage()]
+    assert len(said) == 1, "warn once per StateManager, before its first write"
