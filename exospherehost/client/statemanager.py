@@ -171,13 +171,13 @@ class StateManager(RunsMixin, DeadLettersMixin):
         `delay_ms`, in its delayed set, promoted when due); returns their state ids."""
         check_name("node name", node_name)
         _check_delay("delay_ms", delay_ms)
-        await self._check_server()
         ids: list[str] = []
         envelopes: list[bytes] = []
         for i, item in enumerate(inputs):
             state_id = new_id()
             ids.append(state_id)
             envelopes.append(encode(Envelope(state_id, _inputs_dict(item, f"inputs[{i}]"))))
+        await self._check_server()  # after the arguments: a bad one is refused without Redis
         if delay_ms:
             due = int(time.time() * 1000) + delay_ms
             await self.broker.delay(node_name, envelopes, due)
@@ -326,7 +326,6 @@ class StateManager(RunsMixin, DeadLettersMixin):
         """Start one run per element of `inputs` (each as `trigger(inputs=...)`, sharing
         `store`), in a few round trips; returns the run ids in order."""
         _check_delay("start_delay", start_delay)
-        await self._check_server()
         graph = await self._compiled_current(graph_name)
         full_store = run_store(graph, _inputs_dict(store or {}, "store"))
         now = int(time.time() * 1000)
@@ -341,6 +340,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
             )
             for i, item in enumerate(inputs)
         ]
+        await self._check_server()
         await self.broker.start_runs(starts)
         return [s.run_id for s in starts]
 
