@@ -9,8 +9,10 @@ import contextlib
 import importlib.util
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import click
@@ -51,7 +53,7 @@ def _dashboard(url: str, namespace: str, port: int) -> Iterator[str | None]:
         start_new_session=True,
     )  # fmt: skip
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/" if _listening(proc, port) else None
     finally:
         proc.terminate()
         try:
@@ -59,6 +61,21 @@ def _dashboard(url: str, namespace: str, port: int) -> Iterator[str | None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 20.0) -> bool:
+    """Wait until the dashboard accepts connections (its address is printed only then);
+    False, with a warning, if it exited first (e.g. the port is taken) or is too slow."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.warning("the dashboard exited (code %s): is port %d taken?", proc.returncode, port)
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        time.sleep(0.1)
+    log.warning("the dashboard did not answer on port %d within %.0fs", port, timeout)
+    return False
 
 
 @click.command(short_help="A private Redis, workers and the dashboard on this machine.")

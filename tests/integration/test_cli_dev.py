@@ -4,6 +4,7 @@ workers and the dashboard, prints where they are, and Ctrl-C stops them all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -37,6 +38,16 @@ def _line(proc: subprocess.Popen[str], pattern: str, timeout: float = 30.0) -> r
     raise AssertionError(f"no line matching {pattern!r} within {timeout}s: {seen}")
 
 
+def _kill_dashboard(port: int) -> None:
+    """The dashboard runs in a session of its own (a Ctrl-C to the terminal must not reach
+    it before the workers stopped): after a failed test, find it by its port."""
+    for line in subprocess.run(
+        ["pgrep", "-f", f"exospherehost.dashboard --port {port} "], capture_output=True, text=True
+    ).stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(line), signal.SIGKILL)
+
+
 async def test_dev_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     (dash_port,) = cluster_ports(1)  # any free port
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -45,6 +56,7 @@ async def test_dev_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None
         [str(EXOSPHERE), "-n", "devtest", "dev", "tests.integration.apps.nodes:SampleNode",
          "--dashboard-port", str(dash_port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own group: a failed test kills all it started
     )  # fmt: skip
     try:
         url = (await asyncio.to_thread(_line, proc, r"Redis\s+(redis://\S+)")).group(1)
@@ -64,8 +76,11 @@ async def test_dev_serves_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None
         _, err = await asyncio.to_thread(proc.communicate, timeout=30)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its workers too
+            _kill_dashboard(dash_port)  # it holds the pipes open too
+            proc.communicate(timeout=30)
+        _kill_dashboard(dash_port)
     assert proc.returncode == 0, err
     assert "worker processes stopped cleanly" in err
     with pytest.raises(OSError):  # the private Redis is gone
