@@ -8,6 +8,8 @@
 -- Returns 1 written, 0 the value was not the expected one, -1 the run does not exist; an
 -- error when the store holds another type (nothing written).
 
+--@include _store.lua
+
 local run, store, key, expected, value = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
 local absent = ARGV[4] == '1'
 if redis.call('EXISTS', run) == 0 then
@@ -24,8 +26,5 @@ elseif current ~= expected then
   return 0
 end
 redis.call('HSET', store, key, value)
-local ttl = redis.call('PTTL', run)
-if ttl > 0 then
-  redis.call('PEXPIRE', store, ttl)
-end
+expire_with_run(run, store)  -- broker/lua/_store.lua
 return 1

@@ -8,6 +8,8 @@
 -- fraction), or 0 when the run does not exist; an error when the value is not a number
 -- or the store holds another type (nothing written).
 
+--@include _store.lua
+
 local run, store, key = KEYS[1], KEYS[2], ARGV[1]
 local amount = tonumber(ARGV[2])
 if amount == nil then
@@ -31,8 +33,5 @@ if raw then
 end
 local packed = cmsgpack.pack(current + amount)
 redis.call('HSET', store, key, packed)
-local ttl = redis.call('PTTL', run)
-if ttl > 0 then
-  redis.call('PEXPIRE', store, ttl)
-end
+expire_with_run(run, store)  -- broker/lua/_store.lua
 return packed

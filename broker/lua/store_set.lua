@@ -8,6 +8,8 @@
 -- Returns 1 written, 0 the run does not exist (unknown or expired); an error when the
 -- store key holds another type (nothing written).
 
+--@include _store.lua
+
 local run, store = KEYS[1], KEYS[2]
 if #ARGV == 0 or #ARGV % 2 ~= 0 then
   return redis.error_reply('store_set: needs key, value pairs')
@@ -22,8 +24,5 @@ end
 for i = 1, #ARGV, 2000 do
   redis.call('HSET', store, unpack(ARGV, i, math.min(i + 1999, #ARGV)))
 end
-local ttl = redis.call('PTTL', run)
-if ttl > 0 then
-  redis.call('PEXPIRE', store, ttl)
-end
+expire_with_run(run, store)  -- broker/lua/_store.lua
 return 1
