@@ -27,7 +27,7 @@ from exospherehost.client.runs import (
     RunStatus,
     StateRecord,
 )
-from exospherehost.config import resolve
+from exospherehost.config import legacy_arguments, resolve
 from exospherehost.errors import GraphNotFound, InvalidArgument, WaitTimedOut
 from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
 from exospherehost.graph.compiled import CompiledGraph
@@ -121,8 +121,18 @@ def _trigger_errors(
 
 class StateManager(RunsMixin, DeadLettersMixin):
     def __init__(
-        self, namespace: str, redis_url: str | None = None, key: str | None = None
+        self,
+        namespace: str,
+        redis_url: str | None = None,
+        key: str | None = None,
+        *,
+        # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
+        state_manager_uri: str | None = None,
+        state_manager_version: str | None = None,
     ) -> None:
+        redis_url = legacy_arguments(
+            redis_url, state_manager_uri, state_manager_version, "state_manager_version"
+        )
         self.namespace = check_name("namespace", namespace)
         self.config = resolve(redis_url, key)
         # The connection, for closing (and for tests that poke Redis directly); every

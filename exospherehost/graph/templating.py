@@ -270,6 +270,8 @@ def _missing(ref: Ref, outputs: Outputs) -> TemplateError:
         problem = f"the store has no key {ref.key!r}"
     elif ref.identifier not in outputs:
         problem = f"{ref.identifier} has no outputs (it has not run before this node)"
+    elif outputs[ref.identifier] == {}:
+        problem = f"{ref.identifier} has no outputs (its execute returned None)"
     else:
         problem = f"{ref.identifier} has no output {ref.field!r}"
     return TemplateError(f"input references {ref.placeholder} but {problem}", ref.placeholder)

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from exospherehost.broker.keys import check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
-from exospherehost.config import ConfigError, resolve
+from exospherehost.config import ConfigError, legacy_arguments, resolve
 from exospherehost.errors import InvalidArgument, ShutdownAbandoned
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
@@ -78,7 +78,16 @@ class Runtime:
         consumer_idle_timeout: float | None = None,
         metrics_port: int | None = None,
         tune_gc: bool | None = None,
+        # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
+        state_manager_uri: str | None = None,
+        state_manage_version: str | None = None,
+        poll_interval: float | None = None,
     ) -> None:
+        redis_url = legacy_arguments(
+            redis_url, state_manager_uri, state_manage_version, "state_manage_version"
+        )
+        if poll_interval is not None:  # reads block until states come: nothing polls
+            _positive("poll_interval", poll_interval)
         self.namespace = check_name("namespace", namespace)
         self.name = check_name("name", name)
         self.nodes = validate_nodes(nodes)
