@@ -90,8 +90,9 @@ def legacy_uri_problem(source: str, value: str) -> str:
     """What to say when the original SDK's state-manager address is given: there is no
     state-manager server here, so it cannot be used; say what to set instead."""
     return (
-        f"{source}={value!r} is the original SDK's state-manager address; this SDK has no "
-        f"state-manager server (Redis is the broker and the state): pass "
+        f"{source}={value!r} is not a Redis URL: it looks like the original SDK's "
+        f"state-manager address, and this SDK has no state-manager server (Redis is the "
+        f"broker and the state): pass "
         f"redis_url='redis://host:6379/0' or set {ENV_URL} instead ({ENV_KEY} stays the "
         f"credential, now the Redis password / ACL key)"
     )

@@ -69,19 +69,8 @@ class StateResult:
     error: str | None = None
 
 
-def _props(schema: dict[str, Any]) -> frozenset[str]:
-    return frozenset((schema.get("properties") or {}).keys())
-
-
 def _schema_of(raw: str) -> NodeSchema:
-    doc = json.loads(raw)
-    ins = doc["inputs_schema"]
-    return NodeSchema(
-        inputs=_props(ins),
-        required_inputs=frozenset(ins.get("required") or ()),
-        outputs=_props(doc["outputs_schema"]),
-        secrets=_props(doc["secrets_schema"]),
-    )
+    return NodeSchema.from_registered(json.loads(raw))
 
 
 def _check_delay(name: str, value: object) -> None:

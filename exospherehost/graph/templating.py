@@ -24,6 +24,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "compile_template",
+    "sole_ref",
 ]
 
 
@@ -183,6 +184,15 @@ def _compile_str(text: str, refs: dict[Ref, None], where: str) -> _Render | None
         # Exactly one placeholder: render the raw value so ints stay ints, dicts dicts.
         return _resolver(found[0])
     return _interpolator(literals, found)
+
+
+def sole_ref(value: Any) -> Ref | None:
+    """The placeholder `value` consists of (whitespace around allowed), which renders to
+    the referenced value itself; None for anything else (text, a literal, a container)."""
+    if not isinstance(value, str):
+        return None
+    match = _PLACEHOLDER.fullmatch(value.strip())
+    return None if match is None else _ref_from_match(match, "")
 
 
 def _malformed(text: str, start: int, where: str) -> TemplateError:

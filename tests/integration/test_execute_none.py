@@ -17,7 +17,7 @@ class Notify(BaseNode):
         empty_list: bool = False
 
     class Outputs(BaseModel):
-        sent: bool
+        sent: str
 
     async def execute(self) -> list[Outputs] | None:
         return [] if self.inputs.empty_list else None

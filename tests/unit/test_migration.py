@@ -67,7 +67,7 @@ def test_the_redis_variable_wins_over_the_state_manager_one(
 def test_a_state_manager_uri_argument_is_refused_with_what_to_pass(make: object) -> None:
     with pytest.raises(ConfigError) as info:
         make()  # type: ignore[operator]
-    assert "original SDK's state-manager address" in str(info.value)
+    assert "looks like the original SDK's state-manager address" in str(info.value)
     assert "redis_url=" in str(info.value)
 
 
