@@ -355,6 +355,18 @@ class StateManager(RunsMixin, DeadLettersMixin):
         """Nodes registered in this namespace by Runtimes."""
         return await self.broker.registry.names()
 
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        """Nodes registered in this namespace, by name: `inputs_schema`, `outputs_schema`
+        and `secrets_schema` (JSON schemas of the node's models), `secrets` (the names),
+        `returns` (what `execute` is annotated to return: one, many or either),
+        `runtime` (the Runtime name that registered it last) and `registered_ms`."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, raw in sorted((await self.broker.registry.schemas()).items()):
+            doc = json.loads(raw)
+            doc["secrets"] = sorted((doc.get("secrets_schema") or {}).get("properties") or {})
+            out[name] = doc
+        return out
+
     async def node_stats(self) -> dict[str, dict[str, Any]]:
         """Per registered node: backlog, pending, delayed, consumers, oldest pending age (ms),
         settled output count; one pipelined round trip per node."""
