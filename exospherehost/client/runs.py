@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exospherehost.broker.fields import RUN_STATUSES, RUNNING
+from exospherehost.broker.fields import CANCELLED_OPEN, RUN_STATUSES, RUNNING
 from exospherehost.broker.keys import check_name
 from exospherehost.broker.runs import RunRecord, RunsReader
 from exospherehost.broker.streams import Broker
@@ -33,7 +33,7 @@ class NodeCounts:
 class RunStatus:
     run_id: str
     graph: str
-    status: str  # RUNNING | SUCCEEDED | FAILED
+    status: str  # RUNNING | SUCCEEDED | FAILED | CANCELLED
     open: int
     created_ms: int
     finished_ms: int | None
@@ -66,6 +66,9 @@ class StateRecord:
     error: str
     time_ms: int
 
+
+DAY = timedelta(days=1)
+"""cancel's default retention: the Runtime's default `run_retention`."""
 
 _SCAN_CHUNK = 2000
 """Runs whose status one pipelined read checks, when a listing filters by status."""
@@ -111,11 +114,14 @@ def run_status(run_id: str, record: RunRecord) -> RunStatus:
         )
         for ident, c in record.counts.items()
     }
+    open_ = record.open
+    if open_ < CANCELLED_OPEN // 2:  # cancelled: what is left to drop (cancel_run.lua)
+        open_ -= CANCELLED_OPEN
     return RunStatus(
         run_id,
         record.graph,
         record.status,
-        record.open,
+        open_,
         record.created_ms,
         record.finished_ms,
         counts,
@@ -137,6 +143,20 @@ class RunsMixin:
         if record is None:
             raise _not_found(run_id)
         return run_status(run_id, record)
+
+    async def cancel(self, run_id: str, retention: timedelta = DAY) -> RunStatus:
+        """Cancel a running run: it ends now as CANCELLED (waiters wake); states of it that
+        are queued, delayed or running are settled, when reached, without successors,
+        retries or results, and no unite of it fires. Idempotent: a finished run (any
+        status) is left as it is. Its records expire after `retention` (the Runtime's
+        `run_retention` does it for runs that finish). Returns the run's status."""
+        check_name("run id", run_id)
+        seconds = retention.total_seconds() if isinstance(retention, timedelta) else -1
+        if seconds < 0:
+            raise InvalidArgument(f"retention must be a non-negative timedelta, got {retention!r}")
+        if await self.broker.cancel_run(run_id, int(seconds)) == "MISSING":
+            raise _not_found(run_id)
+        return await self.status(run_id)
 
     async def wait(self, run_id: str, timeout: float = 60.0) -> RunStatus:
         """Wait until the run is finished; raises TimeoutError naming the run."""

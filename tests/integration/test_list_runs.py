@@ -81,7 +81,7 @@ async def test_runs_of_a_namespace_paged_filtered_and_counted(
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"status": "DONE"}, "status must be one of FAILED, RUNNING, SUCCEEDED"),
+        ({"status": "DONE"}, "status must be one of CANCELLED, FAILED, RUNNING, SUCCEEDED"),
         ({"offset": -1}, "offset must be an int >= 0"),
         ({"count": 0}, "count must be an int >= 1"),
         ({"since": 1700000000}, "since must be a datetime"),
