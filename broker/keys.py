@@ -72,6 +72,11 @@ class Keys:
         (Redis time, ms): see broker/lua/prune_consumers.lua."""
         return f"{self.base}:alive"
 
+    def cancelled(self) -> str:
+        """Sorted set run id -> when it was cancelled (ms): workers drop the states of these
+        runs before executing them (the settle script drops what they emit regardless)."""
+        return f"{self.base}:cancelled"
+
     def events(self) -> str:
         """Capped stream of run events (run finished), for waiters and dashboards."""
         return f"{self.base}:events"

@@ -6,6 +6,7 @@ Everything here is a thin, typed wrapper over one Redis round trip; decisions li
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from importlib import resources
@@ -95,6 +96,11 @@ def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:
         name = stream.decode() if isinstance(stream, bytes) else str(stream)
         out.append((name[prefix:], entries))
     return out
+
+
+CANCELLED_KEEP_MS = 7 * 24 * 3600 * 1000
+"""How long a cancelled run stays in the namespace's cancelled set (its states may still be
+queued or delayed that long; the settle script drops them after that too)."""
 
 
 class Broker:
@@ -317,7 +323,24 @@ class Broker:
             ],
             args=[run_id, retention_s, f.CANCELLED_OPEN],
         )
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
+        status = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if status == f.CANCELLED:
+            # Not in the script: on a cluster with lanes the run's keys and this
+            # namespace-wide set live in different slots. Losing this write only costs
+            # executions (workers would not skip the run's states); nothing is emitted.
+            now_ms = int(time.time() * 1000)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(self.keys.cancelled(), {run_id: now_ms}, nx=True)
+            pipe.zremrangebyscore(self.keys.cancelled(), "-inf", now_ms - CANCELLED_KEEP_MS)
+            await pipe.execute()
+        return status
+
+    async def cancelled_since(self, after_ms: int) -> list[tuple[str, int]]:
+        """Runs cancelled after `after_ms` (ms since the epoch), oldest first."""
+        raw = await self.client.zrangebyscore(
+            self.keys.cancelled(), f"({after_ms}", "+inf", withscores=True
+        )
+        return [(r.decode(), int(score)) for r, score in raw]
 
     async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> int:
         """Start many runs, each at most once (start_run.lua skips a run whose hash exists:
