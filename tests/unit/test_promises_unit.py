@@ -69,6 +69,8 @@ DOCUMENTED_KEYS = {
     "graph_seq": ("exo:{ns}:graphseq", ()),
     "graph": ("exo:{ns}:graph:g:3", ("g", 3)),
     "secrets": ("exo:{ns}:secrets:g", ("g",)),
+    "version_secrets": ("exo:{ns}:secrets:g:3", ("g", 3)),
+    "secret_versions": ("exo:{ns}:secretversions:g", ("g",)),
     "run": ("exo:{ns}:run:r1", ("r1",)),
     "run_results": ("exo:{ns}:run:r1:results", ("r1",)),
     "run_history": ("exo:{ns}:run:r1:history", ("r1",)),
