@@ -93,8 +93,11 @@ class GraphStore:
         """Write the document and the version's (already encrypted) secrets, and point the
         graph at the document, in one MULTI; older versions' secrets then get their expiry
         (`old_secrets_ttl_s`). Every version has its own secrets: runs pinned to a version
-        see that version's, whatever was upserted since."""
+        see that version's, whatever was upserted since. `updated_ms` is set from Redis's
+        clock (cron triggers count from it; every scheduler runs on that clock)."""
         doc["secrets_per_version"] = True
+        seconds, micros = await self.records.clock()
+        doc["updated_ms"] = seconds * 1000 + micros // 1000
         await self.records.save(
             doc["name"], doc["version"], pack(doc), secrets, self.old_secrets_ttl_s
         )
