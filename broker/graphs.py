@@ -4,8 +4,9 @@ behind exospherehost.graphstore.GraphStore, which owns what the documents mean."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
+from exospherehost.broker import fields
 from exospherehost.broker.client import RedisClient
 from exospherehost.broker.keys import Keys
 
@@ -74,6 +75,36 @@ class GraphRecords:
         if gone:
             await self._client.zrem(index, *(str(v) for v in gone))
         return [v for v, e in zip(older, exists, strict=True) if e]
+
+    async def running_versions(
+        self, name: str, versions: Collection[int], chunk: int = 1000
+    ) -> set[int]:
+        """Which of `versions` have a RUNNING run among `name`'s indexed runs (its newest
+        RUN_INDEX_SIZE), newest first, in pipelined chunks; stops once all are found."""
+        wanted = {str(v).encode(): v for v in versions}
+        found: set[int] = set()
+        if not wanted:
+            return found
+        ids = await self._client.zrevrange(self.keys.runs(name), 0, -1)
+        for i in range(0, len(ids), chunk):
+            pipe = self._client.pipeline(transaction=False)
+            for run_id in ids[i : i + chunk]:
+                run = self.keys.run(run_id.decode())
+                pipe.execute_command("HMGET", run, fields.RUN_VERSION, fields.RUN_STATUS)
+            for version, status in await pipe.execute():
+                if status == fields.RUNNING.encode() and version in wanted:
+                    found.add(wanted[version])
+            if len(found) == len(wanted):
+                break
+        return found
+
+    async def sweep_lease(self, period_s: int) -> bool:
+        """True for the one caller per `period_s` that gets to sweep the namespace."""
+        return bool(
+            await self._client.execute_command(
+                "SET", self.keys.secrets_sweep(), "1", "NX", "EX", period_s
+            )
+        )
 
     async def current_version(self, name: str) -> int | None:
         v = await self._client.hget(self.keys.graphs(), name)

@@ -104,6 +104,11 @@ class Keys:
         expiry when a newer version replaces it (GraphStore.old_secrets_ttl_s)."""
         return f"{self.base}:secrets:{name}:{version}"
 
+    def secrets_sweep(self) -> str:
+        """String set (NX, with an expiry) by the one Runtime that sweeps the namespace's
+        replaced secrets this period (GraphStore.keep_live_secrets)."""
+        return f"{self.base}:secretsweep"
+
     def secret_versions(self, name: str) -> str:
         """Sorted set of the versions of a graph that stored secrets (score = version),
         so an upsert can find and expire the older ones."""

@@ -41,10 +41,14 @@ class GraphDoc(TypedDict):
 
 
 OLD_SECRETS_TTL_S = 7 * 24 * 3600
-"""How long the secrets of a graph version are kept after a newer version replaced it
-(counted again from each time a Runtime process first runs a state of that version): runs
+"""How long the secrets of a graph version are kept after a newer version replaced it,
+counted again from each time a Runtime process first runs a state of that version and, at
+each hourly sweep (`keep_live_secrets`), while a run of that version is RUNNING: runs
 pinned to the old version see its secrets until then, and after it their states needing
 secrets fail, without retries, saying so."""
+
+SECRETS_SWEEP_S = 3600
+"""How often one Runtime of a namespace runs `GraphStore.keep_live_secrets`."""
 
 
 def compile_doc(doc: GraphDoc) -> CompiledGraph:
@@ -141,6 +145,22 @@ class GraphStore:
         """Keep a replaced version's secrets `old_secrets_ttl_s` from now (a Runtime runs
         states of it); the current version's stay persistent."""
         await self.records.extend_secrets(name, version, self.old_secrets_ttl_s)
+
+    async def keep_live_secrets(self, lease_s: int = SECRETS_SWEEP_S) -> list[tuple[str, int]]:
+        """Once per `lease_s` per namespace (the first caller of the period; others get []):
+        give replaced versions' secrets their expiry where they lack one (an upsert that
+        raced another), and push it back to `old_secrets_ttl_s` from now for each version
+        with a RUNNING run among its graph's indexed runs (the newest 10,000), so secrets
+        outlive the runs that need them. Returns the (graph, version)s kept."""
+        if not await self.records.sweep_lease(lease_s):
+            return []
+        kept: list[tuple[str, int]] = []
+        for name, current in (await self.versions()).items():
+            retired = await self.records.retire_secrets(name, current, self.old_secrets_ttl_s)
+            for version in sorted(await self.records.running_versions(name, retired)):
+                await self.extend_secrets(name, version)
+                kept.append((name, version))
+        return kept
 
 
 def missing_secrets(doc: GraphDoc, ttl_s: int) -> SecretsError:

@@ -44,7 +44,7 @@ from exospherehost.errors import ShutdownAbandoned
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.cron import CronExpressionError, check_expression, next_fire
 from exospherehost.graph.runplan import plan_run, run_store
-from exospherehost.graphstore import GraphStore, compile_doc
+from exospherehost.graphstore import SECRETS_SWEEP_S, GraphStore, compile_doc
 from exospherehost.runtime.resilience import OutageLog, Retrier, pause
 
 log = logging.getLogger("exospherehost.runtime.cron")
@@ -129,6 +129,7 @@ class CronScheduler:
         self._retry = Retrier(self.outage, self._stop)  # a stop ends an outage's retries
         self._started: float | None = None
         self._reload_due = 0.0
+        self._sweep_due = 0.0  # the secrets sweep rides on this loop, which every Runtime runs
         self._loaded: dict[str, _Graph] = {}
         self._triggers: dict[tuple[str, str], _Trigger] = {}
 
@@ -221,6 +222,11 @@ class CronScheduler:
                     break  # try it again when due by the re-synced clock
                 fired += outcome is _Fire.FIRED
                 trig.next_ts = next_fire(trig.expression, trig.next_ts)
+        if now >= self._sweep_due:  # after the fires: never delays one
+            self._sweep_due = now + SECRETS_SWEEP_S
+            kept = await self.graphs.keep_live_secrets()
+            if kept:
+                log.info("kept the secrets of replaced graph versions with runs: %s", kept)
         return fired
 
     async def reload(self, now: float) -> None:

@@ -12,7 +12,9 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from exospherehost import BaseNode, GraphNodeModel, Runtime, StateManager
-from exospherehost.graphstore import OLD_SECRETS_TTL_S
+from exospherehost.broker.streams import Broker
+from exospherehost.graphstore import OLD_SECRETS_TTL_S, GraphStore
+from exospherehost.runtime.cron import CronScheduler
 from exospherehost.secrets import ENV_SECRETS_KEY
 from tests.integration.helpers import running
 
@@ -169,3 +171,39 @@ async def test_a_runtime_running_a_replaced_version_keeps_its_secrets(
         assert await fingerprints(sm, [run]) == [digest("1")]
     # The Runtime's own expiry for replaced versions, counted from when it loaded them.
     assert await redis.ttl(v1_key) > OLD_SECRETS_TTL_S - 600
+
+
+async def test_the_sweep_keeps_secrets_of_versions_with_running_runs(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis, registered: None
+) -> None:
+    """A replaced version whose runs still wait (no Runtime ran them, so none loaded its
+    secrets) keeps them as long as a run of it is RUNNING; one without such runs is left
+    to expire."""
+    sm.graphs.old_secrets_ttl_s = 3600
+    base = f"exo:{{{namespace}}}"
+    v1 = await upsert(sm, namespace, "1")
+    waiting = await sm.trigger("g")
+    v2 = await upsert(sm, namespace, "2")  # v2 gets no run
+    await upsert(sm, namespace, "3")
+    v1_key, v2_key = f"{base}:secrets:g:{v1}", f"{base}:secrets:g:{v2}"
+    assert await redis.ttl(v1_key) <= 3600 and await redis.ttl(v2_key) <= 3600
+
+    # What a Runtime's sweep does (the scheduler's loop, once an hour per namespace).
+    broker = Broker(redis, namespace)
+    await redis.delete(f"{base}:secretsweep")  # the fixture's Runtime swept at its start
+    sweeper = CronScheduler(broker, GraphStore(redis, broker.keys), reload_s=1e9)
+    await sweeper.tick()
+    assert await redis.ttl(v1_key) > OLD_SECRETS_TTL_S - 600, "a waiting run's secrets went"
+    assert await redis.ttl(v2_key) <= 3600, "a version without runs was kept"
+    assert 0 < await redis.ttl(f"{base}:secretsweep") <= 3600  # one sweep per hour
+    # Another Runtime within the hour does not sweep again.
+    await redis.expire(v1_key, 100)
+    assert await GraphStore(redis, broker.keys).keep_live_secrets() == []
+    assert await redis.ttl(v1_key) <= 100
+
+    async with running(runtime(redis_url, namespace)):
+        assert await fingerprints(sm, [waiting]) == [digest("1")]
+    await redis.delete(f"{base}:secretsweep")
+    await redis.expire(v1_key, 100)
+    assert await GraphStore(redis, broker.keys).keep_live_secrets() == []  # v1's run is done
+    assert await redis.ttl(v1_key) <= 100

@@ -71,6 +71,7 @@ DOCUMENTED_KEYS = {
     "secrets": ("exo:{ns}:secrets:g", ("g",)),
     "version_secrets": ("exo:{ns}:secrets:g:3", ("g", 3)),
     "secret_versions": ("exo:{ns}:secretversions:g", ("g",)),
+    "secrets_sweep": ("exo:{ns}:secretsweep", ()),
     "run": ("exo:{ns}:run:r1", ("r1",)),
     "run_results": ("exo:{ns}:run:r1:results", ("r1",)),
     "run_history": ("exo:{ns}:run:r1:history", ("r1",)),
