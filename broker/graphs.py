@@ -52,25 +52,30 @@ class GraphRecords:
             pipe.zadd(self.keys.secret_versions(name), {str(version): version})
         pipe.hset(self.keys.graphs(), name, version)
         await pipe.execute()
-        await self.retire_secrets(name, version, old_secrets_ttl_s)
+        await self.retire_secrets(name, version, old_secrets_ttl_s, legacy=True)
 
-    async def retire_secrets(self, name: str, current: int, ttl_s: int) -> list[int]:
-        """Give the secrets of `name`'s versions older than `current` an expiry of `ttl_s`
-        where they have none (EXPIRE NX: a retired version's clock is not reset by later
-        upserts), and forget versions whose secrets are gone. Idempotent: every upsert
-        re-applies it to every older version, so one that raced another upsert is retired
-        by the next. Returns the older versions whose secrets are still stored."""
+    async def retire_secrets(
+        self, name: str, current: int, ttl_s: int, legacy: bool = False
+    ) -> list[int]:
+        """Give the secrets of `name`'s versions older than `current` (and with `legacy`,
+        the graph's hash from before secrets were kept per version: only once a version
+        with its own secrets replaced it) an expiry of `ttl_s` where they have none
+        (EXPIRE NX: a retired version's clock is not reset by later upserts), and forget
+        versions whose secrets are gone. Idempotent: every upsert re-applies it to every
+        older version, so one that raced another upsert is retired by the next. Returns
+        the older versions whose secrets are still stored."""
         index = self.keys.secret_versions(name)
         raw = await self._client.execute_command("ZRANGE", index, "-inf", f"({current}", "BYSCORE")
         older = [int(v) for v in raw]
         pipe = self._client.pipeline(transaction=False)
         # EXPIRE ... NX needs Redis 7 (as the scripts' `#!lua` flags do).
-        pipe.execute_command("EXPIRE", self.keys.secrets(name), ttl_s, "NX")  # pre-version hash
         for v in older:
             pipe.execute_command("EXPIRE", self.keys.version_secrets(name, v), ttl_s, "NX")
             pipe.execute_command("EXISTS", self.keys.version_secrets(name, v))
+        if legacy:
+            pipe.execute_command("EXPIRE", self.keys.secrets(name), ttl_s, "NX")
         replies = await pipe.execute()
-        exists = replies[2::2]
+        exists = replies[1 : 2 * len(older) : 2]
         gone = [v for v, e in zip(older, exists, strict=True) if not e]
         if gone:
             await self._client.zrem(index, *(str(v) for v in gone))

@@ -12,10 +12,11 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from exospherehost import BaseNode, GraphNodeModel, Runtime, StateManager
+from exospherehost.broker.codec import pack
 from exospherehost.broker.streams import Broker
 from exospherehost.graphstore import OLD_SECRETS_TTL_S, GraphStore
 from exospherehost.runtime.cron import CronScheduler
-from exospherehost.secrets import ENV_SECRETS_KEY
+from exospherehost.secrets import ENV_SECRETS_KEY, SecretsCipher
 from tests.integration.helpers import running
 
 RUNS = 200
@@ -207,3 +208,28 @@ async def test_the_sweep_keeps_secrets_of_versions_with_running_runs(
     await redis.expire(v1_key, 100)
     assert await GraphStore(redis, broker.keys).keep_live_secrets() == []  # v1's run is done
     assert await redis.ttl(v1_key) <= 100
+
+
+async def test_versions_from_before_per_version_secrets_read_the_graphs_old_hash(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis, registered: None
+) -> None:
+    """A version upserted by an older SDK (one hash per graph, no `secrets_per_version` in
+    its document) keeps working; the old hash expires only once a newer version replaced
+    it, never while it is the current version's."""
+    base = f"exo:{{{namespace}}}"
+    v1 = await upsert(sm, namespace, "ignored")
+    doc = await sm.graphs.load("g", v1)
+    assert doc is not None
+    del doc["secrets_per_version"]  # as an older SDK wrote it
+    await redis.set(f"{base}:graph:g:{v1}", pack(doc))
+    await redis.delete(f"{base}:secrets:g:{v1}")
+    cipher = SecretsCipher.from_env()  # the old hash, encrypted as before
+    assert cipher is not None
+    await redis.hset(f"{base}:secrets:g", mapping=cipher.encrypt({"api_token": "old"}))
+    run = await sm.trigger("g")
+    await redis.delete(f"{base}:secretsweep")
+    async with running(runtime(redis_url, namespace)):  # sweeps at its start
+        assert await fingerprints(sm, [run]) == [digest("old")]
+    assert await redis.ttl(f"{base}:secrets:g") == -1, "the current version's hash expires"
+    await upsert(sm, namespace, "new")
+    assert 0 < await redis.ttl(f"{base}:secrets:g") <= OLD_SECRETS_TTL_S
