@@ -168,8 +168,9 @@ def missing_secrets(doc: GraphDoc, ttl_s: int) -> SecretsError:
     return SecretsError(
         f"the secrets {names} of graph {doc['name']!r} version {doc['version']} are no "
         f"longer stored: a version's secrets are kept {_duration(ttl_s)} after a newer "
-        f"version replaced it (counted again whenever a Runtime starts running its states); "
-        f"start the run again on the current version"
+        f"version replaced it (counted again whenever a Runtime starts running its states, "
+        f"and hourly while a run of it is RUNNING among its graph's newest runs); start "
+        f"the run again on the current version"
     )
 
 
