@@ -9,6 +9,9 @@ the SDK reports and retries. BullMQ makes the same check."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoPermissionError
 
 from exospherehost.broker.client import RedisClient
 
@@ -91,3 +94,19 @@ async def memory(client: RedisClient) -> Memory:
         used=int(info.get("used_memory", 0)),
         limit=int(info.get("maxmemory", 0)),
     )
+
+
+async def memory_view(client: RedisClient) -> dict[str, Any]:
+    """`memory(client).as_dict()` for views (`exosphere status`, the dashboard); a user the
+    ACL denies INFO gets the same keys with None values and a summary saying so, instead
+    of an error that would hide everything else."""
+    try:
+        return (await memory(client)).as_dict()
+    except NoPermissionError:
+        return {
+            "used_bytes": None,
+            "maxmemory_bytes": None,
+            "used_ratio": None,
+            "policy": None,
+            "summary": "Redis memory: unknown (this user may not run INFO)",
+        }

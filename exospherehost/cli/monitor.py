@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from exospherehost.broker.client import RedisClient, typed_client
-from exospherehost.broker.serverinfo import memory
+from exospherehost.broker.serverinfo import memory_view
 from exospherehost.cli._common import Settings, age, namespace_option, pass_settings, run, table
 from exospherehost.cli._common import to_json as _to_json
 from exospherehost.client.statemanager import StateManager
@@ -48,7 +48,7 @@ class _Monitor:
             client = resolve(self.settings.redis_url, self.settings.key).client()
             self._closing.push_async_callback(client.aclose)
             self._client = typed_client(client)
-        return (await memory(self._client)).as_dict()
+        return await memory_view(self._client)
 
     async def namespaces(self) -> list[str]:
         if self.settings.namespace:

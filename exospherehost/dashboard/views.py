@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
-from exospherehost.broker.serverinfo import memory
+from exospherehost.broker.serverinfo import memory_view
 from exospherehost.client.deadletters import DeadLetter
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
@@ -56,7 +56,7 @@ async def overview(sm: StateManager) -> dict[str, Any]:
         asyncio.gather(*(graph_view(sm, n) for n in names)),
         sm.node_stats(),
         sm.dead_letters(count=DEAD_COUNT_CAP),
-        memory(sm.broker.client),
+        memory_view(sm.broker.client),
     )
     return {
         "namespace": sm.namespace,
@@ -64,7 +64,7 @@ async def overview(sm: StateManager) -> dict[str, Any]:
         "graphs": list(graphs),
         "nodes": stats,
         "dead": {"count": len(dead), "capped": len(dead) >= DEAD_COUNT_CAP},
-        "redis_memory": mem.as_dict(),  # server-wide: used vs maxmemory, the policy
+        "redis_memory": mem,  # server-wide: used vs maxmemory, the policy
     }
 
 

@@ -90,3 +90,18 @@ async def test_dashboard_overview_returns_memory(
     assert mem["maxmemory_bytes"] == MAXMEMORY and mem["policy"] == "noeviction"
     assert 0 < mem["used_bytes"] < MAXMEMORY
     assert "of 64.0 MiB maxmemory" in mem["summary"]
+
+
+async def test_status_without_info_permission_says_so_and_shows_the_rest(
+    limited_server: ServerInfo, limited: Redis, namespace: str
+) -> None:
+    user = f"u{namespace}"
+    await limited.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "+@all", "-info")
+    try:
+        url = limited_server.url.replace("redis://", f"redis://{user}:pw@", 1)
+        table = await arun(url, namespace, "status", "--interval", "0.1")
+    finally:
+        await limited.execute_command("ACL", "DELUSER", user)
+    assert table.exit_code == 0, table.output
+    assert table.stdout.startswith(f"namespace {namespace}")
+    assert table.stdout.strip().endswith("Redis memory: unknown (this user may not run INFO)")
