@@ -396,16 +396,25 @@ class Broker:
                     raise KeyRefused(f"stream {key} has used up its entry ids: nothing written")
 
     async def cron_fire(
-        self, start: RunStart, version: int, fire_ts: int, marker_ttl_s: int
+        self,
+        start: RunStart,
+        version: int,
+        fire_ts: int,
+        marker_ttl_s: int,
+        late_s: int | None = None,
     ) -> int:
-        """Start `start` only if no one fired its graph for `fire_ts` yet and `version` is
-        still the graph's current one: 1 fired, 0 already fired, -1 stale version."""
+        """Start `start` only if no one fired its graph for `fire_ts` yet, `version` is
+        still the graph's current one and, by Redis's clock, `fire_ts` is due and (with
+        `late_s`) at most `late_s` late: 1 fired, 0 already fired, -1 stale version,
+        -2 not due yet, -3 too late (see lua/cron_fire.lua). Keep `late_s` below
+        `marker_ttl_s`: a marker must outlive every attempt at its fire time."""
         keys = [
             self.keys.cron_marker(start.graph, fire_ts),
             self.keys.graphs(),
             *start.script_keys(),
         ]
-        args = [marker_ttl_s, start.graph, version, *start.script_args()]
+        late = -1 if late_s is None else late_s
+        args = [marker_ttl_s, start.graph, version, fire_ts, late, *start.script_args()]
         return int(await self._cron_fire(keys=keys, args=args))
 
     # -- run stores ---------------------------------------------------------------------

@@ -298,7 +298,7 @@ class Runtime:
 
     async def _check_secrets(self, store: GraphStore, cipher: SecretsCipher | None) -> None:
         """Refuse to start without EXOSPHERE_SECRETS_KEY when a graph has secrets."""
-        check_namespace_secrets(await store.stored_secrets_of(await store.names()), cipher)
+        check_namespace_secrets(await store.current_secrets(), cipher)
 
     async def _register(self, broker: Broker, nodes: Sequence[type[BaseNode]] = ()) -> None:
         """Record the schemas of `nodes` (default: all of ours) so graphs can be validated
