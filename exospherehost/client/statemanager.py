@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from exospherehost.broker import queues
 from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
+from exospherehost.broker.fields import RUNNING
 from exospherehost.broker.keys import Keys, check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
@@ -285,6 +286,29 @@ class StateManager(RunsMixin, DeadLettersMixin):
         }
         await self.graphs.save(doc, cipher.encrypt(secret_map) if cipher else {})
         return dict(doc)
+
+    async def delete_graph(self, graph_name: str, force: bool = False) -> int:
+        """Delete a graph template: no new runs or cron fires of it, `get_graph` raises
+        GraphNotFound. Refused (InvalidArgument, saying how many) while runs of it are
+        RUNNING, unless `force`: those then finish on the version they started with (and
+        stay listed). Returns how many were left running. A graph of the same name
+        upserted later starts at a new version number."""
+        check_name("graph name", graph_name)
+        version = await self.graphs.current_version(graph_name)
+        if version is None:
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+        running = (await self.list_runs(graph_name, count=1, status=RUNNING)).total
+        if running and not force:
+            raise InvalidArgument(
+                f"graph {graph_name!r} has {running} run(s) in flight: wait for them, cancel "
+                f"them (sm.cancel; list them with list_runs({graph_name!r}, "
+                f"status='RUNNING')), or delete_graph({graph_name!r}, force=True) to let "
+                f"them finish on their version"
+            )
+        if not await self.graphs.remove(graph_name, version, keep_runs=running > 0):
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+        self._compiled = {k: v for k, v in self._compiled.items() if k[0] != graph_name}
+        return running
 
     async def get_graph(self, graph_name: str) -> dict[str, Any]:
         doc = await self.graphs.current(check_name("graph name", graph_name))
