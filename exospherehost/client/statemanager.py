@@ -27,6 +27,7 @@ from exospherehost.client.runs import (
     RunStatus,
     StateRecord,
 )
+from exospherehost.client.workers import WorkersMixin
 from exospherehost.config import resolve
 from exospherehost.errors import GraphNotFound, InvalidArgument, WaitTimedOut
 from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
@@ -119,7 +120,7 @@ def _trigger_errors(
     return errors
 
 
-class StateManager(RunsMixin, DeadLettersMixin):
+class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
     def __init__(
         self, namespace: str, redis_url: str | None = None, key: str | None = None
     ) -> None:
