@@ -337,7 +337,10 @@ def _call(url: str, method: str = "GET", headers: dict[str, str] | None = None) 
         return err.code, json.loads(err.read())
 
 
-async def test_api_errors_csrf_and_pinned_namespace(redis_url: str, namespace: str) -> None:
+async def test_api_errors_csrf_and_pinned_namespace(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    await sm.broker.registry.register({"Square": "{}"})  # a namespace a Runtime served
     with dashboard_server(create_app(redis_url, None, namespace=namespace)) as url:
         api = f"{url}api/ns/{namespace}"
         calls = [
