@@ -93,8 +93,8 @@ class WorkersMixin:
                     pid=_int(rec.get("pid", _consumer_part(r.consumer, 2))),
                     nodes=list(rec.get("nodes") or listed),
                     concurrency=_int(rec.get("concurrency")),
-                    inflight=_int(rec.get("inflight")) if state == "serving" else 0,
-                    executing=_int(rec.get("executing")) if state == "serving" else 0,
+                    inflight=_now(state, rec.get("inflight")),
+                    executing=_now(state, rec.get("executing")),
                     processed=_int(rec.get("processed")),
                     failed=_int(rec.get("failed")),
                     started_ms=_int(rec.get("started_ms")),
@@ -133,6 +133,12 @@ class WorkersMixin:
         nodes = await self.broker.registry.names()
         series = await self.broker.workers.throughput(start, end, nodes)
         return Throughput(start * 1000, BUCKET_S, series)
+
+
+def _now(state: str, value: object) -> int | None:
+    """A figure of the present: as recorded while serving, 0 once stopped cleanly, not
+    known (None) for a worker that went silent."""
+    return _int(value) if state == "serving" else 0 if state == "stopped" else None
 
 
 def _int(value: object) -> int | None:

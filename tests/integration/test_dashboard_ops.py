@@ -99,7 +99,11 @@ async def test_workers_page_throughput_chart_and_nodes_once(
             rows = await asyncio.to_thread(
                 browser.find_elements, By.CSS_SELECTOR, "#nodes tr[data-node]"
             )
-            assert sorted([r.get_attribute("data-node") for r in rows]) == ["Label", "Split", "Square"]
+            assert sorted([r.get_attribute("data-node") for r in rows]) == [
+                "Label",
+                "Split",
+                "Square",
+            ]
             await page.text_of('#nodes tr[data-node="Square"] td.used', "squares-too")
             boxes = await page.css('svg.dag g.node[data-node="Square"]', 3)
             for box in boxes:
@@ -119,10 +123,11 @@ async def test_workers_page_throughput_chart_and_nodes_once(
                         failed: Math.min(...ys('polyline.failed[data-node="Square"]')),
                         zero: Math.max(...ys('polyline.done[data-node="Square"]'))};
             """)  # fmt: skip
-            assert "5.0/s" in peak["grid"], peak  # the axis tops out at the peak rate
-            # y grows downwards: done (5/s) at the top line, failed (1/s) a fifth of the way up.
+            top = max(float(t[:-2]) for t in peak["grid"] if t.endswith("/s"))
+            assert 5 <= top < 10, peak  # the axis covers the peak, rounded up
+            # y grows downwards: failed (1/s) peaks a fifth as high as done (5/s).
             height = peak["zero"] - peak["done"]
-            assert height > 100, peak
+            assert height > 80, peak
             assert abs((peak["zero"] - peak["failed"]) - height / 5) < 2, peak
             # Texts fit their boxes: the long identifier is shortened, its title says it whole.
             widths = await asyncio.to_thread(js, browser, """
@@ -163,7 +168,9 @@ async def test_page_states_for_unknown_run_namespace_and_redis_down(
     page = Page(browser)
     with PrivateServer(appendonly=True, appendfsync="always") as server:
         url_redis = server.start().url
-        rt = Runtime(namespace=ns, name="dash-err", nodes=[Split, Square, Label], redis_url=url_redis)
+        rt = Runtime(
+            namespace=ns, name="dash-err", nodes=[Split, Square, Label], redis_url=url_redis
+        )
         async with StateManager(ns, redis_url=url_redis) as sm, running(rt):
             await sm.upsert_graph("squares", squares_graph(ns), secrets={})
             with dashboard_server(create_app(url_redis, None)) as url:

@@ -122,10 +122,11 @@ function fmtRate(rate) {
   return `${rate.toFixed(2)}/s`;
 }
 
-function niceMax(v) {
-  if (v <= 0) return 1;
-  const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+// A round step for about four gridlines up to `peak`: 1, 2 or 5 times a power of ten.
+function niceStep(peak) {
+  const raw = peak > 0 ? peak / 4 : 0.25;
+  const p = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p;
   return 10 * p;
 }
 
@@ -139,12 +140,15 @@ function throughputChart(t, nodeNames) {
     for (const v of t.nodes[name].done) peak = Math.max(peak, v / bucket);
     for (const v of t.nodes[name].failed) peak = Math.max(peak, v / bucket);
   }
-  const top = niceMax(peak);
+  const step = niceStep(peak);
+  const top = Math.max(Math.ceil(peak / step - 1e-9), 1) * step;
+  const levels = [];
+  for (let v = 0; v <= top + step / 2; v += step) levels.push(v);
   const x = (i) => L + (n > 1 ? (i * (W - L - R)) / (n - 1) : 0);
   const y = (rate) => T + (H - T - B) * (1 - rate / top);
-  const grid = [0, 0.25, 0.5, 0.75, 1].map((f) => (
-    `<line class="grid" x1="${L}" x2="${W - R}" y1="${y(top * f)}" y2="${y(top * f)}"></line>` +
-    `<text class="axis" x="${L - 6}" y="${y(top * f) + 4}" text-anchor="end">${esc(fmtRate(top * f))}</text>`
+  const grid = levels.map((v) => (
+    `<line class="grid" x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}"></line>` +
+    `<text class="axis" x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${esc(fmtRate(v))}</text>`
   )).join("");
   const endMs = t.start_ms + n * bucket * 1000;
   let ticks = "";
@@ -202,9 +206,9 @@ function dagSvg(ns, graph, nodes) {
     return `<g class="node ${cls}" data-identifier="${esc(b.identifier)}" data-node="${esc(b.node_name)}">` +
       `<title>${esc(b.identifier)} (${esc(b.node_name)})${note ? ` — ${esc(note)}` : ""}</title>` +
       `<rect x="${b.x}" y="${b.y}" width="${L.box_w}" height="${L.box_h}" rx="6"></rect>` +
-      `<text x="${x}" y="${b.y + 24}" class="ident" data-fit="${fit}">${esc(b.identifier)}</text>` +
-      `<text x="${x}" y="${b.y + 44}" class="nodename" data-fit="${fit}">${esc(b.node_name)}</text>` +
-      (note ? `<text x="${x}" y="${b.y + 64}" class="warn" data-fit="${fit}">${esc(note)}</text>` : "") +
+      `<text x="${x}" y="${b.y + 20}" class="ident" data-fit="${fit}">${esc(b.identifier)}</text>` +
+      `<text x="${x}" y="${b.y + 37}" class="nodename" data-fit="${fit}">${esc(b.node_name)}</text>` +
+      (note ? `<text x="${x}" y="${b.y + 52}" class="warn" data-fit="${fit}">${esc(note)}</text>` : "") +
       "</g>";
   }).join("");
   return `<svg class="dag" data-graph="${esc(graph.name)}" width="${L.width}" height="${L.height}" ` +
@@ -452,35 +456,39 @@ async function poll() {
 }
 
 // Whatever went wrong replaces the page: nothing stale stays on screen looking current.
+const sentence = (text) => esc(String(text).replace(/[.\s]+$/, "")) + ".";
+
 function errorState(r, err) {
   const ns = r.ns;
   const back = ns ? `<a href="#/ns/${enc(ns)}">back to ${esc(ns)}</a> · ` : "";
   const home = `<a href="#/">all namespaces</a>`;
   switch (err.kind) {
     case "unknown_namespace":
-      return ["Unknown namespace", `${esc(err.message)}.`, home];
+      return ["Unknown namespace", sentence(err.message), home];
     case "not_found":
       return [r.page === "run" ? "Run not found" : r.page === "graph" ? "Graph not found" : "Not found",
-        `${esc(err.message)}. ${r.page === "run" ? "A finished run is kept for the Runtime's " +
-          "run_retention (1 day by default), then expires." : ""}`, back + home];
+        sentence(err.message) + (r.page === "run" ? " Finished runs are kept for the Runtimes' " +
+          "run_retention (1 day by default)." : ""), back + home];
     case "redis_down":
-      return ["Redis unreachable", `${esc(err.message)}. Nothing shown here would be current; ` +
+      return ["Redis unreachable", `${sentence(err.message)} Nothing shown here would be current; ` +
         "the page retries every second.", ""];
     case "unauthorized":
-      return ["Token required", `${esc(err.message)}.`, ""];
+      return ["Token required", sentence(err.message), ""];
     case "bad_request":
-      return ["Bad request", `${esc(err.message)}.`, back + home];
+      return ["Bad request", sentence(err.message), back + home];
     default:
       if (err instanceof TypeError) { // fetch itself failed: the dashboard server is gone
         return ["Dashboard unreachable", `The dashboard server does not answer (${esc(err.message)}); ` +
           "the page retries every second.", ""];
       }
-      return ["Error", esc(err.message), back + home];
+      return ["Error", sentence(err.message), back + home];
   }
 }
 
 function showError(r, err) {
   const [title, text, links] = errorState(r, err);
+  const what = { graph: r.graph, run: r.run, dead: "dead letters", workers: "workers" }[r.page];
+  setCrumbs(r.ns ? [[r.ns, what ? `#/ns/${enc(r.ns)}` : null], ...(what ? [[what, null]] : [])] : []);
   const kind = err.kind || "unreachable";
   if (view.dataset.state !== kind || shown.get(view) !== text) {
     view.innerHTML = `<div class="card state-error" id="page-state" data-kind="${esc(kind)}">` +
