@@ -26,7 +26,6 @@ from exospherehost.broker.keys import check_name
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
 from exospherehost.dashboard import views
-from exospherehost.dashboard.auth import TokenAuth, token_from
 
 STATIC = Path(__file__).with_name("static")
 
@@ -98,6 +97,11 @@ class UnknownNamespace(KeyError):
     """A valid namespace name with nothing on this Redis."""
 
 
+ERROR_KINDS = {404: "not_found", 400: "bad_request", 503: "redis_down"}
+"""The `kind` of an error reply by status (a 404 for a namespace: unknown_namespace; the
+token check's 401: unauthorized)."""
+
+
 def _int(request: Request, name: str, default: int, high: int) -> int:
     raw = request.query_params.get(name)
     try:
@@ -107,16 +111,16 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
     return min(max(value, 0), high)
 
 
-def _error(status: int, kind: str) -> Callable[[Request, Exception], Awaitable[Response]]:
-    """An error reply: `error` says what is wrong, `kind` lets the page show the right
-    state (not_found, unknown_namespace, bad_request, redis_down)."""
-
+def _error(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def handler(request: Request, exc: Exception) -> Response:
+        # `error` says what is wrong; `kind` lets the page show the right state.
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        if kind == "redis_down":
+        kind = ERROR_KINDS.get(status, "error")
+        if isinstance(exc, UnknownNamespace):
+            kind = "unknown_namespace"
+        elif kind == "redis_down":
             message = f"Redis unreachable: {message}"
-        which = "unknown_namespace" if isinstance(exc, UnknownNamespace) else kind
-        return Json({"error": str(message), "kind": which}, status_code=status)
+        return Json({"error": str(message), "kind": kind}, status_code=status)
 
     return handler
 
@@ -131,6 +135,8 @@ def create_app(
     EXOSPHERE_API_KEY; with `namespace`, only that namespace is shown (and no SCAN for
     namespaces is needed, e.g. under an ACL that allows only its keys). `token` (default
     EXOSPHERE_DASHBOARD_TOKEN): every request must present it (see dashboard/auth.py)."""
+    from exospherehost.dashboard.auth import TokenAuth, token_from
+
     resolve(redis_url, key)  # fail at start-up, not on the first request, on bad config
     token = token_from(token)
     if namespace is not None:
@@ -147,6 +153,15 @@ def create_app(
         sm = await managers.get(request.path_params["ns"])
         return Json(await views.overview(sm))
 
+    async def workers(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        return Json(await views.workers(sm))
+
+    async def throughput(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        minutes = _int(request, "minutes", 15, 20)
+        return Json(await views.throughput(sm, max(minutes, 1)))
+
     async def graph(request: Request) -> Response:
         sm = await managers.get(request.path_params["ns"])
         offset = _int(request, "offset", 0, 1_000_000)
@@ -156,15 +171,6 @@ def create_app(
     async def run(request: Request) -> Response:
         sm = await managers.get(request.path_params["ns"])
         return Json(await views.run_detail(sm, request.path_params["run"]))
-
-    async def workers(request: Request) -> Response:
-        sm = await managers.get(request.path_params["ns"])
-        return Json(await views.workers(sm))
-
-    async def throughput(request: Request) -> Response:
-        sm = await managers.get(request.path_params["ns"])
-        minutes = _int(request, "minutes", 15, 20)
-        return Json(await views.throughput(sm, max(minutes, 1)))
 
     async def dead(request: Request) -> Response:
         sm = await managers.get(request.path_params["ns"])
@@ -192,20 +198,20 @@ def create_app(
         Route("/", index),
         Route("/api/namespaces", namespaces),
         Route(api, overview),
-        Route(api + "/graphs/{graph}", graph),
-        Route(api + "/runs/{run}", run),
         Route(api + "/workers", workers),
         Route(api + "/throughput", throughput),
+        Route(api + "/graphs/{graph}", graph),
+        Route(api + "/runs/{run}", run),
         Route(api + "/dead", dead),
         Route(api + "/dead/redrive-all", redrive, methods=["POST"]),
         Route(api + "/dead/{dead}/redrive", redrive, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     handlers = {
-        KeyError: _error(404, "not_found"),  # unknown graph or run (RunNotFound is a KeyError)
-        ValueError: _error(400, "bad_request"),  # invalid names (KeyNameError), query params
-        redis.exceptions.ConnectionError: _error(503, "redis_down"),
-        redis.exceptions.TimeoutError: _error(503, "redis_down"),
+        KeyError: _error(404),  # unknown graph or run (RunNotFound is a KeyError)
+        ValueError: _error(400),  # invalid names (KeyNameError) and query parameters
+        redis.exceptions.ConnectionError: _error(503),
+        redis.exceptions.TimeoutError: _error(503),
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     return app if token is None else TokenAuth(app, token)
