@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import time
 from typing import Any
 
@@ -250,3 +251,25 @@ def test_binding_beyond_loopback_needs_a_token_or_insecure(
     check_bind("0.0.0.0", TOKEN, insecure=False)
     with pytest.raises(ConfigError, match="too short"):
         create_app(redis_url, None, token="short")
+
+
+def test_cli_dashboard_beyond_loopback_without_token_is_one_error_line(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from exospherehost.cli import cli
+
+    monkeypatch.delenv("EXOSPHERE_DASHBOARD_TOKEN", raising=False)
+    env = {"EXOSPHERE_REDIS_URL": redis_url}
+    with socket.socket() as probe:  # a port nobody listens on (checked before serving)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    args = ["dashboard", "--host", "0.0.0.0", "--port", port]
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: the dashboard binds to 0.0.0.0"), result.output
+    assert "EXOSPHERE_DASHBOARD_TOKEN" in result.output and "Traceback" not in result.output
+    short = [*args, "--token", "short"]
+    result = CliRunner().invoke(cli, short, env=env)
+    assert result.exit_code == 1 and "too short" in result.output, result.output
