@@ -29,7 +29,7 @@ from exospherehost.node import BaseNode, node_schema, validate_nodes
 from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
-from exospherehost.runtime.resilience import Retrier, is_outage, pause
+from exospherehost.runtime.resilience import Retrier, is_outage, pause, supervised
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
 from exospherehost.runtime.upkeep.report import Reporter
@@ -252,8 +252,10 @@ class Runtime:
             )
             # Who this worker is and what it did, for dashboards: every 5 s, off the hot path.
             self._reporter = self._make_reporter(broker, self._worker)
+            reporter = self._reporter
             report_task = asyncio.create_task(
-                self._reporter.run(registry_stop), name="exo-reporter"
+                supervised("reporter", lambda: reporter.run(registry_stop), registry_stop),
+                name="exo-reporter",
             )
             if tune_gc:
                 tune_for_throughput()  # set up: what exists now lives as long as we serve
