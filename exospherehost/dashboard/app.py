@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
+from exospherehost import errors
 from exospherehost.broker.keys import check_name
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
@@ -93,7 +94,7 @@ class Managers:
             await self._open.popitem()[1].close()
 
 
-class UnknownNamespace(KeyError):
+class UnknownNamespace(errors.ExosphereError, KeyError):
     """A valid namespace name with nothing on this Redis."""
 
 
