@@ -117,7 +117,7 @@ function recentRate(series, bucketS) {
 function fmtRate(rate) {
   if (rate == null) return "—";
   if (rate === 0) return "0/s";
-  if (rate >= 100) return `${Math.round(rate)}/s`;
+  if (rate >= 10) return `${Math.round(rate)}/s`;
   if (rate >= 1) return `${rate.toFixed(1)}/s`;
   return `${rate.toFixed(2)}/s`;
 }
