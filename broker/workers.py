@@ -193,6 +193,15 @@ class WorkerBoard:
             out[node] = found
         return out
 
+    async def namespace_in_use(self) -> bool:
+        """Whether anything says the namespace is used on this Redis: registered nodes,
+        graphs, dead letters or worker records (one EXISTS)."""
+        k = self.keys
+        found = await self._client.execute_command(
+            "EXISTS", k.nodes(), k.graphs(), k.dead(), k.workers()
+        )
+        return bool(found)
+
     async def alive(self) -> dict[str, int]:
         """consumer -> when it last recorded itself alive (Redis time, ms; see
         broker/lua/prune_consumers.lua)."""

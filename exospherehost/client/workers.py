@@ -122,6 +122,11 @@ class WorkersMixin:
         out.sort(key=lambda w: (order[w.state], w.consumer))
         return out
 
+    async def in_use(self) -> bool:
+        """Whether the namespace exists on this Redis: registered nodes, graphs, dead
+        letters or workers heard from in the last hour."""
+        return await self.broker.workers.namespace_in_use()
+
     async def throughput(self, minutes: int = 15) -> Throughput:
         """Done and failed states per node per 10 s over the last `minutes` (at most 20,
         as long as Runtimes keep their buckets), every registered node listed."""

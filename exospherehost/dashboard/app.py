@@ -76,10 +76,10 @@ class Managers:
             await old.close()
         if time.monotonic() - self._known.get(namespace, -KNOWN_FOR_S) >= KNOWN_FOR_S:
             # A typo'd namespace would otherwise show as an empty but healthy one.
-            if not await sm.node_names() and not await sm.graph_names():
+            if not await sm.in_use():
                 raise UnknownNamespace(
                     f"no namespace {namespace!r} on this Redis: no Runtime registered a node "
-                    "there and it has no graphs"
+                    "there, and it has no graphs, dead letters or workers"
                 )
             self._known[namespace] = time.monotonic()
         return sm

@@ -106,3 +106,18 @@ async def test_throughput_buckets_add_up_per_node_and_window(
         assert series["A"] == {"done": [0, 0], "failed": [0, 0]}
         series = await board.throughput(base + 10, base + 30, ["A"])
         assert series["A"] == {"done": [7, 0], "failed": [0, 3]}
+
+
+async def test_a_namespace_is_in_use_with_nodes_graphs_dead_letters_or_workers(
+    redis_url: str, namespace: str
+) -> None:
+    async with StateManager(namespace, redis_url=redis_url) as sm:
+        assert not await sm.in_use()  # the dashboard shows "unknown namespace"
+        await sm.broker.workers.publish("w:h:1:x", {}, int(time.time() * 1000))
+        assert await sm.in_use()
+    async with StateManager(namespace + "b", redis_url=redis_url) as other:
+        assert not await other.in_use()
+        await other.broker.client.execute_command(
+            "XADD", other.broker.keys.dead(), "*", "node", "N"
+        )
+        assert await other.in_use()
