@@ -199,9 +199,10 @@ function dagSvg(ns, graph, nodes) {
   const fit = L.box_w - 16; // text is shortened to this width once drawn (fitTexts)
   const boxes = L.boxes.map((b) => {
     const s = nodes[b.node_name];
-    const cls = !s ? "unregistered" : s.consumers === 0 ? "idle-nobody" : "";
+    const unregistered = !s || s.registered === false; // (a stream no Runtime registered)
+    const cls = unregistered ? "unregistered" : s.consumers === 0 ? "idle-nobody" : "";
     const x = b.x + 8;
-    const note = !s ? "not registered: no Runtime serves it"
+    const note = unregistered ? "not registered: no Runtime serves it"
       : s.consumers === 0 ? "no worker serves it" : "";
     return `<g class="node ${cls}" data-identifier="${esc(b.identifier)}" data-node="${esc(b.node_name)}">` +
       `<title>${esc(b.identifier)} (${esc(b.node_name)})${note ? ` — ${esc(note)}` : ""}</title>` +
@@ -241,7 +242,7 @@ function usedBy(graphs) {
   return out;
 }
 
-function nodesTable(ns, nodes, tput, users, only) {
+function nodeFigures(ns, nodes, tput, users, only) {
   const names = Object.keys(nodes).filter((n) => !only || only.has(n));
   const rows = names.map((name) => {
     const s = nodes[name];
@@ -255,15 +256,31 @@ function nodesTable(ns, nodes, tput, users, only) {
       `<td class="num">${s.consumers}</td><td class="num">${fmtDuration(s.oldest_pending_ms)}</td>` +
       `<td class="num done-rate">${fmtRate(done)}</td>` +
       `<td class="num failed-rate${failed ? " fail" : ""}">${fmtRate(failed)}</td>` +
-      `<td class="used">${graphs || `<span class="muted">—</span>`}</td></tr>`;
+      `<td class="used">${graphs || `<span class="muted">—</span>`}</td>` +
+      `<td class="note${s.note ? " warn" : ""}">${esc(s.note || "")}</td></tr>`;
   }).join("");
   return `<div class="card" id="nodes-card"><h3>Nodes <span class="muted">(queue figures once per node type; ` +
     `rates: last minute)</span></h3><table id="nodes"><thead><tr><th>node</th><th class="num">queue</th>` +
     `<th class="num">pending</th><th class="num">delayed</th><th class="num">consumers</th>` +
     `<th class="num">oldest pending</th><th class="num">done/s</th><th class="num">failed/s</th>` +
-    `<th>used by graphs</th></tr></thead>` +
-    `<tbody>${rows || `<tr><td colspan="9" class="muted">no registered nodes</td></tr>`}</tbody></table>` +
+    `<th>used by graphs</th><th>note</th></tr></thead>` +
+    `<tbody>${rows || `<tr><td colspan="10" class="muted">no node streams</td></tr>`}</tbody></table>` +
     `<div class="legend">queue = on the stream (incl. in flight) · pending = delivered, unsettled</div></div>`;
+}
+
+// The Nodes table before the throughput chart, unused: kept verbatim for a parallel
+// branch's edit of it to merge cleanly; delete it after both are merged.
+function nodesTable(ns, nodes) {
+  const rows = Object.entries(nodes).map(([name, s]) => (
+    `<tr data-node="${esc(name)}"><td>${esc(name)}</td><td class="num">${s.length}</td>` +
+    `<td class="num">${s.pending}</td><td class="num">${s.delayed}</td>` +
+    `<td class="num">${s.consumers}</td><td class="num">${fmtDuration(s.oldest_pending_ms)}</td>` +
+    `<td class="num">${fmtRate(backlogRate(ns, name))}</td></tr>`
+  )).join("");
+  return `<div class="card"><h3>Nodes</h3><table><thead><tr><th>node</th><th class="num">queue</th>` +
+    `<th class="num">pending</th><th class="num">delayed</th><th class="num">consumers</th>` +
+    `<th class="num">oldest pending</th><th class="num">backlog Δ</th></tr></thead>` +
+    `<tbody>${rows || `<tr><td colspan="7" class="muted">no registered nodes</td></tr>`}</tbody></table></div>`;
 }
 
 // ---- pages ----------------------------------------------------------------------------
@@ -298,7 +315,7 @@ const pages = {
     const graphs = data.graphs.map((g) => graphCard(ns, g, data.nodes, true)).join("") ||
       `<div class="card muted">No graphs in this namespace.</div>`;
     const nodeNames = Object.keys(data.nodes);
-    return [["head", head], ["nodes", nodesTable(ns, data.nodes, tput, usedBy(data.graphs))],
+    return [["head", head], ["nodes", nodeFigures(ns, data.nodes, tput, usedBy(data.graphs))],
       ["chart", throughputChart(tput, nodeNames)], ["graphs", graphs]];
   },
 
@@ -356,7 +373,7 @@ const pages = {
     const mine = new Set(data.graph.layout.boxes.map((b) => b.node_name));
     const users = usedBy([data.graph]);
     return [["dag", graphCard(ns, data.graph, data.nodes, false)],
-      ["nodes", nodesTable(ns, data.nodes, tput, users, mine)],
+      ["nodes", nodeFigures(ns, data.nodes, tput, users, mine)],
       ["chart", throughputChart(tput, [...mine].filter((n) => data.nodes[n]).sort())], ["runs", runs]];
   },
 
