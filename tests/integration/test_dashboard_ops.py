@@ -225,6 +225,24 @@ async def test_token_required_401_without_200_with(
     assert status == 401 and headers.get("www-authenticate", "").startswith("Basic"), headers
 
 
+async def test_a_token_link_lets_the_browser_in(
+    redis_url: str, namespace: str, sm: StateManager, browser: webdriver.Chrome
+) -> None:
+    """`/?token=` sets the cookie and drops the token from the address bar; the page's
+    own API calls then pass."""
+    await sm.broker.registry.register({"Square": "{}"})
+    page = Page(browser)
+    with dashboard_server(create_app(redis_url, None, namespace=namespace, token=TOKEN)) as url:
+        await page.open(f"{url}?token={TOKEN}")
+        await page.css("#nodes-card")  # pinned namespace: its page, drawn from the API
+        address = await asyncio.to_thread(lambda: browser.current_url)
+        assert "token" not in address, address
+        cookies = await asyncio.to_thread(browser.get_cookies)
+        [cookie] = [c for c in cookies if c["name"] == "exo_dashboard_token"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+        await asyncio.to_thread(browser.delete_all_cookies)
+
+
 CSRF = "X-Exo-Dashboard"
 
 

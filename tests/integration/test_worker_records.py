@@ -80,6 +80,7 @@ async def test_expired_records_are_lost_and_group_only_consumers_unknown(
         workers = {w.consumer: w for w in await sm.workers()}
         lost, unknown = workers["old:hostA:11:aaaaaa"], workers["legacy:hostB:22:bbbbbb"]
         assert (lost.state, lost.runtime, lost.host, lost.pid) == ("lost", "old", "hostA", 11)
+        assert lost.inflight is None  # not known for a worker that went silent
         assert (unknown.state, unknown.host, unknown.pid) == ("unknown", "hostB", 22)
         assert unknown.groups == ["Square"]
 
