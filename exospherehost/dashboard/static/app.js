@@ -244,6 +244,7 @@ function usedBy(graphs) {
 
 function nodeFigures(ns, nodes, tput, users, only) {
   const names = Object.keys(nodes).filter((n) => !only || only.has(n));
+  const notes = names.some((n) => nodes[n].note); // the column only when there is one
   const rows = names.map((name) => {
     const s = nodes[name];
     const t = tput && tput.nodes[name];
@@ -257,13 +258,13 @@ function nodeFigures(ns, nodes, tput, users, only) {
       `<td class="num done-rate">${fmtRate(done)}</td>` +
       `<td class="num failed-rate${failed ? " fail" : ""}">${fmtRate(failed)}</td>` +
       `<td class="used">${graphs || `<span class="muted">—</span>`}</td>` +
-      `<td class="note${s.note ? " warn" : ""}">${esc(s.note || "")}</td></tr>`;
+      (notes ? `<td class="note${s.note ? " warn" : ""}">${esc(s.note || "")}</td>` : "") + "</tr>";
   }).join("");
   return `<div class="card" id="nodes-card"><h3>Nodes <span class="muted">(queue figures once per node type; ` +
     `rates: last minute)</span></h3><table id="nodes"><thead><tr><th>node</th><th class="num">queue</th>` +
     `<th class="num">pending</th><th class="num">delayed</th><th class="num">consumers</th>` +
     `<th class="num">oldest pending</th><th class="num">done/s</th><th class="num">failed/s</th>` +
-    `<th>used by graphs</th><th>note</th></tr></thead>` +
+    `<th>used by graphs</th>${notes ? "<th>note</th>" : ""}</tr></thead>` +
     `<tbody>${rows || `<tr><td colspan="10" class="muted">no node streams</td></tr>`}</tbody></table>` +
     `<div class="legend">queue = on the stream (incl. in flight) · pending = delivered, unsettled</div></div>`;
 }
