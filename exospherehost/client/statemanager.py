@@ -28,6 +28,7 @@ from exospherehost.client.runs import (
     RunStatus,
     StateRecord,
 )
+from exospherehost.client.workers import WorkersMixin
 from exospherehost.config import legacy_arguments, resolve
 from exospherehost.errors import GraphNotFound, InvalidArgument, WaitTimedOut
 from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
@@ -109,7 +110,7 @@ def _trigger_errors(
     return errors
 
 
-class StateManager(RunsMixin, DeadLettersMixin):
+class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
     def __init__(
         self,
         namespace: str,

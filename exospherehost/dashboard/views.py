@@ -122,3 +122,26 @@ async def dead_letters(sm: StateManager, count: int) -> dict[str, Any]:
         "dead": [dead_view(d) for d in dead],
         "capped": len(dead) >= count,
     }
+
+
+async def workers(sm: StateManager) -> dict[str, Any]:
+    """Every worker of the namespace (serving first) and the visibility timeout they use."""
+    found = await sm.workers()
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "workers": [asdict(w) for w in found],
+        "serving": sum(w.state == "serving" for w in found),
+    }
+
+
+async def throughput(sm: StateManager, minutes: int) -> dict[str, Any]:
+    """Done and failed states per node per bucket over the last `minutes`."""
+    t = await sm.throughput(minutes)
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "start_ms": t.start_ms,
+        "bucket_s": t.bucket_s,
+        "nodes": t.nodes,
+    }

@@ -30,9 +30,10 @@ from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
 from exospherehost.runtime.loopwatch import LoopWatch
-from exospherehost.runtime.resilience import Retrier, is_outage, pause
+from exospherehost.runtime.resilience import Retrier, is_outage, pause, supervised
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
+from exospherehost.runtime.upkeep.report import Reporter
 from exospherehost.runtime.worker import Worker
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
 
@@ -151,6 +152,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
         self.started = asyncio.Event()
+        self._reporter: Reporter | None = None  # writes this worker's record (dashboards)
         self.registry_checks = 0  # completed registry checks (tests wait on it)
 
     @property
@@ -263,6 +265,13 @@ class Runtime:
             )
             watch = LoopWatch(self.loop_block_warn_s)
             watch_task = asyncio.create_task(watch.run(), name="exo-loopwatch")
+            # Who this worker is and what it did, for dashboards: every 5 s, off the hot path.
+            self._reporter = self._make_reporter(broker, self._worker)
+            reporter = self._reporter
+            report_task = asyncio.create_task(
+                supervised("reporter", lambda: reporter.run(registry_stop), registry_stop),
+                name="exo-reporter",
+            )
             if tune_gc:
                 tune_for_throughput()  # set up: what exists now lives as long as we serve
             try:
@@ -272,11 +281,13 @@ class Runtime:
                 # Cooperative stops; cancel only a loop stuck in a Redis call.
                 self._cron.stop()
                 registry_stop.set()
-                loops = [cron_task, registry_task]
+                loops = [cron_task, registry_task, report_task]
                 _, stuck = await asyncio.wait(loops, timeout=5)
                 for task in stuck:
                     task.cancel()
                 await asyncio.gather(*loops, watch_task, return_exceptions=True)
+                if retry.outage.since is None:  # in an outage it would only time out
+                    await self._reporter.stopped()
         finally:
             if exporter is not None:
                 await exporter.aclose()
@@ -284,6 +295,18 @@ class Runtime:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
+
+    def _make_reporter(self, broker: Broker, worker: Worker) -> Reporter:
+        def live() -> dict[str, int]:
+            return {"inflight": worker.inflight, "executing": worker.executing}
+
+        static = {
+            "concurrency": self.workers,
+            "batch_size": self.batch_size,
+            "max_inflight": worker.max_inflight,
+            "visibility_ms": self.visibility_ms,
+        }
+        return Reporter(broker.workers, self.consumer, self.name, worker.stats, live, static)
 
     async def _check_server(self, broker: Broker) -> None:
         """Refuse a Redis that evicts any key (allkeys-*: queued states and runs would vanish
