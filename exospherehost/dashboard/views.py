@@ -13,10 +13,6 @@ from exospherehost.client.deadletters import DeadLetter
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
 
-DEAD_COUNT_CAP = 200
-"""Dead letters counted for the overview; the SDK has no count call, so the page says
-"200+" past this rather than read (and parse) a long stream once a second."""
-
 HISTORY_CAP = 500
 """Newest history records and results shown on a run page (the SDK reads them whole)."""
 
@@ -53,14 +49,14 @@ async def overview(sm: StateManager) -> dict[str, Any]:
     graphs, stats, dead = await asyncio.gather(
         asyncio.gather(*(graph_view(sm, n) for n in names)),
         sm.node_stats(),
-        sm.dead_letters(count=DEAD_COUNT_CAP),
+        sm.dead_letter_count(),  # XLEN: exact and O(1)
     )
     return {
         "namespace": sm.namespace,
         "time_ms": _now_ms(),
         "graphs": list(graphs),
         "nodes": stats,
-        "dead": {"count": len(dead), "capped": len(dead) >= DEAD_COUNT_CAP},
+        "dead": {"count": dead.count, "capped": False},
     }
 
 
@@ -110,11 +106,24 @@ def dead_view(dead: DeadLetter) -> dict[str, Any]:
     return row
 
 
-async def dead_letters(sm: StateManager, count: int) -> dict[str, Any]:
-    dead = await sm.dead_letters(count=count)
+async def dead_page(
+    sm: StateManager, count: int, before: str | None, flt: dict[str, Any]
+) -> dict[str, Any]:
+    """A page of dead letters, newest first, older than `before` (a cursor), matching the
+    filter `flt` (dead_letter_page's keywords); with the total (exact: XLEN) and, when
+    filtered, how many match (exact up to the SDK's scan limit)."""
+    page, total = await asyncio.gather(
+        sm.dead_letter_page(count, before, **flt), sm.dead_letter_count()
+    )
+    filtered = any(v is not None for v in flt.values())
+    matching = await sm.dead_letter_count(**flt) if filtered else total
     return {
         "namespace": sm.namespace,
         "time_ms": _now_ms(),
-        "dead": [dead_view(d) for d in dead],
-        "capped": len(dead) >= count,
+        "dead": [dead_view(d) for d in page.letters],
+        "cursor": page.cursor,
+        "total": total.count,
+        "matching": matching.count,
+        "matching_exact": matching.exact,
+        "capped": page.cursor is not None,  # more (older) letters follow
     }

@@ -6,21 +6,30 @@ the settle script (MAXLEN ~, `Runtime(dead_letters_maxlen=...)`)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from selenium.webdriver.common.by import By
 
 from exospherehost import BaseNode, RetryPolicyModel, Runtime, StateManager
 from exospherehost.broker.codec import pack
 from exospherehost.broker.keys import Keys
 from exospherehost.broker.plan import DeadLetterRecord, SettlePlan
 from exospherehost.broker.streams import Broker
+from exospherehost.dashboard import create_app
 from exospherehost.errors import InvalidArgument
+from tests.integration import test_dashboard as dash
 from tests.integration.helpers import running
 
 pytestmark = pytest.mark.redis
 
+browser = dash.browser  # headless Chromium (skipped without it, except in CI)
 BASE_MS = 1_700_000_000_000
 N = 3000
 
@@ -200,3 +209,97 @@ async def test_runtime_dead_letters_maxlen(
     assert 150 <= n < 350, f"dead stream holds {n}, cap 150 (~)"
     with pytest.raises(InvalidArgument, match="dead_letters_maxlen"):
         Runtime(namespace, "x", [AlwaysFails], redis_url, dead_letters_maxlen=-1)
+
+
+# -- dashboard: API and page --------------------------------------------------------------
+
+
+def _call(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> Any:
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+async def test_dashboard_api_pages_filters_and_purges(
+    redis_url: str, redis: Redis, namespace: str
+) -> None:
+    await seed(redis, namespace, 2500)
+    csrf = {"X-Exo-Dashboard": "1"}
+    with dash.dashboard_server(create_app(redis_url, None)) as url:
+        api = f"{url}api/ns/{namespace}"
+
+        def call(path: str, method: str = "GET", headers: dict[str, str] | None = None) -> Any:
+            return _call(api + path, method, headers)
+
+        status, page = await asyncio.to_thread(call, "/dead?count=100")
+        assert status == 200
+        assert (page["total"], page["matching"], len(page["dead"])) == (2500, 2500, 100)
+        assert page["dead"][0]["id"] == f"{BASE_MS + 2499}-0"
+        status, older = await asyncio.to_thread(call, f"/dead?count=100&before={page['cursor']}")
+        assert older["dead"][0]["id"] == f"{BASE_MS + 2399}-0"
+        status, overview = await asyncio.to_thread(call, "")
+        assert overview["dead"] == {"count": 2500, "capped": False}  # exact, not "200+"
+
+        q = f"node=B&grep=boom&since={BASE_MS + 500}&until={BASE_MS + 1499}"
+        status, flt = await asyncio.to_thread(call, f"/dead?count=1000&{q}")
+        want = [i for i in range(1499, 499, -1) if i % 15 == 0]
+        assert [int(d["id"].split("-")[0]) - BASE_MS for d in flt["dead"]] == want
+        assert (flt["matching"], flt["total"], flt["cursor"]) == (len(want), 2500, None)
+
+        assert (await asyncio.to_thread(call, f"/dead/purge?{q}", "POST"))[0] == 403  # CSRF
+        status, purged = await asyncio.to_thread(call, f"/dead/purge?{q}", "POST", csrf)
+        assert (status, purged) == (200, {"deleted": len(want)})
+        status, redriven = await asyncio.to_thread(
+            call, "/dead/redrive-all?node=A&until=" + str(BASE_MS + 99), "POST", csrf
+        )
+        assert redriven == {"redriven": sum(1 for i in range(100) if i % 3 != 0)}
+        one = f"{BASE_MS + 2499}-0"
+        assert (await asyncio.to_thread(call, f"/dead/{one}/delete", "POST", csrf))[1] == {
+            "deleted": 1
+        }
+        assert (await asyncio.to_thread(call, "/dead?since=x"))[0] == 400
+        status, left = await asyncio.to_thread(call, "/dead?count=1")
+        assert left["total"] == 2500 - len(want) - redriven["redriven"] - 1
+
+
+async def test_dashboard_page_pages_filters_and_purges(
+    redis_url: str, redis: Redis, namespace: str, browser: Any
+) -> None:
+    """Headless Chromium: the dead-letter page shows the exact count, pages older, filters
+    by node and error text through its form, and purges what matches (CSRF header sent)."""
+    await seed(redis, namespace, 300)
+    page = dash.Page(browser)
+    ns = namespace
+    with dash.dashboard_server(create_app(redis_url, None)) as url:
+        await page.open(f"{url}#/ns/{ns}/dead")
+        await page.text_of("#dead-count", "300")
+        await page.css("#dead tbody tr[data-dead]", 50)
+        await page.css(f'tr[data-dead="{BASE_MS + 299}-0"]')
+        await page.click("#dead-older")
+        await page.css(f'tr[data-dead="{BASE_MS + 249}-0"]')
+        await page.gone(f'tr[data-dead="{BASE_MS + 299}-0"]')
+
+        def fill(d: Any) -> bool:
+            d.find_element(By.NAME, "node").send_keys("B")
+            d.find_element(By.NAME, "grep").send_keys("boom")
+            d.find_element(By.ID, "dead-apply").click()
+            return True
+
+        await page.until("the filter form", fill)
+        matching = sum(1 for i in range(300) if i % 15 == 0)
+        await page.text_of("#dead-count", f"{matching} matching of 300")
+        await page.css("#dead tbody tr[data-dead]", matching)
+        await asyncio.to_thread(browser.execute_script, "window.confirm = () => true;")
+        await page.click("button#purge")
+        await page.text_of("#flash", f"{matching} dead letter(s) deleted")
+        await page.text_of("#dead-count", f"0 matching of {300 - matching}")
+        assert await redis.xlen(Keys(ns).dead()) == 300 - matching
+        await page.click("#dead-clear")
+        await page.text_of("#dead-count", str(300 - matching))
+        await page.click(f'button.delete[data-dead="{BASE_MS + 299}-0"]')
+        await page.gone(f'tr[data-dead="{BASE_MS + 299}-0"]')
+        if shot := os.environ.get("EXO_DEAD_SCREENSHOT"):
+            await asyncio.to_thread(browser.save_screenshot, shot)
