@@ -6,11 +6,14 @@ on failure and Ctrl-C. On the session's real redis-server."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
+from click.testing import CliRunner
 from redis.asyncio import Redis
 
 from exospherehost.broker.keys import Keys
+from exospherehost.cli import cli
 from tests.integration.test_cli import arun, one_line_error
 from tests.integration.test_dead_letters_scale import BASE_MS, seed
 
@@ -79,3 +82,25 @@ async def test_dead_purge_and_redrive_filtered(
     everything = await arun(redis_url, namespace, "dead", "purge", "--all", "--yes")
     assert everything.stdout.strip() == f"purged {500 - 1 - 99} dead letters"
     assert await redis.xlen(dead) == 0
+
+
+# -- item 5: `exosphere dashboard` start-up errors ------------------------------------------
+
+
+def test_dashboard_start_errors_are_one_line(redis_url: str) -> None:
+    """No Redis URL, a bad -n, a port in use: one `Error:` line, exit status 1, no
+    traceback, before uvicorn starts (it printed its errno after "Application startup
+    complete" and exited 3)."""
+    none = {"EXOSPHERE_REDIS_URL": None, "EXOSPHERE_NAMESPACE": None, "EXOSPHERE_API_KEY": None}
+    assert "no Redis configured" in one_line_error(CliRunner().invoke(cli, ["dashboard"], env=none))
+    env = {**none, "EXOSPHERE_REDIS_URL": redis_url}
+    bad = CliRunner().invoke(cli, ["-n", "no{good}", "dashboard"], env=env)
+    assert "namespace 'no{good}' is not valid" in one_line_error(bad)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = CliRunner().invoke(cli, ["dashboard", "--port", str(port)], env=env)
+        assert f"cannot listen on 127.0.0.1:{port}: port {port} is in use" in one_line_error(busy)
+    nowhere = CliRunner().invoke(cli, ["dashboard", "--host", "192.0.2.1"], env=env)
+    assert "cannot listen on 192.0.2.1:8080" in one_line_error(nowhere)
