@@ -6,7 +6,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import click
@@ -14,13 +14,24 @@ import click
 from exospherehost.cli._common import (
     Settings,
     namespace_option,
-    parse_pairs,
     pass_settings,
     run,
     to_json,
 )
+from exospherehost.cli.checks import (
+    InputMistake,
+    check_inputs,
+    check_store,
+    declared_store_keys,
+    loose_value,
+    raw_pairs,
+    registered_schemas,
+    typed_inputs,
+)
 from exospherehost.client.runs import NodeCounts, RunStatus
 from exospherehost.client.statemanager import StateManager
+from exospherehost.graph.templating import StoreRef
+from exospherehost.graphstore import compile_doc
 
 ENQUEUE_BATCH = 10_000
 """Lines of a JSON-lines file sent per enqueue_many (pipelined; bounded memory)."""
@@ -30,10 +41,15 @@ POLL_S = 0.2
 
 
 def _batches(
-    lines: IO[str], defaults: dict[str, Any], name: str, done: list[int]
+    lines: IO[str],
+    defaults: dict[str, Any],
+    name: str,
+    done: list[int],
+    check: Callable[[dict[str, Any], str], None] = lambda _value, _where: None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Objects of a JSON-lines file, `defaults` under each, in batches. A bad line stops
-    everything before its batch is sent, and says how many states already were."""
+    """Objects of a JSON-lines file, `defaults` under each, in batches. A bad line (not
+    an object, or refused by `check`) stops everything before its batch is sent, and
+    says how many states already were."""
     batch: list[dict[str, Any]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -44,7 +60,15 @@ def _batches(
             why = f"not JSON ({exc})"
         else:
             if isinstance(value, dict):
-                batch.append({**defaults, **value})
+                merged = {**defaults, **value}
+                try:
+                    check(merged, f"{name} line {number}: ")
+                except InputMistake as exc:
+                    more = " (their ids are above)" if done[0] else ""
+                    raise InputMistake(
+                        f"{exc.message}; {done[0]} states before it were enqueued{more}"
+                    ) from None
+                batch.append(merged)
                 if len(batch) >= ENQUEUE_BATCH:
                     yield batch
                     batch = []
@@ -67,9 +91,10 @@ def _batches(
     "inputs",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=parse_pairs,
-    help="An input field, repeatable. VALUE is read as JSON if it parses "
-    '(3, true, null, [1,2], {"k":1}), else as text.',
+    callback=raw_pairs,
+    help="An input field, repeatable. VALUE is read by the field's registered type: text "
+    'for a string field, else JSON (3, true, null, [1,2], {"k":1}). Unknown fields and '
+    "values of the wrong type are refused.",
 )
 @click.option(
     "-f",
@@ -89,7 +114,7 @@ def _batches(
 def enqueue(
     settings: Settings,
     node: str,
-    inputs: dict[str, Any],
+    inputs: dict[str, str],
     source: IO[str] | None,
     delay_ms: int,
 ) -> None:
@@ -103,12 +128,21 @@ def enqueue(
 
     async def main() -> None:
         async with settings.manager() as sm:
-            await _warn_unregistered(sm, node)
+            schema = (await registered_schemas(sm)).get(node)
+            if schema is None:
+                await _warn_unregistered(sm, node)
+            # Checked against the node's registered Inputs before anything is written.
+            typed = typed_inputs(node, schema, inputs)
             if source is None:
-                click.echo((await sm.enqueue_many(node, [inputs], delay_ms))[0])
+                check_inputs(node, schema, typed, complete=True)
+                click.echo((await sm.enqueue_many(node, [typed], delay_ms))[0])
                 return
             done = [0]
-            for batch in _batches(source, inputs, source.name, done):
+
+            def check(value: dict[str, Any], where: str) -> None:
+                check_inputs(node, schema, value, complete=True, where=where)
+
+            for batch in _batches(source, typed, source.name, done, check):
                 ids = await sm.enqueue_many(node, batch, delay_ms)
                 click.echo("\n".join(ids))
                 done[0] += len(ids)
@@ -182,6 +216,24 @@ async def _follow(sm: StateManager, graph: str, run_id: str, timeout: float) -> 
         progress.close()
 
 
+async def _checked_trigger(
+    sm: StateManager, graph: str, inputs: dict[str, str], store: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trigger's root inputs (typed by the root node's registered schema) and store
+    values, refused before anything is written when they name what the graph lacks."""
+    doc = await sm.get_graph(graph)  # an unknown graph is an error here already
+    compiled = compile_doc(doc)  # type: ignore[arg-type]
+    refs = {
+        r.key for n in compiled.nodes.values() for r in n.template.refs if isinstance(r, StoreRef)
+    }
+    values = {k: loose_value(f"store key {k!r}", v) for k, v in store.items()}
+    check_store(graph, declared_store_keys(doc, refs), values)
+    root = compiled.nodes[compiled.root]
+    schema = (await registered_schemas(sm)).get(root.node_name) if inputs else None
+    typed = typed_inputs(f"{root.node_name} (root {root.identifier!r})", schema, inputs)
+    return typed, values
+
+
 @click.command(short_help="Start a graph run (--wait follows it).")
 @click.argument("graph")
 @namespace_option
@@ -191,16 +243,18 @@ async def _follow(sm: StateManager, graph: str, run_id: str, timeout: float) -> 
     "inputs",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=parse_pairs,
-    help="Override an input of the graph's root node, repeatable (VALUE as in enqueue).",
+    callback=raw_pairs,
+    help="Override an input of the graph's root node, repeatable (VALUE as in enqueue; "
+    "checked against the root node's registered inputs).",
 )
 @click.option(
     "-s",
     "--store",
     multiple=True,
     metavar="KEY=VALUE",
-    callback=parse_pairs,
-    help="A value of the run's store, repeatable (VALUE as in enqueue).",
+    callback=raw_pairs,
+    help="A value of the run's store, repeatable (VALUE read as JSON if it parses, else "
+    "as text). The key must be one the graph declares or reads.",
 )
 @click.option(
     "--start-delay",
@@ -226,8 +280,8 @@ async def _follow(sm: StateManager, graph: str, run_id: str, timeout: float) -> 
 def trigger(
     settings: Settings,
     graph: str,
-    inputs: dict[str, Any],
-    store: dict[str, Any],
+    inputs: dict[str, str],
+    store: dict[str, str],
     start_delay: int,
     wait: bool,
     timeout: float,
@@ -242,7 +296,8 @@ def trigger(
 
     async def main() -> dict[str, Any] | None:
         async with settings.manager() as sm:
-            run_id = await sm.trigger(graph, inputs, store, start_delay)
+            typed, values = await _checked_trigger(sm, graph, inputs, store)
+            run_id = await sm.trigger(graph, typed, values, start_delay)
             if not wait:
                 click.echo(run_id)
                 return None

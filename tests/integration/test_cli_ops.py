@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from redis.asyncio import Redis
 
+from exospherehost import Runtime, StateManager, StoreConfigModel
+from exospherehost.broker.codec import decode
 from exospherehost.broker.keys import Keys
 from exospherehost.cli import cli
+from tests.integration.apps.nodes import Label, SampleNode, Split, Square, Typed
+from tests.integration.helpers import running, squares_graph
 from tests.integration.test_cli import arun, one_line_error
 from tests.integration.test_dead_letters_scale import BASE_MS, seed
 
@@ -104,3 +109,64 @@ def test_dashboard_start_errors_are_one_line(redis_url: str) -> None:
         assert f"cannot listen on 127.0.0.1:{port}: port {port} is in use" in one_line_error(busy)
     nowhere = CliRunner().invoke(cli, ["dashboard", "--host", "192.0.2.1"], env=env)
     assert "cannot listen on 192.0.2.1:8080" in one_line_error(nowhere)
+
+
+# -- item 7: mistakes refused before anything is written --------------------------------------
+
+
+async def test_enqueue_and_trigger_refuse_mistakes_before_writing(
+    redis_url: str, namespace: str, redis: Redis, tmp_path: Path
+) -> None:
+    keys = Keys(namespace)
+    rt = Runtime(namespace, "checks", [SampleNode, Split, Square, Label, Typed], redis_url)
+    async with running(rt), StateManager(namespace, redis_url) as sm:
+        await sm.upsert_graph(
+            "squares",
+            squares_graph(namespace, items="${{ store.n }}"),
+            store_config=StoreConfigModel(required_keys=["n"]),
+        )
+        rt.stop()  # registered; nothing may run what the checks let through
+
+        async def refused(*args: str) -> str:
+            return one_line_error(await arun(redis_url, namespace, *args), code=2)
+
+        assert "Square has no input 'valeu' (did you mean 'value'?) (its inputs: value)" in (
+            await refused("enqueue", "Square", "-i", "valeu=5")
+        )
+        assert "input 'value' of Square must be an integer, got 'abc'" in (
+            await refused("enqueue", "Square", "-i", "value=abc")
+        )
+        assert "input 'data' of SampleNode: '{\"a\":' is not valid JSON" in (
+            await refused("enqueue", "SampleNode", "-i", "name=x", "-i", 'data={"a":')
+        )
+        assert "SampleNode needs input 'data'" in (
+            await refused("enqueue", "SampleNode", "-i", "name=x")
+        )
+        assert "input 'ratio' of Typed must be a number, got 'fast'" in (
+            await refused("enqueue", "Typed", "-i", "ratio=fast")
+        )
+        path = tmp_path / "lines.jsonl"
+        path.write_text('{"value": 1}\n{"value": "two"}\n')
+        assert f"{path} line 2: input 'value' of Square must be an integer, got \"two\"" in (
+            await refused("enqueue", "Square", "--file", str(path))
+        )
+        assert "store key 'm' is not declared by graph 'squares' (declared: n" in (
+            await refused("trigger", "squares", "-s", "n=3", "-s", "m=1")
+        )
+        assert "Split (root 'split') has no input 'itemz' (did you mean 'items'?)" in (
+            await refused("trigger", "squares", "-s", "n=3", "-i", "itemz=5")
+        )
+        for node in ("Square", "SampleNode", "Typed", "Split"):
+            assert await redis.xlen(keys.queue(node)) == 0, f"{node}: a refused state was written"
+        assert await sm.list_runs("squares") == []
+
+        # What is right still goes: a string field takes the text as given ("5", not 5).
+        ok = await arun(
+            redis_url, namespace, "enqueue", "SampleNode", "-i", "name=5", "-i", 'data={"a": 1}'
+        )
+        assert ok.exit_code == 0, ok.output
+        [(entry_id, fields)] = await redis.xrange(keys.queue("SampleNode"))
+        assert decode(entry_id, fields).inputs == {"name": "5", "data": {"a": 1}}
+        ok = await arun(redis_url, namespace, "trigger", "squares", "-s", "n=2", "-i", "items=4")
+        assert ok.exit_code == 0, ok.output
+        assert len(await sm.list_runs("squares")) == 1
