@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +37,9 @@ from exospherehost.graphstore import compile_doc
 
 ENQUEUE_BATCH = 10_000
 """Lines of a JSON-lines file sent per enqueue_many (pipelined; bounded memory)."""
+
+FAILURES_SHOWN = 10
+"""Failed states whose errors `trigger --wait` prints for a FAILED run."""
 
 POLL_S = 0.2
 """How often `trigger --wait` reads the run's status."""
@@ -196,12 +201,15 @@ class _Progress:
             click.echo("", err=True)
 
 
-async def _follow(sm: StateManager, graph: str, run_id: str, timeout: float) -> RunStatus:
+async def _follow(
+    sm: StateManager, graph: str, run_id: str, timeout: float, stop: asyncio.Event
+) -> RunStatus | None:
+    """The run's final status, progress shown meanwhile; None when `stop` is set (Ctrl-C)."""
     doc = await sm.get_graph(graph)
     progress = _Progress([n["identifier"] for n in doc.get("nodes", [])])
     started = time.monotonic()
     try:
-        while True:
+        while not stop.is_set():
             status = await sm.status(run_id)
             progress.show(status, time.monotonic() - started)
             if status.done:
@@ -211,7 +219,9 @@ async def _follow(sm: StateManager, graph: str, run_id: str, timeout: float) -> 
                     f"run {run_id} not finished after {timeout:g}s; follow it with "
                     f"`exosphere -n {sm.namespace} runs show {run_id}`"
                 )
-            await asyncio.sleep(POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), POLL_S)
+        return None
     finally:
         progress.close()
 
@@ -267,7 +277,8 @@ async def _checked_trigger(
     "--wait",
     is_flag=True,
     help="Show progress until the run finishes, then print its status and results as "
-    "JSON; exit status 1 if the run FAILED.",
+    "JSON; exit status 1 if the run FAILED (its failed states' errors on stderr). Ctrl-C "
+    "stops following (exit status 130); the run goes on.",
 )
 @click.option(
     "--timeout",
@@ -294,26 +305,73 @@ def trigger(
       exosphere -n demo trigger squares -s n=5 -i base=10 --wait
     """
 
+    started: list[str] = []  # the run id, once triggered (for Ctrl-C)
+
     async def main() -> dict[str, Any] | None:
         async with settings.manager() as sm:
             typed, values = await _checked_trigger(sm, graph, inputs, store)
             run_id = await sm.trigger(graph, typed, values, start_delay)
+            started.append(run_id)
             if not wait:
                 click.echo(run_id)
                 return None
+            # Ctrl-C stops following, not the run: handled here rather than by cancelling
+            # the main task (a cancellation can land inside a Redis call and be lost).
+            stop = asyncio.Event()
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
             click.echo(f"run {run_id}", err=True)
-            status = await _follow(sm, graph, run_id, timeout)
+            status = await _follow(sm, graph, run_id, timeout, stop)
+            if status is None:
+                raise KeyboardInterrupt
+            failures = []
+            if status.status == "FAILED":
+                failures = [h for h in await sm.run_history(run_id) if h.status == "FAILED"]
             return {
                 "run_id": run_id,
                 "graph": status.graph,
                 "status": status.status,
                 "nodes": status.nodes,
                 "notes": status.notes,
+                "failures": failures,
                 "results": await sm.results(run_id),
             }
 
-    payload = run(settings, main)
+    try:
+        payload = run(settings, main)
+    except KeyboardInterrupt:
+        if not started:
+            raise  # nothing written yet: click's "Aborted!"
+        ns = settings.namespace
+        click.echo(
+            f"\nInterrupted: stopped following; run {started[0]} goes on. Follow it with "
+            f"`exosphere -n {ns} runs show {started[0]}` (or watch `exosphere -n {ns} status`).",
+            err=True,
+        )
+        click.get_current_context().exit(130)
     if payload is not None:
         click.echo(to_json(payload))
         if payload["status"] == "FAILED":
+            _print_failures(payload)
             click.get_current_context().exit(1)
+
+
+def _print_failures(payload: dict[str, Any]) -> None:
+    """Why a waited-for run FAILED, on stderr after its JSON: each failed state's error
+    (its last line: the traceback is in `runs show` / the dead letter), and notes."""
+    failures = payload["failures"]
+    shown = failures[:FAILURES_SHOWN]
+    click.echo(f"run {payload['run_id']} FAILED: {len(failures)} state(s) failed", err=True)
+    for h in shown:
+        error = (h.error.strip().splitlines() or ["(no error text)"])[-1]
+        click.echo(
+            f"  {h.identifier} ({h.node}) state {h.state_id}, attempt {h.attempt}: {error}",
+            err=True,
+        )
+    if len(failures) > len(shown):
+        click.echo(
+            f"  ... and {len(failures) - len(shown)} more: exosphere runs show {payload['run_id']}",
+            err=True,
+        )
+    for ident, why in payload["notes"].items():
+        click.echo(f"  note {ident}: {why}", err=True)

@@ -5,21 +5,25 @@ on failure and Ctrl-C. On the session's real redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from redis.asyncio import Redis
 
-from exospherehost import Runtime, StateManager, StoreConfigModel
+from exospherehost import RetryPolicyModel, Runtime, StateManager, StoreConfigModel
 from exospherehost.broker.codec import decode
 from exospherehost.broker.keys import Keys
 from exospherehost.cli import cli
-from tests.integration.apps.nodes import Label, SampleNode, Split, Square, Typed
+from tests.integration.apps.nodes import Label, SampleNode, Split, Square, Typed, Work
 from tests.integration.helpers import running, squares_graph
-from tests.integration.test_cli import arun, one_line_error
+from tests.integration.test_cli import EXOSPHERE, arun, failing, one_line_error
 from tests.integration.test_dead_letters_scale import BASE_MS, seed
 
 pytestmark = pytest.mark.redis
@@ -170,3 +174,73 @@ async def test_enqueue_and_trigger_refuse_mistakes_before_writing(
         ok = await arun(redis_url, namespace, "trigger", "squares", "-s", "n=2", "-i", "items=4")
         assert ok.exit_code == 0, ok.output
         assert len(await sm.list_runs("squares")) == 1
+
+
+# -- item 11: trigger --wait on failure and on Ctrl-C --------------------------------------
+
+
+async def test_trigger_wait_prints_the_failed_states_errors(redis_url: str, namespace: str) -> None:
+    rt = Runtime(namespace, "fails", [Split, Work], redis_url)
+    async with running(rt), StateManager(namespace, redis_url) as sm:
+        await sm.upsert_graph(
+            "fails",
+            failing(namespace),
+            store_config=StoreConfigModel(required_keys=["n"]),
+            retry_policy=RetryPolicyModel(max_retries=0),
+        )
+        result = await arun(redis_url, namespace, "trigger", "fails", "-s", "n=3", "-w")
+    assert result.exit_code == 1, result.output
+    payload = json.loads(result.stdout)
+    [failure] = payload["failures"]
+    assert failure["identifier"] == "work" and "branch 1 fails for good" in failure["error"]
+    err = result.stderr.splitlines()
+    at = err.index(f"run {payload['run_id']} FAILED: 1 state(s) failed")
+    assert err[at + 1] == (
+        f"  work (Work) state {failure['state_id']}, attempt 1: RuntimeError: branch 1 fails "
+        "for good"
+    )
+
+
+def test_ctrl_c_during_wait_says_the_run_goes_on(redis_url: str, namespace: str) -> None:
+    """No worker serves the graph: --wait would wait; SIGINT ends it with exit 130 and how
+    to follow the run, which goes on (it is still RUNNING in Redis)."""
+    url, ns = redis_url, namespace
+
+    async def upsert() -> None:
+        rt = Runtime(ns, "reg", [Split, Square, Label], url)
+        async with running(rt), StateManager(ns, url) as sm:
+            await sm.upsert_graph("squares", squares_graph(ns))
+
+    asyncio.run(upsert())
+    env = {**os.environ, "EXOSPHERE_REDIS_URL": url, "EXOSPHERE_NAMESPACE": ns}
+    proc = subprocess.Popen(
+        [str(EXOSPHERE), "trigger", "squares", "--wait"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As at a terminal: a test run in the background may have SIGINT ignored, which a
+        # child would inherit (and Python then installs no KeyboardInterrupt handler).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # "run <id>": triggered, now following
+        assert first.startswith("run "), first
+        run_id = first.split()[1]
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, rest
+    assert "Traceback" not in rest and "Aborted!" not in rest
+    assert f"Interrupted: stopped following; run {run_id} goes on. Follow it with " in rest
+    assert f"`exosphere -n {ns} runs show {run_id}`" in rest
+
+    async def status() -> str:
+        async with StateManager(ns, url) as sm:
+            return (await sm.status(run_id)).status
+
+    assert asyncio.run(status()) == "RUNNING"
