@@ -18,10 +18,10 @@ import click
 from exospherehost.client.statemanager import StateManager
 
 
-class InputMistake(click.ClickException):
-    """A usage mistake found against the registered schemas: exit status 2, one line."""
-
-    exit_code = 2
+def mistake(message: str) -> click.ClickException:
+    """A usage mistake found against the registered schemas: one `Error:` line, exit
+    status 2 (a click error, not an SDK one: it never leaves the command line)."""
+    return click.UsageError(message)  # without a context: no usage lines, just Error:
 
 
 Schema = Mapping[str, Any]
@@ -47,7 +47,7 @@ def loose_value(name: str, raw: str) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         if raw.lstrip()[:1] in ("{", "["):
-            raise InputMistake(
+            raise mistake(
                 f"{name}: {_short(raw)} is not valid JSON ({exc}); to pass it as text, "
                 f"quote it as a JSON string"
             ) from None
@@ -87,14 +87,14 @@ def check_inputs(
     _unknown(node, props, values, where)
     for k, v in values.items():
         if not _accepts(props[k], v, schema, lax=True):
-            raise InputMistake(
+            raise mistake(
                 f"{where}input {k!r} of {node} must be {_describe(props[k], schema)}, "
                 f"got {_json(v)}"
             )
     if complete:
         missing = [k for k in schema.get("required") or () if k not in values]
         if missing:
-            raise InputMistake(
+            raise mistake(
                 f"{where}{node} needs input{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(map(repr, missing))} (give -i {missing[0]}=...)"
             )
@@ -116,7 +116,7 @@ def check_store(graph: str, declared: set[str], given: Mapping[str, Any]) -> Non
     if unknown:
         hint = _close(unknown[0], declared)
         known = ", ".join(sorted(declared)) if declared else "none"
-        raise InputMistake(
+        raise mistake(
             f"store key {unknown[0]!r} is not declared by graph {graph!r}{hint} (declared: "
             f"{known}; a key its nodes read in code must be in its store_config)"
         )
@@ -134,7 +134,7 @@ def _unknown(node: str, props: Mapping[str, Any], given: Iterable[str], where: s
     unknown = [k for k in given if k not in props]
     if unknown:
         known = ", ".join(props) if props else "none"
-        raise InputMistake(
+        raise mistake(
             f"{where}{node} has no input {unknown[0]!r}{_close(unknown[0], props)} "
             f"(its inputs: {known})"
         )
@@ -265,5 +265,5 @@ def _typed(node: str, name: str, field: Schema, raw: str, root: Schema) -> Any:
         return raw
     want = _describe(field, root)
     if not parsed and raw.lstrip()[:1] in ("{", "[", '"'):
-        raise InputMistake(f"input {name!r} of {node}: {_short(raw)} is not valid JSON ({why})")
-    raise InputMistake(f"input {name!r} of {node} must be {want}, got {_short(raw)}")
+        raise mistake(f"input {name!r} of {node}: {_short(raw)} is not valid JSON ({why})")
+    raise mistake(f"input {name!r} of {node} must be {want}, got {_short(raw)}")

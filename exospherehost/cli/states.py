@@ -21,11 +21,11 @@ from exospherehost.cli._common import (
     to_json,
 )
 from exospherehost.cli.checks import (
-    InputMistake,
     check_inputs,
     check_store,
     declared_store_keys,
     loose_value,
+    mistake,
     raw_pairs,
     registered_schemas,
     typed_inputs,
@@ -68,9 +68,9 @@ def _batches(
                 merged = {**defaults, **value}
                 try:
                     check(merged, f"{name} line {number}: ")
-                except InputMistake as exc:
+                except click.ClickException as exc:
                     more = " (their ids are above)" if done[0] else ""
-                    raise InputMistake(
+                    raise mistake(
                         f"{exc.message}; {done[0]} states before it were enqueued{more}"
                     ) from None
                 batch.append(merged)

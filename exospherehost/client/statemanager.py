@@ -357,10 +357,13 @@ class StateManager(RunsMixin, DeadLettersMixin):
         return await self.broker.registry.names()
 
     async def node_stats(self) -> dict[str, dict[str, Any]]:
-        """Per registered node: backlog, pending, delayed, consumers, oldest pending age (ms),
-        settled output count; one pipelined round trip per node."""
+        """Per node with a registry entry or a stream (SCAN): backlog, pending, delayed,
+        live consumers (and all in the group), oldest pending age (ms), and whether a
+        Runtime registered it (a stream of an unregistered node is served by nobody);
+        one pipelined round trip per node."""
+        registered = set(await self.node_names())
         out: dict[str, dict[str, Any]] = {}
-        for node in await self.node_names():
+        for node in sorted(registered | set(await self.broker.queues.streams())):
             s = await self.broker.queues.stats(node)
             out[node] = {
                 "length": s.length,
@@ -368,7 +371,9 @@ class StateManager(RunsMixin, DeadLettersMixin):
                 "pending": s.pending,
                 "lag": s.lag,
                 "consumers": s.consumers,
+                "consumers_total": s.consumers_total,
                 "oldest_pending_ms": s.oldest_pending_ms,
+                "registered": node in registered,
             }
         return out
 

@@ -43,6 +43,23 @@ async def graph_view(sm: StateManager, name: str) -> dict[str, Any]:
     }
 
 
+NOT_SERVED = "no worker serves this"
+
+
+def with_notes(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Node figures with a `note` each (None: nothing to say): a stream of a node no
+    Runtime registered, or with states waiting and no live worker, is served by nobody."""
+    for s in stats.values():
+        waiting = s["length"] + s["delayed"] > 0
+        if not s.get("registered", True):
+            s["note"] = f"{NOT_SERVED} (node not registered)"
+        elif s["consumers"] == 0 and waiting:
+            s["note"] = f"{NOT_SERVED} (no live worker)"
+        else:
+            s["note"] = None
+    return stats
+
+
 async def overview(sm: StateManager) -> dict[str, Any]:
     """A namespace: its graphs drawn, per-node queue figures, and the dead-letter count."""
     names = await sm.graph_names()
@@ -55,7 +72,7 @@ async def overview(sm: StateManager) -> dict[str, Any]:
         "namespace": sm.namespace,
         "time_ms": _now_ms(),
         "graphs": list(graphs),
-        "nodes": stats,
+        "nodes": with_notes(stats),
         "dead": {"count": dead.count, "capped": False},
     }
 

@@ -408,8 +408,10 @@ async def test_status_reports_queue_figures(
         "DELAYED",
         "IN/S",
         "DONE/S",
+        "NOTE",
     ]
-    assert lines[2].split() == ["SampleNode", "5", "0", "0", "-", "-", "0", "0.0", "0.0"]
+    assert lines[2].split()[:9] == ["SampleNode", "5", "0", "0", "-", "-", "0", "0.0", "0.0"]
+    assert lines[2].endswith("no worker serves this (no live worker)")  # 5 wait, nobody reads
 
     # Without a namespace: every namespace with registered nodes, ours among them.
     everything = await arun(redis_url, None, "status", "--json", "--interval", "0.1")

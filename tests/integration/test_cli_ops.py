@@ -11,16 +11,21 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from redis.asyncio import Redis
 
 from exospherehost import RetryPolicyModel, Runtime, StateManager, StoreConfigModel
+from exospherehost.broker import queues
 from exospherehost.broker.codec import decode
 from exospherehost.broker.keys import Keys
 from exospherehost.cli import cli
+from exospherehost.dashboard import create_app
+from tests.integration import test_dashboard as dash
 from tests.integration.apps.nodes import Label, SampleNode, Split, Square, Typed, Work
 from tests.integration.helpers import running, squares_graph
 from tests.integration.test_cli import EXOSPHERE, arun, failing, one_line_error
@@ -244,3 +249,62 @@ def test_ctrl_c_during_wait_says_the_run_goes_on(redis_url: str, namespace: str)
             return (await sm.status(run_id)).status
 
     assert asyncio.run(status()) == "RUNNING"
+
+
+# -- items 8 and 9: streams nobody serves, dead workers' consumers ---------------------------
+
+
+async def test_status_and_dashboard_show_streams_no_worker_serves(
+    redis_url: str, namespace: str, redis: Redis
+) -> None:
+    """States enqueued for a node no Runtime registered sit on a stream `status` and the
+    dashboard did not show; now listed (SCAN of the queue streams), flagged."""
+    async with StateManager(namespace, redis_url) as sm:
+        await redis.hset(sm.keys.nodes(), mapping={"Square": "{}"})
+        await sm.enqueue_many("Ghost", [{"x": 1}] * 3)
+    got = await arun(redis_url, namespace, "status", "--json", "--interval", "0.1")
+    nodes = json.loads(got.stdout)["namespaces"][namespace]["nodes"]
+    assert nodes["Ghost"]["backlog"] == 3 and nodes["Ghost"]["registered"] is False
+    assert nodes["Ghost"]["note"] == "no worker serves this (node not registered)"
+    assert nodes["Square"]["note"] is None  # registered, nothing waiting
+    table = await arun(redis_url, namespace, "status", "--interval", "0.1")
+    [row] = [line for line in table.stdout.splitlines() if line.startswith("Ghost ")]
+    assert row.split()[1] == "3" and row.endswith("no worker serves this (node not registered)")
+    with dash.dashboard_server(create_app(redis_url, None)) as url:
+        status, overview = await asyncio.to_thread(_get, f"{url}api/ns/{namespace}")
+    assert status == 200
+    assert overview["nodes"]["Ghost"]["note"] == "no worker serves this (node not registered)"
+
+
+async def test_status_counts_live_workers_only(
+    redis_url: str, namespace: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer left in the group by a killed worker (idle, never recorded alive) is not
+    counted; the live Runtime is (recorded in the alive set, though its reads of an empty
+    stream leave its idle time growing on Redis 7.0)."""
+    monkeypatch.setattr(queues, "LIVE_IDLE_MS", 300)  # instead of 30 s: the test's clock
+    keys = Keys(namespace)
+    async with running(Runtime(namespace, "live", [Square], redis_url)):
+        await redis.execute_command("XGROUP", "CREATECONSUMER", keys.queue("Square"), "exo", "gone")
+
+        async def idles() -> list[int]:
+            return [
+                int(c["idle"]) for c in await redis.xinfo_consumers(keys.queue("Square"), "exo")
+            ]
+
+        # Both idle past the (shortened) bound: only the alive record tells them apart.
+        deadline = asyncio.get_running_loop().time() + 10
+        while min(await idles()) < 400:
+            assert asyncio.get_running_loop().time() < deadline, "consumers never went idle"
+            await asyncio.sleep(0.05)
+        got = await arun(redis_url, namespace, "status", "--json", "--interval", "0.1")
+        row = json.loads(got.stdout)["namespaces"][namespace]["nodes"]["Square"]
+        assert (row["consumers"], row["consumers_total"]) == (1, 2), row
+        assert row["note"] == "not counted: 1 consumer(s) of dead workers"
+        async with StateManager(namespace, redis_url) as sm:
+            assert (await sm.node_stats())["Square"]["consumers"] == 1
+
+
+def _get(url: str) -> tuple[int, Any]:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return reply.status, json.loads(reply.read())

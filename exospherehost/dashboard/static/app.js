@@ -157,12 +157,13 @@ function nodesTable(ns, nodes) {
     `<tr data-node="${esc(name)}"><td>${esc(name)}</td><td class="num">${s.length}</td>` +
     `<td class="num">${s.pending}</td><td class="num">${s.delayed}</td>` +
     `<td class="num">${s.consumers}</td><td class="num">${fmtDuration(s.oldest_pending_ms)}</td>` +
-    `<td class="num">${fmtRate(backlogRate(ns, name))}</td></tr>`
+    `<td class="num">${fmtRate(backlogRate(ns, name))}</td>` +
+    `<td class="note${s.note ? " warn" : ""}">${esc(s.note || "")}</td></tr>`
   )).join("");
   return `<div class="card"><h3>Nodes</h3><table><thead><tr><th>node</th><th class="num">queue</th>` +
     `<th class="num">pending</th><th class="num">delayed</th><th class="num">consumers</th>` +
-    `<th class="num">oldest pending</th><th class="num">backlog Δ</th></tr></thead>` +
-    `<tbody>${rows || `<tr><td colspan="7" class="muted">no registered nodes</td></tr>`}</tbody></table></div>`;
+    `<th class="num">oldest pending</th><th class="num">backlog Δ</th><th>note</th></tr></thead>` +
+    `<tbody>${rows || `<tr><td colspan="8" class="muted">no node streams</td></tr>`}</tbody></table></div>`;
 }
 
 // ---- pages ----------------------------------------------------------------------------
