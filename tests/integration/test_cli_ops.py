@@ -27,7 +27,7 @@ from exospherehost.cli import cli
 from exospherehost.dashboard import create_app
 from tests.integration import test_dashboard as dash
 from tests.integration.apps.nodes import Label, SampleNode, Split, Square, Typed, Work
-from tests.integration.helpers import running, squares_graph
+from tests.integration.helpers import ROOT, running, squares_graph
 from tests.integration.test_cli import EXOSPHERE, arun, failing, one_line_error
 from tests.integration.test_dead_letters_scale import BASE_MS, seed
 
@@ -308,3 +308,40 @@ async def test_status_counts_live_workers_only(
 def _get(url: str) -> tuple[int, Any]:
     with urllib.request.urlopen(url, timeout=10) as reply:
         return reply.status, json.loads(reply.read())
+
+
+async def test_worker_caps_the_dead_letters(redis_url: str, namespace: str, redis: Redis) -> None:
+    """`exosphere worker --dead-letters-max N`: the dead stream stays near N."""
+    proc = _worker(
+        redis_url, namespace, "tests.integration.apps.nodes:Square", "--dead-letters-max", "50"
+    )
+    keys = Keys(namespace)
+    try:
+        async with StateManager(namespace, redis_url) as sm:
+            await sm.enqueue_many("Square", [{"value": "abc"}] * 400)  # invalid: dead at once
+
+            async def settled() -> bool:
+                return await redis.xlen(keys.queue("Square")) == 0
+
+            deadline = asyncio.get_running_loop().time() + 30
+            while not await settled():
+                assert proc.poll() is None, "the worker exited"
+                assert asyncio.get_running_loop().time() < deadline, "not settled in 30 s"
+                await asyncio.sleep(0.1)
+        n = await redis.xlen(keys.dead())
+        assert 50 <= n < 200, f"dead stream holds {n}, cap 50 (~)"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 20)
+
+
+def _worker(url: str, ns: str, *args: str) -> subprocess.Popen[bytes]:
+    """`exosphere worker ARGS` as a process (output discarded)."""
+    env = {**os.environ, "EXOSPHERE_REDIS_URL": url, "EXOSPHERE_NAMESPACE": ns}
+    return subprocess.Popen(
+        [str(EXOSPHERE), "worker", *args],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
