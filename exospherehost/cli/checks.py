@@ -21,7 +21,9 @@ from exospherehost.client.statemanager import StateManager
 def mistake(message: str) -> click.ClickException:
     """A usage mistake found against the registered schemas: one `Error:` line, exit
     status 2 (a click error, not an SDK one: it never leaves the command line)."""
-    return click.UsageError(message)  # without a context: no usage lines, just Error:
+    error = click.ClickException(message)  # not UsageError: click adds usage lines to it
+    error.exit_code = 2  # type: ignore[misc]  # an instance's own, as UsageError's class has
+    return error
 
 
 Schema = Mapping[str, Any]

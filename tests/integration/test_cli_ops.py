@@ -137,7 +137,10 @@ async def test_enqueue_and_trigger_refuse_mistakes_before_writing(
         rt.stop()  # registered; nothing may run what the checks let through
 
         async def refused(*args: str) -> str:
-            return one_line_error(await arun(redis_url, namespace, *args), code=2)
+            result = await arun(redis_url, namespace, *args)
+            error = one_line_error(result, code=2)
+            assert result.stderr.strip().splitlines() == [error], "more than one line"
+            return error
 
         assert "Square has no input 'valeu' (did you mean 'value'?) (its inputs: value)" in (
             await refused("enqueue", "Square", "-i", "valeu=5")
