@@ -133,6 +133,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
         self.graphs = GraphStore(self.broker.client, self.keys)
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
         self._server_checked = False
+        self._streams: tuple[float, list[str]] | None = None  # (monotonic time, SCAN found)
 
     async def _check_server(self) -> None:
         """Before the first write: warn (once per StateManager) when Redis may evict what
@@ -363,7 +364,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
         one pipelined round trip per node."""
         registered = set(await self.node_names())
         out: dict[str, dict[str, Any]] = {}
-        for node in sorted(registered | set(await self.broker.queues.streams())):
+        for node in sorted(registered | set(await self._stream_nodes())):
             s = await self.broker.queues.stats(node)
             out[node] = {
                 "length": s.length,
@@ -376,6 +377,16 @@ class StateManager(RunsMixin, DeadLettersMixin):
                 "registered": node in registered,
             }
         return out
+
+    STREAMS_SCAN_S = 10.0
+    """How long node_stats reuses the queue streams a SCAN found: a SCAN walks the whole
+    keyspace, and dashboards ask every second."""
+
+    async def _stream_nodes(self) -> list[str]:
+        now = time.monotonic()
+        if self._streams is None or now - self._streams[0] >= self.STREAMS_SCAN_S:
+            self._streams = (now, await self.broker.queues.streams())
+        return self._streams[1]
 
     @staticmethod
     async def namespaces(redis_url: str | None = None, key: str | None = None) -> list[str]:

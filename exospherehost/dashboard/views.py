@@ -86,7 +86,7 @@ async def graph_runs(sm: StateManager, name: str, offset: int, count: int) -> di
         "namespace": sm.namespace,
         "time_ms": _now_ms(),
         "graph": graph,
-        "nodes": stats,
+        "nodes": with_notes(stats),
         "runs": [asdict(r) for r in runs],
     }
 
