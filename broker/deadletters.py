@@ -13,6 +13,7 @@ from exospherehost.broker.codec import unpack
 from exospherehost.broker.keys import Keys
 
 _ORIGINAL = f.DEAD_ORIGINAL.encode()
+_NODE, _ERROR, _TRACEBACK = f.DEAD_NODE.encode(), f.DEAD_ERROR.encode(), f.DEAD_TRACEBACK.encode()
 
 CHUNK = 500
 """Entries read per XRANGE while filtering, and ids per XDEL."""
@@ -102,6 +103,22 @@ class DeadFilter:
         if self.grep:
             needle = self.grep.lower()
             return needle in record.error.lower() or needle in _last_line(record.traceback)
+        return True
+
+    def matches_raw(self, fields: dict[bytes, bytes]) -> bool:
+        """`matches` on the entry's fields as read, without parsing the whole record (a
+        filtered scan of 100k letters would spend most of its time unpacking originals)."""
+        if self.node is not None and fields.get(_NODE, b"").decode("utf-8", "replace") != (
+            self.node
+        ):
+            return False
+        if self.grep:
+            needle = self.grep.lower()
+            error = fields.get(_ERROR, b"").decode("utf-8", "replace").lower()
+            if needle in error:
+                return True
+            tb = fields.get(_TRACEBACK, b"").decode("utf-8", "replace")
+            return needle in _last_line(tb)
         return True
 
 
@@ -195,11 +212,10 @@ class DeadLetterReader:
             entries = await self._client.xrevrange(self._key, max=high, min=low, count=chunk)
             for entry_id, fields in entries:
                 scanned += 1
-                record = DeadRecord.parse(entry_id, fields)
-                if flt.matches(record):
+                if flt.matches_raw(fields):
                     if len(letters) == count:
                         return DeadPage(letters, letters[-1].id, scanned)
-                    letters.append(record)
+                    letters.append(DeadRecord.parse(entry_id, fields))
             if len(entries) < chunk:
                 return DeadPage(letters, None, scanned)
             last = entries[-1][0].decode()
@@ -215,7 +231,7 @@ class DeadLetterReader:
             high = upto
         while True:
             entries = await self._client.xrange(self._key, min=low, max=high, count=chunk)
-            batch = [r for r in _parse(entries) if flt.matches(r)]
+            batch = [DeadRecord.parse(i, e) for i, e in entries if flt.matches_raw(e)]
             if batch:
                 yield batch
             if len(entries) < chunk:
@@ -234,7 +250,7 @@ class DeadLetterReader:
             entries = await self._client.xrange(self._key, min=low, max=high, count=chunk)
             seen += len(entries)
             if flt.narrows:
-                n += sum(flt.matches(r) for r in _parse(entries))
+                n += sum(1 for _, e in entries if flt.matches_raw(e))
             else:
                 n += len(entries)
             if len(entries) < chunk:
