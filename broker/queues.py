@@ -32,11 +32,18 @@ LIVE_IDLE_MS = 30_000
 """A consumer idle in its group (XINFO) for less than this (the default visibility
 timeout) counts as a live worker."""
 
+RECORD_WINDOW_MS = 60_000
+"""...or one whose worker record (Keys.workers: a Runtime rewrites it every 5 s, its
+clock) was written this recently: twice the record's 30 s expiry, for clock skew. A
+consumer in that index is judged by it alone: killed, it stops counting within a minute.
+
+ALIVE_WINDOW_MS = 300_000: ...otherwise (a Runtime that writes no worker record), one
+recorded in the namespace's alive set (Keys.alive) this recently: Runtimes record
+themselves there every half of their consumer idle bound (by default max(10 x visibility
+timeout, 5 min)), also while their streams are empty (Redis 7.0 does not refresh the
+idle time of a consumer whose read returned nothing)."""
+
 ALIVE_WINDOW_MS = 300_000
-"""...or one recorded in the namespace's alive set (Keys.alive) this recently: Runtimes
-record themselves there every half of their consumer idle bound (by default
-max(10 x visibility timeout, 5 min)), also while their streams are empty (Redis 7.0 does
-not refresh the idle time of a consumer whose read returned nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +116,10 @@ class QueueReader:
         pipe.xinfo_consumers(q, GROUP)
         pipe.xpending_range(q, GROUP, min="-", max="+", count=1)
         pipe.execute_command("ZRANGE", self.keys.alive(), 0, -1, "WITHSCORES")
+        pipe.execute_command("ZRANGE", self.keys.workers(), 0, -1, "WITHSCORES")
         pipe.execute_command("TIME")
         replies = await pipe.execute(raise_on_error=False)
-        length, delayed, groups, consumers, oldest, alive, now = replies
+        length, delayed, groups, consumers, oldest, alive, records, now = replies
         group = groups[0] if isinstance(groups, list) and groups else {}
         members = consumers if isinstance(consumers, list) else []
         return NodeStats(
@@ -119,7 +127,7 @@ class QueueReader:
             delayed=int(delayed) if isinstance(delayed, int) else 0,
             pending=int(group.get("pending", 0)),
             lag=group.get("lag"),
-            consumers=_live(members, alive, now),
+            consumers=_live(members, alive, records, now),
             oldest_pending_ms=(
                 int(oldest[0]["time_since_delivered"]) if isinstance(oldest, list) and oldest else 0
             ),
@@ -171,28 +179,32 @@ class QueueReader:
         return [Output.parse(i, e) for i, e in reversed(entries)]
 
 
-def _live(consumers: list[Any], alive: Any, now: Any) -> int:
+def _scores(reply: Any) -> dict[str, float]:
+    """member -> score of a ZRANGE ... WITHSCORES reply (flat, or pairs; {} on an error)."""
+    if not isinstance(reply, list):
+        return {}
+    if reply and isinstance(reply[0], list | tuple):
+        pairs = [(m, sc) for m, sc in reply]
+    else:
+        pairs = list(zip(reply[::2], reply[1::2], strict=True))
+    return {(m.decode() if isinstance(m, bytes) else str(m)): float(sc) for m, sc in pairs}
+
+
+def _live(consumers: list[Any], alive: Any, records: Any, now: Any) -> int:
     """How many of the group's consumers (XINFO CONSUMERS) are live workers: idle less
-    than LIVE_IDLE_MS, or in the alive set within ALIVE_WINDOW_MS."""
-    seen: dict[str, float] = {}
-    if isinstance(alive, list):  # ZRANGE WITHSCORES: [(member, score)] or flat
-        pairs = (
-            alive
-            if alive and isinstance(alive[0], list | tuple)
-            else zip(alive[::2], alive[1::2], strict=True)
-        )
-        for member, score in pairs:
-            name = member.decode() if isinstance(member, bytes) else str(member)
-            seen[name] = float(score)
+    than LIVE_IDLE_MS; else, for one in the worker-record index, a record written within
+    RECORD_WINDOW_MS; else, in the alive set within ALIVE_WINDOW_MS."""
+    seen, written = _scores(alive), _scores(records)
     now_ms = int(now[0]) * 1000 + int(now[1]) // 1000 if isinstance(now, list | tuple) else 0
     live = 0
     for c in consumers:
         name = c.get("name", b"")
         name = name.decode() if isinstance(name, bytes) else str(name)
-        if (
-            int(c.get("idle", LIVE_IDLE_MS)) < LIVE_IDLE_MS
-            or now_ms - seen.get(name, -1e18) <= ALIVE_WINDOW_MS
-        ):
+        if int(c.get("idle", LIVE_IDLE_MS)) < LIVE_IDLE_MS:
+            live += 1
+        elif name in written:
+            live += now_ms - written[name] <= RECORD_WINDOW_MS
+        elif now_ms - seen.get(name, -1e18) <= ALIVE_WINDOW_MS:
             live += 1
     return live
 

@@ -40,10 +40,19 @@ def bench(ctx: click.Context, args: tuple[str, ...]) -> None:
 @namespace_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--token",
+    envvar="EXOSPHERE_DASHBOARD_TOKEN",
+    default=None,
+    help="Required on every request [env: EXOSPHERE_DASHBOARD_TOKEN] (prefer the variable: "
+    "others can read command lines).",
+)
+@click.option("--insecure", is_flag=True, help="Allow binding beyond loopback without a token.")
 @pass_settings
-def dashboard(settings: Settings, host: str, port: int) -> None:
-    """Serve the web dashboard (namespaces, graphs, runs, dead letters) until Ctrl-C.
-    It has no login of its own: keep it on 127.0.0.1 or behind an authenticating proxy."""
+def dashboard(settings: Settings, host: str, port: int, token: str | None, insecure: bool) -> None:
+    """Serve the web dashboard (namespaces, graphs, workers, throughput, runs, dead
+    letters) until Ctrl-C. Beyond 127.0.0.1 it needs a token (--token or
+    EXOSPHERE_DASHBOARD_TOKEN; browsers ask for it as a password), unless --insecure."""
     try:
         module = importlib.import_module("exospherehost.dashboard")
     except ModuleNotFoundError as exc:
@@ -60,7 +69,7 @@ def dashboard(settings: Settings, host: str, port: int) -> None:
         resolve(settings.redis_url, settings.key)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    check_port(host, port)
+    check_port(host, port)  # the token policy beyond loopback: serve() checks it
     try:
         module.serve(
             host=host,
@@ -68,6 +77,8 @@ def dashboard(settings: Settings, host: str, port: int) -> None:
             redis_url=settings.redis_url,
             key=settings.key,
             namespace=settings.namespace,
+            token=token,
+            insecure=insecure,
         )
     except ModuleNotFoundError as exc:  # its web dependencies are an optional extra
         raise click.ClickException(str(exc)) from None

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from exospherehost.broker import queues
 from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
+from exospherehost.broker.fields import RUNNING
 from exospherehost.broker.keys import Keys, check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
@@ -27,7 +28,8 @@ from exospherehost.client.runs import (
     RunStatus,
     StateRecord,
 )
-from exospherehost.config import resolve
+from exospherehost.client.workers import WorkersMixin
+from exospherehost.config import legacy_arguments, resolve
 from exospherehost.errors import GraphNotFound, InvalidArgument, WaitTimedOut
 from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
 from exospherehost.graph.compiled import CompiledGraph
@@ -69,19 +71,8 @@ class StateResult:
     error: str | None = None
 
 
-def _props(schema: dict[str, Any]) -> frozenset[str]:
-    return frozenset((schema.get("properties") or {}).keys())
-
-
 def _schema_of(raw: str) -> NodeSchema:
-    doc = json.loads(raw)
-    ins = doc["inputs_schema"]
-    return NodeSchema(
-        inputs=_props(ins),
-        required_inputs=frozenset(ins.get("required") or ()),
-        outputs=_props(doc["outputs_schema"]),
-        secrets=_props(doc["secrets_schema"]),
-    )
+    return NodeSchema.from_registered(json.loads(raw))
 
 
 def _check_delay(name: str, value: object) -> None:
@@ -119,10 +110,20 @@ def _trigger_errors(
     return errors
 
 
-class StateManager(RunsMixin, DeadLettersMixin):
+class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
     def __init__(
-        self, namespace: str, redis_url: str | None = None, key: str | None = None
+        self,
+        namespace: str,
+        redis_url: str | None = None,
+        key: str | None = None,
+        *,
+        # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
+        state_manager_uri: str | None = None,
+        state_manager_version: str | None = None,
     ) -> None:
+        redis_url = legacy_arguments(
+            redis_url, state_manager_uri, state_manager_version, "state_manager_version"
+        )
         self.namespace = check_name("namespace", namespace)
         self.config = resolve(redis_url, key)
         # The connection, for closing (and for tests that poke Redis directly); every
@@ -288,6 +289,29 @@ class StateManager(RunsMixin, DeadLettersMixin):
         await self.graphs.save(doc, cipher.encrypt(secret_map) if cipher else {})
         return dict(doc)
 
+    async def delete_graph(self, graph_name: str, force: bool = False) -> int:
+        """Delete a graph template: no new runs or cron fires of it, `get_graph` raises
+        GraphNotFound. Refused (InvalidArgument, saying how many) while runs of it are
+        RUNNING, unless `force`: those then finish on the version they started with (and
+        stay listed). Returns how many were left running. A graph of the same name
+        upserted later starts at a new version number."""
+        check_name("graph name", graph_name)
+        version = await self.graphs.current_version(graph_name)
+        if version is None:
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+        running = (await self.list_runs(graph_name, count=1, status=RUNNING)).total
+        if running and not force:
+            raise InvalidArgument(
+                f"graph {graph_name!r} has {running} run(s) in flight: wait for them, cancel "
+                f"them (sm.cancel; list them with list_runs({graph_name!r}, "
+                f"status='RUNNING')), or delete_graph({graph_name!r}, force=True) to let "
+                f"them finish on their version"
+            )
+        if not await self.graphs.remove(graph_name, version, keep_runs=running > 0):
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+        self._compiled = {k: v for k, v in self._compiled.items() if k[0] != graph_name}
+        return running
+
     async def get_graph(self, graph_name: str) -> dict[str, Any]:
         doc = await self.graphs.current(check_name("graph name", graph_name))
         if doc is None:
@@ -356,6 +380,18 @@ class StateManager(RunsMixin, DeadLettersMixin):
     async def node_names(self) -> list[str]:
         """Nodes registered in this namespace by Runtimes."""
         return await self.broker.registry.names()
+
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        """Nodes registered in this namespace, by name: `inputs_schema`, `outputs_schema`
+        and `secrets_schema` (JSON schemas of the node's models), `secrets` (the names),
+        `returns` (what `execute` is annotated to return: one, many or either),
+        `runtime` (the Runtime name that registered it last) and `registered_ms`."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, raw in sorted((await self.broker.registry.schemas()).items()):
+            doc = json.loads(raw)
+            doc["secrets"] = sorted((doc.get("secrets_schema") or {}).get("properties") or {})
+            out[name] = doc
+        return out
 
     async def node_stats(self) -> dict[str, dict[str, Any]]:
         """Per node with a registry entry or a stream (SCAN): backlog, pending, delayed,

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
+from exospherehost.broker.serverinfo import memory_view
 from exospherehost.client.deadletters import DeadLetter, DeadLetterCount
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
@@ -61,12 +62,14 @@ def with_notes(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 async def overview(sm: StateManager) -> dict[str, Any]:
-    """A namespace: its graphs drawn, per-node queue figures, and the dead-letter count."""
+    """A namespace: its graphs drawn, per-node queue figures, the dead-letter count, and
+    Redis's memory (used vs maxmemory, the policy: INFO memory)."""
     names = await sm.graph_names()
-    graphs, stats, dead = await asyncio.gather(
+    graphs, stats, dead, mem = await asyncio.gather(
         asyncio.gather(*(graph_view(sm, n) for n in names)),
         sm.node_stats(),
         sm.dead_letter_count(),  # XLEN: exact and O(1)
+        memory_view(sm.broker.client),
     )
     return {
         "namespace": sm.namespace,
@@ -74,6 +77,7 @@ async def overview(sm: StateManager) -> dict[str, Any]:
         "graphs": list(graphs),
         "nodes": with_notes(stats),
         "dead": {"count": dead.count, "capped": False},
+        "redis_memory": mem,  # server-wide: used vs maxmemory, the policy
     }
 
 
@@ -165,4 +169,27 @@ async def dead_page(
         "matching": matching.count,
         "matching_exact": matching.exact,
         "capped": page.cursor is not None,  # more (older) letters follow
+    }
+
+
+async def workers(sm: StateManager) -> dict[str, Any]:
+    """Every worker of the namespace (serving first) and the visibility timeout they use."""
+    found = await sm.workers()
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "workers": [asdict(w) for w in found],
+        "serving": sum(w.state == "serving" for w in found),
+    }
+
+
+async def throughput(sm: StateManager, minutes: int) -> dict[str, Any]:
+    """Done and failed states per node per bucket over the last `minutes`."""
+    t = await sm.throughput(minutes)
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "start_ms": t.start_ms,
+        "bucket_s": t.bucket_s,
+        "nodes": t.nodes,
     }

@@ -733,6 +733,8 @@ def test_dashboard_calls_serve(monkeypatch: pytest.MonkeyPatch) -> None:
             "redis_url": "redis://h:1/0",
             "key": "secret",
             "namespace": "ns",
+            "token": None,  # serve() refuses 0.0.0.0 without one (not called here)
+            "insecure": False,
         }
     ]
 
