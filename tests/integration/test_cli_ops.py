@@ -357,3 +357,24 @@ def _worker(url: str, ns: str, *args: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+browser = dash.browser  # headless Chromium (skipped without it, except in CI)
+
+
+async def test_dashboard_page_flags_a_stream_no_worker_serves(
+    redis_url: str, namespace: str, redis: Redis, browser: Any
+) -> None:
+    """Headless Chromium: the namespace page's Nodes table lists the stream of a node no
+    Runtime registered, with its backlog and the note."""
+    async with StateManager(namespace, redis_url) as sm:
+        await redis.hset(sm.keys.nodes(), mapping={"Square": "{}"})
+        await sm.enqueue_many("Ghost", [{"x": 1}] * 3)
+    page = dash.Page(browser)
+    with dash.dashboard_server(create_app(redis_url, None)) as url:
+        await page.open(f"{url}#/ns/{namespace}")
+        row = 'tr[data-node="Ghost"]'
+        await page.text_of(f"{row} td.queue", "3")
+        await page.text_of(f"{row} td.note.warn", "no worker serves this (node not registered)")
+        if shot := os.environ.get("EXO_NODES_SCREENSHOT"):
+            await asyncio.to_thread(browser.save_screenshot, shot)
