@@ -185,8 +185,9 @@ def status(
     \b
     BACKLOG    states on the stream not yet handed to a worker
     PENDING    handed to a worker, not yet settled
-    CONSUMERS  live workers in the node's consumer group (read lately, or recorded
-               alive by their Runtime): a killed worker's consumer is not counted
+    CONSUMERS  live workers in the node's consumer group (read lately, or their
+               Runtime's worker record is fresh): a killed worker's consumer stops
+               counting within a minute
     NOTE       "no worker serves this": a stream of a node no Runtime registered
                (e.g. a typo'd enqueue), or with states waiting and no live worker
     LAG        entries the group has yet to read, as Redis reports it
