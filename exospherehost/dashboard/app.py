@@ -27,6 +27,7 @@ from exospherehost.broker.keys import check_name
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
 from exospherehost.dashboard import views
+from exospherehost.dashboard.deadletters import dead_routes
 
 STATIC = Path(__file__).with_name("static")
 
@@ -112,6 +113,19 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
     return min(max(value, 0), high)
 
 
+def csrf(
+    action: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """`action` refused (403) without the CSRF header."""
+
+    async def checked(request: Request) -> Response:
+        if request.headers.get(CSRF_HEADER) != "1":
+            return Json({"error": f"missing header {CSRF_HEADER}: 1"}, status_code=403)
+        return await action(request)
+
+    return checked
+
+
 def _error(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def handler(request: Request, exc: Exception) -> Response:
         # `error` says what is wrong; `kind` lets the page show the right state.
@@ -173,21 +187,8 @@ def create_app(
         sm = await managers.get(request.path_params["ns"])
         return Json(await views.run_detail(sm, request.path_params["run"]))
 
-    async def dead(request: Request) -> Response:
-        sm = await managers.get(request.path_params["ns"])
-        return Json(await views.dead_letters(sm, _int(request, "count", 100, 1000)))
-
-    async def redrive(request: Request) -> Response:
-        if request.headers.get(CSRF_HEADER) != "1":
-            return Json({"error": f"missing header {CSRF_HEADER}: 1"}, status_code=403)
-        sm = await managers.get(request.path_params["ns"])
-        dead_id = request.path_params.get("dead")
-        if dead_id is None:
-            report = await sm.redrive_all()
-            # `skipped` (dead id -> why) only when some letter could not be redriven.
-            extra = {"skipped": report.skipped} if report.skipped else {}
-            return Json({"redriven": report.redriven, **extra})
-        return Json({"redriven": int(await sm.redrive(dead_id))})
+    async def manager(request: Request) -> StateManager:
+        return await managers.get(request.path_params["ns"])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -203,9 +204,7 @@ def create_app(
         Route(api + "/throughput", throughput),
         Route(api + "/graphs/{graph}", graph),
         Route(api + "/runs/{run}", run),
-        Route(api + "/dead", dead),
-        Route(api + "/dead/redrive-all", redrive, methods=["POST"]),
-        Route(api + "/dead/{dead}/redrive", redrive, methods=["POST"]),
+        *dead_routes(api, manager, Json, csrf, lambda r: _int(r, "count", 50, 1000)),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     handlers = {
