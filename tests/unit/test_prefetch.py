@@ -165,3 +165,13 @@ def test_runtime_takes_a_prefetch() -> None:
     assert (
         Runtime(namespace="ns", name="r", nodes=[_Good], redis_url="redis://x:1").prefetch is None
     )
+
+
+def test_the_worker_command_takes_a_prefetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from exospherehost.cli.workers import worker
+
+    assert "--prefetch" in CliRunner().invoke(worker, ["--help"]).output
+    bad = CliRunner().invoke(worker, ["m:N", "--prefetch", "-1"])
+    assert bad.exit_code != 0 and "--prefetch" in bad.output
