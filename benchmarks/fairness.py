@@ -188,6 +188,10 @@ async def w4_ours(ctx: Ctx, sc: Scenario, label: str, prefetch: int | None) -> d
             )
         result = figures(sc, b.at - a.at, per_worker)
         result["prefetch"] = "adaptive" if prefetch is None else prefetch
+        # From each worker's go to its Runtime serving (connect, register, groups, GC tune).
+        result["startup_ms"] = [
+            round((float(r["started_at"]) - float(r["go_at"])) * 1000, 1) for r in reports
+        ]
         return result
     finally:
         await workers.kill()
