@@ -10,14 +10,15 @@ empty. The rule here, per node `n` with `e` = a moving average of its execution 
     headroom(n) = floor(workers * HORIZON_S / e)      states beyond the executors
     hold(n)     = workers + headroom(n)               at most `limit` (the fixed window)
 
-`HORIZON_S` stands for one refill (a settle round trip and a read: a finished state's
+`HORIZON_S` stands for one refill (the reader's wake-up and a read: a finished state's
 replacement arrives about that long after it finished): the headroom is what the
 executors start meanwhile. A node whose `hold` reaches `limit` (e below ~0.16 ms at the
 defaults) is read in full batches exactly as before. Any other node is read only while
-the states held of it are below `hold(n)` and the executors are short of work: what is
-queued (read, not started, of any node) stays below the free executors plus
-`headroom(n)`, so two slow nodes together still hold about `workers` states, not twice
-that. A node not yet seen to finish an execution is read as if its headroom were
+the executors are short of work: what is queued (read, not started, of any node) stays
+below the free executors plus `headroom(n)`, so two slow nodes together still hold about
+`workers` states, not twice that; finished states whose settle is on its way do not
+count (the reader is woken when a settle is sent, not only when it returns). A node not
+yet seen to finish an execution is read as if its headroom were
 `min(batch_size, workers) // 4`: a fast node is learnt after its first few executions,
 a slow one never takes more than that extra.
 
@@ -128,36 +129,40 @@ class Prefetch:
     def plan(
         self,
         stats: Mapping[str, Counters],
-        held: Mapping[str, int],
         room: int,
         executing: int,
         queued: int,
         dry: bool = False,
     ) -> Reads:
-        """The reads to make now: [] = none (wait for a settle to free room).
+        """The reads to make now: [] = none (wait for room or a finished execution).
 
-        `held`: states held per node; `room`: the window's free room; `executing`: the
-        executions running; `queued`: states read and not started. One call when every
-        node read gets the same COUNT (all fast nodes: today's read); else one call per
-        COUNT, all but a last one without BLOCK, which the caller makes only when the
-        previous round returned nothing (`dry`), over every node with one COUNT."""
+        `stats`: the nodes' execution counters; `room`: the window's free room;
+        `executing`: the executions running; `queued`: states read and not started (of
+        any node). A fast node may fill the window; the others share what the executors
+        lack plus their headroom (finished states waiting for their settle do not count:
+        they hold no executor). One call when every node read gets the same COUNT (all
+        fast nodes: the read as before this module); else one call per COUNT, meant to
+        be made without BLOCK, and after a round that returned nothing (`dry`) one call
+        over every node with the smallest COUNT, to block on."""
         for node, counters in stats.items():
             self.observe(node, counters.executed, counters.exec_seconds_sum)
-        wants: dict[str, int] = {}
         short = self.concurrency - executing - queued  # executors without a state
+        fast: list[str] = []
+        slow: dict[str, int] = {}
         for node in self.nodes:
-            hold = self.hold(node)
-            want = min(room, hold - held.get(node, 0))
-            if hold < self.limit:  # not a fast node: only what the executors start soon
-                want = min(want, short + self.headroom(node))
-            if want >= min(self._min_read, max(1, (hold - self.concurrency) // 2)):
-                wants[node] = want
-        if not wants:
+            headroom = self.headroom(node)
+            if self.concurrency + headroom >= self.limit:  # the whole window, as before
+                if room >= min(self._min_read, max(1, headroom // 2)):
+                    fast.append(node)
+            elif (budget := min(room, short + headroom)) >= max(1, headroom // 2):
+                slow[node] = budget
+        if not fast and not slow:
             return []
-        share = max(1, min(self.batch_size, room) // len(wants))
-        groups: dict[int, list[str]] = {}
-        for node, want in wants.items():
-            groups.setdefault(min(share, want), []).append(node)
+        share = max(1, min(self.batch_size, room) // (len(fast) + len(slow)))
+        groups: dict[int, list[str]] = {share: fast} if fast else {}
+        for node, budget in slow.items():
+            # The slow nodes share one budget: COUNT applies to each of their streams.
+            groups.setdefault(min(share, max(1, budget // len(slow))), []).append(node)
         if len(groups) == 1 or dry:
-            return [(list(wants), min(groups))]
+            return [([*fast, *slow], min(groups))]
         return [(nodes, count) for count, nodes in sorted(groups.items(), reverse=True)]

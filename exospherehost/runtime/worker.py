@@ -279,15 +279,12 @@ class Worker:
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
-        holdings, held, plan = self.holdings, self._held, self.prefetch.plan
+        holdings, plan, stats = self.holdings, self.prefetch.plan, self.stats.nodes
         dry = False  # the last round of reads returned nothing
         while not self._stopping.is_set():
             # Per node, how many to read (runtime/prefetch.py): the room shared between the
             # streams (COUNT applies per stream), so a read never overshoots the window.
-            sizes = {node: len(ids) for node, ids in held.items()}
-            reads = plan(
-                self.stats.nodes, sizes, holdings.free(), self.executing, len(self._queue), dry
-            )
+            reads = plan(stats, holdings.free(), self.executing, len(self._queue), dry)
             if not reads:
                 holdings.room.clear()
                 # One event, set by settles and by stop(): waiting on two would cost two
@@ -464,6 +461,7 @@ class Worker:
                 continue
             await slots.acquire()  # outcomes keep gathering meanwhile: a bigger batch
             batch, self._outcomes = self._outcomes, []
+            self.holdings.room.set()  # their executors are free: slow nodes read (prefetch)
             task = asyncio.create_task(self._settle_batch(batch, lanes.pop(), lanes, slots))
             running.add(task)
             task.add_done_callback(running.discard)

@@ -74,8 +74,8 @@ async def _held_by(redis: Redis, stream: str, consumer: str) -> int:
 async def test_a_worker_started_later_gets_a_fair_share_of_a_slow_backlog(
     redis: Redis, redis_url: str, namespace: str, sm: StateManager
 ) -> None:
-    """The first worker, 40 slow states in front of it, holds at most its executors
-    plus one (not the whole backlog, which the fixed 4 x batch_size window took); a
+    """The first worker, 40 slow states in front of it, holds about its executors
+    (not the whole backlog, which the fixed 4 x batch_size window took); a
     second one started then runs its first state within a bound and ends with a fair
     share of what was left. Bug: a fixed read-ahead (prefetch=400): the first worker
     holds all 40, the second never gets one."""
@@ -88,7 +88,9 @@ async def test_a_worker_started_later_gets_a_fair_share_of_a_slow_backlog(
         # Two rounds done: the first worker knows the node is slow.
         await _until("the first worker settles 6", _settled(first, 6), 10)
         held = await _held_by(redis, stream, first.consumer)
-        assert held <= WORKERS + 1, f"the first worker holds {held} of the backlog"
+        # Running, plus finished ones whose settle is on its way (a read replaces them at
+        # once), plus the headroom (none at 0.15 s): at most 2 x workers.
+        assert held <= 2 * WORKERS, f"the first worker holds {held} of the backlog"
         async with running(second):
             at_join = first.settled
             await _until("the second worker settles a state", _settled(second, 1), 3)
@@ -112,9 +114,10 @@ async def test_fast_and_slow_nodes_in_one_worker_both_drain(
     redis: Redis, redis_url: str, namespace: str, sm: StateManager
 ) -> None:
     """A fast node beside a slow one: the reads are split per node (one XREADGROUP COUNT
-    applies to every stream) and both backlogs drain, the slow one held at most its
-    executors plus one at a time. Bug: one COUNT for both (the slow node's small one
-    would starve the fast node, a large one would hoard slow states)."""
+    applies to every stream) and both backlogs drain, the slow one held about its
+    executors at a time (at most twice: finished ones may wait for their settle).
+    Bug: one COUNT for both (the slow node's small one would starve the fast node, a
+    large one would hoard slow states)."""
     slow_ids = await sm.enqueue_many("Slow", [{"i": i} for i in range(12)])
     quick_ids = await sm.enqueue_many("Quick", [{"i": i} for i in range(600)])
     rt = _runtime(namespace, redis_url, "both", [Slow, Quick])
@@ -132,4 +135,4 @@ async def test_fast_and_slow_nodes_in_one_worker_both_drain(
         quick = await sm.wait_for_states("Quick", quick_ids, timeout=10)
         slow = await sm.wait_for_states("Slow", slow_ids, timeout=10)
     assert {r.status for r in [*quick.values(), *slow.values()]} == {"SUCCEEDED"}
-    assert peak <= WORKERS + 1, f"{peak} slow states held by one worker"
+    assert peak <= 2 * WORKERS, f"{peak} slow states held by one worker"

@@ -40,25 +40,26 @@ def test_short_executions_read_full_batches_as_before() -> None:
     and no read below half a batch of room (the reader's rule before this module)."""
     pf = _pf(["A", "B", "C"])
     stats = {n: C().ran(1000, 10e-6) for n in "ABC"}
-    held = {"A": 0, "B": 0, "C": 0}
-    assert pf.plan(stats, held, 432, 0, 0) == [(["A", "B", "C"], 33)]
+    assert pf.plan(stats, 432, 0, 0) == [(["A", "B", "C"], 33)]
     assert pf.hold("A") == 432
-    assert pf.plan(stats, {"A": 380, "B": 0, "C": 0}, 52, 32, 300) == [(["A", "B", "C"], 17)]
-    assert pf.plan(stats, {"A": 382, "B": 0, "C": 0}, 50, 32, 300) == []
+    assert pf.plan(stats, 52, 32, 300) == [(["A", "B", "C"], 17)]
+    assert pf.plan(stats, 50, 32, 300) == []
     one = _pf(["N"])
-    assert one.plan({"N": C().ran(50, 5e-6)}, {"N": 0}, 432, 0, 0) == [(["N"], 100)]
+    assert one.plan({"N": C().ran(50, 5e-6)}, 432, 0, 0) == [(["N"], 100)]
 
 
 def test_long_executions_hold_little_more_than_the_executors() -> None:
     pf = _pf(["Slow"])
     stats = {"Slow": C().ran(10, 1.0)}
     # Nothing running: one read for every executor, not the 100 a batch would take.
-    assert pf.plan(stats, {"Slow": 0}, 432, 0, 0) == [(["Slow"], 32)]
+    assert pf.plan(stats, 432, 0, 0) == [(["Slow"], 32)]
     assert pf.headroom("Slow") == 0 and pf.hold("Slow") == 32
-    # All 32 running: nothing more until one settles.
-    assert pf.plan(stats, {"Slow": 32}, 400, 32, 0) == []
-    # Three settled: three more (one at a time is fine: they run for a second).
-    assert pf.plan(stats, {"Slow": 29}, 403, 29, 0) == [(["Slow"], 3)]
+    # All 32 running: nothing more until one finishes.
+    assert pf.plan(stats, 400, 32, 0) == []
+    # Three finished (their settle on its way, still in the window): three more.
+    assert pf.plan(stats, 400, 29, 0) == [(["Slow"], 3)]
+    # ... unless the window is full.
+    assert pf.plan(stats, 0, 29, 0) == []
 
 
 def test_headroom_is_what_the_executors_start_during_a_refill() -> None:
@@ -73,8 +74,8 @@ def test_headroom_is_what_the_executors_start_during_a_refill() -> None:
     pf3 = _pf(["N"], concurrency=32)
     pf3.observe("N", 10, 10 * 0.001)  # 1 ms: headroom 64
     assert pf3.hold("N") == 96
-    assert pf3.plan({}, {"N": 70}, 362, 32, 38) == []  # 26 wanted < 32
-    assert pf3.plan({}, {"N": 60}, 372, 32, 28) == [(["N"], 36)]
+    assert pf3.plan({}, 362, 32, 38) == []  # 26 wanted < 32
+    assert pf3.plan({}, 372, 32, 28) == [(["N"], 36)]
 
 
 def test_an_unseen_node_reads_a_quarter_more_than_the_executors() -> None:
@@ -83,7 +84,7 @@ def test_an_unseen_node_reads_a_quarter_more_than_the_executors() -> None:
     pf = _pf(["N"], concurrency=8)
     assert pf.estimate("N") is None
     assert pf.hold("N") == 8 + 2
-    assert pf.plan({"N": C()}, {"N": 0}, 408, 0, 0) == [(["N"], 10)]
+    assert pf.plan({"N": C()}, 408, 0, 0) == [(["N"], 10)]
     pf.observe("N", 8, 8.0)
     assert pf.hold("N") == 8
 
@@ -110,13 +111,11 @@ def test_fast_and_slow_nodes_in_one_worker_read_apart() -> None:
     without BLOCK); when a round returns nothing, one blocking call over both."""
     pf = _pf(["Fast", "Slow"])
     stats = {"Fast": C().ran(1000, 5e-6), "Slow": C().ran(10, 2.0)}
-    reads = pf.plan(stats, {"Fast": 100, "Slow": 28}, 304, 30, 0)
+    reads = pf.plan(stats, 304, 30, 0)
     assert reads == [(["Fast"], 50), (["Slow"], 2)]
-    assert pf.plan(stats, {"Fast": 100, "Slow": 28}, 304, 30, 0, dry=True) == [
-        (["Fast", "Slow"], 2)
-    ]
-    # The slow node at its hold: the fast node alone, as a single (blocking) read.
-    assert pf.plan(stats, {"Fast": 100, "Slow": 32}, 300, 32, 0) == [(["Fast"], 100)]
+    assert pf.plan(stats, 304, 30, 0, dry=True) == [(["Fast", "Slow"], 2)]
+    # Every executor busy: the fast node alone, as a single (blocking) read.
+    assert pf.plan(stats, 300, 32, 0) == [(["Fast"], 100)]
 
 
 def test_two_slow_nodes_share_the_executors() -> None:
@@ -124,20 +123,21 @@ def test_two_slow_nodes_share_the_executors() -> None:
     nodes with a backlog each do not hold 2 x workers."""
     pf = _pf(["S1", "S2"])
     stats = {"S1": C().ran(5, 1.0), "S2": C().ran(5, 1.0)}
-    # 32 running of S1, nothing queued: S2 waits, although it holds nothing itself.
-    assert pf.plan(stats, {"S1": 32, "S2": 0}, 400, 32, 0) == []
-    # 4 executors idle: 4 more in all, shared between the nodes' reads.
-    assert pf.plan(stats, {"S1": 28, "S2": 0}, 404, 28, 0) == [(["S1", "S2"], 4)]
-    assert pf.plan(stats, {"S1": 28, "S2": 0}, 404, 28, 2) == [(["S1", "S2"], 2)]
+    # 32 running (of S1, say), nothing queued: S2 waits too.
+    assert pf.plan(stats, 400, 32, 0) == []
+    # 4 executors idle: 4 more in all, COUNT 2 on each of the two streams.
+    assert pf.plan(stats, 404, 28, 0) == [(["S1", "S2"], 2)]
+    assert pf.plan(stats, 404, 28, 2) == [(["S1", "S2"], 1)]
 
 
 def test_a_fixed_prefetch_replaces_the_estimates() -> None:
     pf = _pf(["N"], concurrency=4, fixed=0)
     assert pf.window(4, 100, 0) == 4 and pf.hold("N") == 4
-    assert pf.plan({"N": C().ran(10, 1e-6)}, {"N": 3}, 1, 3, 0) == [(["N"], 1)]
+    assert pf.plan({"N": C().ran(10, 1e-6)}, 1, 3, 0) == [(["N"], 1)]
+    assert pf.plan({"N": C().ran(10, 1e-6)}, 0, 3, 0) == []
     pf = _pf(["N"], concurrency=32, fixed=400)
     assert pf.hold("N") == 432
-    assert pf.plan({"N": C().ran(10, 5.0)}, {"N": 0}, 432, 0, 0) == [(["N"], 100)]
+    assert pf.plan({"N": C().ran(10, 5.0)}, 432, 0, 0) == [(["N"], 100)]
 
 
 class _Good(BaseNode):
