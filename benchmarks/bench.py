@@ -231,9 +231,9 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
         w4_rows: list[dict[str, Any]] = []
         for name in args.workload:
             if name == "w4":
-                from benchmarks import fairness
+                from benchmarks import w4
 
-                w4_rows += await fairness.w4(
+                w4_rows += await w4.w4(
                     ctx, args.processes, peers, args.w4_prefetch, args.w4_scenarios
                 )
                 continue
@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report["results"]:
         print(markdown(report["results"]))
     if report["w4"]:
-        from benchmarks.fairness import markdown as w4_markdown
+        from benchmarks.w4 import markdown as w4_markdown
 
         print(w4_markdown(report["w4"]))
     if report["source"]["changed_during_run"]:
