@@ -22,8 +22,9 @@ yet seen to finish an execution is read as if its headroom were
 `min(batch_size, workers) // 4`: a fast node is learnt after its first few executions,
 a slow one never takes more than that extra.
 
-`fixed=N` (Runtime(prefetch=N)) replaces all of it: every node may hold `workers + N`
-states (the window is then `workers + N` too); `N=0` reads only for idle executors.
+`fixed=N` (Runtime(prefetch=N)) replaces all of it: the window is `workers + N` states,
+read as a fast node's; `N=0` reads only for idle executors (finished states count until
+their settle returns).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 HORIZON_S = 0.002
-"""Seconds one refill takes (a settle round trip plus a read, on a loaded 2-core
-machine with Redis on loopback): executions as short as this are 'short'."""
+"""Seconds one refill takes (the reader woken as a settle is sent, plus a read round
+trip, on a loaded 2-core machine with Redis on loopback)."""
 ALPHA = 0.2
 """Weight of one execution in the moving average of a node's execution time."""
 
