@@ -10,6 +10,8 @@ subclasses swap in the sync client's hiredis packing, nothing else.
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,7 +25,16 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
-from redis.exceptions import DataError, NoPermissionError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    DataError,
+    NoPermissionError,
+    RedisClusterException,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from exospherehost.broker.errors import ConnectionSetupError, PermissionRefused
 
 
 class _HiredisPacking:
@@ -62,6 +73,88 @@ FAST: dict[type[AbstractConnection], type[AbstractConnection]] = {
 def faster(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
     """The hiredis-packing twin of `connection_class`, or it unchanged if it has none."""
     return FAST.get(connection_class, connection_class)
+
+
+# -- failures retrying cannot mend ---------------------------------------------------------
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    at: BaseException | None = exc
+    while at is not None and at not in seen and len(seen) < 8:
+        seen.append(at)
+        at = at.__cause__ or at.__context__
+    return seen
+
+
+def setup_failure(exc: BaseException) -> str | None:
+    """What is misconfigured when `exc` says the connection cannot be set up whatever the
+    number of attempts (credentials refused, TLS refused, a certificate file missing), or
+    None: redis-py raises these as ConnectionErrors, which are otherwise outages to ride
+    out (a wrong password was retried forever as "Redis unavailable", issue 14)."""
+    for err in _chain(exc):
+        if isinstance(err, ConnectionSetupError):
+            return str(err)
+        if isinstance(err, AuthenticationError):
+            return f"Redis refused the credentials ({err})"
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return f"the server's TLS certificate is not trusted ({err.verify_message or err})"
+        if isinstance(err, ssl.SSLError) and not isinstance(
+            err, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLWantReadError
+        ):
+            return f"the TLS handshake failed ({err})"
+        if isinstance(err, RedisConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(err):
+            return f"the server's TLS certificate is not trusted ({err})"
+        if isinstance(err, FileNotFoundError | IsADirectoryError):
+            return f"a file named in the connection options cannot be read ({err})"
+    return None
+
+
+ACL_COMMANDS = (
+    "-@all +@stream +@hash +@list +@sortedset +get +set +del +exists +expire +pexpire "
+    "+persist +pttl +multi +exec +discard +eval +evalsha +script|load +time +ping +hello "
+    "+auth +info"
+)
+"""The commands a per-namespace ACL user needs (README, Configuration: ACL). +info: the
+eviction-policy check and the cluster-mode question."""
+
+_NAMESPACE_IN_KEY = re.compile(rb"exo:\{([^}]*)\}")
+
+
+def acl_rule(namespace: str) -> str:
+    """The minimal ACL rule of a user that runs namespace `namespace` (ACL SETUSER name on
+    >password RULE)."""
+    return f"~exo:{{{namespace}}}:* {ACL_COMMANDS}"
+
+
+def key_namespace(args: tuple[Any, ...]) -> str | None:
+    """The namespace of the first `exo:{ns}:...` key among a command's arguments."""
+    for arg in args[1:]:
+        raw = arg.encode() if isinstance(arg, str) else arg
+        if isinstance(raw, bytes) and raw.startswith(b"exo:{"):
+            found = _NAMESPACE_IN_KEY.match(raw)
+            if found:
+                return found.group(1).decode("utf-8", "replace")
+    return None
+
+
+def refusal(exc: NoPermissionError, user: str, args: tuple[Any, ...]) -> PermissionRefused:
+    """`exc` (Redis says "no permissions", naming neither user nor key) with the user, the
+    command, the namespace and the grant it lacks."""
+    if isinstance(exc, PermissionRefused):
+        return exc
+    name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+    ns = key_namespace(args)
+    where = f" in namespace {ns!r}" if ns is not None else ""
+    grant = acl_rule(ns) if ns is not None else ACL_COMMANDS
+    return PermissionRefused(
+        f"Redis ACL user {user!r} may not run {name.upper()}{where} ({exc}); grant it: "
+        f"ACL SETUSER {user} {grant}"
+    )
+
+
+def user_of(kwargs: dict[str, Any]) -> str:
+    return str(kwargs.get("username") or "default")
 
 
 # -- one client for a single server or a Redis Cluster ------------------------------------
@@ -119,7 +212,16 @@ class ClusterAwareRedis(aioredis.Redis):
             if not self.decided:
                 if self.cluster_mode == "yes" or await self._is_cluster():
                     cluster = self._make_cluster()
-                    await cluster.initialize()
+                    try:
+                        await cluster.initialize()
+                    except RedisClusterException as exc:
+                        await cluster.aclose()
+                        if "not enabled" not in str(exc):
+                            raise
+                        raise ConnectionSetupError(
+                            f"EXOSPHERE_REDIS_CLUSTER=yes, but {exc}: unset it (auto asks "
+                            f"the server) or set it to no"
+                        ) from exc
                     self.cluster_client = cluster
                     self._slots = asyncio.Semaphore(CLUSTER_CONCURRENCY)
                     # The question's connection is of no further use.
@@ -151,18 +253,45 @@ class ClusterAwareRedis(aioredis.Redis):
         return bool(int(info.get("cluster_enabled", 0))) if isinstance(info, dict) else False
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        cluster = self.cluster_client if self.decided else await self.decide()
-        if cluster is None:
-            return await super().execute_command(  # type: ignore[no-untyped-call]
-                *args, **options
-            )
-        assert self._slots is not None
-        async with self._slots:
-            return await cluster.execute_command(*_str_name(args), **options)
+        try:
+            cluster = self.cluster_client if self.decided else await self.decide()
+            if cluster is None:
+                return await super().execute_command(  # type: ignore[no-untyped-call]
+                    *args, **options
+                )
+            assert self._slots is not None
+            async with self._slots:
+                return await cluster.execute_command(*_str_name(args), **options)
+        except NoPermissionError as exc:
+            raise refusal(exc, self.user, args) from exc
+        except (RedisConnectionError, RedisClusterException) as exc:
+            error = self.setup_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    @property
+    def user(self) -> str:
+        """The ACL user this client authenticates as."""
+        return user_of(self.connection_pool.connection_kwargs)
+
+    def setup_error(self, exc: BaseException) -> ConnectionSetupError | None:
+        """`exc` as a ConnectionSetupError naming the server and the user, when it says the
+        connection is misconfigured (setup_failure); else None."""
+        problem = setup_failure(exc)
+        if problem is None:
+            return None
+        if isinstance(exc, ConnectionSetupError):
+            return exc
+        kw = self.connection_pool.connection_kwargs
+        where = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}"
+        return ConnectionSetupError(
+            f"cannot connect to Redis at {where} as user {self.user!r}: {problem}; check "
+            f"the URL (user:password@, rediss:// and its ssl_ca_certs / ssl_certfile / "
+            f"ssl_keyfile parameters) and EXOSPHERE_API_KEY"
+        )
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
-        if self.decided and self.cluster_client is None:
-            return super().pipeline(transaction, shard_hint)
         return _RoutedPipeline(self, transaction, shard_hint)
 
     async def scan_iter(  # type: ignore[override]
@@ -195,16 +324,28 @@ class ClusterAwareRedis(aioredis.Redis):
 
 
 class _RoutedPipeline(Pipeline):
-    """A pipeline of a ClusterAwareRedis not (yet) known to talk to a single server:
-    queued as usual, and at `execute` sent through the cluster client when the server is
-    one (its scripts loaded on every primary first: a cluster pipeline does not load them
-    as a single server's pipeline does)."""
+    """A pipeline of a ClusterAwareRedis: queued as usual, and at `execute` sent through
+    the cluster client when the server is one (its scripts loaded on every primary first:
+    a cluster pipeline does not load them as a single server's pipeline does). Refusals
+    are raised as ClusterAwareRedis raises them."""
 
     def __init__(self, client: ClusterAwareRedis, transaction: bool, shard_hint: str | None):
         super().__init__(client.connection_pool, client.response_callbacks, transaction, shard_hint)
         self._client = client
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        first = self.command_stack[0][0] if self.command_stack else ("EXEC",)
+        try:
+            return await self._execute(raise_on_error)
+        except NoPermissionError as exc:
+            raise refusal(exc, self._client.user, first) from exc
+        except (RedisConnectionError, RedisClusterException) as exc:
+            error = self._client.setup_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def _execute(self, raise_on_error: bool) -> list[Any]:
         cluster = await self._client.decide()
         if cluster is None:
             return await super().execute(raise_on_error)

@@ -19,12 +19,12 @@ from typing import Any
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.crc import key_slot
-from redis.exceptions import AskError, MovedError, ResponseError
+from redis.exceptions import AskError, MovedError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from exospherehost.broker.client import Pool, RedisClient
-from exospherehost.broker.connection import cluster_of
+from exospherehost.broker.connection import ClusterAwareRedis, cluster_of, refusal
 
 _BROKEN = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -67,34 +67,45 @@ class Lane:
         sent once more on a fresh one, as redis-py's own retry would; a second failure
         is raised for the caller's retry loop. On a cluster the command goes to the node
         serving its first key's slot (see _ClusterRoute)."""
-        if self._cluster is not None:
-            return await self._cluster.call(args)
-        for attempt in (1, 2):
-            await self.open()
+        try:
             if self._cluster is not None:
                 return await self._cluster.call(args)
-            conn = self._conn
-            assert conn is not None
-            try:
-                await conn.send_command(*args)
-                return await conn.read_response()
-            except ResponseError:
-                raise
-            except _BROKEN:
-                await self._drop(conn)
-                if attempt == 2:
+            for attempt in (1, 2):
+                await self.open()
+                if self._cluster is not None:
+                    return await self._cluster.call(args)
+                conn = self._conn
+                assert conn is not None
+                try:
+                    await conn.send_command(*args)
+                    return await conn.read_response()
+                except ResponseError:
                     raise
-            except RuntimeError as exc:
-                await self._drop(conn)
-                if not transport_closed(exc):
+                except _BROKEN:
+                    await self._drop(conn)
+                    if attempt == 2:
+                        raise
+                except RuntimeError as exc:
+                    await self._drop(conn)
+                    if not transport_closed(exc):
+                        raise
+                    if attempt == 2:
+                        raise RedisConnectionError(f"connection reset: {exc}") from exc
+                except BaseException:
+                    # Cancelled mid-call: the reply may still arrive on this connection, so
+                    # it cannot serve another command.
+                    await self._drop(conn)
                     raise
-                if attempt == 2:
-                    raise RedisConnectionError(f"connection reset: {exc}") from exc
-            except BaseException:
-                # Cancelled mid-call: the reply may still arrive on this connection, so
-                # it cannot serve another command.
-                await self._drop(conn)
+        except NoPermissionError as exc:
+            if not isinstance(self._client, ClusterAwareRedis):
                 raise
+            raise refusal(exc, self._client.user, args) from exc
+        except RedisConnectionError as exc:
+            client = self._client
+            error = client.setup_error(exc) if isinstance(client, ClusterAwareRedis) else None
+            if error is None:
+                raise
+            raise error from exc
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
