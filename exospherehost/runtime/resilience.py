@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from redis.exceptions import (
     ClusterDownError,
+    ClusterError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -78,9 +79,16 @@ def _cluster_unreachable(exc: BaseException) -> bool:
     # A cluster client that reaches no node, or finds slots unserved, says so with a
     # RedisClusterException (not a ConnectionError); others of its kind are answers (a
     # command whose keys span slots).
-    return isinstance(exc, SlotNotCoveredError) or (
-        isinstance(exc, RedisClusterException)
-        and ("cannot be connected" in str(exc) or "not covered" in str(exc))
+    # "TTL exhausted": the cluster client followed redirects and TRYAGAIN replies (a slot
+    # migrating under a multi-key script) as often as it allows.
+    text = str(exc)
+    return (
+        isinstance(exc, SlotNotCoveredError)
+        or (
+            isinstance(exc, RedisClusterException)
+            and ("cannot be connected" in text or "not covered" in text)
+        )
+        or (isinstance(exc, ClusterError) and "TTL exhausted" in text)
     )
 
 
