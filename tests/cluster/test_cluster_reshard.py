@@ -50,7 +50,6 @@ async def test_moving_the_namespace_slot_under_load_loses_and_doubles_nothing(
             cluster.migrate_slot, slot, 2, batch=5, between=between, first=streams
         )
         statuses = await sm.wait_all(runs, timeout=60)
-        print("MOVED", moved, "FINISHED AT FIRST", finished_during)
         assert cluster.owner(slot) == 2
         assert moved > RUNS, f"only {moved} keys moved"
         assert finished_during and finished_during[0] < RUNS, (
