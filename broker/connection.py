@@ -28,6 +28,7 @@ from redis.asyncio.connection import (
 from redis.exceptions import (
     AuthenticationError,
     DataError,
+    MovedError,
     NoPermissionError,
     RedisClusterException,
     ResponseError,
@@ -112,8 +113,8 @@ def setup_failure(exc: BaseException) -> str | None:
 
 ACL_COMMANDS = (
     "-@all +@stream +@hash +@list +@sortedset +get +set +del +exists +expire +pexpire "
-    "+persist +pttl +multi +exec +discard +eval +evalsha +script|load +time +ping +hello "
-    "+auth +info"
+    "+persist +pttl +type +multi +exec +discard +eval +evalsha +script|load "
+    "+script|exists +time +ping +hello +auth +info"
 )
 """The commands a per-namespace ACL user needs (README, Configuration: ACL). +info: the
 eviction-policy check and the cluster-mode question."""
@@ -264,6 +265,13 @@ class ClusterAwareRedis(aioredis.Redis):
                 return await cluster.execute_command(*_str_name(args), **options)
         except NoPermissionError as exc:
             raise refusal(exc, self.user, args) from exc
+        except MovedError as exc:
+            if self.cluster_client is not None:
+                raise
+            raise ConnectionSetupError(
+                f"this Redis is a node of a Redis Cluster (MOVED {exc}) but the client was "
+                f"told it is not (EXOSPHERE_REDIS_CLUSTER=no): unset it or set it to auto"
+            ) from exc
         except (RedisConnectionError, RedisClusterException) as exc:
             error = self.setup_error(exc)
             if error is None:

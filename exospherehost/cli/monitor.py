@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import click
+from redis.exceptions import NoPermissionError
 
 from exospherehost.cli._common import Settings, age, namespace_option, pass_settings, run, table
 from exospherehost.cli._common import to_json as _to_json
@@ -50,7 +51,12 @@ class _Monitor:
                 sm = self.managers[ns] = StateManager(
                     ns, self.settings.redis_url, self.settings.key
                 )
-            stats = await sm.node_stats()
+            try:
+                stats = await sm.node_stats()
+            except NoPermissionError:
+                if self.settings.namespace:
+                    raise  # asked for by name: say why it cannot be shown
+                continue  # an ACL user that may not read it: show the others
             counters = await sm.broker.queues.counters(list(stats))
             now = self.clock()
             nodes = {}
