@@ -89,15 +89,14 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
     _issue(folder, "client", "exo test client", ca)
     _issue(folder, "rogue", "not the CA")
     port = _free_port()
-    server = PrivateServer(
-        extra_args=[
-            "--tls-port", str(port),
-            "--tls-cert-file", str(folder / "server.crt"),
-            "--tls-key-file", str(folder / "server.key"),
-            "--tls-ca-cert-file", str(folder / "ca.crt"),
-            "--tls-auth-clients", "yes",
-        ]  # fmt: skip
-    )
+    options = [
+        "--tls-port", str(port),
+        "--tls-cert-file", str(folder / "server.crt"),
+        "--tls-key-file", str(folder / "server.key"),
+        "--tls-ca-cert-file", str(folder / "ca.crt"),
+        "--tls-auth-clients", "yes",
+    ]  # fmt: skip
+    server = PrivateServer(extra_args=options)
     try:
         server.start()
     except PrivateServerError as exc:
