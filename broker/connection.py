@@ -99,7 +99,8 @@ def setup_failure(exc: BaseException) -> str | None:
         if isinstance(err, AuthenticationError):
             return f"Redis refused the credentials ({err})"
         if isinstance(err, ssl.SSLCertVerificationError):
-            return f"the server's TLS certificate is not trusted ({err.verify_message or err})"
+            why = getattr(err, "verify_message", None) or err
+            return f"the server's TLS certificate is not trusted ({why})"
         if isinstance(err, ssl.SSLError) and not isinstance(
             err, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLWantReadError
         ):
