@@ -123,10 +123,15 @@ eviction-policy check and the cluster-mode question."""
 _NAMESPACE_IN_KEY = re.compile(rb"exo:\{([^}]*)\}")
 
 
-def acl_rule(namespace: str) -> str:
+CLUSTER_ACL_COMMANDS = "+cluster|slots +command"
+"""What a cluster client sends besides: the topology, and the commands' key positions."""
+
+
+def acl_rule(namespace: str, cluster: bool = False) -> str:
     """The minimal ACL rule of a user that runs namespace `namespace` (ACL SETUSER name on
-    >password RULE)."""
-    return f"~exo:{{{namespace}}}:* {ACL_COMMANDS}"
+    >password RULE); on a Redis Cluster (`cluster`), set on every node."""
+    extra = f" {CLUSTER_ACL_COMMANDS}" if cluster else ""
+    return f"~exo:{{{namespace}}}:* {ACL_COMMANDS}{extra}"
 
 
 def key_namespace(args: tuple[Any, ...]) -> str | None:
@@ -140,7 +145,9 @@ def key_namespace(args: tuple[Any, ...]) -> str | None:
     return None
 
 
-def refusal(exc: NoPermissionError, user: str, args: tuple[Any, ...]) -> PermissionRefused:
+def refusal(
+    exc: NoPermissionError, user: str, args: tuple[Any, ...], cluster: bool = False
+) -> PermissionRefused:
     """`exc` (Redis says "no permissions", naming neither user nor key) with the user, the
     command, the namespace and the grant it lacks."""
     if isinstance(exc, PermissionRefused):
@@ -148,7 +155,13 @@ def refusal(exc: NoPermissionError, user: str, args: tuple[Any, ...]) -> Permiss
     name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
     ns = key_namespace(args)
     where = f" in namespace {ns!r}" if ns is not None else ""
-    grant = acl_rule(ns) if ns is not None else ACL_COMMANDS
+    grant = (
+        acl_rule(ns, cluster)
+        if ns is not None
+        else f"{ACL_COMMANDS} {CLUSTER_ACL_COMMANDS}"
+        if cluster
+        else ACL_COMMANDS
+    )
     return PermissionRefused(
         f"Redis ACL user {user!r} may not run {name.upper()}{where} ({exc}); grant it: "
         f"ACL SETUSER {user} {grant}"
@@ -265,7 +278,7 @@ class ClusterAwareRedis(aioredis.Redis):
             async with self._slots:
                 return await cluster.execute_command(*_str_name(args), **options)
         except NoPermissionError as exc:
-            raise refusal(exc, self.user, args) from exc
+            raise refusal(exc, self.user, args, self.cluster_client is not None) from exc
         except MovedError as exc:
             if self.cluster_client is not None:
                 raise
@@ -347,7 +360,8 @@ class _RoutedPipeline(Pipeline):
         try:
             return await self._execute(raise_on_error)
         except NoPermissionError as exc:
-            raise refusal(exc, self._client.user, first) from exc
+            cluster = self._client.cluster_client is not None
+            raise refusal(exc, self._client.user, first, cluster) from exc
         except (RedisConnectionError, RedisClusterException) as exc:
             error = self._client.setup_error(exc)
             if error is None:

@@ -99,7 +99,7 @@ class Lane:
         except NoPermissionError as exc:
             if not isinstance(self._client, ClusterAwareRedis):
                 raise
-            raise refusal(exc, self._client.user, args) from exc
+            raise refusal(exc, self._client.user, args, self._cluster is not None) from exc
         except RedisConnectionError as exc:
             client = self._client
             error = client.setup_error(exc) if isinstance(client, ClusterAwareRedis) else None
