@@ -328,13 +328,14 @@ class ClusterAwareRedis(aioredis.Redis):
         async for key in source:
             yield key
 
-    async def primaries_info(self, section: str) -> list[dict[str, Any]]:
-        """INFO `section` of every primary (one entry on a single server)."""
+    async def info_of_key_node(self, section: str, key: str) -> dict[str, Any]:
+        """INFO `section` of the server holding `key`: on a cluster, the master serving its
+        slot (a plain INFO goes to any one node)."""
         cluster = await self.decide()
         if cluster is None:
-            return [await super().info(section)]
-        replies = await cluster.info(section, target_nodes=RedisCluster.PRIMARIES)
-        return list(replies.values()) if isinstance(replies, dict) else [replies]
+            return dict(await self.info(section))
+        node = cluster.get_node_from_key(key)
+        return dict(await cluster.info(section, target_nodes=node))
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         cluster, self.cluster_client = self.cluster_client, None
