@@ -140,8 +140,8 @@ def key_namespace(args: tuple[Any, ...]) -> str | None:
         raw = arg.encode() if isinstance(arg, str) else arg
         if isinstance(raw, bytes) and raw.startswith(b"exo:{"):
             found = _NAMESPACE_IN_KEY.match(raw)
-            if found:
-                return found.group(1).decode("utf-8", "replace")
+            if found:  # a lane's tag {ns:L} names the namespace before the colon
+                return found.group(1).decode("utf-8", "replace").split(":", 1)[0]
     return None
 
 

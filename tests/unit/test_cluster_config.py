@@ -98,6 +98,7 @@ def test_a_refusal_names_the_user_the_namespace_and_the_grant() -> None:
     raw = NoPermissionError("this user has no permissions to access one of the keys")
     args = ("HGETALL", "exo:{billing}:graphs")
     assert key_namespace(args) == "billing"
+    assert key_namespace(("XADD", "exo:{billing:3}:q:N")) == "billing"  # a lane's tag
     error = refusal(raw, "worker-a", args)
     assert isinstance(error, PermissionRefused) and isinstance(error, NoPermissionError)
     text = str(error)
