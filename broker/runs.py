@@ -155,6 +155,30 @@ class RunsReader:
         ids = await self._client.zrevrange(self.keys.runs(graph), offset, offset + count - 1)
         return [r.decode() for r in ids]
 
+    async def created_between(
+        self, graph: str, since_ms: int | None, until_ms: int | None, start: int, num: int
+    ) -> list[tuple[str, int]]:
+        """(run id, created ms) of `graph`'s runs created in [since, until], newest first,
+        `num` of them from the `start`-th."""
+        raw = await self._client.zrevrangebyscore(
+            self.keys.runs(graph),
+            "+inf" if until_ms is None else until_ms,
+            "-inf" if since_ms is None else since_ms,
+            start=start,
+            num=num,
+            withscores=True,
+        )
+        return [(r.decode(), int(score)) for r, score in raw]
+
+    async def count_between(self, graph: str, since_ms: int | None, until_ms: int | None) -> int:
+        """How many of `graph`'s runs were created in [since, until] (expired ones included
+        until they are met and forgotten)."""
+        return await self._client.zcount(
+            self.keys.runs(graph),
+            "-inf" if since_ms is None else since_ms,
+            "+inf" if until_ms is None else until_ms,
+        )
+
     async def forget(self, graph: str, run_ids: Sequence[str]) -> None:
         """Drop `run_ids` from `graph`'s run index (their runs expired)."""
         await self._client.zrem(self.keys.runs(graph), *run_ids)

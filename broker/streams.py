@@ -6,6 +6,7 @@ Everything here is a thin, typed wrapper over one Redis round trip; decisions li
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from importlib import resources
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from exospherehost.broker import fields as f
 from exospherehost.broker.client import Redis, RedisClient, Script, StreamEntry, typed_client
 from exospherehost.broker.codec import unpack
 from exospherehost.broker.deadletters import DeadLetterReader
@@ -96,6 +98,11 @@ def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:
     return out
 
 
+CANCELLED_KEEP_MS = 7 * 24 * 3600 * 1000
+"""How long a cancelled run stays in the namespace's cancelled set (its states may still be
+queued or delayed that long; the settle script drops them after that too)."""
+
+
 class Broker:
     """One namespace's streams on one Redis connection pool, and the typed readers of
     what else the namespace holds (the SDK never sends a command itself)."""
@@ -118,6 +125,7 @@ class Broker:
         self._retire = self.client.register_script(_lua("retire.lua"))
         self._cron_fire = self.client.register_script(_lua("cron_fire.lua"))
         self._start_run = self.client.register_script(_lua("start_run.lua"))
+        self._cancel_run = self.client.register_script(_lua("cancel_run.lua"))
         self._store_set = self.client.register_script(_lua("store_set.lua"))
         self._store_incr = self.client.register_script(_lua("store_incr.lua"))
         self._store_cas = self.client.register_script(_lua("store_cas.lua"))
@@ -301,6 +309,39 @@ class Broker:
         """Start a run (StateManager.trigger); False when it was started already."""
         return await self.start_runs([start]) == 1
 
+    async def cancel_run(self, run_id: str, retention_s: int) -> str:
+        """Cancel a RUNNING run (cancel_run.lua): its status after the call, CANCELLED,
+        SUCCEEDED / FAILED (it had finished) or MISSING."""
+        k = self.keys
+        reply = await self._cancel_run(
+            keys=[
+                k.run(run_id),
+                k.events(),
+                k.run_history(run_id),
+                k.run_results(run_id),
+                k.run_store(run_id),
+            ],
+            args=[run_id, retention_s, f.CANCELLED_OPEN],
+        )
+        status = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if status == f.CANCELLED:
+            # Not in the script: on a cluster with lanes the run's keys and this
+            # namespace-wide set live in different slots. Losing this write only costs
+            # executions (workers would not skip the run's states); nothing is emitted.
+            now_ms = int(time.time() * 1000)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(self.keys.cancelled(), {run_id: now_ms}, nx=True)
+            pipe.zremrangebyscore(self.keys.cancelled(), "-inf", now_ms - CANCELLED_KEEP_MS)
+            await pipe.execute()
+        return status
+
+    async def cancelled_since(self, after_ms: int) -> list[tuple[str, int]]:
+        """Runs cancelled after `after_ms` (ms since the epoch), oldest first."""
+        raw = await self.client.zrangebyscore(
+            self.keys.cancelled(), f"({after_ms}", "+inf", withscores=True
+        )
+        return [(r.decode(), int(score)) for r, score in raw]
+
     async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> int:
         """Start many runs, each at most once (start_run.lua skips a run whose hash exists:
         redis-py's retry re-sends a batch whose reply was lost, with the same run ids),
@@ -355,16 +396,25 @@ class Broker:
                     raise KeyRefused(f"stream {key} has used up its entry ids: nothing written")
 
     async def cron_fire(
-        self, start: RunStart, version: int, fire_ts: int, marker_ttl_s: int
+        self,
+        start: RunStart,
+        version: int,
+        fire_ts: int,
+        marker_ttl_s: int,
+        late_s: int | None = None,
     ) -> int:
-        """Start `start` only if no one fired its graph for `fire_ts` yet and `version` is
-        still the graph's current one: 1 fired, 0 already fired, -1 stale version."""
+        """Start `start` only if no one fired its graph for `fire_ts` yet, `version` is
+        still the graph's current one and, by Redis's clock, `fire_ts` is due and (with
+        `late_s`) at most `late_s` late: 1 fired, 0 already fired, -1 stale version,
+        -2 not due yet, -3 too late (see lua/cron_fire.lua). Keep `late_s` below
+        `marker_ttl_s`: a marker must outlive every attempt at its fire time."""
         keys = [
             self.keys.cron_marker(start.graph, fire_ts),
             self.keys.graphs(),
             *start.script_keys(),
         ]
-        args = [marker_ttl_s, start.graph, version, *start.script_args()]
+        late = -1 if late_s is None else late_s
+        args = [marker_ttl_s, start.graph, version, fire_ts, late, *start.script_args()]
         return int(await self._cron_fire(keys=keys, args=args))
 
     # -- run stores ---------------------------------------------------------------------

@@ -11,9 +11,12 @@ from typing import Any
 import click
 from redis.exceptions import NoPermissionError
 
+from exospherehost.broker.client import RedisClient, typed_client
+from exospherehost.broker.serverinfo import memory_view
 from exospherehost.cli._common import Settings, age, namespace_option, pass_settings, run, table
 from exospherehost.cli._common import to_json as _to_json
 from exospherehost.client.statemanager import StateManager
+from exospherehost.config import resolve
 
 COLUMNS = (
     "NODE",
@@ -37,6 +40,16 @@ class _Monitor:
         # (namespace, node) -> (monotonic time, entries added, entries removed)
         self.prev: dict[tuple[str, str], tuple[float, int, int]] = {}
         self.clock = time.monotonic
+        self._client: RedisClient | None = None  # for INFO memory (server-wide)
+        self._closing = contextlib.AsyncExitStack()
+
+    async def memory(self) -> dict[str, Any]:
+        """Redis memory used vs maxmemory, and the policy (INFO memory)."""
+        if self._client is None:
+            client = resolve(self.settings.redis_url, self.settings.key).client()
+            self._closing.push_async_callback(client.aclose)
+            self._client = typed_client(client)
+        return await memory_view(self._client)
 
     async def namespaces(self) -> list[str]:
         if self.settings.namespace:
@@ -96,15 +109,17 @@ class _Monitor:
     async def close(self) -> None:
         for sm in self.managers.values():
             await sm.close()
+        await self._closing.aclose()
 
 
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def render(snapshot: dict[str, Any], where: str) -> str:
+def render(snapshot: dict[str, Any], where: str, redis_memory: dict[str, Any] | None = None) -> str:
+    tail = f"\n\n{redis_memory['summary']}" if redis_memory else ""
     if not snapshot:
-        return f"no namespace on {where} has registered nodes"
+        return f"no namespace on {where} has registered nodes{tail}"
     blocks = []
     for ns, data in snapshot.items():
         rows = [
@@ -124,7 +139,7 @@ def render(snapshot: dict[str, Any], where: str) -> str:
         head = f"namespace {ns}   dead letters: {data['dead_letters']}"
         body = table(COLUMNS, rows) if rows else "(no registered nodes)"
         blocks.append(f"{head}\n{body}")
-    return "\n\n".join(blocks)
+    return "\n\n".join(blocks) + tail
 
 
 @click.command(short_help="Queue figures and throughput per node.")
@@ -164,7 +179,8 @@ def status(
 
     The rates are measured between two samples --interval apart, so a single status
     takes that long. Dead letters are counted per namespace, whose nodes share one
-    dead-letter stream.
+    dead-letter stream. The last line is Redis's memory used vs its maxmemory, and its
+    maxmemory-policy (INFO memory; server-wide).
     """
     tty = sys.stdout.isatty() and not as_json
 
@@ -176,15 +192,17 @@ def status(
             while True:
                 await asyncio.sleep(interval)
                 snapshot = await monitor.sample()
+                mem = await monitor.memory()
                 if as_json:
-                    click.echo(_to_json({"time": time.time(), "namespaces": snapshot}, None))
+                    sample = {"time": time.time(), "namespaces": snapshot, "redis_memory": mem}
+                    click.echo(_to_json(sample, None))
                 else:
                     if watch and tty:
                         click.clear()
                     if watch:
                         stamp = time.strftime("%H:%M:%S")
                         click.echo(f"{stamp}  every {interval:g}s (Ctrl-C to stop)\n")
-                    click.echo(render(snapshot, settings.where()))
+                    click.echo(render(snapshot, settings.where(), mem))
                     if watch and not tty:
                         click.echo()
                 shown += 1

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
+from exospherehost.broker.serverinfo import memory_view
 from exospherehost.client.deadletters import DeadLetter
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
@@ -48,12 +49,14 @@ async def graph_view(sm: StateManager, name: str) -> dict[str, Any]:
 
 
 async def overview(sm: StateManager) -> dict[str, Any]:
-    """A namespace: its graphs drawn, per-node queue figures, and the dead-letter count."""
+    """A namespace: its graphs drawn, per-node queue figures, the dead-letter count, and
+    Redis's memory (used vs maxmemory, the policy: INFO memory)."""
     names = await sm.graph_names()
-    graphs, stats, dead = await asyncio.gather(
+    graphs, stats, dead, mem = await asyncio.gather(
         asyncio.gather(*(graph_view(sm, n) for n in names)),
         sm.node_stats(),
         sm.dead_letters(count=DEAD_COUNT_CAP),
+        memory_view(sm.broker.client),
     )
     return {
         "namespace": sm.namespace,
@@ -61,6 +64,7 @@ async def overview(sm: StateManager) -> dict[str, Any]:
         "graphs": list(graphs),
         "nodes": stats,
         "dead": {"count": len(dead), "capped": len(dead) >= DEAD_COUNT_CAP},
+        "redis_memory": mem,  # server-wide: used vs maxmemory, the policy
     }
 
 

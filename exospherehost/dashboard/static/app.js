@@ -191,7 +191,8 @@ const pages = {
     setCrumbs([[ns, null]]);
     const dead = `${data.dead.count}${data.dead.capped ? "+" : ""}`;
     const head = `<div class="toolbar"><h2>${esc(ns)}</h2>` +
-      `<a href="#/ns/${enc(ns)}/dead" id="dead-link">dead letters: ${dead}</a></div>`;
+      `<a href="#/ns/${enc(ns)}/dead" id="dead-link">dead letters: ${dead}</a>` +
+      `<span class="muted" id="redis-memory">${esc(data.redis_memory.summary)}</span></div>`;
     const graphs = data.graphs.map((g) => graphCard(ns, g, data.nodes, true)).join("") ||
       `<div class="card muted">No graphs in this namespace.</div>`;
     return [["head", head], ["graphs", graphs], ["nodes", nodesTable(ns, data.nodes)]];
