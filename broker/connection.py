@@ -218,9 +218,19 @@ class ClusterAwareRedis(aioredis.Redis):
         self._slots: asyncio.Semaphore | None = None
 
     async def decide(self) -> RedisCluster | None:
-        """The cluster client when the server is a cluster, else None (asked once)."""
+        """The cluster client when the server is a cluster, else None (asked once).
+        Refused credentials or TLS raise ConnectionSetupError (see setup_failure)."""
         if self.decided:
             return self.cluster_client
+        try:
+            return await self._decide()
+        except (RedisConnectionError, RedisClusterException) as exc:
+            error = self.setup_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def _decide(self) -> RedisCluster | None:
         if self._deciding is None:
             self._deciding = asyncio.Lock()
         async with self._deciding:
