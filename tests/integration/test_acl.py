@@ -144,3 +144,29 @@ async def _asgi_get(app: Any, path: str) -> tuple[int, Any]:
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return status, json.loads(body)
+
+
+async def test_the_operator_rule_of_the_readme_reads_every_namespace(
+    redis_server: ServerInfo, redis_url: str, namespace: str
+) -> None:
+    user, password = f"op{uuid4().hex[:8]}", uuid4().hex
+    admin = redis_py.Redis.from_url(redis_server.url)
+    rule = ["~exo:*", "-@all", "+@read", "+info"]  # README, Configuration: ACL
+    admin.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", *rule)  # type: ignore[no-untyped-call]
+    try:
+        others = [namespace, f"{namespace}x"]
+        for ns in others:
+            async with StateManager(ns, redis_url=redis_url) as sm:
+                await sm.broker.registry.register({"Square": "{}"})
+        url = _url(redis_server, user, password)
+        assert set(others) <= set(await StateManager.namespaces(url))
+        env = {"EXOSPHERE_REDIS_URL": url, "EXOSPHERE_NAMESPACE": None, "EXOSPHERE_API_KEY": None}
+        args = ["status", "--interval", "0.1", "--json"]
+        result = await asyncio.to_thread(CliRunner().invoke, cli, args, env=env)
+        assert result.exit_code == 0, result.output
+        shown = json.loads(result.stdout.strip().splitlines()[-1])["namespaces"]
+        assert set(others) <= set(shown), shown
+        assert all("Square" in shown[ns]["nodes"] for ns in others), shown
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
+        admin.close()
