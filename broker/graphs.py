@@ -103,6 +103,22 @@ class GraphRecords:
                 break
         return found
 
+    async def remove(self, name: str, version: int, ttl_s: int, keep_runs: bool) -> bool:
+        """Take graph `name` out of the namespace (no new runs or cron fires; `get_graph`
+        does not find it), in one MULTI: its pointer, and unless `keep_runs` its run index;
+        its current version's secrets get the expiry of a replaced version's (runs left
+        to finish still read them). Documents of its versions stay (runs pinned to them,
+        their redrives); the version counter stays, so a graph of the same name upserted
+        later gets new version numbers. False when it was not there (any more)."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hdel(self.keys.graphs(), name)
+        if not keep_runs:
+            pipe.delete(self.keys.runs(name))
+        pipe.execute_command("EXPIRE", self.keys.version_secrets(name, version), ttl_s, "NX")
+        pipe.execute_command("EXPIRE", self.keys.secrets(name), ttl_s, "NX")
+        replies = await pipe.execute()
+        return bool(replies[0])
+
     async def sweep_lease(self, period_s: int) -> bool:
         """True for the one caller per `period_s` that gets to sweep the namespace."""
         return bool(

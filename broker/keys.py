@@ -77,6 +77,21 @@ class Keys:
         runs before executing them (the settle script drops what they emit regardless)."""
         return f"{self.base}:cancelled"
 
+    def worker(self, consumer: str) -> str:
+        """String (JSON, with an expiry) a Runtime process rewrites every few seconds: who
+        it is and its counters (see broker/workers.py)."""
+        return f"{self.base}:worker:{consumer}"
+
+    def workers(self) -> str:
+        """Sorted set consumer -> when its worker record was last written (ms, its clock):
+        the index of Keys.worker records, kept for an hour after a worker's last word."""
+        return f"{self.base}:workers"
+
+    def throughput(self, minute: int) -> str:
+        """Hash of one minute's per-node counters (minute = epoch seconds // 60), fields
+        `{10 s slot}:{done|failed}:{node}`; expires after 20 minutes."""
+        return f"{self.base}:tput:{minute}"
+
     def events(self) -> str:
         """Capped stream of run events (run finished), for waiters and dashboards."""
         return f"{self.base}:events"

@@ -25,6 +25,7 @@ from exospherehost.broker.queues import QueueReader
 from exospherehost.broker.registry import NodeRegistry
 from exospherehost.broker.runs import RunsReader
 from exospherehost.broker.runstart import RunStart
+from exospherehost.broker.workers import WorkerBoard
 
 if TYPE_CHECKING:
     from exospherehost.broker.lane import Lane
@@ -114,6 +115,7 @@ class Broker:
         self.runs = RunsReader(self.client, self.keys)
         self.dead_letters = DeadLetterReader(self.client, self.keys)
         self.queues = QueueReader(self.client, self.keys)
+        self.workers = WorkerBoard(self.client, self.keys)
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT (e.g. after a
         # Redis restart flushed the script cache).
         self._settle = self.client.register_script(_lua("settle.lua"))

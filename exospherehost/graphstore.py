@@ -106,6 +106,10 @@ class GraphStore:
             doc["name"], doc["version"], pack(doc), secrets, self.old_secrets_ttl_s
         )
 
+    async def remove(self, name: str, version: int, keep_runs: bool) -> bool:
+        """Delete graph `name` (its current version is `version`): see GraphRecords.remove."""
+        return await self.records.remove(name, version, self.old_secrets_ttl_s, keep_runs)
+
     async def current_version(self, name: str) -> int | None:
         return await self.records.current_version(name)
 
