@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import NoPermissionError
+
 from exospherehost.broker import fields as f
 from exospherehost.broker.client import RedisClient, StreamEntry
 from exospherehost.broker.codec import unpack
@@ -210,9 +212,19 @@ def _live(consumers: list[Any], alive: Any, records: Any, now: Any) -> int:
 
 
 async def namespaces(client: RedisClient) -> list[str]:
-    """Namespaces with a node registry on this Redis (SCAN, not KEYS)."""
-    found = set()
+    """Namespaces with a node registry on this Redis (SCAN, not KEYS; on a Redis Cluster
+    every primary is scanned), leaving out those the ACL user may not read: SCAN lists
+    every key, and a view spanning namespaces should skip the ones it cannot show
+    rather than fail on them (one pipelined EXISTS per namespace tells)."""
+    found: dict[str, bytes] = {}  # namespace -> its registry key
     async for k in client.scan_iter(match=NODES_PATTERN, count=1000):
         name = k.decode()
-        found.add(name[name.index("{") + 1 : name.rindex("}")])
-    return sorted(found)
+        found[name[name.index("{") + 1 : name.rindex("}")]] = k
+    names = sorted(found)
+    if not names:
+        return names
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(found[name])
+    replies = await pipe.execute(raise_on_error=False)
+    return [n for n, r in zip(names, replies, strict=True) if not isinstance(r, NoPermissionError)]

@@ -14,6 +14,7 @@ from typing import Any
 from redis.exceptions import NoPermissionError
 
 from exospherehost.broker.client import RedisClient
+from exospherehost.broker.connection import ClusterAwareRedis
 
 SAFE_POLICY = "noeviction"
 
@@ -89,6 +90,19 @@ async def memory(client: RedisClient) -> Memory:
     """INFO memory (allowed where CONFIG is not, e.g. managed Redis and per-namespace ACL
     users with +info)."""
     info = await client.info("memory")
+    return Memory(
+        policy=str(info.get("maxmemory_policy", SAFE_POLICY)),
+        used=int(info.get("used_memory", 0)),
+        limit=int(info.get("maxmemory", 0)),
+    )
+
+
+async def memory_of(client: RedisClient, key: str) -> Memory:
+    """`memory` of the server holding `key` (on a Redis Cluster, the master serving its
+    slot, e.g. a namespace's; a plain INFO there reaches any one node)."""
+    if not isinstance(client, ClusterAwareRedis):
+        return await memory(client)
+    info = await client.info_of_key_node("memory", key)
     return Memory(
         policy=str(info.get("maxmemory_policy", SAFE_POLICY)),
         used=int(info.get("used_memory", 0)),

@@ -1,4 +1,5 @@
-"""Where Redis is: `redis_url=` or EXOSPHERE_REDIS_URL; credential: `key=` or EXOSPHERE_API_KEY."""
+"""Where Redis is: `redis_url=` or EXOSPHERE_REDIS_URL; credential: `key=` or EXOSPHERE_API_KEY;
+whether it is a Redis Cluster: asked of the server, or EXOSPHERE_REDIS_CLUSTER=yes|no."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from exospherehost.broker.connection import faster
+from exospherehost.broker.connection import CLUSTER_MODES, ClusterAwareRedis, faster
 from exospherehost.errors import ConfigError as ConfigError  # old import path
 
 ENV_URL = "EXOSPHERE_REDIS_URL"
 ENV_KEY = "EXOSPHERE_API_KEY"
+ENV_CLUSTER = "EXOSPHERE_REDIS_CLUSTER"
 ENV_LEGACY_URI = "EXOSPHERE_STATE_MANAGER_URI"
 """The original SDK's setting: the address of its state-manager server, which this SDK does
 not have (Redis is the broker). Read only to say what to set instead."""
@@ -27,8 +30,12 @@ _SCHEMES = ("redis", "rediss", "unix")
 class RedisConfig:
     url: str
     password: str | None
+    cluster: str = "auto"  # auto: ask the server (INFO cluster); yes / no: told
 
     def client(self, **kwargs: object) -> aioredis.Redis:
+        """The one place a client is made: a single-server client that turns into a
+        Redis Cluster client when the server runs in cluster mode (the same redis:// or
+        rediss:// URL of any one node; see broker.connection.ClusterAwareRedis)."""
         # A socket timeout detects a hung server; blocking reads stay well below it.
         opts: dict[str, object] = {
             "decode_responses": False,
@@ -44,6 +51,16 @@ class RedisConfig:
         if self.password is not None:
             opts["password"] = self.password
         opts.update(kwargs)
+        if self.cluster != "no" and urlparse(self.url).scheme == "unix":
+            # A cluster has no unix sockets: a unix:// URL is a single server.
+            return self._single(opts)
+        return ClusterAwareRedis(
+            connection_pool=self._single(opts).connection_pool,
+            mode=self.cluster,
+            cluster=lambda: self._cluster(opts),
+        )
+
+    def _single(self, opts: dict[str, object]) -> aioredis.Redis:
         # A blocking pool makes callers wait for a free connection instead of failing
         # with MaxConnectionsError when many coroutines share one client.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -54,8 +71,23 @@ class RedisConfig:
         pool.connection_class = faster(pool.connection_class)
         return aioredis.Redis(connection_pool=pool)
 
+    def _cluster(self, opts: dict[str, object]) -> RedisCluster:
+        # The same options; a cluster client keeps connections per node (no pool object).
+        # Its retry covers MOVED / ASK / TRYAGAIN / CLUSTERDOWN and refreshes the topology.
+        client = RedisCluster.from_url(self.url, **opts)
+        # It builds connections with the class in its connection kwargs (plain or SSL),
+        # shared with its node manager; swap in the hiredis-packing twin, also on the
+        # node it was given (built already).
+        kwargs = client.connection_kwargs
+        kwargs["connection_class"] = faster(kwargs["connection_class"])
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = faster(node.connection_class)  # type: ignore[assignment]
+        return client
 
-def resolve(redis_url: str | None = None, key: str | None = None) -> RedisConfig:
+
+def resolve(
+    redis_url: str | None = None, key: str | None = None, cluster: str | None = None
+) -> RedisConfig:
     url = redis_url if redis_url is not None else os.environ.get(ENV_URL)
     source = "redis_url" if redis_url is not None else ENV_URL
     if not url:
@@ -83,7 +115,16 @@ def resolve(redis_url: str | None = None, key: str | None = None) -> RedisConfig
         except ValueError:
             raise ConfigError(f"{source}={url!r} has an invalid port") from None
     password = key if key is not None else os.environ.get(ENV_KEY) or None
-    return RedisConfig(url, password)
+    mode = cluster if cluster is not None else os.environ.get(ENV_CLUSTER) or "auto"
+    if mode.lower() not in CLUSTER_MODES:
+        what = "cluster" if cluster is not None else ENV_CLUSTER
+        raise ConfigError(
+            f"{what}={mode!r}: expected auto (ask the server whether it is a Redis Cluster), "
+            f"yes or no"
+        )
+    if mode.lower() == "yes" and parsed.scheme == "unix":
+        raise ConfigError(f"{source}={url!r}: a Redis Cluster cannot be reached by unix socket")
+    return RedisConfig(url, password, mode.lower())
 
 
 def legacy_uri_problem(source: str, value: str) -> str:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import click
+from redis.exceptions import NoPermissionError
 
 from exospherehost.broker.client import RedisClient, typed_client
 from exospherehost.broker.serverinfo import memory_view
@@ -66,7 +67,12 @@ class _Monitor:
                 sm = self.managers[ns] = StateManager(
                     ns, self.settings.redis_url, self.settings.key
                 )
-            stats = await sm.node_stats()
+            try:
+                stats = await sm.node_stats()
+            except NoPermissionError:
+                if self.settings.namespace:
+                    raise  # asked for by name: say why it cannot be shown
+                continue  # an ACL user that may not read it: show the others
             counters = await sm.broker.queues.counters(list(stats))
             now = self.clock()
             nodes = {}

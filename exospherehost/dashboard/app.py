@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from exospherehost import errors
+from exospherehost.broker.errors import ConnectionSetupError
 from exospherehost.broker.keys import check_name
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
@@ -210,6 +211,9 @@ def create_app(
     handlers = {
         KeyError: _error(404),  # unknown graph or run (RunNotFound is a KeyError)
         ValueError: _error(400),  # invalid names (KeyNameError) and query parameters
+        # An ACL user that may not read the namespace: the reason names the grant.
+        redis.exceptions.NoPermissionError: _error(403),
+        ConnectionSetupError: _error(503),  # credentials or TLS refused
         redis.exceptions.ConnectionError: _error(503),
         redis.exceptions.TimeoutError: _error(503),
     }
