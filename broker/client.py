@@ -79,6 +79,13 @@ class Pipeline(Protocol):
     def xpending_range(
         self, name: str, groupname: str, min: str, max: str, count: int
     ) -> object: ...
+    def zrevrange(self, name: str, start: int, end: int, withscores: bool = False) -> object: ...
+    def xrange(
+        self, name: str, min: str = "-", max: str = "+", count: int | None = None
+    ) -> object: ...
+    def xrevrange(
+        self, name: str, max: str = "+", min: str = "-", count: int | None = None
+    ) -> object: ...
 
 
 class RedisClient(Protocol):
