@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import ResponseError
 
 from exospherehost.broker.codec import MalformedEntry, decode, encode
-from exospherehost.broker.deadletters import DeadLetterReader, DeadRecord
+from exospherehost.broker.deadletters import DeadLetterReader, DeadRecord, split_dead_id
 from exospherehost.broker.keys import ENVELOPE_FIELD, check_name
 from exospherehost.broker.plan import MAX_XADD_FIELDS
 from exospherehost.broker.streams import REDRIVE_REFUSED, Broker
@@ -32,7 +32,7 @@ class RedriveReport:
 class DeadLetter:
     """A state that could not be processed, with why and what it was."""
 
-    id: str  # entry id in the dead-letter stream
+    id: str  # entry id in its lane's dead-letter stream (`<entry id>/n` on lane n > 0)
     node: str
     state_id: str
     run_id: str | None
@@ -65,7 +65,8 @@ class DeadLettersMixin:
         return self.broker.dead_letters
 
     async def dead_letters(self, count: int = 100, after: str = "-") -> list[DeadLetter]:
-        """Dead letters oldest first, from entry id `after` (exclusive unless '-')."""
+        """Dead letters oldest first, from id `after` (exclusive unless '-'); over every
+        lane of the namespace, ordered by (entry id, lane)."""
         start = after if after == "-" else f"({after}"
         return [DeadLetter.of(r) for r in await self._dead.range(start, count)]
 
@@ -82,8 +83,9 @@ class DeadLettersMixin:
         if dead is None:
             return False
         fields = redrive_fields(dead)
-        done, problem = await self.broker.redrive(
-            dead_id, check_name("node name", dead.node), dead.run_id, dead.identifier or "", fields
+        lane, entry_id = split_dead_id(dead_id)  # back onto the lane it died on (its run's)
+        done, problem = await self.broker.on_lane(lane).redrive(
+            entry_id, check_name("node name", dead.node), dead.run_id, dead.identifier or "", fields
         )
         if done == REDRIVE_REFUSED:
             raise RedriveRefused(f"cannot redrive {dead_id}: {problem}")
@@ -101,14 +103,16 @@ class DeadLettersMixin:
         the others go on. Letters that die again meanwhile land after the starting tail and
         are left alone (otherwise a state that always fails would be redriven forever)."""
         report = RedriveReport()
-        last = await self._dead.last_id()
-        if last is None:
+        lasts = await self._dead.last_ids()  # per lane
+        if not lasts:
             return report
         after = "-"
         while batch := await self.dead_letters(1000, after):
             for dead in batch:
-                if _id_after(dead.id, last):
-                    return report
+                lane, entry_id = split_dead_id(dead.id)
+                last = lasts.get(lane)
+                if last is None or _id_after(entry_id, split_dead_id(last)[1]):
+                    continue
                 try:
                     report.redriven += await self.redrive(dead.id)
                 except (RunNotFound, ValueError, ResponseError) as exc:

@@ -119,6 +119,10 @@ def _trigger_errors(
     return errors
 
 
+LANES_CACHE_S = 2.0
+"""How long a StateManager keeps the namespace's lane count before reading it again."""
+
+
 class StateManager(RunsMixin, DeadLettersMixin):
     def __init__(
         self, namespace: str, redis_url: str | None = None, key: str | None = None
@@ -133,6 +137,9 @@ class StateManager(RunsMixin, DeadLettersMixin):
         self.graphs = GraphStore(self.broker.client, self.keys)
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
         self._server_checked = False
+        self._start_lanes: list[int] = [0]  # where new runs go (round robin), re-read ...
+        self._lanes_read = -LANES_CACHE_S  # ... every LANES_CACHE_S (monotonic time)
+        self._next_lane = 0
 
     async def _check_server(self) -> None:
         """Before the first write: warn (once per StateManager) when Redis may evict what
@@ -329,20 +336,49 @@ class StateManager(RunsMixin, DeadLettersMixin):
         graph = await self._compiled_current(graph_name)
         full_store = run_store(graph, _inputs_dict(store or {}, "store"))
         now = int(time.time() * 1000)
+        given = [_inputs_dict(item or {}, f"inputs[{i}]") for i, item in enumerate(inputs)]
+        lanes = await self._lanes_for(len(given))
         starts = [
             plan_run(
                 graph,
-                self.keys,
-                inputs=_inputs_dict(item or {}, f"inputs[{i}]"),
+                self.keys.on_lane(lane),
+                inputs=item,
                 store=full_store,
                 start_delay_ms=start_delay,
                 now_ms=now,
             )
-            for i, item in enumerate(inputs)
+            for lane, item in zip(lanes, given, strict=True)
         ]
         await self._check_server()
         await self.broker.start_runs(starts)
         return [s.run_id for s in starts]
+
+    async def _lanes_for(self, n: int) -> list[int]:
+        """The lanes (tag numbers) of the next `n` runs: the namespace's current lanes,
+        round robin; the count is read at most every LANES_CACHE_S (a run started on a
+        lane of the count just replaced is still served: see exospherehost.runtime.lanes)."""
+        if time.monotonic() - self._lanes_read >= LANES_CACHE_S:
+            _, self._start_lanes, _ = await self.broker.lanes()
+            self._lanes_read = time.monotonic()
+        lanes, first = self._start_lanes, self._next_lane
+        self._next_lane = (first + n) % len(lanes)
+        return [lanes[(first + i) % len(lanes)] for i in range(n)]
+
+    async def set_lanes(self, count: int) -> list[int]:
+        """Spread the namespace's runs over `count` lanes (1 to 256; 1 is the default):
+        lanes are hash tags that land on evenly spaced Redis Cluster slots, each served
+        by its own read and settle calls in every Runtime. Safe while runs flow: a run
+        stays on the lane it started on, and Runtimes serve a lane of an older count as
+        long as it holds anything. Returns the lanes' tag numbers (lane 0 is 0)."""
+        tags = await self.broker.set_lanes(count)
+        self._lanes_read = -LANES_CACHE_S  # our next trigger reads it again
+        return tags
+
+    async def lanes(self) -> dict[str, Any]:
+        """The namespace's lanes: {"count": k, "current": tag numbers of the k lanes,
+        "in_use": tag numbers of every lane that may hold something (current and older)}."""
+        count, current, used = await self.broker.lanes()
+        return {"count": count, "current": current, "in_use": sorted(used.union(current))}
 
     async def run_store(self, run_id: str) -> dict[str, Any]:
         """The run's store as it is now (trigger values, defaults and nodes' writes)."""

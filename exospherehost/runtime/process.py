@@ -29,6 +29,7 @@ from exospherehost.node import BaseNode, node_schema, validate_nodes
 from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
+from exospherehost.runtime.lanes import LaneWorkers
 from exospherehost.runtime.resilience import Retrier, is_outage, pause
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
@@ -133,7 +134,7 @@ class Runtime:
         )
         # Replicas share `name`; host, pid and a random part keep consumers apart.
         self.consumer = f"{name}:{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self._worker: Worker | None = None
+        self._worker: LaneWorkers | None = None  # one Worker per lane
         self._cron: CronScheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -203,7 +204,7 @@ class Runtime:
             specs = [NodeSpec.of(n) for n in self.nodes]
             # One for the worker and our own start-up calls: one outage log, one stop.
             retry = Retrier()
-            self._worker = Worker(
+            self._worker = LaneWorkers(
                 broker,
                 specs,
                 self.consumer,
@@ -218,6 +219,7 @@ class Runtime:
                 consumer_idle_ms=self.consumer_idle_ms,
                 retry=retry,
                 ready=self.started,  # set once its consumers joined the groups
+                factory=Worker,  # looked up here: tests give Workers options through it
             )
             if self.metrics_port is not None:
                 # Imported on use: only Runtimes that export load prometheus_client.

@@ -1,0 +1,402 @@
+"""Lanes on one real redis-server (issue 14 part B): a namespace spread over k hash tags.
+
+With k = 4: a fan-out / fan-in graph with retries, a graph whose states are dead-lettered
+and then redriven, a cron graph and a foreign plain XADD run together; runs spread over
+every lane, every run completes, each leaf once, nothing is left pending on any lane, and
+the namespace-wide readers (stats, run listing, dead letters) add the lanes up. Changing k
+while runs flow loses nothing: a run finishes on the lane it started on, and a Runtime
+started later serves an older count's lanes while they hold states."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import ClassVar
+
+import pytest
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from exospherehost import (
+    BaseNode,
+    CronTrigger,
+    GraphNodeModel,
+    RetryPolicyModel,
+    Runtime,
+    StateManager,
+    StoreConfigModel,
+    UnitesModel,
+    UnitesStrategyEnum,
+)
+from exospherehost.broker.deadletters import split_dead_id
+from exospherehost.broker.keys import GROUP, Keys, lane_tags, run_lane
+from exospherehost.runtime import lanes as runtime_lanes
+from tests.integration.helpers import running
+
+K = 4
+BRANCHES = 6  # values 0..5; the odd ones fail their first attempt (retried)
+
+
+class Split(BaseNode):
+    class Inputs(BaseModel):
+        n: int
+        tag: str
+
+    class Outputs(BaseModel):
+        value: int
+        tag: str
+
+    async def execute(self) -> list[Outputs]:
+        return [self.Outputs(value=i, tag=self.inputs.tag) for i in range(self.inputs.n)]
+
+
+class Work(BaseNode):
+    """Fails the first attempt of every odd value (a retry), then succeeds."""
+
+    tries: ClassVar[Counter[tuple[str, int]]] = Counter()
+
+    class Inputs(BaseModel):
+        value: int
+        tag: str
+
+    class Outputs(BaseModel):
+        value: int
+
+    async def execute(self) -> Outputs:
+        key = (self.inputs.tag, self.inputs.value)
+        Work.tries[key] += 1
+        if self.inputs.value % 2 and Work.tries[key] == 1:
+            raise RuntimeError(f"first try of {key} fails")
+        return self.Outputs(value=self.inputs.value)
+
+
+class Collect(BaseNode):
+    class Inputs(BaseModel):
+        values: list[int]
+
+    class Outputs(BaseModel):
+        values: list[int]
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(values=sorted(self.inputs.values))
+
+
+class Doomed(BaseNode):
+    """Fails for good while `broken` (dead-lettered), succeeds once mended (redrive)."""
+
+    broken: ClassVar[bool] = True
+
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> Outputs:
+        if Doomed.broken:
+            raise RuntimeError(f"doomed {self.inputs.x}")
+        return self.Outputs(x=self.inputs.x)
+
+
+class Tick(BaseNode):
+    class Inputs(BaseModel):
+        label: str
+
+    class Outputs(BaseModel):
+        label: str
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(label=self.inputs.label)
+
+
+class Echo(BaseNode):
+    class Inputs(BaseModel):
+        name: str
+
+    class Outputs(BaseModel):
+        greeting: str
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(greeting=f"hello {self.inputs.name}")
+
+
+NODES: list[type[BaseNode]] = [Split, Work, Collect, Doomed, Tick, Echo]
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    Work.tries.clear()
+    Doomed.broken = True
+    monkeypatch.setattr(runtime_lanes, "LANE_CHECK_S", 0.2)  # Runtimes see new counts fast
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def runtime(url: str, ns: str, name: str = "lanes") -> Runtime:
+    return Runtime(namespace=ns, name=name, nodes=NODES, redis_url=url, workers=16)
+
+
+async def fan_graph(sm: StateManager, ns: str) -> None:
+    await sm.upsert_graph(
+        "fan",
+        [
+            GraphNodeModel(
+                node_name="Split",
+                namespace=ns,
+                identifier="split",
+                inputs={"n": "${{ store.n }}", "tag": "${{ store.tag }}"},
+                next_nodes=["work"],
+            ),
+            GraphNodeModel(
+                node_name="Work",
+                namespace=ns,
+                identifier="work",
+                inputs={"value": "${{ split.outputs.value }}", "tag": "${{ split.outputs.tag }}"},
+                next_nodes=["collect"],
+            ),
+            GraphNodeModel(
+                node_name="Collect",
+                namespace=ns,
+                identifier="collect",
+                unites=UnitesModel(identifier="split", strategy=UnitesStrategyEnum.ALL_SUCCESS),
+                inputs={"values": "${{ work.outputs.value }}"},
+            ),
+        ],
+        retry_policy=RetryPolicyModel(max_retries=2, backoff_factor=1),
+        store_config=StoreConfigModel(required_keys=["n", "tag"]),
+        validation_timeout=0,
+    )
+
+
+async def until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    """Wait for `check()` (a bool, or an awaitable of one) to hold."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await _value(check()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _value(x: object) -> object:
+    return await x if inspect.isawaitable(x) else x
+
+
+async def register(url: str, ns: str) -> None:
+    """Register the nodes (a Runtime started and stopped) so graphs validate."""
+    async with running(runtime(url, ns, "register")):
+        pass
+
+
+async def nothing_pending(redis: Redis, ns: str, tags: list[int]) -> None:
+    """Every stream of every lane is empty (settled entries are deleted), nothing is
+    pending in its group and no delayed set holds anything."""
+    left: dict[str, int] = {}
+    for tag in tags:
+        keys = Keys(ns, tag)
+        for node in (n.__name__ for n in NODES):
+            q = keys.queue(node)
+            if await redis.exists(q):
+                pending = (await redis.xpending(q, GROUP))["pending"]
+                if length := await redis.xlen(q):
+                    left[f"{q} length"] = length
+                if pending:
+                    left[f"{q} pending"] = pending
+            if delayed := await redis.zcard(keys.delayed(node)):
+                left[keys.delayed(node)] = delayed
+    assert not left, left
+
+
+async def check_fan_runs(sm: StateManager, runs: list[str]) -> None:
+    statuses = await sm.wait_all(runs, timeout=60)
+    assert {s.status for s in statuses.values()} == {"SUCCEEDED"}, statuses
+    for run in runs:
+        results = await sm.results(run)
+        assert len(results) == 1, (run, results)  # the one leaf, once
+        assert results[0]["identifier"] == "collect"
+        assert results[0]["outputs"]["values"] == list(range(BRANCHES))
+        counts = statuses[run].nodes
+        assert counts["work"].succeeded == BRANCHES
+        assert counts["work"].retried == BRANCHES // 2, counts  # each odd value once
+        assert counts["collect"].succeeded == 1
+
+
+async def test_four_lanes_on_one_server_run_everything_and_add_up(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    ns = namespace
+    await register(redis_url, ns)
+    tags = await sm.set_lanes(K)
+    assert tags == lane_tags(ns, K) and tags[0] == 0 and len(set(tags)) == K
+    assert await redis.hget(f"exo:{{{ns}}}:lanes", "count") == b"4"
+    await fan_graph(sm, ns)
+    await sm.upsert_graph(
+        "doomed",
+        [GraphNodeModel(node_name="Doomed", namespace=ns, identifier="d", inputs={"x": "1"})],
+        retry_policy=RetryPolicyModel(max_retries=0),
+        validation_timeout=0,
+    )
+
+    # No Runtime yet: the runs wait on their lanes' streams, and the readers add them up.
+    runs = [await sm.trigger("fan", store={"n": BRANCHES, "tag": f"t{i}"}) for i in range(5 * K)]
+    per_lane = Counter(run_lane(r) for r in runs)
+    assert set(per_lane) == set(tags), per_lane  # every lane got some
+    assert set(per_lane.values()) == {5}, per_lane  # round robin
+    for tag in tags[1:]:
+        lane_runs = [r for r in runs if run_lane(r) == tag]
+        assert all(r.endswith(f".{tag}") for r in lane_runs)
+        assert await redis.xlen(Keys(ns, tag).queue("Split")) == 5
+        assert await redis.exists(f"exo:{{{ns}/{tag}}}:run:{lane_runs[0]}")
+    stats = await sm.node_stats()
+    assert stats["Split"]["length"] == len(runs)  # summed over the lanes
+    listed = await sm.list_runs("fan", count=100)
+    assert {r.run_id for r in listed} == set(runs)
+    assert [r.created_ms for r in listed] == sorted((r.created_ms for r in listed), reverse=True)
+    assert len(await sm.list_runs("fan", offset=len(runs) - 3, count=10)) == 3
+    doomed = await sm.trigger_many("doomed", [None] * K)
+    assert {run_lane(r) for r in doomed} == set(tags)
+
+    # A foreign client's plain XADD on lane 0's stream works as without lanes.
+    entry = (await redis.xadd(f"exo:{{{ns}}}:q:Echo", {"name": "Alice"})).decode()
+
+    await sm.upsert_graph(
+        "cron",
+        [GraphNodeModel(node_name="Tick", namespace=ns, identifier="t", inputs={"label": "c"})],
+        triggers=[CronTrigger(expression="* * * * * *")],
+        validation_timeout=0,
+    )
+    async with running(runtime(redis_url, ns)) as rt:
+        assert rt._worker is not None and rt._worker.lanes == sorted(tags)
+        await check_fan_runs(sm, runs)
+        echoed = await sm.wait_for_states("Echo", [entry], timeout=20)
+        assert echoed[entry].outputs == {"greeting": "hello Alice"}
+        failed = await sm.wait_all(doomed, timeout=20)
+        assert {s.status for s in failed.values()} == {"FAILED"}
+        dead = await sm.dead_letters()
+        assert sorted(d.run_id or "" for d in dead) == sorted(doomed)
+        for d in dead:  # a dead letter's id names its lane, which is its run's
+            assert split_dead_id(d.id)[0] == run_lane(d.run_id or "")
+            assert await sm.dead_letter(d.id) == d
+        assert await sm.broker.dead_letters.count() == K
+        assert [d.id for d in await sm.dead_letters(after=dead[1].id)] == [x.id for x in dead[2:]]
+        Doomed.broken = False
+        report = await sm.redrive_all()
+        assert report.redriven == K and not report.skipped, report
+        redriven = await sm.wait_all(doomed, timeout=20)
+        assert {s.status for s in redriven.values()} == {"SUCCEEDED"}, redriven
+        for r in doomed:
+            assert [x["outputs"] for x in await sm.results(r)] == [{"x": 1}]
+        assert await sm.dead_letters() == []
+
+        async def cron_ran() -> bool:
+            done = [s for s in await sm.list_runs("cron") if s.status == "SUCCEEDED"]
+            return len(done) >= 2
+
+        await until(cron_ran, "two cron runs finished")
+        await sm.upsert_graph(  # no trigger any more: the runs so far finish, no new ones
+            "cron",
+            [GraphNodeModel(node_name="Tick", namespace=ns, identifier="t", inputs={"label": "c"})],
+            validation_timeout=0,
+        )
+        await asyncio.sleep(1.5)  # a fire of the old version that was under way lands
+        cron_runs = await sm.list_runs("cron")
+        await sm.wait_all([s.run_id for s in cron_runs], timeout=20)
+        assert {run_lane(s.run_id) for s in cron_runs} == {0}  # cron fires on lane 0
+        await until(lambda: rt._worker is not None and rt._worker.inflight == 0, "idle")
+    await nothing_pending(redis, ns, tags)
+    stats = await sm.node_stats()
+    assert all(s["length"] == 0 and s["pending"] == 0 for s in stats.values()), stats
+    # Each state's successors once: per run BRANCHES Work states, one Collect.
+    assert sum(Work.tries.values()) == (len(runs)) * (BRANCHES + BRANCHES // 2)
+    assert await sm.lanes() == {"count": K, "current": tags, "in_use": sorted(tags)}
+
+
+async def test_changing_the_lane_count_while_runs_flow_loses_nothing(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    ns = namespace
+    await register(redis_url, ns)
+    await fan_graph(sm, ns)
+    seq = itertools.count()
+
+    def store() -> dict[str, object]:
+        return {"n": BRANCHES, "tag": f"r{next(seq)}"}
+
+    # Runs on 4 lanes, then the count drops to 1 before any Runtime ran: a Runtime that
+    # starts now serves lane 0 and the three older lanes that still hold states.
+    old = await sm.set_lanes(4)
+    runs = [await sm.trigger("fan", store=store()) for _ in range(8)]
+    await sm.set_lanes(1)
+    runs += [await sm.trigger("fan", store=store()) for _ in range(2)]
+    assert {run_lane(r) for r in runs} == set(old)
+    used: set[int] = set(old)
+    async with running(runtime(redis_url, ns)) as rt:
+        assert rt._worker is not None and rt._worker.lanes == sorted(old)
+        await check_fan_runs(sm, runs)
+
+        # Runs flow while the count changes: 1 -> 3 -> 2 -> 6 -> 1.
+        stop = asyncio.Event()
+
+        async def keep_triggering() -> None:
+            while not stop.is_set():
+                runs.append(await sm.trigger("fan", store=store()))
+                await asyncio.sleep(0.01)
+
+        flow = asyncio.ensure_future(keep_triggering())
+        for k in (3, 2, 6, 1):
+            tags = await sm.set_lanes(k)
+            used |= set(tags)
+            seen_before = len(runs)
+            await until(
+                lambda tags=tags, n=seen_before: {run_lane(r) for r in runs[n:]} >= set(tags),
+                f"runs started on each of the {k} lanes",
+            )
+            await until(
+                lambda tags=tags: rt._worker is not None and set(tags) <= set(rt._worker.lanes),
+                f"the Runtime serves the {k} lanes",
+            )
+        stop.set()
+        await flow
+        assert {run_lane(r) for r in runs} == used
+        await check_fan_runs(sm, runs)
+        await until(lambda: rt._worker is not None and rt._worker.inflight == 0, "idle")
+    await nothing_pending(redis, ns, sorted(used))
+    lanes = await sm.lanes()
+    assert lanes["count"] == 1 and lanes["current"] == [0]
+    assert lanes["in_use"] == sorted(used)  # older lanes are remembered, so still read
+    stats = await sm.node_stats()
+    assert all(s["length"] == 0 and s["pending"] == 0 for s in stats.values()), stats
+
+    # A Runtime started now, with every older lane empty, serves lane 0 only.
+    async with running(runtime(redis_url, ns, "later")) as rt:
+        assert rt._worker is not None and rt._worker.lanes == [0]
+
+
+async def test_one_lane_is_the_layout_without_lanes(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    """k = 1 (the default, nothing stored): run ids and keys are those of before lanes,
+    and a Runtime writes nothing about lanes."""
+    ns = namespace
+    await register(redis_url, ns)
+    await fan_graph(sm, ns)
+    run = await sm.trigger("fan", store={"n": BRANCHES, "tag": "one"})
+    assert run_lane(run) == 0 and "." not in run
+    assert await redis.exists(f"exo:{{{ns}}}:run:{run}")
+    async with running(runtime(redis_url, ns)) as rt:
+        assert rt._worker is not None and rt._worker.lanes == [0]
+        await check_fan_runs(sm, [run])
+    assert not await redis.exists(f"exo:{{{ns}}}:lanes")
+    with pytest.raises(ValueError, match="lane count 0 is not valid"):
+        await sm.set_lanes(0)
+    await redis.hset(f"exo:{{{ns}}}:lanes", "count", "many")
+    async with StateManager(ns, redis_url=redis_url) as fresh:  # reads the count anew
+        with pytest.raises(ValueError, match=r"exo:\{.*\}:lanes field 'count'.*'many'"):
+            await fresh.trigger("fan", store={"n": 1, "tag": "x"})
