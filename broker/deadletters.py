@@ -1,7 +1,7 @@
 """The namespace's dead-letter streams (Keys.dead, one per lane), read into frozen records.
 
-A dead letter's id is its entry id on its lane's dead-letter stream, with `/n` after it on
-the lane of tag number n (`1764600000000-0/301`); on lane 0 it is the bare entry id, as it
+A dead letter's id is its entry id on its lane's dead-letter stream, with `@n` after it on
+the lane of tag number n (`1764600000000-0@301`); on lane 0 it is the bare entry id, as it
 was before lanes. Listings over several lanes are ordered by (entry id, lane)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class DeadRecord:
 
 def split_dead_id(dead_id: str) -> tuple[int, str]:
     """A dead letter's id -> (its lane's tag number, its entry id on that lane)."""
-    entry, sep, lane = dead_id.rpartition("/")
+    entry, sep, lane = dead_id.rpartition("@")
     if sep and lane.isdigit():
         return int(lane), entry
     return 0, dead_id
@@ -67,7 +67,7 @@ def split_dead_id(dead_id: str) -> tuple[int, str]:
 
 def dead_id(lane: int, entry_id: str) -> str:
     """The id of a dead letter of entry `entry_id` on lane `lane` (see split_dead_id)."""
-    return entry_id if lane == 0 else f"{entry_id}/{lane}"
+    return entry_id if lane == 0 else f"{entry_id}@{lane}"
 
 
 def _order(dead: str) -> tuple[int, int, int]:

@@ -32,7 +32,7 @@ class RedriveReport:
 class DeadLetter:
     """A state that could not be processed, with why and what it was."""
 
-    id: str  # entry id in its lane's dead-letter stream (`<entry id>/n` on lane n > 0)
+    id: str  # entry id in its lane's dead-letter stream (`<entry id>@n` on lane n > 0)
     node: str
     state_id: str
     run_id: str | None

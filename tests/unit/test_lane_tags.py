@@ -146,6 +146,6 @@ def test_the_lane_of_a_run_id(run_id: str, lane: int) -> None:
 
 def test_dead_letter_ids_name_their_lane() -> None:
     assert dead_id(0, "1764600000000-0") == "1764600000000-0"
-    assert dead_id(301, "1764600000000-0") == "1764600000000-0/301"
-    assert split_dead_id("1764600000000-0/301") == (301, "1764600000000-0")
+    assert dead_id(301, "1764600000000-0") == "1764600000000-0@301"
+    assert split_dead_id("1764600000000-0@301") == (301, "1764600000000-0")
     assert split_dead_id("1764600000000-0") == (0, "1764600000000-0")
