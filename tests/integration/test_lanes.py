@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import ClassVar
@@ -35,6 +36,7 @@ from exospherehost.broker.deadletters import split_dead_id
 from exospherehost.broker.keys import GROUP, Keys, lane_tags, run_lane
 from exospherehost.runtime import lanes as runtime_lanes
 from tests.integration.helpers import running
+from tests.integration.test_cli import arun
 
 K = 4
 BRANCHES = 6  # values 0..5; the odd ones fail their first attempt (retried)
@@ -256,6 +258,14 @@ async def test_four_lanes_on_one_server_run_everything_and_add_up(
         assert await redis.exists(f"exo:{{{ns}/{tag}}}:run:{lane_runs[0]}")
     stats = await sm.node_stats()
     assert stats["Split"]["length"] == len(runs)  # summed over the lanes
+    status = await arun(redis_url, ns, "status", "--json", "--interval", "0.1")
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["namespaces"][ns]["nodes"]["Split"]["backlog"] == len(runs)
+    shown = await arun(redis_url, ns, "lanes", "show")
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.split("\n")[0] == f"{K} lane(s): " + " ".join(
+        f"{{{ns}}}" if t == 0 else f"{{{ns}/{t}}}" for t in tags
+    )
     listed = await sm.list_runs("fan", count=100)
     assert {r.run_id for r in listed} == set(runs)
     assert [r.created_ms for r in listed] == sorted((r.created_ms for r in listed), reverse=True)
@@ -331,7 +341,10 @@ async def test_changing_the_lane_count_while_runs_flow_loses_nothing(
 
     # Runs on 4 lanes, then the count drops to 1 before any Runtime ran: a Runtime that
     # starts now serves lane 0 and the three older lanes that still hold states.
-    old = await sm.set_lanes(4)
+    set_by_cli = await arun(redis_url, ns, "lanes", "set", "4")
+    assert set_by_cli.exit_code == 0, set_by_cli.output
+    old = lane_tags(ns, 4)
+    assert set_by_cli.stdout.strip() == f"namespace {ns}: 4 lane(s), tag numbers {old}"
     runs = [await sm.trigger("fan", store=store()) for _ in range(8)]
     await sm.set_lanes(1)
     runs += [await sm.trigger("fan", store=store()) for _ in range(2)]
