@@ -413,3 +413,39 @@ async def test_one_lane_is_the_layout_without_lanes(
     async with StateManager(ns, redis_url=redis_url) as fresh:  # reads the count anew
         with pytest.raises(ValueError, match=r"exo:\{.*\}:lanes field 'count'.*'many'"):
             await fresh.trigger("fan", store={"n": 1, "tag": "x"})
+
+
+@pytest.mark.slow
+async def test_a_hot_namespace_spreads_over_three_cluster_masters() -> None:
+    """On a private 3-master Redis Cluster (through redis-py's RedisCluster: the SDK's own
+    client factory is cluster14's), 20,000 states of one namespace over k lanes, round
+    robin: k = 1 puts every entry on one master; k = 3 gives 6,666 / 6,667 / 6,667 and
+    k = 16 6,250 / 7,500 / 6,250 (the lanes per master are 6 / 5 / 5 in some order)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    from exospherehost.broker.streams import Broker
+    from exospherehost.testing.cluster import PrivateCluster
+
+    n = 20_000
+    with PrivateCluster(masters=3) as cluster:
+        client = RedisCluster.from_url(cluster.url)
+        try:
+            await client.initialize()  # it learns the topology on its first command
+            primaries = sorted(p.port for p in client.get_primaries())
+            shares: dict[int, list[int]] = {}
+            for k in (1, 3, 16):
+                broker = Broker(client, f"hot{k}")
+                tags = await broker.set_lanes(k)
+                for i, tag in enumerate(tags):
+                    part = n // k + (i < n % k)
+                    await broker.on_lane(tag).publish("Root", [b"x"] * part)
+                per_master: Counter[int] = Counter()
+                for tag in tags:
+                    key = broker.keys.on_lane(tag).queue("Root")
+                    per_master[client.get_node_from_key(key).port] += await client.xlen(key)
+                shares[k] = sorted(per_master.get(p, 0) for p in primaries)
+        finally:
+            await client.aclose()
+    assert shares[1] == [0, 0, n]
+    assert shares[3] == [6666, 6667, 6667]
+    assert shares[16] == [6250, 6250, 7500]
