@@ -175,8 +175,42 @@ class RunsReader:
         for keys in lanes:
             pipe.zrevrange(keys.runs(graph), 0, offset + count - 1, withscores=True)
         merged = [(score, r.decode()) for part in await pipe.execute() for r, score in part]
-        merged.sort(key=lambda sr: (-sr[0], sr[1]))
+        merged.sort(reverse=True)  # equal times by run id descending, as one index orders them
         return [r for _, r in merged[offset : offset + count]]
+
+    async def created_between(
+        self, graph: str, since_ms: int | None, until_ms: int | None, start: int, num: int
+    ) -> list[tuple[str, int]]:
+        """(run id, created ms) of `graph`'s runs created in [since, until], newest first,
+        `num` of them from the `start`-th; over every lane (the newest start + num of each
+        lane's index, merged; equal times by run id descending, as one index orders them)."""
+        lanes = await self._lane_keys()
+        top, bottom = (
+            "+inf" if until_ms is None else until_ms,
+            "-inf" if since_ms is None else since_ms,
+        )
+        if len(lanes) == 1:
+            raw = await self._client.zrevrangebyscore(
+                lanes[0].runs(graph), top, bottom, start=start, num=num, withscores=True
+            )
+            return [(r.decode(), int(score)) for r, score in raw]
+        pipe = self._client.pipeline(transaction=False)
+        for keys in lanes:
+            pipe.zrevrangebyscore(
+                keys.runs(graph), top, bottom, start=0, num=start + num, withscores=True
+            )
+        merged = [(r.decode(), int(score)) for part in await pipe.execute() for r, score in part]
+        merged.sort(key=lambda rs: (rs[1], rs[0]), reverse=True)
+        return merged[start : start + num]
+
+    async def count_between(self, graph: str, since_ms: int | None, until_ms: int | None) -> int:
+        """How many of `graph`'s runs were created in [since, until] (expired ones included
+        until they are met and forgotten), over every lane."""
+        lo, hi = "-inf" if since_ms is None else since_ms, "+inf" if until_ms is None else until_ms
+        total = 0
+        for keys in await self._lane_keys():
+            total += await self._client.zcount(keys.runs(graph), lo, hi)
+        return total
 
     async def forget(self, graph: str, run_ids: Sequence[str]) -> None:
         """Drop `run_ids` from `graph`'s run index (their runs expired)."""

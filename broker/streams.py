@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from exospherehost.broker import fields as f
 from exospherehost.broker.client import Redis, RedisClient, Script, StreamEntry, typed_client
 from exospherehost.broker.codec import unpack
 from exospherehost.broker.deadletters import DeadLetterReader
@@ -155,6 +156,7 @@ class Broker:
         self._retire = self.client.register_script(_lua("retire.lua"))
         self._cron_fire = self.client.register_script(_lua("cron_fire.lua"))
         self._start_run = self.client.register_script(_lua("start_run.lua"))
+        self._cancel_run = self.client.register_script(_lua("cancel_run.lua"))
         self._store_set = self.client.register_script(_lua("store_set.lua"))
         self._store_incr = self.client.register_script(_lua("store_incr.lua"))
         self._store_cas = self.client.register_script(_lua("store_cas.lua"))
@@ -402,6 +404,22 @@ class Broker:
     async def start_run(self, start: RunStart) -> bool:
         """Start a run (StateManager.trigger); False when it was started already."""
         return await self.start_runs([start]) == 1
+
+    async def cancel_run(self, run_id: str, retention_s: int) -> str:
+        """Cancel a RUNNING run (cancel_run.lua): its status after the call, CANCELLED,
+        SUCCEEDED / FAILED (it had finished) or MISSING."""
+        k = self.keys.for_run(run_id)  # every key of a run is on its lane
+        reply = await self._cancel_run(
+            keys=[
+                k.run(run_id),
+                k.events(),
+                k.run_history(run_id),
+                k.run_results(run_id),
+                k.run_store(run_id),
+            ],
+            args=[run_id, retention_s, f.CANCELLED_OPEN],
+        )
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> int:
         """Start many runs, each at most once (start_run.lua skips a run whose hash exists:

@@ -17,6 +17,9 @@ from exospherehost.errors import ConfigError as ConfigError  # old import path
 
 ENV_URL = "EXOSPHERE_REDIS_URL"
 ENV_KEY = "EXOSPHERE_API_KEY"
+ENV_LEGACY_URI = "EXOSPHERE_STATE_MANAGER_URI"
+"""The original SDK's setting: the address of its state-manager server, which this SDK does
+not have (Redis is the broker). Read only to say what to set instead."""
 _SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -56,11 +59,17 @@ def resolve(redis_url: str | None = None, key: str | None = None) -> RedisConfig
     url = redis_url if redis_url is not None else os.environ.get(ENV_URL)
     source = "redis_url" if redis_url is not None else ENV_URL
     if not url:
+        legacy = os.environ.get(ENV_LEGACY_URI)
+        if legacy:
+            raise ConfigError(legacy_uri_problem(ENV_LEGACY_URI, legacy))
         raise ConfigError(
             f"no Redis configured: pass redis_url='redis://host:6379/0' or set {ENV_URL} "
             f"(and {ENV_KEY} for the password / ACL credential if the server needs one)"
         )
     parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        # The original SDK's 4th positional argument was the state-manager URI.
+        raise ConfigError(legacy_uri_problem(source, url))
     if parsed.scheme not in _SCHEMES:
         raise ConfigError(
             f"{source}={url!r} is not a Redis URL: expected redis://host:port/db, "
@@ -75,3 +84,42 @@ def resolve(redis_url: str | None = None, key: str | None = None) -> RedisConfig
             raise ConfigError(f"{source}={url!r} has an invalid port") from None
     password = key if key is not None else os.environ.get(ENV_KEY) or None
     return RedisConfig(url, password)
+
+
+def legacy_uri_problem(source: str, value: str) -> str:
+    """What to say when the original SDK's state-manager address is given: there is no
+    state-manager server here, so it cannot be used; say what to set instead."""
+    return (
+        f"{source}={value!r} is not a Redis URL: it looks like the original SDK's "
+        f"state-manager address, and this SDK has no state-manager server (Redis is the "
+        f"broker and the state): pass "
+        f"redis_url='redis://host:6379/0' or set {ENV_URL} instead ({ENV_KEY} stays the "
+        f"credential, now the Redis password / ACL key)"
+    )
+
+
+def legacy_arguments(
+    redis_url: str | None,
+    state_manager_uri: str | None,
+    version: str | None,
+    version_name: str,
+) -> str | None:
+    """The Redis URL to use given the original SDK's keyword arguments (accepted where they
+    cost nothing): `state_manager_uri=` is taken when it is a Redis URL and refused (with
+    what to set instead) when it is the state manager's http(s) address; the API version
+    (`state_manage_version` / `state_manager_version`) only accepts the original's "v0"."""
+    if version is not None and version != "v0":
+        raise ConfigError(
+            f"{version_name}={version!r}: this SDK speaks to Redis, not to a state-manager "
+            f"API; leave {version_name} out (the original's only value, 'v0', is accepted)"
+        )
+    if state_manager_uri is None:
+        return redis_url
+    if urlparse(state_manager_uri).scheme in _SCHEMES and redis_url is None:
+        return state_manager_uri
+    if redis_url is not None:
+        raise ConfigError(
+            f"state_manager_uri={state_manager_uri!r} and redis_url={redis_url!r} are both "
+            f"given: pass redis_url only (this SDK has no state-manager server)"
+        )
+    raise ConfigError(legacy_uri_problem("state_manager_uri", state_manager_uri))

@@ -27,7 +27,7 @@ from exospherehost.client.runs import (
     RunStatus,
     StateRecord,
 )
-from exospherehost.config import resolve
+from exospherehost.config import legacy_arguments, resolve
 from exospherehost.errors import GraphNotFound, InvalidArgument, WaitTimedOut
 from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
 from exospherehost.graph.compiled import CompiledGraph
@@ -69,19 +69,8 @@ class StateResult:
     error: str | None = None
 
 
-def _props(schema: dict[str, Any]) -> frozenset[str]:
-    return frozenset((schema.get("properties") or {}).keys())
-
-
 def _schema_of(raw: str) -> NodeSchema:
-    doc = json.loads(raw)
-    ins = doc["inputs_schema"]
-    return NodeSchema(
-        inputs=_props(ins),
-        required_inputs=frozenset(ins.get("required") or ()),
-        outputs=_props(doc["outputs_schema"]),
-        secrets=_props(doc["secrets_schema"]),
-    )
+    return NodeSchema.from_registered(json.loads(raw))
 
 
 def _check_delay(name: str, value: object) -> None:
@@ -125,8 +114,18 @@ LANES_CACHE_S = 2.0
 
 class StateManager(RunsMixin, DeadLettersMixin):
     def __init__(
-        self, namespace: str, redis_url: str | None = None, key: str | None = None
+        self,
+        namespace: str,
+        redis_url: str | None = None,
+        key: str | None = None,
+        *,
+        # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
+        state_manager_uri: str | None = None,
+        state_manager_version: str | None = None,
     ) -> None:
+        redis_url = legacy_arguments(
+            redis_url, state_manager_uri, state_manager_version, "state_manager_version"
+        )
         self.namespace = check_name("namespace", namespace)
         self.config = resolve(redis_url, key)
         # The connection, for closing (and for tests that poke Redis directly); every
@@ -391,6 +390,18 @@ class StateManager(RunsMixin, DeadLettersMixin):
     async def node_names(self) -> list[str]:
         """Nodes registered in this namespace by Runtimes."""
         return await self.broker.registry.names()
+
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        """Nodes registered in this namespace, by name: `inputs_schema`, `outputs_schema`
+        and `secrets_schema` (JSON schemas of the node's models), `secrets` (the names),
+        `returns` (what `execute` is annotated to return: one, many or either),
+        `runtime` (the Runtime name that registered it last) and `registered_ms`."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, raw in sorted((await self.broker.registry.schemas()).items()):
+            doc = json.loads(raw)
+            doc["secrets"] = sorted((doc.get("secrets_schema") or {}).get("properties") or {})
+            out[name] = doc
+        return out
 
     async def node_stats(self) -> dict[str, dict[str, Any]]:
         """Per registered node: backlog, pending, delayed, consumers, oldest pending age (ms),

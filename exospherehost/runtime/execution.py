@@ -143,7 +143,9 @@ class NodeSpec:
         if isinstance(result, out_cls):
             return Completed(job, [result.__pydantic_serializer__.to_python(result)], False)
         if result is None:
-            return Completed(job, [], fanout=True)
+            # As the original SDK: the state succeeds with empty outputs and its next
+            # nodes run (a `[]` is a fan-out into no branches: the branch ends).
+            return Completed(job, [{}], False)
         if isinstance(result, list) and all(isinstance(r, out_cls) for r in result):
             dumped = [r.__pydantic_serializer__.to_python(r) for r in result]
             return Completed(job, dumped, fanout=True)

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from exospherehost.broker.keys import check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
-from exospherehost.config import ConfigError, resolve
+from exospherehost.config import ConfigError, legacy_arguments, resolve
 from exospherehost.errors import InvalidArgument, ShutdownAbandoned
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
@@ -30,6 +30,7 @@ from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
 from exospherehost.runtime.lanes import LaneWorkers
+from exospherehost.runtime.loopwatch import LoopWatch
 from exospherehost.runtime.resilience import Retrier, is_outage, pause
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
@@ -55,6 +56,9 @@ def _positive(name: str, value: float) -> None:
 
 
 class Runtime:
+    loop_block_warn_s: float = 1.0
+    """Seconds the event loop may be held by one piece of code (a node calling blocking
+    code in `execute`) before a WARNING names it (exospherehost/runtime/loopwatch.py)."""
     registry_check_s: float = 5.0
     """Seconds between checks that this Runtime's nodes are still in the namespace's node
     registry (graphs are validated against it); a Redis that lost its data lost it too."""
@@ -79,7 +83,16 @@ class Runtime:
         consumer_idle_timeout: float | None = None,
         metrics_port: int | None = None,
         tune_gc: bool | None = None,
+        # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
+        state_manager_uri: str | None = None,
+        state_manage_version: str | None = None,
+        poll_interval: float | None = None,
     ) -> None:
+        redis_url = legacy_arguments(
+            redis_url, state_manager_uri, state_manage_version, "state_manage_version"
+        )
+        if poll_interval is not None:  # reads block until states come: nothing polls
+            _positive("poll_interval", poll_interval)
         self.namespace = check_name("namespace", namespace)
         self.name = check_name("name", name)
         self.nodes = validate_nodes(nodes)
@@ -250,11 +263,14 @@ class Runtime:
             registry_task = asyncio.create_task(
                 self._keep_registered(broker, registry_stop), name="exo-registry"
             )
+            watch = LoopWatch(self.loop_block_warn_s)
+            watch_task = asyncio.create_task(watch.run(), name="exo-loopwatch")
             if tune_gc:
                 tune_for_throughput()  # set up: what exists now lives as long as we serve
             try:
                 await self._worker.run()
             finally:
+                watch_task.cancel()  # it only sleeps and stamps the time
                 # Cooperative stops; cancel only a loop stuck in a Redis call.
                 self._cron.stop()
                 registry_stop.set()
@@ -262,7 +278,7 @@ class Runtime:
                 _, stuck = await asyncio.wait(loops, timeout=5)
                 for task in stuck:
                     task.cancel()
-                await asyncio.gather(*loops, return_exceptions=True)
+                await asyncio.gather(*loops, watch_task, return_exceptions=True)
         finally:
             if exporter is not None:
                 await exporter.aclose()

@@ -410,9 +410,12 @@ async def test_one_lane_is_the_layout_without_lanes(
     with pytest.raises(ValueError, match="lane count 0 is not valid"):
         await sm.set_lanes(0)
     await redis.hset(f"exo:{{{ns}}}:lanes", "count", "many")
-    async with StateManager(ns, redis_url=redis_url) as fresh:  # reads the count anew
-        with pytest.raises(ValueError, match=r"exo:\{.*\}:lanes field 'count'.*'many'"):
-            await fresh.trigger("fan", store={"n": 1, "tag": "x"})
+    try:
+        async with StateManager(ns, redis_url=redis_url) as fresh:  # reads the count anew
+            with pytest.raises(ValueError, match=r"exo:\{.*\}:lanes field 'count'.*'many'"):
+                await fresh.trigger("fan", store={"n": 1, "tag": "x"})
+    finally:  # other tests list every namespace of the server
+        await redis.delete(f"exo:{{{ns}}}:lanes")
 
 
 @pytest.mark.slow
