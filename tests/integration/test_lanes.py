@@ -10,6 +10,7 @@ started later serves an older count's lanes while they hold states."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import json
@@ -197,6 +198,48 @@ async def register(url: str, ns: str) -> None:
         pass
 
 
+def _tag(key: str) -> str:
+    return key[key.index("{") + 1 : key.index("}")]
+
+
+@contextlib.asynccontextmanager
+async def script_keys(url: str, ns: str) -> AsyncIterator[list[list[str]]]:
+    """The KEYS of every script call (EVAL/EVALSHA) and the streams of every XREADGROUP
+    of namespace `ns` the server runs meanwhile (MONITOR), in order."""
+    calls: list[list[str]] = []
+    client = Redis.from_url(url)
+    ready = asyncio.Event()
+
+    async def watch() -> None:
+        async with client.monitor() as monitor:
+            ready.set()
+            while True:
+                info = await monitor.next_command()
+                words = info["command"].split(" ")
+                name = words[0].upper()
+                if info["client_type"] == "lua":
+                    continue  # a script's own commands: their keys came in its KEYS
+                if name in ("EVALSHA", "EVAL"):
+                    keys = words[3 : 3 + int(words[2])]
+                elif name == "XREADGROUP":
+                    streams = words[[w.upper() for w in words].index("STREAMS") + 1 :]
+                    keys = streams[: len(streams) // 2]
+                else:
+                    continue
+                if any(k.startswith(f"exo:{{{ns}") for k in keys):
+                    calls.append(keys)
+
+    task = asyncio.create_task(watch())
+    await asyncio.wait_for(ready.wait(), 5)
+    try:
+        yield calls
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        await client.aclose()
+
+
 async def nothing_pending(redis: Redis, ns: str, tags: list[int]) -> None:
     """Every stream of every lane is empty (settled entries are deleted), nothing is
     pending in its group and no delayed set holds anything."""
@@ -282,7 +325,7 @@ async def test_four_lanes_on_one_server_run_everything_and_add_up(
         triggers=[CronTrigger(expression="* * * * * *")],
         validation_timeout=0,
     )
-    async with running(runtime(redis_url, ns)) as rt:
+    async with script_keys(redis_url, ns) as calls, running(runtime(redis_url, ns)) as rt:
         assert rt._worker is not None and rt._worker.lanes == sorted(tags)
         await check_fan_runs(sm, runs)
         echoed = await sm.wait_for_states("Echo", [entry], timeout=20)
@@ -320,6 +363,12 @@ async def test_four_lanes_on_one_server_run_everything_and_add_up(
         await sm.wait_all([s.run_id for s in cron_runs], timeout=20)
         assert {run_lane(s.run_id) for s in cron_runs} == {0}  # cron fires on lane 0
         await until(lambda: rt._worker is not None and rt._worker.inflight == 0, "idle")
+    # Invariant 10: every script call and every read touched one lane's keys (one hash
+    # tag, one Cluster slot), and every lane was read and settled on.
+    assert calls
+    assert [keys for keys in calls if len({_tag(k) for k in keys}) != 1] == []
+    lane_tag_names = {ns if t == 0 else f"{ns}/{t}" for t in tags}
+    assert {_tag(keys[0]) for keys in calls} == lane_tag_names
     await nothing_pending(redis, ns, tags)
     stats = await sm.node_stats()
     assert all(s["length"] == 0 and s["pending"] == 0 for s in stats.values()), stats
