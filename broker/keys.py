@@ -159,13 +159,9 @@ class Keys:
         return unique if self.lane == 0 else f"{unique}{RUN_LANE_SEP}{self.lane}"
 
     def lanes(self) -> str:
-        """String: the namespace's lane count k (absent: 1). Namespace-global."""
+        """Hash: `count` -> the namespace's lane count k (absent: 1), and `tag:<n>` for
+        every lane tag number ever configured (Broker.set_lanes). Namespace-global."""
         return f"{self.base}:lanes"
-
-    def lanes_used(self) -> str:
-        """Set of the tag numbers of every lane the namespace was given (lanes of an older
-        count are served while they hold anything). Namespace-global."""
-        return f"{self.base}:lanes:used"
 
     def queue(self, node: str) -> str:
         """Stream of states waiting for `node` (consumer group GROUP)."""
