@@ -433,6 +433,13 @@ async def test_changing_the_lane_count_while_runs_flow_loses_nothing(
     lanes = await sm.lanes()
     assert lanes["count"] == 1 and lanes["current"] == [0]
     assert lanes["in_use"] == sorted(used)  # older lanes are remembered, so still read
+    shown = await arun(redis_url, ns, "lanes", "show")
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.splitlines() == [
+        f"1 lane(s): {{{ns}}}",
+        "older lanes, served while they hold states: "
+        + " ".join(f"{{{ns}/{t}}}" for t in sorted(used - {0})),
+    ]
     stats = await sm.node_stats()
     assert all(s["length"] == 0 and s["pending"] == 0 for s in stats.values()), stats
 
