@@ -149,3 +149,16 @@ def test_dead_letter_ids_name_their_lane() -> None:
     assert dead_id(301, "1764600000000-0") == "1764600000000-0@301"
     assert split_dead_id("1764600000000-0@301") == (301, "1764600000000-0")
     assert split_dead_id("1764600000000-0") == (0, "1764600000000-0")
+
+
+def test_the_lanes_hash_is_parsed_and_a_bad_count_named() -> None:
+    from exospherehost.broker.streams import parse_lanes
+
+    assert parse_lanes("ns", {}) == (1, [0], {0})
+    four = lane_tags("ns", 4)
+    raw = {b"count": b"4", **{f"tag:{t}".encode(): b"1" for t in four[1:]}, b"tag:77": b"1"}
+    assert parse_lanes("ns", raw) == (4, four, {*four, 77})
+    assert parse_lanes("ns", {b"count": b"2", b"tag:x": b"1", b"other": b"1"})[2] == {0}
+    for bad in (b"0", b"257", b"-1", b"four", b"\xff"):
+        with pytest.raises(ValueError, match=r"exo:\{ns\}:lanes field 'count': lane count"):
+            parse_lanes("ns", {b"count": bad})
