@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 from exospherehost.broker import queues
 from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
-from exospherehost.broker.keys import Keys, check_name
+from exospherehost.broker.keys import MAX_LANES, Keys, check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
 from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
@@ -138,7 +139,9 @@ class StateManager(RunsMixin, DeadLettersMixin):
         self._server_checked = False
         self._start_lanes: list[int] = [0]  # where new runs go (round robin), re-read ...
         self._lanes_read = -LANES_CACHE_S  # ... every LANES_CACHE_S (monotonic time)
-        self._next_lane = 0
+        # Round robin from a random lane: many short-lived clients (one CLI trigger each)
+        # must not all start on lane 0.
+        self._next_lane = random.randrange(MAX_LANES)
 
     async def _check_server(self) -> None:
         """Before the first write: warn (once per StateManager) when Redis may evict what
@@ -359,7 +362,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
         if time.monotonic() - self._lanes_read >= LANES_CACHE_S:
             _, self._start_lanes, _ = await self.broker.lanes()
             self._lanes_read = time.monotonic()
-        lanes, first = self._start_lanes, self._next_lane
+        lanes, first = self._start_lanes, self._next_lane % len(self._start_lanes)
         self._next_lane = (first + n) % len(lanes)
         return [lanes[(first + i) % len(lanes)] for i in range(n)]
 

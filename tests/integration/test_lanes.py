@@ -313,6 +313,14 @@ async def test_four_lanes_on_one_server_run_everything_and_add_up(
     assert {r.run_id for r in listed} == set(runs)
     assert [r.created_ms for r in listed] == sorted((r.created_ms for r in listed), reverse=True)
     assert len(await sm.list_runs("fan", offset=len(runs) - 3, count=10)) == 3
+    # Clients that start one run each (a CLI trigger) begin their round robin at a random
+    # lane: they do not all start on lane 0 (all 12 on one lane: p = 4 * 4^-12).
+    one_each = []
+    for i in range(12):
+        async with StateManager(ns, redis_url=redis_url) as other:
+            one_each.append(await other.trigger("fan", store={"n": BRANCHES, "tag": f"o{i}"}))
+    assert len({run_lane(r) for r in one_each}) > 1, one_each
+    runs += one_each
     doomed = await sm.trigger_many("doomed", [None] * K)
     assert {run_lane(r) for r in doomed} == set(tags)
 
