@@ -184,6 +184,26 @@ class Keys:
         (Redis time, ms): see broker/lua/prune_consumers.lua."""
         return f"{self.lane_base}:alive"
 
+    def cancelled(self) -> str:
+        """Sorted set run id -> when it was cancelled (ms): workers drop the states of these
+        runs before executing them (the settle script drops what they emit regardless)."""
+        return f"{self.base}:cancelled"
+
+    def worker(self, consumer: str) -> str:
+        """String (JSON, with an expiry) a Runtime process rewrites every few seconds: who
+        it is and its counters (see broker/workers.py)."""
+        return f"{self.base}:worker:{consumer}"
+
+    def workers(self) -> str:
+        """Sorted set consumer -> when its worker record was last written (ms, its clock):
+        the index of Keys.worker records, kept for an hour after a worker's last word."""
+        return f"{self.base}:workers"
+
+    def throughput(self, minute: int) -> str:
+        """Hash of one minute's per-node counters (minute = epoch seconds // 60), fields
+        `{10 s slot}:{done|failed}:{node}`; expires after 20 minutes."""
+        return f"{self.base}:tput:{minute}"
+
     def events(self) -> str:
         """Capped stream of run events (run finished), for waiters and dashboards."""
         return f"{self.lane_base}:events"
@@ -206,8 +226,25 @@ class Keys:
         return f"{self.base}:graph:{name}:{version}"
 
     def secrets(self, name: str) -> str:
-        """Hash of a graph's secrets."""
+        """Hash of a graph's secrets as stored before secrets were kept per version (read
+        only as a fallback for versions upserted then; see version_secrets)."""
         return f"{self.base}:secrets:{name}"
+
+    def version_secrets(self, name: str, version: int) -> str:
+        """Hash secret name -> Fernet token: the secrets of one version of a graph (runs
+        pinned to the version see them). Persistent while the version is current; given an
+        expiry when a newer version replaces it (GraphStore.old_secrets_ttl_s)."""
+        return f"{self.base}:secrets:{name}:{version}"
+
+    def secrets_sweep(self) -> str:
+        """String set (NX, with an expiry) by the one Runtime that sweeps the namespace's
+        replaced secrets this period (GraphStore.keep_live_secrets)."""
+        return f"{self.base}:secretsweep"
+
+    def secret_versions(self, name: str) -> str:
+        """Sorted set of the versions of a graph that stored secrets (score = version),
+        so an upsert can find and expire the older ones."""
+        return f"{self.base}:secretversions:{name}"
 
     def run(self, run_id: str) -> str:
         """Hash of a run's bookkeeping: status, open state count, per-identifier counters."""

@@ -6,6 +6,7 @@ Everything here is a thin, typed wrapper over one Redis round trip; decisions li
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache, cached_property
 from importlib import resources
@@ -25,6 +26,7 @@ from exospherehost.broker.queues import QueueReader
 from exospherehost.broker.registry import NodeRegistry
 from exospherehost.broker.runs import RunsReader
 from exospherehost.broker.runstart import RunStart
+from exospherehost.broker.workers import WorkerBoard
 
 if TYPE_CHECKING:
     from exospherehost.broker.lane import Lane
@@ -126,6 +128,11 @@ def parse_lanes(namespace: str, raw: Mapping[bytes, bytes]) -> tuple[int, list[i
     return count, lane_tags(namespace, count), used
 
 
+CANCELLED_KEEP_MS = 7 * 24 * 3600 * 1000
+"""How long a cancelled run stays in the namespace's cancelled set (its states may still be
+queued or delayed that long; the settle script drops them after that too)."""
+
+
 class Broker:
     """One namespace's streams on one Redis connection pool, and the typed readers of
     what else the namespace holds (the SDK never sends a command itself).
@@ -145,6 +152,7 @@ class Broker:
         self.runs = RunsReader(self.client, self.keys, lanes)
         self.dead_letters = DeadLetterReader(self.client, self.keys, lanes)
         self.queues = QueueReader(self.client, self.keys, lanes)
+        self.workers = WorkerBoard(self.client, self.keys)  # namespace-global records
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT (e.g. after a
         # Redis restart flushed the script cache).
         self._settle = self.client.register_script(_lua("settle.lua"))
@@ -419,7 +427,24 @@ class Broker:
             ],
             args=[run_id, retention_s, f.CANCELLED_OPEN],
         )
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
+        status = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if status == f.CANCELLED:
+            # Not in the script: on a cluster with lanes the run's keys and this
+            # namespace-wide set live in different slots. Losing this write only costs
+            # executions (workers would not skip the run's states); nothing is emitted.
+            now_ms = int(time.time() * 1000)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(self.keys.cancelled(), {run_id: now_ms}, nx=True)
+            pipe.zremrangebyscore(self.keys.cancelled(), "-inf", now_ms - CANCELLED_KEEP_MS)
+            await pipe.execute()
+        return status
+
+    async def cancelled_since(self, after_ms: int) -> list[tuple[str, int]]:
+        """Runs cancelled after `after_ms` (ms since the epoch), oldest first."""
+        raw = await self.client.zrangebyscore(
+            self.keys.cancelled(), f"({after_ms}", "+inf", withscores=True
+        )
+        return [(r.decode(), int(score)) for r, score in raw]
 
     async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> int:
         """Start many runs, each at most once (start_run.lua skips a run whose hash exists:
@@ -475,16 +500,25 @@ class Broker:
                     raise KeyRefused(f"stream {key} has used up its entry ids: nothing written")
 
     async def cron_fire(
-        self, start: RunStart, version: int, fire_ts: int, marker_ttl_s: int
+        self,
+        start: RunStart,
+        version: int,
+        fire_ts: int,
+        marker_ttl_s: int,
+        late_s: int | None = None,
     ) -> int:
-        """Start `start` only if no one fired its graph for `fire_ts` yet and `version` is
-        still the graph's current one: 1 fired, 0 already fired, -1 stale version."""
+        """Start `start` only if no one fired its graph for `fire_ts` yet, `version` is
+        still the graph's current one and, by Redis's clock, `fire_ts` is due and (with
+        `late_s`) at most `late_s` late: 1 fired, 0 already fired, -1 stale version,
+        -2 not due yet, -3 too late (see lua/cron_fire.lua). Keep `late_s` below
+        `marker_ttl_s`: a marker must outlive every attempt at its fire time."""
         keys = [
             self.keys.cron_marker(start.graph, fire_ts),
             self.keys.graphs(),
             *start.script_keys(),
         ]
-        args = [marker_ttl_s, start.graph, version, *start.script_args()]
+        late = -1 if late_s is None else late_s
+        args = [marker_ttl_s, start.graph, version, fire_ts, late, *start.script_args()]
         return int(await self._cron_fire(keys=keys, args=args))
 
     # -- run stores ---------------------------------------------------------------------

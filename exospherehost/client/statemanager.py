@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from exospherehost.broker import queues
 from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
+from exospherehost.broker.fields import RUNNING
 from exospherehost.broker.keys import MAX_LANES, Keys, check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory
 from exospherehost.broker.streams import Broker
@@ -28,6 +29,7 @@ from exospherehost.client.runs import (
     RunStatus,
     StateRecord,
 )
+from exospherehost.client.workers import WorkersMixin
 from exospherehost.config import legacy_arguments, resolve
 from exospherehost.errors import GraphNotFound, InvalidArgument, WaitTimedOut
 from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
@@ -113,7 +115,7 @@ LANES_CACHE_S = 2.0
 """How long a StateManager keeps the namespace's lane count before reading it again."""
 
 
-class StateManager(RunsMixin, DeadLettersMixin):
+class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
     def __init__(
         self,
         namespace: str,
@@ -142,6 +144,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
         # Round robin from a random lane: many short-lived clients (one CLI trigger each)
         # must not all start on lane 0.
         self._next_lane = random.randrange(MAX_LANES)
+        self._streams: tuple[float, list[str]] | None = None  # (monotonic time, SCAN found)
 
     async def _check_server(self) -> None:
         """Before the first write: warn (once per StateManager) when Redis may evict what
@@ -296,6 +299,29 @@ class StateManager(RunsMixin, DeadLettersMixin):
         await self.graphs.save(doc, cipher.encrypt(secret_map) if cipher else {})
         return dict(doc)
 
+    async def delete_graph(self, graph_name: str, force: bool = False) -> int:
+        """Delete a graph template: no new runs or cron fires of it, `get_graph` raises
+        GraphNotFound. Refused (InvalidArgument, saying how many) while runs of it are
+        RUNNING, unless `force`: those then finish on the version they started with (and
+        stay listed). Returns how many were left running. A graph of the same name
+        upserted later starts at a new version number."""
+        check_name("graph name", graph_name)
+        version = await self.graphs.current_version(graph_name)
+        if version is None:
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+        running = (await self.list_runs(graph_name, count=1, status=RUNNING)).total
+        if running and not force:
+            raise InvalidArgument(
+                f"graph {graph_name!r} has {running} run(s) in flight: wait for them, cancel "
+                f"them (sm.cancel; list them with list_runs({graph_name!r}, "
+                f"status='RUNNING')), or delete_graph({graph_name!r}, force=True) to let "
+                f"them finish on their version"
+            )
+        if not await self.graphs.remove(graph_name, version, keep_runs=running > 0):
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+        self._compiled = {k: v for k, v in self._compiled.items() if k[0] != graph_name}
+        return running
+
     async def get_graph(self, graph_name: str) -> dict[str, Any]:
         doc = await self.graphs.current(check_name("graph name", graph_name))
         if doc is None:
@@ -407,10 +433,13 @@ class StateManager(RunsMixin, DeadLettersMixin):
         return out
 
     async def node_stats(self) -> dict[str, dict[str, Any]]:
-        """Per registered node: backlog, pending, delayed, consumers, oldest pending age (ms),
-        settled output count; one pipelined round trip per node."""
+        """Per node with a registry entry or a stream (SCAN): backlog, pending, delayed,
+        live consumers (and all in the group), oldest pending age (ms), and whether a
+        Runtime registered it (a stream of an unregistered node is served by nobody);
+        one pipelined round trip per node."""
+        registered = set(await self.node_names())
         out: dict[str, dict[str, Any]] = {}
-        for node in await self.node_names():
+        for node in sorted(registered | set(await self._stream_nodes())):
             s = await self.broker.queues.stats(node)
             out[node] = {
                 "length": s.length,
@@ -418,9 +447,21 @@ class StateManager(RunsMixin, DeadLettersMixin):
                 "pending": s.pending,
                 "lag": s.lag,
                 "consumers": s.consumers,
+                "consumers_total": s.consumers_total,
                 "oldest_pending_ms": s.oldest_pending_ms,
+                "registered": node in registered,
             }
         return out
+
+    STREAMS_SCAN_S = 10.0
+    """How long node_stats reuses the queue streams a SCAN found: a SCAN walks the whole
+    keyspace, and dashboards ask every second."""
+
+    async def _stream_nodes(self) -> list[str]:
+        now = time.monotonic()
+        if self._streams is None or now - self._streams[0] >= self.STREAMS_SCAN_S:
+            self._streams = (now, await self.broker.queues.streams())
+        return self._streams[1]
 
     @staticmethod
     async def namespaces(redis_url: str | None = None, key: str | None = None) -> list[str]:

@@ -86,7 +86,15 @@ class LaneWorkers:
         return sum(w.inflight for w in self.workers.values())
 
     @property
+    def executing(self) -> int:
+        return sum(w.executing for w in self.workers.values())
+
+    @property
     def max_inflight(self) -> int:
+        """Over the lanes served; before they are known, one lane's (Worker's holdings
+        limit: 4 batches + the concurrency)."""
+        if not self.workers:
+            return int(self.worker_options.get("batch_size", 100)) * 4 + self.concurrency
         return sum(w.max_inflight for w in self.workers.values())
 
     @property

@@ -31,9 +31,10 @@ from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
 from exospherehost.runtime.lanes import LaneWorkers
 from exospherehost.runtime.loopwatch import LoopWatch
-from exospherehost.runtime.resilience import Retrier, is_outage, pause
+from exospherehost.runtime.resilience import Retrier, is_outage, pause, supervised
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
+from exospherehost.runtime.upkeep.report import Reporter
 from exospherehost.runtime.worker import Worker
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
 
@@ -76,6 +77,7 @@ class Runtime:
         block_ms: int = 1000,
         default_retry_policy: RetryPolicyModel | None = None,
         output_maxlen: int = 100_000,
+        dead_letters_maxlen: int = 100_000,
         run_retention: timedelta = timedelta(days=1),
         grace_period: float = 30.0,
         visibility_timeout: float = 30.0,
@@ -115,6 +117,14 @@ class Runtime:
             raise InvalidArgument(
                 f"output_maxlen must be an int >= 0 (0 = keep no results), got {output_maxlen!r}"
             )
+        if (
+            isinstance(dead_letters_maxlen, bool)
+            or not isinstance(dead_letters_maxlen, int)
+            or dead_letters_maxlen < 0
+        ):
+            raise InvalidArgument(
+                f"dead_letters_maxlen must be an int >= 0 (0 = no cap), got {dead_letters_maxlen!r}"
+            )
         if block_ms > 5000:
             raise InvalidArgument(
                 f"block_ms must be at most 5000 (the socket timeout is 10 s), got {block_ms}"
@@ -137,6 +147,9 @@ class Runtime:
         self.batch_size, self.workers, self.block_ms = batch_size, workers, block_ms
         self.default_retry_policy = default_retry_policy or RetryPolicyModel()
         self.output_maxlen = output_maxlen
+        # The namespace's dead-letter stream is capped near this at each dead letter this
+        # process writes (XADD MAXLEN ~, oldest first); 0: no cap.
+        self.dead_letters_maxlen = dead_letters_maxlen
         self.run_retention_s = int(run_retention.total_seconds())
         self.grace_period = grace_period
         self.visibility_ms = int(visibility_timeout * 1000)
@@ -152,6 +165,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
         self.started = asyncio.Event()
+        self._reporter: Reporter | None = None  # writes this worker's record (dashboards)
         self.registry_checks = 0  # completed registry checks (tests wait on it)
 
     @property
@@ -213,6 +227,7 @@ class Runtime:
                 default_retry=self.default_retry_policy,
                 output_maxlen=self.output_maxlen,
                 run_retention_s=self.run_retention_s,
+                dead_maxlen=self.dead_letters_maxlen,
             )
             specs = [NodeSpec.of(n) for n in self.nodes]
             # One for the worker and our own start-up calls: one outage log, one stop.
@@ -265,6 +280,13 @@ class Runtime:
             )
             watch = LoopWatch(self.loop_block_warn_s)
             watch_task = asyncio.create_task(watch.run(), name="exo-loopwatch")
+            # Who this worker is and what it did, for dashboards: every 5 s, off the hot path.
+            self._reporter = self._make_reporter(broker, self._worker)
+            reporter = self._reporter
+            report_task = asyncio.create_task(
+                supervised("reporter", lambda: reporter.run(registry_stop), registry_stop),
+                name="exo-reporter",
+            )
             if tune_gc:
                 tune_for_throughput()  # set up: what exists now lives as long as we serve
             try:
@@ -274,11 +296,13 @@ class Runtime:
                 # Cooperative stops; cancel only a loop stuck in a Redis call.
                 self._cron.stop()
                 registry_stop.set()
-                loops = [cron_task, registry_task]
+                loops = [cron_task, registry_task, report_task]
                 _, stuck = await asyncio.wait(loops, timeout=5)
                 for task in stuck:
                     task.cancel()
                 await asyncio.gather(*loops, watch_task, return_exceptions=True)
+                if retry.outage.since is None:  # in an outage it would only time out
+                    await self._reporter.stopped()
         finally:
             if exporter is not None:
                 await exporter.aclose()
@@ -286,6 +310,18 @@ class Runtime:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
+
+    def _make_reporter(self, broker: Broker, worker: LaneWorkers) -> Reporter:
+        def live() -> dict[str, int]:
+            return {"inflight": worker.inflight, "executing": worker.executing}
+
+        static = {
+            "concurrency": self.workers,
+            "batch_size": self.batch_size,
+            "max_inflight": worker.max_inflight,
+            "visibility_ms": self.visibility_ms,
+        }
+        return Reporter(broker.workers, self.consumer, self.name, worker.stats, live, static)
 
     async def _check_server(self, broker: Broker) -> None:
         """Refuse a Redis that evicts any key (allkeys-*: queued states and runs would vanish
@@ -300,7 +336,7 @@ class Runtime:
 
     async def _check_secrets(self, store: GraphStore, cipher: SecretsCipher | None) -> None:
         """Refuse to start without EXOSPHERE_SECRETS_KEY when a graph has secrets."""
-        check_namespace_secrets(await store.stored_secrets_of(await store.names()), cipher)
+        check_namespace_secrets(await store.current_secrets(), cipher)
 
     async def _register(self, broker: Broker, nodes: Sequence[type[BaseNode]] = ()) -> None:
         """Record the schemas of `nodes` (default: all of ours) so graphs can be validated

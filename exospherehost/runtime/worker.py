@@ -36,7 +36,15 @@ from exospherehost.runtime.execution import (
 )
 from exospherehost.runtime.failurelog import FailureLog
 from exospherehost.runtime.jobqueue import JobQueue
-from exospherehost.runtime.outcomes import Failed, Job, Malformed, Outcome, Released, source
+from exospherehost.runtime.outcomes import (
+    Completed,
+    Failed,
+    Job,
+    Malformed,
+    Outcome,
+    Released,
+    source,
+)
 from exospherehost.runtime.resilience import Retrier, supervised
 from exospherehost.runtime.settle import (
     SettleConfig,
@@ -45,6 +53,7 @@ from exospherehost.runtime.settle import (
     plan_settle,
 )
 from exospherehost.runtime.stats import RuntimeStats
+from exospherehost.runtime.upkeep.cancelled import CancelledRuns
 from exospherehost.runtime.upkeep.heartbeat import heartbeat
 from exospherehost.runtime.upkeep.holdings import Holdings
 from exospherehost.runtime.upkeep.promote import promote
@@ -120,6 +129,8 @@ class Worker:
         # A connection each for the reader's and the settles' one-call-per-batch loops.
         self._read_lane = Lane(broker.client)
         self._settle_lanes = [Lane(broker.client) for _ in range(SETTLES_IN_FLIGHT)]
+        # Runs cancelled lately: their states are settled without being executed.
+        self.cancelled = CancelledRuns()
         nodes = list(self.specs)
         idle_ms = consumer_idle_bound(consumer_idle_ms, visibility_ms)
         self._reclaimer = Reclaimer(
@@ -187,6 +198,10 @@ class Worker:
         try:
             await until_ok(lambda: self.broker.ensure_groups(nodes))
             await until_ok(lambda: self.broker.join(self.consumer, nodes))
+            # Known before the first read: queued states of cancelled runs are not run.
+            self.cancelled.add(
+                await until_ok(lambda: self.broker.cancelled_since(0)), int(time.time() * 1000)
+            )
             for lane in self._settle_lanes:
                 # Connected up front: settles then reach Redis in the order they were sent
                 # (a lane connecting lazily would let a later batch overtake).
@@ -217,8 +232,12 @@ class Worker:
             ),
             # The heartbeat goes on while stopping (claims in the grace period), to `done`.
             asyncio.create_task(supervised("heartbeat", beat, self._done), name="exo-heartbeat"),
+            asyncio.create_task(
+                supervised("cancelled", lambda: self.cancelled.watch(self.broker, retry), stopping),
+                name="exo-cancelled",
+            ),
         ]
-        retry.serve(upkeep[:2])  # the heartbeat keeps claims in the grace period
+        retry.serve(upkeep[:2] + upkeep[3:])  # the heartbeat keeps claims in the grace period
         return upkeep
 
     async def _shut_down(
@@ -294,6 +313,7 @@ class Worker:
         now = time.monotonic()
         stream = self.broker.keys.queue(node)
         put = self._queue.put
+        cancelled = self.cancelled.ids
         for entry_id, fields in entries:
             held[entry_id] = now
             try:
@@ -308,6 +328,9 @@ class Worker:
             job = Job(node, stream, entry_id, fields, env, deliveries, timeout)
             if poison is not None:
                 self._finish(Failed(job, poison, "", permanent=True, executed=False))
+            elif cancelled and env.run_id in cancelled:
+                # Not executed: the settle drops it (its run is cancelled: settle.lua).
+                self._finish(Completed(job, [], fanout=True))
             else:
                 put(job)
 

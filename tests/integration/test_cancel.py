@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import ClassVar
 
 import pytest
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from exospherehost import (
+    BaseNode,
+    GraphNodeModel,
     RedriveRefused,
     RunNotFound,
+    Runtime,
     StateManager,
     StoreConfigModel,
     UnitesStrategyEnum,
 )
-from tests.integration.helpers import stop_processes, worker_processes
+from tests.integration.helpers import running, stop_processes, worker_processes
 from tests.integration.promises_support import until
 from tests.integration.test_unites import fan_graph
 
@@ -134,3 +139,46 @@ async def test_a_dead_letter_of_a_cancelled_run_is_not_redriven(
         await sm.redrive(letter.id)
     assert [d.id for d in await sm.dead_letters()] == [letter.id]
     assert (await sm.status(run)).status == "CANCELLED"
+
+
+class Counted(BaseNode):
+    runs: ClassVar[list[str]] = []
+
+    class Inputs(BaseModel):
+        i: int
+
+    class Outputs(BaseModel):
+        i: int
+
+    async def execute(self) -> Outputs:
+        Counted.runs.append(self.run_id or "")
+        return self.Outputs(i=self.inputs.i)
+
+
+async def test_queued_states_of_a_cancelled_run_are_not_executed(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """A worker knows the namespace's cancelled runs before its first read (and refreshes
+    them every second): their states are settled without being executed."""
+    Counted.runs = []
+    graph = [
+        GraphNodeModel(node_name="Counted", namespace=namespace, identifier="c", inputs={"i": 1})
+    ]
+    rt = Runtime(namespace=namespace, name="cnt", nodes=[Counted], redis_url=redis_url)
+    async with running(rt):
+        await sm.upsert_graph("g", graph)
+    runs = await sm.trigger_many("g", [None] * 10)
+    for run in runs[:6]:
+        await sm.cancel(run)
+    async with running(
+        Runtime(namespace=namespace, name="cnt", nodes=[Counted], redis_url=redis_url)
+    ):
+        done = await sm.wait_all(runs, timeout=20)
+
+        async def drained() -> bool:
+            c = await sm.pending("Counted")
+            return not (c["length"] or c["pending"])
+
+        await until(drained, "the cancelled runs' states dropped", timeout=10)
+    assert sorted(Counted.runs) == sorted(runs[6:]), "only the runs not cancelled ran"
+    assert [done[r].status for r in runs] == ["CANCELLED"] * 6 + ["SUCCEEDED"] * 4

@@ -33,7 +33,7 @@ from exospherehost import (
     UnitesModel,
     UnitesStrategyEnum,
 )
-from exospherehost.broker.deadletters import split_dead_id
+from exospherehost.broker.deadletters import DeadFilter, split_dead_id
 from exospherehost.broker.keys import GROUP, Keys, lane_tags, run_lane
 from exospherehost.runtime import lanes as runtime_lanes
 from tests.integration.helpers import running
@@ -347,6 +347,18 @@ async def test_four_lanes_on_one_server_run_everything_and_add_up(
             assert await sm.dead_letter(d.id) == d
         assert await sm.broker.dead_letters.count() == K
         assert [d.id for d in await sm.dead_letters(after=dead[1].id)] == [x.id for x in dead[2:]]
+        # Newest first, paged over the lanes: two pages of two, neither skipping nor
+        # repeating a letter (also with a filter, which scans).
+        for node in (None, "Doomed"):
+            first = await sm.dead_letter_page(count=2, node=node)
+            assert first.cursor is not None
+            second = await sm.dead_letter_page(count=2, before=first.cursor, node=node)
+            paged = [d.id for d in first.letters + second.letters]
+            assert paged == [d.id for d in reversed(dead)], (node, paged)
+            last = await sm.dead_letter_page(count=2, before=second.cursor, node=node)
+            assert second.cursor is None or last.letters == []
+        assert (await sm.dead_letter_count()).count == K
+        assert (await sm.dead_letter_count(node="Doomed")).count == K
         Doomed.broken = False
         report = await sm.redrive_all()
         assert report.redriven == K and not report.skipped, report
@@ -355,6 +367,25 @@ async def test_four_lanes_on_one_server_run_everything_and_add_up(
         for r in doomed:
             assert [x["outputs"] for x in await sm.results(r)] == [{"x": 1}]
         assert await sm.dead_letters() == []
+        # Deleting and purging reach every lane.
+        Doomed.broken = True
+        again = await sm.trigger_many("doomed", [None] * 2 * K)  # two letters per lane
+        await sm.wait_all(again, timeout=20)
+        dead = await sm.dead_letters()
+        assert len(dead) == 2 * K and {split_dead_id(d.id)[0] for d in dead} == set(tags)
+        # A scan budget of one entry per lane per page: pages stop where a lane stopped,
+        # and walking them still yields every letter once, newest first.
+        walked: list[str] = []
+        cursor: str | None = None
+        for _ in range(4 * K):
+            page = await sm.broker.dead_letters.page(DeadFilter(node="Doomed"), cursor, 3, 1)
+            walked += [d.id for d in page.letters]
+            if (cursor := page.cursor) is None:
+                break
+        assert walked == [d.id for d in reversed(dead)], walked
+        assert await sm.delete_dead_letters([dead[-1].id]) == 1
+        assert await sm.purge_dead_letters() == 2 * K - 1
+        assert await sm.broker.dead_letters.count() == 0
 
         async def cron_ran() -> bool:
             done = [s for s in await sm.list_runs("cron") if s.status == "SUCCEEDED"]
