@@ -31,6 +31,7 @@ from typing import Any
 from exospherehost.broker.streams import Broker
 from exospherehost.graphstore import GraphCache
 from exospherehost.runtime.execution import NodeSpec
+from exospherehost.runtime.prefetch import Prefetch
 from exospherehost.runtime.resilience import Retrier, pause
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
@@ -91,10 +92,11 @@ class LaneWorkers:
 
     @property
     def max_inflight(self) -> int:
-        """Over the lanes served; before they are known, one lane's (Worker's holdings
-        limit: 4 batches + the concurrency)."""
+        """Over the lanes served; before they are known, one lane's (Prefetch.window)."""
         if not self.workers:
-            return int(self.worker_options.get("batch_size", 100)) * 4 + self.concurrency
+            options = self.worker_options
+            batch = int(options.get("batch_size", 100))
+            return Prefetch.window(self.concurrency, batch, options.get("prefetch"))
         return sum(w.max_inflight for w in self.workers.values())
 
     @property
