@@ -82,6 +82,22 @@ class Pipeline(Protocol):
     def xpending_range(
         self, name: str, groupname: str, min: str, max: str, count: int
     ) -> object: ...
+    def zrevrange(self, name: str, start: int, end: int, withscores: bool = False) -> object: ...
+    def zrevrangebyscore(
+        self,
+        name: str,
+        max: float | str,
+        min: float | str,
+        start: int | None = None,
+        num: int | None = None,
+        withscores: bool = False,
+    ) -> object: ...
+    def xrange(
+        self, name: str, min: str = "-", max: str = "+", count: int | None = None
+    ) -> object: ...
+    def xrevrange(
+        self, name: str, max: str = "+", min: str = "-", count: int | None = None
+    ) -> object: ...
 
 
 class RedisClient(Protocol):

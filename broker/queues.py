@@ -4,7 +4,7 @@ Runtime's metrics gauges."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,52 +88,76 @@ class Output:
 
 
 class QueueReader:
-    __slots__ = ("_client", "keys")
+    """Figures of `keys`' lane; with `lanes` (lane 0's reader) the figures of a node are
+    summed over every lane in use (consumers and the oldest pending age: the largest).
+    Output streams are lane 0's: the SDK enqueues graphless states there (one stream a
+    reader follows with one cursor)."""
 
-    def __init__(self, client: RedisClient, keys: Keys) -> None:
+    __slots__ = ("_client", "_lanes", "keys")
+
+    def __init__(
+        self,
+        client: RedisClient,
+        keys: Keys,
+        lanes: Callable[[], Awaitable[list[Keys]]] | None = None,
+    ) -> None:
         self._client = client
         self.keys = keys
+        self._lanes = lanes
+
+    async def _lane_keys(self) -> list[Keys]:
+        return [self.keys] if self._lanes is None else await self._lanes()
 
     async def counts(self, node: str) -> QueueCounts:
         """Stream length, pending and delayed counts of `node` (pending 0 when the stream
         or its group is missing)."""
-        stream = self.keys.queue(node)
-        length = await self._client.xlen(stream)
-        try:
-            info = await self._client.xpending(stream, GROUP)
-            pending = int(info["pending"])
-        except Exception:
-            pending = 0
-        delayed = await self._client.zcard(self.keys.delayed(node))
+        length = pending = delayed = 0
+        for keys in await self._lane_keys():
+            stream = keys.queue(node)
+            length += await self._client.xlen(stream)
+            try:
+                info = await self._client.xpending(stream, GROUP)
+                pending += int(info["pending"])
+            except Exception:
+                pass
+            delayed += await self._client.zcard(keys.delayed(node))
         return QueueCounts(int(length), pending, int(delayed))
 
     async def stats(self, node: str) -> NodeStats:
         """The figures of `node` in one pipelined round trip; a missing stream or group
         reads as zeros."""
-        q = self.keys.queue(node)
+        lanes = await self._lane_keys()
         pipe = self._client.pipeline(transaction=False)
-        pipe.xlen(q)
-        pipe.zcard(self.keys.delayed(node))
-        pipe.xinfo_groups(q)
-        pipe.xinfo_consumers(q, GROUP)
-        pipe.xpending_range(q, GROUP, min="-", max="+", count=1)
-        pipe.execute_command("ZRANGE", self.keys.alive(), 0, -1, "WITHSCORES")
+        for keys in lanes:
+            q = keys.queue(node)
+            pipe.xlen(q)
+            pipe.zcard(keys.delayed(node))
+            pipe.xinfo_groups(q)
+            pipe.xinfo_consumers(q, GROUP)
+            pipe.xpending_range(q, GROUP, min="-", max="+", count=1)
+            pipe.execute_command("ZRANGE", keys.alive(), 0, -1, "WITHSCORES")
         pipe.execute_command("ZRANGE", self.keys.workers(), 0, -1, "WITHSCORES")
         pipe.execute_command("TIME")
         replies = await pipe.execute(raise_on_error=False)
-        length, delayed, groups, consumers, oldest, alive, records, now = replies
-        group = groups[0] if isinstance(groups, list) and groups else {}
-        members = consumers if isinstance(consumers, list) else []
+        records, now = replies[-2:]
+        parts = []
+        for i in range(0, len(replies) - 2, 6):
+            length, delayed, groups, consumers, oldest, alive = replies[i : i + 6]
+            parts.append(
+                _node_stats(length, delayed, groups, consumers, oldest, alive, records, now)
+            )
+        if len(parts) == 1:
+            return parts[0]
+        lags = [p.lag for p in parts]
         return NodeStats(
-            length=int(length) if isinstance(length, int) else 0,
-            delayed=int(delayed) if isinstance(delayed, int) else 0,
-            pending=int(group.get("pending", 0)),
-            lag=group.get("lag"),
-            consumers=_live(members, alive, records, now),
-            oldest_pending_ms=(
-                int(oldest[0]["time_since_delivered"]) if isinstance(oldest, list) and oldest else 0
-            ),
-            consumers_total=len(members),
+            length=sum(p.length for p in parts),
+            delayed=sum(p.delayed for p in parts),
+            pending=sum(p.pending for p in parts),
+            lag=None if None in lags else sum(int(lag or 0) for lag in lags),
+            # Every Runtime of the node serves every lane: a worker counts once.
+            consumers=max(p.consumers for p in parts),
+            oldest_pending_ms=max(p.oldest_pending_ms for p in parts),
+            consumers_total=max(p.consumers_total for p in parts),
         )
 
     async def streams(self) -> list[str]:
@@ -147,16 +171,23 @@ class QueueReader:
         return sorted(found)
 
     async def counters(self, nodes: Sequence[str]) -> dict[str, StreamCounters]:
-        """node -> its stream's counters, in one round trip; nodes whose stream is
-        missing (or whose Redis predates entries-added) are left out."""
+        """node -> its stream's counters (summed over lanes), in one round trip; nodes
+        whose stream is missing (or whose Redis predates entries-added) are left out."""
+        lanes = await self._lane_keys()
         pipe = self._client.pipeline(transaction=False)
-        for node in nodes:
-            pipe.xinfo_stream(self.keys.queue(node))
-        replies = await pipe.execute(raise_on_error=False)
-        out = {}
-        for node, info in zip(nodes, replies, strict=True):
-            if isinstance(info, dict) and info.get("entries-added") is not None:
-                out[node] = StreamCounters(int(info["entries-added"]), int(info["length"]))
+        for keys in lanes:
+            for node in nodes:
+                pipe.xinfo_stream(keys.queue(node))
+        replies = iter(await pipe.execute(raise_on_error=False))
+        out: dict[str, StreamCounters] = {}
+        for _ in lanes:
+            for node in nodes:
+                info = next(replies)
+                if isinstance(info, dict) and info.get("entries-added") is not None:
+                    had = out.get(node, StreamCounters(0, 0))
+                    out[node] = StreamCounters(
+                        had.added + int(info["entries-added"]), had.length + int(info["length"])
+                    )
         return out
 
     async def outputs(
@@ -179,6 +210,32 @@ class QueueReader:
         """The newest `count` results on `node`'s output stream, oldest first."""
         entries = await self._client.xrevrange(self.keys.output(node), count=count)
         return [Output.parse(i, e) for i, e in reversed(entries)]
+
+
+def _node_stats(
+    length: Any,
+    delayed: Any,
+    groups: Any,
+    consumers: Any,
+    oldest: Any,
+    alive: Any,
+    records: Any,
+    now: Any,
+) -> NodeStats:
+    """One lane's figures of a node from its pipelined replies (errors read as 0)."""
+    group = groups[0] if isinstance(groups, list) and groups else {}
+    members = consumers if isinstance(consumers, list) else []
+    return NodeStats(
+        length=int(length) if isinstance(length, int) else 0,
+        delayed=int(delayed) if isinstance(delayed, int) else 0,
+        pending=int(group.get("pending", 0)),
+        lag=group.get("lag"),
+        consumers=_live(members, alive, records, now),
+        oldest_pending_ms=(
+            int(oldest[0]["time_since_delivered"]) if isinstance(oldest, list) and oldest else 0
+        ),
+        consumers_total=len(members),
+    )
 
 
 def _scores(reply: Any) -> dict[str, float]:

@@ -11,6 +11,7 @@ from exospherehost._version import VERSION
 from exospherehost.cli._common import ENV_NAMESPACE, Settings
 from exospherehost.cli.dev import dev
 from exospherehost.cli.graphs import graphs, nodes, results
+from exospherehost.cli.lanes import lanes
 from exospherehost.cli.monitor import status
 from exospherehost.cli.records import dead, runs
 from exospherehost.cli.states import enqueue, trigger
@@ -75,6 +76,7 @@ for command in (
     status,
     runs,
     dead,
+    lanes,
     bench,
     dashboard,
 ):

@@ -254,11 +254,12 @@ def dead() -> None:
     """
 
 
-_ENTRY_ID = re.compile(r"^\d+-\d+$")
+_ENTRY_ID = re.compile(r"^\d+-\d+(@[1-9]\d*)?$")  # `@n`: on the lane of tag number n
 
 
 def _dead_id(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A stream entry id (e.g. 1718000000000-0), checked before Redis would refuse it."""
+    """A stream entry id (e.g. 1718000000000-0, or 1718000000000-0@301 on lane tag 301),
+    checked before Redis would refuse it."""
     if value is not None and not _ENTRY_ID.match(value):
         raise click.BadParameter(f"{value!r} is not a dead-letter id like 1718000000000-0")
     return value

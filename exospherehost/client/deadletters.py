@@ -12,7 +12,13 @@ from datetime import datetime
 from redis.exceptions import ResponseError
 
 from exospherehost.broker.codec import MalformedEntry, decode, encode
-from exospherehost.broker.deadletters import DeadFilter, DeadLetterReader, DeadRecord, id_key
+from exospherehost.broker.deadletters import (
+    DeadFilter,
+    DeadLetterReader,
+    DeadRecord,
+    id_key,
+    split_dead_id,
+)
 from exospherehost.broker.keys import ENVELOPE_FIELD, check_name
 from exospherehost.broker.plan import MAX_XADD_FIELDS
 from exospherehost.broker.streams import REDRIVE_REFUSED, Broker
@@ -36,7 +42,7 @@ class RedriveReport:
 class DeadLetter:
     """A state that could not be processed, with why and what it was."""
 
-    id: str  # entry id in the dead-letter stream
+    id: str  # entry id in its lane's dead-letter stream (`<entry id>@n` on lane n > 0)
     node: str
     state_id: str
     run_id: str | None
@@ -124,7 +130,7 @@ def _check_id(value: object) -> str:
     if not isinstance(value, str):
         raise InvalidArgument(f"a dead-letter id must be a string, got {type(value).__name__}")
     try:
-        id_key(value)
+        id_key(split_dead_id(value)[1])  # `<entry id>` or, on lane n > 0, `<entry id>@n`
     except ValueError:
         raise InvalidArgument(f"{value!r} is not a dead-letter id like 1718000000000-0") from None
     return value
@@ -140,7 +146,8 @@ class DeadLettersMixin:
         return self.broker.dead_letters
 
     async def dead_letters(self, count: int = 100, after: str = "-") -> list[DeadLetter]:
-        """Dead letters oldest first, from entry id `after` (exclusive unless '-')."""
+        """Dead letters oldest first, from id `after` (exclusive unless '-'); over every
+        lane of the namespace, ordered by (entry id, lane)."""
         start = after if after == "-" else f"({after}"
         return [DeadLetter.of(r) for r in await self._dead.range(start, count)]
 
@@ -210,8 +217,9 @@ class DeadLettersMixin:
     async def _redrive_record(self, dead: DeadLetter) -> bool:
         dead_id = dead.id
         fields = redrive_fields(dead)
-        done, problem = await self.broker.redrive(
-            dead_id, check_name("node name", dead.node), dead.run_id, dead.identifier or "", fields
+        lane, entry_id = split_dead_id(dead_id)  # back onto the lane it died on (its run's)
+        done, problem = await self.broker.on_lane(lane).redrive(
+            entry_id, check_name("node name", dead.node), dead.run_id, dead.identifier or "", fields
         )
         if done == REDRIVE_REFUSED:
             raise RedriveRefused(f"cannot redrive {dead_id}: {problem}")
@@ -238,10 +246,10 @@ class DeadLettersMixin:
         are left alone (otherwise a state that always fails would be redriven forever)."""
         flt = dead_filter(node, grep, since, until)
         report = RedriveReport()
-        last = await self._dead.last_id()
-        if last is None:
+        lasts = await self._dead.last_ids()  # per lane
+        if not lasts:
             return report
-        async for batch in self._dead.scan(flt, upto=last):
+        async for batch in self._dead.scan(flt, upto=lasts):
             for record in batch:
                 try:
                     report.redriven += await self._redrive_record(DeadLetter.of(record))

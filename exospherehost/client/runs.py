@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -163,31 +164,47 @@ class RunsMixin:
         return (await self.wait_all([run_id], timeout))[run_id]
 
     async def wait_all(self, run_ids: Iterable[str], timeout: float = 60.0) -> dict[str, RunStatus]:
-        """Wait until every run is finished, following the namespace's event stream (one
-        connection however many runs); raises TimeoutError naming what is unfinished."""
+        """Wait until every run is finished, following the events stream of each lane the
+        runs live on (one connection per lane, however many runs); raises TimeoutError
+        naming what is unfinished."""
+        run_ids = list(run_ids)
         waiting = {check_name("run id", r) for r in run_ids}
         deadline = time.monotonic() + timeout
-        last = await self._runs.events_tail()  # before the first check: no event is missed
+        by_lane: dict[int, set[str]] = {}
+        for r in waiting:
+            by_lane.setdefault(self.broker.keys.for_run(r).lane, set()).add(r)
+        left = await asyncio.gather(
+            *(self._wait_lane(lane, ids, deadline) for lane, ids in by_lane.items())
+        )
+        unfinished = set().union(*left)
+        if unfinished:
+            some = sorted(unfinished)[:5]
+            raise WaitTimedOut(
+                f"{len(unfinished)} run(s) not finished after {timeout}s, e.g. {some}"
+            )
+        return {r: await self.status(r) for r in run_ids}
+
+    async def _wait_lane(self, lane: int, waiting: set[str], deadline: float) -> set[str]:
+        """Follow lane `lane`'s events until its runs in `waiting` are finished; returns
+        those still unfinished at `deadline`."""
+        runs = self.broker.on_lane(lane).runs
+        last = await runs.events_tail()  # before the first check: no event is missed
         candidates = set(waiting)
         while True:
             finished = await self._finished(candidates)
             waiting -= finished
             if not waiting:
-                break
+                return waiting
             left = deadline - time.monotonic()
             if left <= 0:
-                some = sorted(waiting)[:5]
-                raise WaitTimedOut(
-                    f"{len(waiting)} run(s) not finished after {timeout}s, e.g. {some}"
-                )
+                return waiting
             block = max(1, int(min(left, MAX_BLOCK_S) * 1000))
-            events = await self._runs.events(last, 10_000, block)
+            events = await runs.events(last, 10_000, block)
             candidates = {e.run_id for e in events if e.run_id in waiting}
             if events:
                 last = events[-1].entry_id
             else:
                 candidates = set(waiting)  # idle second: re-check all (covers trimmed events)
-        return {r: await self.status(r) for r in run_ids}
 
     async def _finished(self, run_ids: set[str]) -> set[str]:
         ids = list(run_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from exospherehost.broker import queues
 from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
 from exospherehost.broker.fields import RUNNING
-from exospherehost.broker.keys import Keys, check_name
+from exospherehost.broker.keys import MAX_LANES, Keys, check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory_of
 from exospherehost.broker.streams import Broker
 from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
@@ -110,6 +111,10 @@ def _trigger_errors(
     return errors
 
 
+LANES_CACHE_S = 2.0
+"""How long a StateManager keeps the namespace's lane count before reading it again."""
+
+
 class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
     def __init__(
         self,
@@ -134,6 +139,11 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         self.graphs = GraphStore(self.broker.client, self.keys)
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
         self._server_checked = False
+        self._start_lanes: list[int] = [0]  # where new runs go (round robin), re-read ...
+        self._lanes_read = -LANES_CACHE_S  # ... every LANES_CACHE_S (monotonic time)
+        # Round robin from a random lane: many short-lived clients (one CLI trigger each)
+        # must not all start on lane 0.
+        self._next_lane = random.randrange(MAX_LANES)
         self._streams: tuple[float, list[str]] | None = None  # (monotonic time, SCAN found)
 
     async def _check_server(self) -> None:
@@ -354,20 +364,49 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         graph = await self._compiled_current(graph_name)
         full_store = run_store(graph, _inputs_dict(store or {}, "store"))
         now = int(time.time() * 1000)
+        given = [_inputs_dict(item or {}, f"inputs[{i}]") for i, item in enumerate(inputs)]
+        lanes = await self._lanes_for(len(given))
         starts = [
             plan_run(
                 graph,
-                self.keys,
-                inputs=_inputs_dict(item or {}, f"inputs[{i}]"),
+                self.keys.on_lane(lane),
+                inputs=item,
                 store=full_store,
                 start_delay_ms=start_delay,
                 now_ms=now,
             )
-            for i, item in enumerate(inputs)
+            for lane, item in zip(lanes, given, strict=True)
         ]
         await self._check_server()
         await self.broker.start_runs(starts)
         return [s.run_id for s in starts]
+
+    async def _lanes_for(self, n: int) -> list[int]:
+        """The lanes (tag numbers) of the next `n` runs: the namespace's current lanes,
+        round robin; the count is read at most every LANES_CACHE_S (a run started on a
+        lane of the count just replaced is still served: see exospherehost.runtime.lanes)."""
+        if time.monotonic() - self._lanes_read >= LANES_CACHE_S:
+            _, self._start_lanes, _ = await self.broker.lanes()
+            self._lanes_read = time.monotonic()
+        lanes, first = self._start_lanes, self._next_lane % len(self._start_lanes)
+        self._next_lane = (first + n) % len(lanes)
+        return [lanes[(first + i) % len(lanes)] for i in range(n)]
+
+    async def set_lanes(self, count: int) -> list[int]:
+        """Spread the namespace's runs over `count` lanes (1 to 256; 1 is the default):
+        lanes are hash tags that land on evenly spaced Redis Cluster slots, each served
+        by its own read and settle calls in every Runtime. Safe while runs flow: a run
+        stays on the lane it started on, and Runtimes serve a lane of an older count as
+        long as it holds anything. Returns the lanes' tag numbers (lane 0 is 0)."""
+        tags = await self.broker.set_lanes(count)
+        self._lanes_read = -LANES_CACHE_S  # our next trigger reads it again
+        return tags
+
+    async def lanes(self) -> dict[str, Any]:
+        """The namespace's lanes: {"count": k, "current": tag numbers of the k lanes,
+        "in_use": tag numbers of every lane that may hold something (current and older)}."""
+        count, current, used = await self.broker.lanes()
+        return {"count": count, "current": current, "in_use": sorted(used.union(current))}
 
     async def run_store(self, run_id: str) -> dict[str, Any]:
         """The run's store as it is now (trigger values, defaults and nodes' writes)."""

@@ -29,6 +29,7 @@ from exospherehost.node import BaseNode, node_schema, validate_nodes
 from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
+from exospherehost.runtime.lanes import LaneWorkers
 from exospherehost.runtime.loopwatch import LoopWatch
 from exospherehost.runtime.resilience import Retrier, is_outage, pause, supervised
 from exospherehost.runtime.settle import SettleConfig
@@ -169,7 +170,7 @@ class Runtime:
         )
         # Replicas share `name`; host, pid and a random part keep consumers apart.
         self.consumer = f"{name}:{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self._worker: Worker | None = None
+        self._worker: LaneWorkers | None = None  # one Worker per lane
         self._cron: CronScheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
@@ -241,7 +242,7 @@ class Runtime:
             specs = [NodeSpec.of(n) for n in self.nodes]
             # One for the worker and our own start-up calls: one outage log, one stop.
             retry = Retrier()
-            self._worker = Worker(
+            self._worker = LaneWorkers(
                 broker,
                 specs,
                 self.consumer,
@@ -257,6 +258,7 @@ class Runtime:
                 retry=retry,
                 ready=self.started,  # set once its consumers joined the groups
                 prefetch=self.prefetch,
+                factory=Worker,  # looked up here: tests give Workers options through it
             )
             if self.metrics_port is not None:
                 # Imported on use: only Runtimes that export load prometheus_client.
@@ -320,7 +322,7 @@ class Runtime:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
 
-    def _make_reporter(self, broker: Broker, worker: Worker) -> Reporter:
+    def _make_reporter(self, broker: Broker, worker: LaneWorkers) -> Reporter:
         def live() -> dict[str, int]:
             return {"inflight": worker.inflight, "executing": worker.executing}
 

@@ -107,6 +107,7 @@ def test_help_lists_every_command_in_order() -> None:
         "status",
         "runs",
         "dead",
+        "lanes",
         "bench",
         "dashboard",
     ]
@@ -121,6 +122,8 @@ def test_help_lists_every_command_in_order() -> None:
         ["dead", "list"],
         ["dead", "show"],
         ["dead", "redrive"],
+        ["lanes", "show"],
+        ["lanes", "set"],
         ["dashboard"],
     ):
         sub = CliRunner().invoke(cli, [*command, "--help"])
