@@ -131,7 +131,8 @@ def acl_rule(namespace: str, cluster: bool = False) -> str:
     """The minimal ACL rule of a user that runs namespace `namespace` (ACL SETUSER name on
     >password RULE); on a Redis Cluster (`cluster`), set on every node."""
     extra = f" {CLUSTER_ACL_COMMANDS}" if cluster else ""
-    return f"~exo:{{{namespace}}}:* {ACL_COMMANDS}{extra}"
+    # The namespace's own tag, and its lanes' tags {ns/n} (broker/keys.py).
+    return f"~exo:{{{namespace}}}:* ~exo:{{{namespace}/* {ACL_COMMANDS}{extra}"
 
 
 def key_namespace(args: tuple[Any, ...]) -> str | None:
@@ -140,8 +141,8 @@ def key_namespace(args: tuple[Any, ...]) -> str | None:
         raw = arg.encode() if isinstance(arg, str) else arg
         if isinstance(raw, bytes) and raw.startswith(b"exo:{"):
             found = _NAMESPACE_IN_KEY.match(raw)
-            if found:  # a lane's tag {ns:L} names the namespace before the colon
-                return found.group(1).decode("utf-8", "replace").split(":", 1)[0]
+            if found:  # a lane's tag {ns/n} names the namespace before the slash
+                return found.group(1).decode("utf-8", "replace").split("/", 1)[0]
     return None
 
 

@@ -98,13 +98,13 @@ def test_a_refusal_names_the_user_the_namespace_and_the_grant() -> None:
     raw = NoPermissionError("this user has no permissions to access one of the keys")
     args = ("HGETALL", "exo:{billing}:graphs")
     assert key_namespace(args) == "billing"
-    assert key_namespace(("XADD", "exo:{billing:3}:q:N")) == "billing"  # a lane's tag
+    assert key_namespace(("XADD", "exo:{billing/3}:q:N")) == "billing"  # a lane's tag
     error = refusal(raw, "worker-a", args)
     assert isinstance(error, PermissionRefused) and isinstance(error, NoPermissionError)
     text = str(error)
     assert "'worker-a'" in text and "'billing'" in text and "HGETALL" in text
     assert f"ACL SETUSER worker-a {acl_rule('billing')}" in text
-    assert acl_rule("billing").startswith("~exo:{billing}:* -@all ")
+    assert acl_rule("billing").startswith("~exo:{billing}:* ~exo:{billing/* -@all ")
 
 
 def test_a_lane_routes_by_the_first_key_of_what_it_sends() -> None:
