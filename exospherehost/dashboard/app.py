@@ -26,7 +26,7 @@ from exospherehost import errors
 from exospherehost.broker.keys import check_name
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
-from exospherehost.dashboard import views
+from exospherehost.dashboard import operate, views
 
 STATIC = Path(__file__).with_name("static")
 
@@ -112,6 +112,24 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
     return min(max(value, 0), high)
 
 
+def _ms(request: Request, name: str) -> int | None:
+    """An optional time in ms since the epoch (empty = not given)."""
+    raw = request.query_params.get(name) or None
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"query parameter {name} must be ms since the epoch") from None
+
+
+def _csrf(request: Request) -> Response | None:
+    """The 403 an action gets without the CSRF header, else None."""
+    if request.headers.get(CSRF_HEADER) != "1":
+        return Json({"error": f"missing header {CSRF_HEADER}: 1"}, status_code=403)
+    return None
+
+
 def _error(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def handler(request: Request, exc: Exception) -> Response:
         # `error` says what is wrong; `kind` lets the page show the right state.
@@ -173,6 +191,39 @@ def create_app(
         sm = await managers.get(request.path_params["ns"])
         return Json(await views.run_detail(sm, request.path_params["run"]))
 
+    async def runs(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        q = request.query_params
+        body = await operate.runs_page(
+            sm,
+            q.get("graph") or None,
+            q.get("status") or None,
+            _ms(request, "since"),
+            _ms(request, "until"),
+            _int(request, "offset", 0, 10_000_000),
+            max(_int(request, "count", 50, 500), 1),
+        )
+        return Json(body)
+
+    async def cancel(request: Request) -> Response:
+        if refused := _csrf(request):
+            return refused
+        sm = await managers.get(request.path_params["ns"])
+        code, body = await operate.cancel_run(sm, request.path_params["run"])
+        return Json(body, status_code=code)
+
+    async def delete_graph(request: Request) -> Response:
+        if refused := _csrf(request):
+            return refused
+        sm = await managers.get(request.path_params["ns"])
+        force = request.query_params.get("force", "") in ("1", "true")
+        code, body = await operate.delete_graph(sm, request.path_params["graph"], force)
+        return Json(body, status_code=code)
+
+    async def nodes(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        return Json(await operate.nodes(sm))
+
     async def dead(request: Request) -> Response:
         sm = await managers.get(request.path_params["ns"])
         return Json(await views.dead_letters(sm, _int(request, "count", 100, 1000)))
@@ -202,7 +253,11 @@ def create_app(
         Route(api + "/workers", workers),
         Route(api + "/throughput", throughput),
         Route(api + "/graphs/{graph}", graph),
+        Route(api + "/graphs/{graph}/delete", delete_graph, methods=["POST"]),
+        Route(api + "/runs", runs),
         Route(api + "/runs/{run}", run),
+        Route(api + "/runs/{run}/cancel", cancel, methods=["POST"]),
+        Route(api + "/nodes", nodes),
         Route(api + "/dead", dead),
         Route(api + "/dead/redrive-all", redrive, methods=["POST"]),
         Route(api + "/dead/{dead}/redrive", redrive, methods=["POST"]),

@@ -13,6 +13,7 @@ from exospherehost.broker.serverinfo import memory_view
 from exospherehost.client.deadletters import DeadLetter
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
+from exospherehost.dashboard.operate import template_details
 
 DEAD_COUNT_CAP = 200
 """Dead letters counted for the overview; the SDK has no count call, so the page says
@@ -45,6 +46,7 @@ async def graph_view(sm: StateManager, name: str) -> dict[str, Any]:
         "validation_errors": doc.get("validation_errors") or [],
         "updated_ms": doc.get("updated_ms"),
         "layout": _layouts[key],
+        "template": template_details(doc),  # retry, store, secret names, triggers
     }
 
 
