@@ -27,14 +27,11 @@ CONFLICT = 409
 
 
 def _when(ms: int | None) -> datetime | None:
-    """ms since the epoch as the aware datetime list_runs takes. Half a millisecond is
-    added so the SDK's float round trip (`int(when.timestamp() * 1000)`, which truncates)
-    gives back exactly `ms`, not `ms - 1`: the bounds are inclusive."""
+    """ms since the epoch as the aware datetime list_runs takes (built from whole seconds
+    and a timedelta, so it converts back to exactly `ms`: the bounds are inclusive)."""
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms // 1000, UTC) + timedelta(
-        milliseconds=ms % 1000, microseconds=500
-    )
+    return datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
 
 
 async def runs_page(

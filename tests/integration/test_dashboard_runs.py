@@ -33,7 +33,7 @@ from exospherehost import (
     StoreConfigModel,
 )
 from exospherehost.dashboard import create_app
-from exospherehost.dashboard.operate import schema_fields, type_name
+from exospherehost.dashboard.operate import _when, schema_fields, type_name
 from exospherehost.secrets import ENV_SECRETS_KEY
 from tests.integration import test_dashboard as base
 from tests.integration.apps.nodes import Label
@@ -246,6 +246,8 @@ async def test_runs_list_filters_paging_and_cancel(
                 # Cancel the held run from its page: confirm, CANCELLED, no button after.
                 await page.open(f"{url}#/ns/{ns}/run/{held}")
                 await page.text_of("#run-status", "RUNNING")
+                await page.css("#cancel-run")
+                await shot(browser, "run-cancel-button")
                 await confirm_yes(browser)
                 await page.click("#cancel-run")
                 await page.text_of("#run-status", "CANCELLED")
@@ -306,6 +308,14 @@ def test_schema_fields_render_python_types() -> None:
     assert type_name({"enum": ["a", "b"]}) == "'a' | 'b'"
     assert type_name({}) == "any"
     assert schema_fields(None) == []
+
+
+def test_time_filters_keep_the_millisecond() -> None:
+    # What the SDK does with since/until (client/runs.py _ms): back to the same ms.
+    for ms in (0, 1, 999, 1_764_582_725_123, 1_764_582_725_999, 1_900_000_000_001):
+        when = _when(ms)
+        assert when is not None and int(when.timestamp() * 1000) == ms, ms
+    assert _when(None) is None
 
 
 async def test_node_schemas_template_details_and_delete_graph(
