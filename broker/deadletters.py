@@ -1,7 +1,9 @@
-"""The namespace's dead-letter stream (Keys.dead), read into frozen records."""
+"""The namespace's dead-letter stream (Keys.dead): read into frozen records (newest first,
+paged, filtered), counted, and purged."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +13,16 @@ from exospherehost.broker.codec import unpack
 from exospherehost.broker.keys import Keys
 
 _ORIGINAL = f.DEAD_ORIGINAL.encode()
+_NODE, _ERROR, _TRACEBACK = f.DEAD_NODE.encode(), f.DEAD_ERROR.encode(), f.DEAD_TRACEBACK.encode()
+
+CHUNK = 500
+"""Entries read per XRANGE while filtering, and ids per XDEL."""
+
+SCAN_LIMIT = 20_000
+"""Most entries one filtered page looks at (its cursor goes on from there)."""
+
+COUNT_LIMIT = 200_000
+"""Most entries a filtered count looks at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +64,107 @@ class DeadRecord:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class DeadFilter:
+    """Which dead letters a listing, count, purge or redrive covers. Empty: all of them.
+    `node` matches exactly, `grep` is a case-insensitive substring of the error (or of the
+    traceback's last line), `since_ms` / `until_ms` bound when it was dead-lettered
+    (epoch ms, inclusive): the dead stream's ids are those times, so the bounds narrow
+    the range read rather than filter it."""
+
+    node: str | None = None
+    grep: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return (
+            self.node is None
+            and not self.grep
+            and self.since_ms is None
+            and (self.until_ms is None)
+        )
+
+    @property
+    def narrows(self) -> bool:
+        """Whether entries in the id range must be looked at one by one."""
+        return self.node is not None or bool(self.grep)
+
+    def low(self) -> str:
+        return "-" if self.since_ms is None else f"{max(0, self.since_ms)}-0"
+
+    def high(self) -> str:
+        return "+" if self.until_ms is None else f"{max(0, self.until_ms)}-{_MAX_SEQ}"
+
+    def matches(self, record: DeadRecord) -> bool:
+        if self.node is not None and record.node != self.node:
+            return False
+        if self.grep:
+            needle = self.grep.lower()
+            return needle in record.error.lower() or needle in _last_line(record.traceback)
+        return True
+
+    def matches_raw(self, fields: dict[bytes, bytes]) -> bool:
+        """`matches` on the entry's fields as read, without parsing the whole record (a
+        filtered scan of 100k letters would spend most of its time unpacking originals)."""
+        if self.node is not None and fields.get(_NODE, b"").decode("utf-8", "replace") != (
+            self.node
+        ):
+            return False
+        if self.grep:
+            needle = self.grep.lower()
+            error = fields.get(_ERROR, b"").decode("utf-8", "replace").lower()
+            if needle in error:
+                return True
+            tb = fields.get(_TRACEBACK, b"").decode("utf-8", "replace")
+            return needle in _last_line(tb)
+        return True
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1].lower() if lines else ""
+
+
+_MAX_SEQ = 18446744073709551615  # a stream id's sequence part is a 64-bit unsigned
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def id_before(entry_id: str) -> str:
+    """The greatest id below `entry_id` (XRANGE bounds are inclusive; Redis 6.2+ has
+    "(id", but this also works where that is not parsed)."""
+    ms, seq = id_key(entry_id)
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{_MAX_SEQ}" if ms > 0 else "0-0"
+
+
+def id_after(entry_id: str) -> str:
+    ms, seq = id_key(entry_id)
+    return f"{ms}-{seq + 1}" if seq < _MAX_SEQ else f"{ms + 1}-0"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadPage:
+    """One page of dead letters, newest first. `cursor`: pass it as `before` for the next
+    (older) page; None when nothing older matches. `scanned`: entries looked at."""
+
+    letters: list[DeadRecord]
+    cursor: str | None
+    scanned: int
+
+
 class DeadLetterReader:
+    """Reads and removes dead letters. Listing is newest first and paged by a cursor (an
+    entry id); filters (DeadFilter) are applied while reading, at most `scan` entries per
+    call, so no call reads an unbounded stream."""
+
     __slots__ = ("_client", "_key")
 
     def __init__(self, client: RedisClient, keys: Keys) -> None:
@@ -74,7 +186,101 @@ class DeadLetterReader:
         return tail[0][0].decode() if tail else None
 
     async def count(self) -> int:
+        """Every dead letter (XLEN: exact, O(1))."""
         return int(await self._client.xlen(self._key))
+
+    async def page(
+        self, flt: DeadFilter, before: str | None, count: int, scan: int = SCAN_LIMIT
+    ) -> DeadPage:
+        """Up to `count` dead letters matching `flt`, newest first, older than entry id
+        `before` (None: from the newest). Looks at no more than `scan` entries: a page
+        may then hold fewer than `count`, and its cursor says where to go on."""
+        high = flt.high()
+        if before is not None:
+            below = id_before(before)
+            high = below if high == "+" or id_key(below) < id_key(high) else high
+        low = flt.low()
+        letters: list[DeadRecord] = []
+        scanned = 0
+        last: str | None = None
+        while True:
+            chunk = count + 1 if not flt.narrows else min(max(count, CHUNK), scan - scanned)
+            if chunk <= 0:  # scan budget spent: go on after the last entry looked at
+                return DeadPage(letters, last, scanned)
+            if low != "-" and high != "+" and id_key(high) < id_key(low):
+                return DeadPage(letters, None, scanned)
+            entries = await self._client.xrevrange(self._key, max=high, min=low, count=chunk)
+            for entry_id, fields in entries:
+                scanned += 1
+                if flt.matches_raw(fields):
+                    if len(letters) == count:
+                        return DeadPage(letters, letters[-1].id, scanned)
+                    letters.append(DeadRecord.parse(entry_id, fields))
+            if len(entries) < chunk:
+                return DeadPage(letters, None, scanned)
+            last = entries[-1][0].decode()
+            high = id_before(last)
+
+    async def scan(
+        self, flt: DeadFilter, upto: str | None = None, chunk: int = CHUNK
+    ) -> AsyncIterator[list[DeadRecord]]:
+        """Every dead letter matching `flt`, oldest first, in batches; none newer than
+        entry id `upto` (so letters that die again meanwhile are left alone)."""
+        low, high = flt.low(), flt.high()
+        if upto is not None and (high == "+" or id_key(upto) < id_key(high)):
+            high = upto
+        while True:
+            entries = await self._client.xrange(self._key, min=low, max=high, count=chunk)
+            batch = [DeadRecord.parse(i, e) for i, e in entries if flt.matches_raw(e)]
+            if batch:
+                yield batch
+            if len(entries) < chunk:
+                return
+            low = id_after(entries[-1][0].decode())
+
+    async def matching(self, flt: DeadFilter, limit: int = COUNT_LIMIT) -> tuple[int, bool]:
+        """(how many dead letters match `flt`, exact): XLEN without a filter, else a scan
+        of at most `limit` entries (exact False: there were more to look at)."""
+        if flt.empty:
+            return await self.count(), True
+        n = seen = 0
+        low, high = flt.low(), flt.high()
+        while seen < limit:
+            chunk = min(CHUNK * 4, limit - seen)
+            entries = await self._client.xrange(self._key, min=low, max=high, count=chunk)
+            seen += len(entries)
+            if flt.narrows:
+                n += sum(1 for _, e in entries if flt.matches_raw(e))
+            else:
+                n += len(entries)
+            if len(entries) < chunk:
+                return n, True
+            low = id_after(entries[-1][0].decode())
+        return n, False
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        """Remove these dead letters (XDEL); returns how many there were."""
+        removed = 0
+        for i in range(0, len(ids), CHUNK):
+            removed += int(
+                await self._client.execute_command("XDEL", self._key, *ids[i : i + CHUNK])
+            )
+        return removed
+
+    async def purge(self, flt: DeadFilter) -> int:
+        """Remove the dead letters matching `flt` that exist now; returns how many.
+        Without a filter, one XTRIM MINID past the newest: letters added meanwhile stay."""
+        last = await self.last_id()
+        if last is None:
+            return 0
+        if flt.empty:
+            return int(
+                await self._client.execute_command("XTRIM", self._key, "MINID", id_after(last))
+            )
+        removed = 0
+        async for batch in self.scan(flt, upto=last):
+            removed += await self.delete([r.id for r in batch])
+        return removed
 
 
 def _parse(entries: list[StreamEntry]) -> list[DeadRecord]:

@@ -28,14 +28,33 @@ class QueueCounts:
     delayed: int  # waiting in the delayed set for their due time
 
 
+LIVE_IDLE_MS = 30_000
+"""A consumer idle in its group (XINFO) for less than this (the default visibility
+timeout) counts as a live worker."""
+
+RECORD_WINDOW_MS = 60_000
+"""...or one whose worker record (Keys.workers: a Runtime rewrites it every 5 s, its
+clock) was written this recently: twice the record's 30 s expiry, for clock skew. A
+consumer in that index is judged by it alone: killed, it stops counting within a minute.
+
+ALIVE_WINDOW_MS = 300_000: ...otherwise (a Runtime that writes no worker record), one
+recorded in the namespace's alive set (Keys.alive) this recently: Runtimes record
+themselves there every half of their consumer idle bound (by default max(10 x visibility
+timeout, 5 min)), also while their streams are empty (Redis 7.0 does not refresh the
+idle time of a consumer whose read returned nothing)."""
+
+ALIVE_WINDOW_MS = 300_000
+
+
 @dataclass(frozen=True, slots=True)
 class NodeStats:
     length: int
     delayed: int
     pending: int
     lag: int | None  # entries the group has yet to read, as Redis reports it
-    consumers: int
+    consumers: int  # live ones: workers that read or said they were alive lately
     oldest_pending_ms: int  # since the oldest pending entry was delivered (0: none)
+    consumers_total: int = 0  # in the group, dead workers' included (until pruned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +115,34 @@ class QueueReader:
         pipe.xinfo_groups(q)
         pipe.xinfo_consumers(q, GROUP)
         pipe.xpending_range(q, GROUP, min="-", max="+", count=1)
-        length, delayed, groups, consumers, oldest = await pipe.execute(raise_on_error=False)
+        pipe.execute_command("ZRANGE", self.keys.alive(), 0, -1, "WITHSCORES")
+        pipe.execute_command("ZRANGE", self.keys.workers(), 0, -1, "WITHSCORES")
+        pipe.execute_command("TIME")
+        replies = await pipe.execute(raise_on_error=False)
+        length, delayed, groups, consumers, oldest, alive, records, now = replies
         group = groups[0] if isinstance(groups, list) and groups else {}
+        members = consumers if isinstance(consumers, list) else []
         return NodeStats(
             length=int(length) if isinstance(length, int) else 0,
             delayed=int(delayed) if isinstance(delayed, int) else 0,
             pending=int(group.get("pending", 0)),
             lag=group.get("lag"),
-            consumers=len(consumers) if isinstance(consumers, list) else 0,
+            consumers=_live(members, alive, records, now),
             oldest_pending_ms=(
                 int(oldest[0]["time_since_delivered"]) if isinstance(oldest, list) and oldest else 0
             ),
+            consumers_total=len(members),
         )
+
+    async def streams(self) -> list[str]:
+        """Nodes with a stream in the namespace (SCAN of the queue keys), registered or
+        not: a state enqueued for a node no Runtime serves sits on one."""
+        prefix = self.keys.queue("")
+        found = {
+            k.decode()[len(prefix) :]
+            async for k in self._client.scan_iter(match=prefix + "*", count=1000)
+        }
+        return sorted(found)
 
     async def counters(self, nodes: Sequence[str]) -> dict[str, StreamCounters]:
         """node -> its stream's counters, in one round trip; nodes whose stream is
@@ -142,6 +177,36 @@ class QueueReader:
         """The newest `count` results on `node`'s output stream, oldest first."""
         entries = await self._client.xrevrange(self.keys.output(node), count=count)
         return [Output.parse(i, e) for i, e in reversed(entries)]
+
+
+def _scores(reply: Any) -> dict[str, float]:
+    """member -> score of a ZRANGE ... WITHSCORES reply (flat, or pairs; {} on an error)."""
+    if not isinstance(reply, list):
+        return {}
+    if reply and isinstance(reply[0], list | tuple):
+        pairs = [(m, sc) for m, sc in reply]
+    else:
+        pairs = list(zip(reply[::2], reply[1::2], strict=True))
+    return {(m.decode() if isinstance(m, bytes) else str(m)): float(sc) for m, sc in pairs}
+
+
+def _live(consumers: list[Any], alive: Any, records: Any, now: Any) -> int:
+    """How many of the group's consumers (XINFO CONSUMERS) are live workers: idle less
+    than LIVE_IDLE_MS; else, for one in the worker-record index, a record written within
+    RECORD_WINDOW_MS; else, in the alive set within ALIVE_WINDOW_MS."""
+    seen, written = _scores(alive), _scores(records)
+    now_ms = int(now[0]) * 1000 + int(now[1]) // 1000 if isinstance(now, list | tuple) else 0
+    live = 0
+    for c in consumers:
+        name = c.get("name", b"")
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        if int(c.get("idle", LIVE_IDLE_MS)) < LIVE_IDLE_MS:
+            live += 1
+        elif name in written:
+            live += now_ms - written[name] <= RECORD_WINDOW_MS
+        elif now_ms - seen.get(name, -1e18) <= ALIVE_WINDOW_MS:
+            live += 1
+    return live
 
 
 async def namespaces(client: RedisClient) -> list[str]:

@@ -13,6 +13,7 @@ there; versions stay increasing integers across a loss."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, NotRequired, TypedDict
 
 from exospherehost.broker.client import Redis, RedisClient, typed_client
@@ -39,6 +40,8 @@ class GraphDoc(TypedDict):
     # documents of versions upserted before, whose secrets are the graph's one hash.
     secrets_per_version: NotRequired[bool]
 
+
+log = logging.getLogger("exospherehost.graphstore")
 
 OLD_SECRETS_TTL_S = 7 * 24 * 3600
 """How long the secrets of a graph version are kept after a newer version replaced it,
@@ -140,7 +143,18 @@ class GraphStore:
         """Every graph of the namespace -> the secrets of its current version as stored."""
         wanted: dict[str, int | None] = {}
         for name, version in (await self.versions()).items():
-            doc = await self.load(name, version)
+            try:
+                doc = await self.load(name, version)
+            except Exception as exc:
+                # Must not stop every Runtime of the namespace at start: its states fail
+                # for good when they are reached, with the reason, and the rest goes on.
+                log.error(
+                    "graph %r version %d cannot be read (%s): its runs' states will fail",
+                    name,
+                    version,
+                    f"{type(exc).__name__}: {exc}".rstrip(": "),
+                )
+                continue
             if doc is not None and doc.get("secret_names"):
                 wanted[name] = version if doc.get("secrets_per_version", False) else None
         return await self.records.secrets_of(wanted)

@@ -27,7 +27,10 @@ COLUMNS = (
     "DELAYED",
     "IN/S",
     "DONE/S",
+    "NOTE",
 )
+
+NOT_SERVED = "no worker serves this"
 
 
 class _Monitor:
@@ -72,13 +75,16 @@ class _Monitor:
                     # Settled entries are deleted: the stream is backlog + pending.
                     "backlog": max(0, s["length"] - s["pending"]),
                     "pending": s["pending"],
-                    "consumers": s["consumers"],
+                    "consumers": s["consumers"],  # live workers only
+                    "consumers_total": s["consumers_total"],
+                    "registered": s["registered"],
                     "lag": s["lag"],
                     "oldest_pending_ms": s["oldest_pending_ms"] if s["pending"] else None,
                     "delayed": s["delayed"],
                     "in_per_s": None,
                     "done_per_s": None,
                 }
+                row["note"] = _note(row)
                 if node in counters:
                     c = counters[node]
                     row.update(self._rates((ns, node), now, c.added, c.length))
@@ -106,6 +112,20 @@ class _Monitor:
         await self._closing.aclose()
 
 
+def _note(row: dict[str, Any]) -> str | None:
+    """What an operator must know about a stream: nobody serves it (no Runtime registered
+    its node, or none is alive while states wait), or dead workers' consumers linger."""
+    waiting = row["backlog"] + row["pending"] + row["delayed"] > 0
+    if not row["registered"]:
+        return f"{NOT_SERVED} (node not registered)"
+    if row["consumers"] == 0 and waiting:
+        return f"{NOT_SERVED} (no live worker)"
+    gone = row["consumers_total"] - row["consumers"]
+    if gone > 0:
+        return f"not counted: {gone} consumer(s) of dead workers"
+    return None
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -127,11 +147,12 @@ def render(snapshot: dict[str, Any], where: str, redis_memory: dict[str, Any] | 
                 r["delayed"],
                 _rate(r["in_per_s"]),
                 _rate(r["done_per_s"]),
+                r["note"] or "",
             ]
             for node, r in data["nodes"].items()
         ]
         head = f"namespace {ns}   dead letters: {data['dead_letters']}"
-        body = table(COLUMNS, rows) if rows else "(no registered nodes)"
+        body = table(COLUMNS, rows) if rows else "(no node streams)"
         blocks.append(f"{head}\n{body}")
     return "\n\n".join(blocks) + tail
 
@@ -157,13 +178,18 @@ def render(snapshot: dict[str, Any], where: str, redis_memory: dict[str, Any] | 
 def status(
     settings: Settings, watch: bool, interval: float, count: int | None, as_json: bool
 ) -> None:
-    """Queue figures of each node stream: of the namespace, or of every namespace with
-    registered nodes when none is given.
+    """Queue figures of each node stream (registered nodes, and every other queue stream
+    found in the namespace): of the namespace, or of every namespace with registered
+    nodes when none is given.
 
     \b
     BACKLOG    states on the stream not yet handed to a worker
     PENDING    handed to a worker, not yet settled
-    CONSUMERS  workers in the node's consumer group
+    CONSUMERS  live workers in the node's consumer group (read lately, or their
+               Runtime's worker record is fresh): a killed worker's consumer stops
+               counting within a minute
+    NOTE       "no worker serves this": a stream of a node no Runtime registered
+               (e.g. a typo'd enqueue), or with states waiting and no live worker
     LAG        entries the group has yet to read, as Redis reports it
     OLDEST     time since the oldest pending state was handed out
     DELAYED    states waiting for their due time (retries, delays, requeues)

@@ -247,6 +247,14 @@ processes_option = click.option(
     default=None,
     help="Serve Prometheus metrics on this port (process i on PORT+i).",
 )
+@click.option(
+    "--dead-letters-max",
+    type=click.IntRange(min=0),
+    default=100_000,
+    show_default=True,
+    help="Cap of the namespace's dead-letter stream (trimmed near it, oldest first, as "
+    "dead letters are added); 0: no cap.",
+)
 @pass_settings
 def worker(
     settings: Settings,
@@ -257,6 +265,7 @@ def worker(
     processes: int,
     grace_period: float,
     metrics_port: int | None,
+    dead_letters_max: int,
 ) -> None:
     """Serve the nodes MODULE:NODES until stopped.
 
@@ -280,7 +289,12 @@ def worker(
         name,
         settings.redis_url,
         settings.key,
-        {"batch_size": batch_size, "workers": concurrency, "grace_period": grace_period},
+        {
+            "batch_size": batch_size,
+            "workers": concurrency,
+            "grace_period": grace_period,
+            "dead_letters_maxlen": dead_letters_max,
+        },
     )
     with one_line_errors(settings):
         # Built here even for N processes: bad nodes or options fail once, in one line.

@@ -134,6 +134,7 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         self.graphs = GraphStore(self.broker.client, self.keys)
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
         self._server_checked = False
+        self._streams: tuple[float, list[str]] | None = None  # (monotonic time, SCAN found)
 
     async def _check_server(self) -> None:
         """Before the first write: warn (once per StateManager) when Redis may evict what
@@ -393,10 +394,13 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         return out
 
     async def node_stats(self) -> dict[str, dict[str, Any]]:
-        """Per registered node: backlog, pending, delayed, consumers, oldest pending age (ms),
-        settled output count; one pipelined round trip per node."""
+        """Per node with a registry entry or a stream (SCAN): backlog, pending, delayed,
+        live consumers (and all in the group), oldest pending age (ms), and whether a
+        Runtime registered it (a stream of an unregistered node is served by nobody);
+        one pipelined round trip per node."""
+        registered = set(await self.node_names())
         out: dict[str, dict[str, Any]] = {}
-        for node in await self.node_names():
+        for node in sorted(registered | set(await self._stream_nodes())):
             s = await self.broker.queues.stats(node)
             out[node] = {
                 "length": s.length,
@@ -404,9 +408,21 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
                 "pending": s.pending,
                 "lag": s.lag,
                 "consumers": s.consumers,
+                "consumers_total": s.consumers_total,
                 "oldest_pending_ms": s.oldest_pending_ms,
+                "registered": node in registered,
             }
         return out
+
+    STREAMS_SCAN_S = 10.0
+    """How long node_stats reuses the queue streams a SCAN found: a SCAN walks the whole
+    keyspace, and dashboards ask every second."""
+
+    async def _stream_nodes(self) -> list[str]:
+        now = time.monotonic()
+        if self._streams is None or now - self._streams[0] >= self.STREAMS_SCAN_S:
+            self._streams = (now, await self.broker.queues.streams())
+        return self._streams[1]
 
     @staticmethod
     async def namespaces(redis_url: str | None = None, key: str | None = None) -> list[str]:

@@ -27,6 +27,7 @@ from exospherehost.broker.keys import check_name
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
 from exospherehost.dashboard import operate, views
+from exospherehost.dashboard.deadletters import dead_routes
 
 STATIC = Path(__file__).with_name("static")
 
@@ -123,11 +124,17 @@ def _ms(request: Request, name: str) -> int | None:
         raise ValueError(f"query parameter {name} must be ms since the epoch") from None
 
 
-def _csrf(request: Request) -> Response | None:
-    """The 403 an action gets without the CSRF header, else None."""
-    if request.headers.get(CSRF_HEADER) != "1":
-        return Json({"error": f"missing header {CSRF_HEADER}: 1"}, status_code=403)
-    return None
+def csrf(
+    action: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """`action` refused (403) without the CSRF header."""
+
+    async def checked(request: Request) -> Response:
+        if request.headers.get(CSRF_HEADER) != "1":
+            return Json({"error": f"missing header {CSRF_HEADER}: 1"}, status_code=403)
+        return await action(request)
+
+    return checked
 
 
 def _error(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
@@ -206,15 +213,11 @@ def create_app(
         return Json(body)
 
     async def cancel(request: Request) -> Response:
-        if refused := _csrf(request):
-            return refused
         sm = await managers.get(request.path_params["ns"])
         code, body = await operate.cancel_run(sm, request.path_params["run"])
         return Json(body, status_code=code)
 
     async def delete_graph(request: Request) -> Response:
-        if refused := _csrf(request):
-            return refused
         sm = await managers.get(request.path_params["ns"])
         force = request.query_params.get("force", "") in ("1", "true")
         code, body = await operate.delete_graph(sm, request.path_params["graph"], force)
@@ -224,21 +227,8 @@ def create_app(
         sm = await managers.get(request.path_params["ns"])
         return Json(await operate.nodes(sm))
 
-    async def dead(request: Request) -> Response:
-        sm = await managers.get(request.path_params["ns"])
-        return Json(await views.dead_letters(sm, _int(request, "count", 100, 1000)))
-
-    async def redrive(request: Request) -> Response:
-        if request.headers.get(CSRF_HEADER) != "1":
-            return Json({"error": f"missing header {CSRF_HEADER}: 1"}, status_code=403)
-        sm = await managers.get(request.path_params["ns"])
-        dead_id = request.path_params.get("dead")
-        if dead_id is None:
-            report = await sm.redrive_all()
-            # `skipped` (dead id -> why) only when some letter could not be redriven.
-            extra = {"skipped": report.skipped} if report.skipped else {}
-            return Json({"redriven": report.redriven, **extra})
-        return Json({"redriven": int(await sm.redrive(dead_id))})
+    async def manager(request: Request) -> StateManager:
+        return await managers.get(request.path_params["ns"])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -253,14 +243,12 @@ def create_app(
         Route(api + "/workers", workers),
         Route(api + "/throughput", throughput),
         Route(api + "/graphs/{graph}", graph),
-        Route(api + "/graphs/{graph}/delete", delete_graph, methods=["POST"]),
+        Route(api + "/graphs/{graph}/delete", csrf(delete_graph), methods=["POST"]),
         Route(api + "/runs", runs),
         Route(api + "/runs/{run}", run),
-        Route(api + "/runs/{run}/cancel", cancel, methods=["POST"]),
+        Route(api + "/runs/{run}/cancel", csrf(cancel), methods=["POST"]),
         Route(api + "/nodes", nodes),
-        Route(api + "/dead", dead),
-        Route(api + "/dead/redrive-all", redrive, methods=["POST"]),
-        Route(api + "/dead/{dead}/redrive", redrive, methods=["POST"]),
+        *dead_routes(api, manager, Json, csrf, lambda r: _int(r, "count", 50, 1000)),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     handlers = {

@@ -76,6 +76,7 @@ class Runtime:
         block_ms: int = 1000,
         default_retry_policy: RetryPolicyModel | None = None,
         output_maxlen: int = 100_000,
+        dead_letters_maxlen: int = 100_000,
         run_retention: timedelta = timedelta(days=1),
         grace_period: float = 30.0,
         visibility_timeout: float = 30.0,
@@ -115,6 +116,14 @@ class Runtime:
             raise InvalidArgument(
                 f"output_maxlen must be an int >= 0 (0 = keep no results), got {output_maxlen!r}"
             )
+        if (
+            isinstance(dead_letters_maxlen, bool)
+            or not isinstance(dead_letters_maxlen, int)
+            or dead_letters_maxlen < 0
+        ):
+            raise InvalidArgument(
+                f"dead_letters_maxlen must be an int >= 0 (0 = no cap), got {dead_letters_maxlen!r}"
+            )
         if block_ms > 5000:
             raise InvalidArgument(
                 f"block_ms must be at most 5000 (the socket timeout is 10 s), got {block_ms}"
@@ -137,6 +146,9 @@ class Runtime:
         self.batch_size, self.workers, self.block_ms = batch_size, workers, block_ms
         self.default_retry_policy = default_retry_policy or RetryPolicyModel()
         self.output_maxlen = output_maxlen
+        # The namespace's dead-letter stream is capped near this at each dead letter this
+        # process writes (XADD MAXLEN ~, oldest first); 0: no cap.
+        self.dead_letters_maxlen = dead_letters_maxlen
         self.run_retention_s = int(run_retention.total_seconds())
         self.grace_period = grace_period
         self.visibility_ms = int(visibility_timeout * 1000)
@@ -214,6 +226,7 @@ class Runtime:
                 default_retry=self.default_retry_policy,
                 output_maxlen=self.output_maxlen,
                 run_retention_s=self.run_retention_s,
+                dead_maxlen=self.dead_letters_maxlen,
             )
             specs = [NodeSpec.of(n) for n in self.nodes]
             # One for the worker and our own start-up calls: one outage log, one stop.

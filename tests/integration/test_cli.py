@@ -408,8 +408,10 @@ async def test_status_reports_queue_figures(
         "DELAYED",
         "IN/S",
         "DONE/S",
+        "NOTE",
     ]
-    assert lines[2].split() == ["SampleNode", "5", "0", "0", "-", "-", "0", "0.0", "0.0"]
+    assert lines[2].split()[:9] == ["SampleNode", "5", "0", "0", "-", "-", "0", "0.0", "0.0"]
+    assert lines[2].endswith("no worker serves this (no live worker)")  # 5 wait, nobody reads
 
     # Without a namespace: every namespace with registered nodes, ours among them.
     everything = await arun(redis_url, None, "status", "--json", "--interval", "0.1")
@@ -477,9 +479,12 @@ async def test_dead_letters_list_show_and_redrive(
     assert listed.exit_code == 0, listed.output
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["ID", "NODE", "STATE", "RUN", "TRIES", "WHEN", "ERROR"]
-    assert len(lines) == 4 and all(" Square " in line for line in lines[1:])
+    assert len(lines) == 5 and all(" Square " in line for line in lines[1:4])
     assert "invalid inputs for Square" in lines[1]
-    letters = json.loads((await arun(redis_url, namespace, "dead", "list", "--json")).stdout)
+    assert lines[4] == "(3 shown of 3 dead letters, newest first)"
+    listing = json.loads((await arun(redis_url, namespace, "dead", "list", "--json")).stdout)
+    assert (listing["count"], listing["cursor"]) == (3, None)
+    letters = listing["dead"][::-1]  # newest first: oldest first from here on
     first, second, third = (d["id"] for d in letters)
     # Listed in settle order; settles of different batches may overtake each other.
     assert sorted(d["inputs"]["value"] for d in letters) == ["abc", "def", "ghi"]

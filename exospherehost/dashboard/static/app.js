@@ -424,28 +424,8 @@ const pages = {
     return [["summary", summary], ["nodes", nodes], ["history", history], ["results", results]];
   },
 
-  async dead({ ns }) {
-    const data = await api(`api/ns/${enc(ns)}/dead?count=200`);
-    setCrumbs([[ns, `#/ns/${enc(ns)}`], ["dead letters", null]]);
-    const rows = data.dead.map((d) => {
-      const run = d.run_id
-        ? `<a class="mono" href="#/ns/${enc(ns)}/run/${enc(d.run_id)}">${esc(d.run_id)}</a>` : "—";
-      return `<tr data-dead="${esc(d.id)}"><td>${fmtTime(d.time_ms)}</td><td>${esc(d.node)}</td>` +
-        `<td>${run}${d.identifier ? ` <span class="muted">${esc(d.identifier)}</span>` : ""}</td>` +
-        `<td class="num">${d.attempts} <span class="muted" title="deliveries">(${d.deliveries})</span></td>` +
-        `<td><div class="err">${esc(d.error)}</div>` +
-        `<details><summary>inputs &amp; traceback</summary><pre>${esc(JSON.stringify(d.inputs, null, 1))}</pre>` +
-        `<pre class="err">${esc(d.traceback)}</pre></details></td>` +
-        `<td><button class="redrive" data-dead="${esc(d.id)}">Redrive</button></td></tr>`;
-    }).join("");
-    const n = `${data.dead.length}${data.capped ? "+" : ""}`;
-    const head = `<div class="toolbar"><h2>Dead letters <span class="muted">(${n})</span></h2>` +
-      `<button id="redrive-all"${data.dead.length ? "" : " disabled"}>Redrive all</button></div>`;
-    const table = `<div class="card"><table id="dead"><thead><tr><th>time</th><th>node</th><th>run</th>` +
-      `<th class="num">attempts</th><th>error</th><th></th></tr></thead>` +
-      `<tbody>${rows || `<tr><td colspan="6" class="muted">no dead letters</td></tr>`}</tbody></table></div>`;
-    return [["head", head], ["table", table]];
-  },
+  // static/dead.js: paging, filters, purge.
+  dead({ ns }) { return deadLettersPage(ns); },
 };
 
 function route() {
@@ -559,27 +539,7 @@ async function post(path) {
   return api(path, { method: "POST", headers: { "X-Exo-Dashboard": "1" } });
 }
 
-document.addEventListener("click", async (event) => {
-  const button = event.target.closest("button.redrive, button#redrive-all");
-  if (!button) return;
-  const { ns } = route();
-  button.disabled = true;
-  try {
-    if (button.id === "redrive-all") {
-      if (!confirm("Redrive every dead letter of this namespace?")) { button.disabled = false; return; }
-      const reply = await post(`api/ns/${enc(ns)}/dead/redrive-all`);
-      showFlash(`${reply.redriven} dead letter(s) put back on their streams`);
-    } else {
-      const reply = await post(`api/ns/${enc(ns)}/dead/${enc(button.dataset.dead)}/redrive`);
-      showFlash(reply.redriven ? `${button.dataset.dead} put back on its stream`
-        : `${button.dataset.dead} was already redriven`);
-    }
-  } catch (err) {
-    showFlash(`redrive failed: ${err.message}`, true);
-    button.disabled = false;
-  }
-  poll();
-});
+// Dead-letter actions (redrive, delete, purge): static/dead.js.
 
 window.addEventListener("hashchange", () => {
   view.dataset.sections = ""; // a new page: rebuild its sections

@@ -72,7 +72,7 @@ function runsTable(ns, data) {
   }).join("");
   const first = data.total ? data.offset + 1 : 0;
   const last = data.offset + data.runs.length;
-  const pager = `<div class="pager"><button type="button" id="page-prev"${data.offset > 0 ? "" : " disabled"}>‹ Newer</button>` +
+  const pager = `<div class="runs-pager"><button type="button" id="page-prev"${data.offset > 0 ? "" : " disabled"}>‹ Newer</button>` +
     `<span id="page-range">${first}–${last} of <b id="runs-total">${data.total}</b></span>` +
     `<button type="button" id="page-next"${last < data.total ? "" : " disabled"}>Older ›</button></div>`;
   return `<div class="card">${pager}<table id="all-runs"><thead><tr><th>run</th><th>graph</th><th>status</th>` +
@@ -183,12 +183,12 @@ function deleteCard(ns, name) {
 // ---- actions --------------------------------------------------------------------------
 document.addEventListener("click", async (event) => {
   const button = event.target.closest(
-    "button#cancel-run, button#delete-graph, button#clear-filters, .pager button");
+    "button#cancel-run, button#delete-graph, button#clear-filters, .runs-pager button");
   if (!button || button.disabled) return;
   const r = route();
   if (button.id === "clear-filters") {
     location.hash = runsHash(r.ns, {});
-  } else if (button.closest(".pager")) {
+  } else if (button.closest(".runs-pager")) {
     const q = Object.fromEntries(r.query);
     const count = Number(q.count || PAGE_SIZES[0]);
     const offset = Number(q.offset || 0) + (button.id.endsWith("page-next") ? count : -count);
