@@ -32,7 +32,7 @@ from exospherehost import (
     StateManager,
     StoreConfigModel,
 )
-from exospherehost.dashboard import create_app
+from exospherehost.dashboard import create_app, operate
 from exospherehost.dashboard.operate import _when, schema_fields, type_name
 from exospherehost.secrets import ENV_SECRETS_KEY
 from tests.integration import test_dashboard as base
@@ -308,6 +308,42 @@ def test_schema_fields_render_python_types() -> None:
     assert type_name({"enum": ["a", "b"]}) == "'a' | 'b'"
     assert type_name({}) == "any"
     assert schema_fields(None) == []
+
+
+async def test_a_status_filtered_listing_is_reused_ten_times_as_long_as_it_took(
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(operate, "_clock", lambda: clock[0])
+    monkeypatch.setattr(operate, "_reused", {})
+    rt = Runtime(namespace=namespace, name="reuse", nodes=[Square], redis_url=redis_url)
+    async with StateManager(namespace, redis_url=redis_url) as sm, running(rt):
+        await sm.upsert_graph("g", one_node(namespace, "Square", "sq", {"value": 2}), secrets={})
+        first = await sm.trigger("g")
+        await sm.wait(first, timeout=10)
+        reads = []
+        real = sm.list_runs
+
+        async def slow(*args: Any, **kwargs: Any) -> Any:
+            reads.append(kwargs.get("status"))
+            clock[0] += 1.0  # this listing "takes" 1 s: reused for 10 s after it
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(sm, "list_runs", slow)
+
+        async def listing(status: str | None) -> dict[str, Any]:
+            return await operate.runs_page(sm, None, status, None, None, 0, 20)
+
+        assert (await listing("SUCCEEDED"))["total"] == 1
+        second = await sm.trigger("g")
+        await sm.wait(second, timeout=10)
+        clock[0] += 9.5
+        reused = await listing("SUCCEEDED")
+        assert (reused["total"], reused["age_ms"]) == (1, 9500)
+        assert (await listing(None))["total"] == 2  # unfiltered: always read
+        clock[0] += 0.6  # (the unfiltered read took 1 s of the clock too)
+        assert (await listing("SUCCEEDED"))["total"] == 2  # past its 10 s: read again
+        assert reads == ["SUCCEEDED", None, "SUCCEEDED"]
 
 
 def test_time_filters_keep_the_millisecond() -> None:

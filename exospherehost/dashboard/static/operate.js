@@ -88,8 +88,11 @@ pages.runs = async function runs({ ns, query }) {
   const data = await api(`api/ns/${enc(ns)}/runs?${params}`);
   setCrumbs([[ns, `#/ns/${enc(ns)}`], ["runs", null]]);
   const what = [q.graph ? `graph ${q.graph}` : "all graphs", q.status || "any status"];
+  // A status filter reads every run's status: the server may reuse a recent answer.
+  const age = data.age_ms >= 1500
+    ? `<span class="muted" id="runs-age">read ${Math.round(data.age_ms / 1000)} s ago</span>` : "";
   const head = `<div class="toolbar"><h2>Runs <span class="muted">(${data.total} matching: ` +
-    `${esc(what.join(", "))}; newest first)</span></h2></div>`;
+    `${esc(what.join(", "))}; newest first)</span></h2>${age}</div>`;
   return [["head", head], ["filters", runsFilters(ns, data, q)], ["table", runsTable(ns, data)]];
 };
 
