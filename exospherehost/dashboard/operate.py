@@ -202,8 +202,16 @@ def schema_fields(schema: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def node_view(name: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A registered node for the nodes page; `models`: the nested models its fields name
+    (pydantic's $defs), with their fields."""
+    models: dict[str, list[dict[str, Any]]] = {}
+    for key in ("inputs_schema", "outputs_schema"):
+        for model, schema in ((doc.get(key) or {}).get("$defs") or {}).items():
+            if isinstance(schema, dict) and "properties" in schema:
+                models.setdefault(model, schema_fields(schema))
     return {
         "name": name,
+        "models": models,
         "inputs": schema_fields(doc.get("inputs_schema")),
         "outputs": schema_fields(doc.get("outputs_schema")),
         "secrets": list(doc.get("secrets") or []),

@@ -72,6 +72,11 @@ class Fails(BaseNode):
         raise RuntimeError("Fails always fails")
 
 
+class Limits(BaseModel):
+    per_minute: int
+    burst: int = 5
+
+
 class Ask(BaseNode):
     """A node with every kind of field the schema view renders; waits at the gate too."""
 
@@ -80,6 +85,7 @@ class Ask(BaseNode):
         temperature: float = 0.2
         tags: list[str] = []
         limits: dict[str, int] | None = None
+        quota: Limits | None = None
 
     class Outputs(BaseModel):
         answer: str
@@ -292,7 +298,9 @@ async def test_runs_list_filters_paging_and_cancel(
 def test_schema_fields_render_python_types() -> None:
     schema = Ask.Inputs.model_json_schema()
     fields = {f["name"]: f for f in schema_fields(schema)}
-    assert [f["name"] for f in schema_fields(schema)] == ["prompt", "temperature", "tags", "limits"]
+    names = [f["name"] for f in schema_fields(schema)]
+    assert names == ["prompt", "temperature", "tags", "limits", "quota"]
+    assert fields["quota"]["type"] == "Limits | None"
     assert fields["prompt"] == {
         "name": "prompt",
         "type": "str",
@@ -396,6 +404,10 @@ async def test_node_schemas_template_details_and_delete_graph(
                 await page.text_of(f"{card} td.secrets", "api_token")
                 await page.text_of(f"{card} td.returns", "one Outputs")
                 await page.text_of(f"{card} td.runtime", "dash-llm")
+                await page.text_of(f'{card} tr[data-field="quota"] td.type', "Limits | None")
+                model = f'{card} .model[data-model="Limits"]'
+                await page.text_of(f'{model} tr[data-field="per_minute"] td.type', "int")
+                await page.text_of(f'{model} tr[data-field="burst"] td.default', "5")
                 await page.text_of('.node-schema[data-node="Square"] td.secrets', "none")
                 await shot(browser, "nodes")
 

@@ -139,7 +139,10 @@ pages.nodes = async function nodes({ ns }) {
       `<tr><th>secrets</th><td class="secrets">${secrets}</td></tr>` +
       `<tr><th>registered by</th><td class="runtime">${esc(n.runtime || "—")} <span class="muted">at ${fmtTime(n.registered_ms)}</span></td></tr>` +
       `</tbody></table><div class="schema-cols"><div><h4>Inputs</h4>${fieldsTable("inputs", n.inputs)}</div>` +
-      `<div><h4>Outputs</h4>${fieldsTable("outputs", n.outputs)}</div></div></div>`;
+      `<div><h4>Outputs</h4>${fieldsTable("outputs", n.outputs)}</div></div>` +
+      Object.entries(n.models).map(([model, fields]) => (
+        `<div class="model" data-model="${esc(model)}"><h4>model <span class="mono">${esc(model)}</span></h4>${fieldsTable("model-fields", fields)}</div>`
+      )).join("") + `</div>`;
   }).join("");
   const head = `<div class="toolbar"><h2>Nodes <span class="muted">(${data.nodes.length} registered)</span></h2></div>`;
   return [["head", head], ["cards", cards || `<div class="card muted">No Runtime registered a node here.</div>`]];
