@@ -10,7 +10,7 @@ import click
 from exospherehost._version import VERSION
 from exospherehost.cli._common import ENV_NAMESPACE, Settings
 from exospherehost.cli.dev import dev
-from exospherehost.cli.graphs import graphs, results
+from exospherehost.cli.graphs import graphs, nodes, results
 from exospherehost.cli.monitor import status
 from exospherehost.cli.records import dead, runs
 from exospherehost.cli.states import enqueue, trigger
@@ -68,6 +68,7 @@ for command in (
     dev,
     worker,
     graphs,
+    nodes,
     enqueue,
     trigger,
     results,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 import click
@@ -22,6 +22,7 @@ from exospherehost.cli._common import (
 )
 from exospherehost.client.deadletters import DeadLetter, DeadLetterCount, RedriveReport
 from exospherehost.client.runs import RunStatus
+from exospherehost.errors import RunNotFound
 
 # -- runs -------------------------------------------------------------------------------
 
@@ -46,37 +47,133 @@ def _duration(status: RunStatus) -> str:
     return text if status.finished_ms else f"{text}+"
 
 
-@runs.command("list", short_help="Recent runs of a graph, newest first.")
-@click.argument("graph")
+@runs.command("list", short_help="Runs, newest first, with filters and a total.")
+@click.argument("graph", required=False)
 @namespace_option
+@click.option(
+    "--status",
+    type=click.Choice(["RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"], case_sensitive=False),
+    help="Only runs with this status.",
+)
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=lambda ctx, p, v: _moment(ctx, p, v),
+    help="Only runs created at or after TIME: epoch ms, a local 2026-12-01T15:04, or an "
+    "age (30m, 2h, 3d ago).",
+)
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=lambda ctx, p, v: _moment(ctx, p, v),
+    help="... at or before TIME.",
+)
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the newest N runs.")
 @click.option(
     "--count", type=click.IntRange(min=1), default=20, show_default=True, help="Runs to list."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_settings
-def runs_list(settings: Settings, graph: str, offset: int, count: int, as_json: bool) -> None:
-    """Recent runs of GRAPH, newest first (runs expire after the run retention)."""
+def runs_list(
+    settings: Settings,
+    graph: str | None,
+    status: str | None,
+    since: int | None,
+    until: int | None,
+    offset: int,
+    count: int,
+    as_json: bool,
+) -> None:
+    """Runs of GRAPH (or of every graph of the namespace), newest first, and how many
+    match in all (runs expire after the run retention).
 
-    async def main() -> list[RunStatus]:
+    \b
+    Examples:
+      exosphere -n demo runs list
+      exosphere -n demo runs list squares --status FAILED --since 2h
+      exosphere -n demo runs list --status RUNNING --count 100 --offset 100
+    """
+
+    async def main() -> tuple[list[RunStatus], int]:
         async with settings.manager() as sm:
-            await sm.get_graph(graph)  # an unknown graph is an error, not an empty list
-            return await sm.list_runs(graph, offset, count)
+            if graph is not None:
+                await sm.get_graph(graph)  # an unknown graph is an error, not an empty list
+            page = await sm.list_runs(
+                graph,
+                offset,
+                count,
+                status=status.upper() if status else None,
+                since=_datetime(since),
+                until=_datetime(until),
+            )
+            return list(page), page.total
 
-    found = run(settings, main)
+    found, total = run(settings, main)
     if as_json:
-        click.echo(to_json(found))
+        click.echo(to_json({"total": total, "offset": offset, "runs": found}))
         return
+    what = f"runs of {graph!r}" if graph else "runs"
     if not found:
-        click.echo(f"no runs of {graph!r}" + (f" after the newest {offset}" if offset else ""))
+        click.echo(
+            f"no {what}" + (f" after the first {offset}" if offset else "") + f" ({total} match)"
+        )
         return
     rows = []
     for st in found:
         done, created, failed = _totals(st)
         rows.append(
-            [st.run_id, st.status, clock(st.created_ms), _duration(st), f"{done}/{created}", failed]
+            [
+                st.run_id,
+                st.graph,
+                st.status,
+                clock(st.created_ms),
+                _duration(st),
+                f"{done}/{created}",
+                failed,
+            ]
         )
-    click.echo(table(["RUN", "STATUS", "CREATED", "TOOK", "STATES", "FAILED"], rows))
+    click.echo(table(["RUN", "GRAPH", "STATUS", "CREATED", "TOOK", "STATES", "FAILED"], rows))
+    shown = f"{offset + 1}-{offset + len(found)}"
+    more = f"; next page: --offset {offset + len(found)}" if offset + len(found) < total else ""
+    click.echo(f"{what} {shown} of {total}{more}")
+
+
+def _datetime(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+@runs.command("cancel", short_help="Cancel running runs.")
+@click.argument("run_ids", nargs=-1, required=True)
+@namespace_option
+@pass_settings
+def runs_cancel(settings: Settings, run_ids: tuple[str, ...]) -> None:
+    """Cancel each RUN_ID: it ends as CANCELLED; its queued, delayed and running states are
+    dropped when reached (no successors, retries or results). A finished run is left as
+    it is (its status is printed); an unknown one is an error (exit 1)."""
+
+    async def main() -> list[tuple[str, str]]:
+        async with settings.manager() as sm:
+            out = []
+            for run_id in run_ids:
+                try:
+                    out.append((run_id, (await sm.cancel(run_id)).status))
+                except RunNotFound:
+                    out.append((run_id, "not found"))
+            return out
+
+    missing = False
+    for run_id, status in run(settings, main):
+        if status == "CANCELLED":
+            click.echo(f"{run_id}: CANCELLED")
+        elif status == "not found":
+            missing = True
+            click.echo(
+                f"{run_id}: not found (unknown, or expired after the run retention)", err=True
+            )
+        else:
+            click.echo(f"{run_id}: already finished ({status}), left as it is")
+    if missing:
+        raise SystemExit(1)
 
 
 @runs.command("show", short_help="A run: counts, notes, history, results.")

@@ -233,6 +233,13 @@ processes_option = click.option(
     show_default=True,
     help="Entries read per XREADGROUP.",
 )
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=None,
+    help="States read ahead beyond --concurrency, fixed (default: adapted per node to "
+    "its execution times; 0 = only for idle executors).",
+)
 @processes_option
 @click.option(
     "--grace-period",
@@ -262,6 +269,7 @@ def worker(
     name: str,
     concurrency: int,
     batch_size: int,
+    prefetch: int | None,
     processes: int,
     grace_period: float,
     metrics_port: int | None,
@@ -294,6 +302,7 @@ def worker(
             "workers": concurrency,
             "grace_period": grace_period,
             "dead_letters_maxlen": dead_letters_max,
+            "prefetch": prefetch,
         },
     )
     with one_line_errors(settings):

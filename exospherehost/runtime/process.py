@@ -84,6 +84,7 @@ class Runtime:
         consumer_idle_timeout: float | None = None,
         metrics_port: int | None = None,
         tune_gc: bool | None = None,
+        prefetch: int | None = None,
         # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
         state_manager_uri: str | None = None,
         state_manage_version: str | None = None,
@@ -137,6 +138,15 @@ class Runtime:
                 f"metrics_port must be a port number (1-65535), got {metrics_port!r}"
             )
         self.metrics_port = metrics_port
+        if prefetch is not None and (
+            isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
+        ):
+            raise InvalidArgument(
+                f"prefetch must be None (adapt to execution times) or an int >= 0 (states "
+                f"read ahead beyond the workers), got {prefetch!r}"
+            )
+        # None: read ahead per node by its execution times (exospherehost.runtime.prefetch).
+        self.prefetch = prefetch
         if tune_gc is not None and not isinstance(tune_gc, bool):
             raise InvalidArgument(f"tune_gc must be True, False or None, got {tune_gc!r}")
         # None: tune the collector (exospherehost.runtime.gctune) only when start() owns the
@@ -246,6 +256,7 @@ class Runtime:
                 consumer_idle_ms=self.consumer_idle_ms,
                 retry=retry,
                 ready=self.started,  # set once its consumers joined the groups
+                prefetch=self.prefetch,
             )
             if self.metrics_port is not None:
                 # Imported on use: only Runtimes that export load prometheus_client.

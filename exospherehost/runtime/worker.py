@@ -45,6 +45,7 @@ from exospherehost.runtime.outcomes import (
     Released,
     source,
 )
+from exospherehost.runtime.prefetch import Prefetch
 from exospherehost.runtime.resilience import Retrier, supervised
 from exospherehost.runtime.settle import (
     SettleConfig,
@@ -92,6 +93,7 @@ class Worker:
         consumer_idle_ms: int | None = None,
         retry: Retrier | None = None,
         ready: asyncio.Event | None = None,
+        prefetch: int | None = None,
     ) -> None:
         self.broker = broker
         self.specs = {s.name: s for s in specs}
@@ -104,9 +106,10 @@ class Worker:
         self.grace_s = grace_s
         self.visibility_ms = visibility_ms
         self.max_deliveries = max_deliveries
-        # Room for ~4 batches: reads go on while a settle is in flight. With 2 the worker
-        # sat idle ~14% of the time waiting for settles (W1: 0.86 -> 0.97 core busy).
-        self.holdings = Holdings(self.specs, batch_size * 4 + concurrency)
+        # How many to read per node: full batches for short executions (runtime/prefetch).
+        window = Prefetch.window(concurrency, batch_size, prefetch)
+        self.prefetch = Prefetch(list(self.specs), concurrency, batch_size, window, prefetch)
+        self.holdings = Holdings(self.specs, window)
         # The hot path's own references (the settles release and wake per state).
         self._held, self._watch = self.holdings.held, self.holdings.watch
         self.settled = 0
@@ -276,26 +279,28 @@ class Worker:
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
-        nodes = list(self.specs)
-        holdings = self.holdings
+        holdings, plan, stats = self.holdings, self.prefetch.plan, self.stats.nodes
+        dry = False  # the last round of reads returned nothing
         while not self._stopping.is_set():
-            room = holdings.free()
-            if room < self.batch_size // 2 + 1:
+            # Per node, how many to read (runtime/prefetch.py): the room shared between the
+            # streams (COUNT applies per stream), so a read never overshoots the window.
+            reads = plan(stats, holdings.free(), self.executing, len(self._queue), dry)
+            if not reads:
                 holdings.room.clear()
                 # One event, set by settles and by stop(): waiting on two would cost two
                 # tasks per wait, and the reader waits here about once per batch.
                 await holdings.room.wait()
                 continue
-            # XREADGROUP's COUNT applies per stream: share the room between the streams so
-            # a read never overshoots what may be in flight (a read then overlaps settles).
-            count = max(1, min(self.batch_size, room) // len(nodes))
-            batches = await self._retry.until_ok(
-                partial(
-                    self.broker.read, self.consumer, nodes, count, self.block_ms, self._read_lane
+            block = self.block_ms if len(reads) == 1 else None
+            got = 0
+            for nodes, count in reads:
+                batches = await self._retry.until_ok(
+                    partial(self.broker.read, self.consumer, nodes, count, block, self._read_lane)
                 )
-            )
-            for node, entries in batches:
-                self._accept(node, entries)
+                for node, entries in batches:
+                    got += len(entries)
+                    self._accept(node, entries)
+            dry = not got
 
     def _accept(
         self,
@@ -456,6 +461,7 @@ class Worker:
                 continue
             await slots.acquire()  # outcomes keep gathering meanwhile: a bigger batch
             batch, self._outcomes = self._outcomes, []
+            self.holdings.room.set()  # their executors are free: slow nodes read (prefetch)
             task = asyncio.create_task(self._settle_batch(batch, lanes.pop(), lanes, slots))
             running.add(task)
             task.add_done_callback(running.discard)

@@ -100,6 +100,7 @@ def test_help_lists_every_command_in_order() -> None:
         "dev",
         "worker",
         "graphs",
+        "nodes",
         "enqueue",
         "trigger",
         "results",
@@ -288,13 +289,15 @@ async def test_trigger_wait_shows_progress_then_results_and_runs_show_it(
 
     listed = await arun(redis_url, namespace, "runs", "list", "squares")
     assert listed.exit_code == 0, listed.output
-    lines = listed.stdout.splitlines()
-    assert lines[0].split() == ["RUN", "STATUS", "CREATED", "TOOK", "STATES", "FAILED"]
+    *lines, footer = listed.stdout.splitlines()
+    assert lines[0].split() == ["RUN", "GRAPH", "STATUS", "CREATED", "TOOK", "STATES", "FAILED"]
     assert [line.split()[0] for line in lines[1:]] == [second, payload["run_id"]]  # newest first
     assert "SUCCEEDED" in lines[1] and "5/5" in lines[1] and "7/7" in lines[2]
+    assert footer == "runs of 'squares' 1-2 of 2"
     page = json.loads((await arun(redis_url, namespace, "runs", "list", "squares", "--json",
                                   "--offset", "1", "--count", "5")).stdout)  # fmt: skip
-    assert [r["run_id"] for r in page] == [payload["run_id"]]
+    assert [r["run_id"] for r in page["runs"]] == [payload["run_id"]]
+    assert page["total"] == 2 and page["offset"] == 1
 
     shown = await arun(redis_url, namespace, "runs", "show", payload["run_id"])
     assert shown.exit_code == 0, shown.output
@@ -367,7 +370,9 @@ async def test_trigger_and_runs_errors_are_one_line(
         await arun(redis_url, namespace, "runs", "show", "nope")
     )
     empty = await arun(redis_url, namespace, "runs", "list", "squares", "--offset", "5")
-    assert empty.exit_code == 0 and "no runs of 'squares' after the newest 5" in empty.stdout
+    assert (
+        empty.exit_code == 0 and "no runs of 'squares' after the first 5 (1 match)" in empty.stdout
+    )
 
 
 # -- status -------------------------------------------------------------------------------
