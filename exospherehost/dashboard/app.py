@@ -27,7 +27,7 @@ from exospherehost.broker.errors import ConnectionSetupError
 from exospherehost.broker.keys import check_name
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
-from exospherehost.dashboard import views
+from exospherehost.dashboard import operate, views
 from exospherehost.dashboard.deadletters import dead_routes
 
 STATIC = Path(__file__).with_name("static")
@@ -114,6 +114,17 @@ def _int(request: Request, name: str, default: int, high: int) -> int:
     return min(max(value, 0), high)
 
 
+def _ms(request: Request, name: str) -> int | None:
+    """An optional time in ms since the epoch (empty = not given)."""
+    raw = request.query_params.get(name) or None
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"query parameter {name} must be ms since the epoch") from None
+
+
 def csrf(
     action: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -188,6 +199,35 @@ def create_app(
         sm = await managers.get(request.path_params["ns"])
         return Json(await views.run_detail(sm, request.path_params["run"]))
 
+    async def runs(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        q = request.query_params
+        body = await operate.runs_page(
+            sm,
+            q.get("graph") or None,
+            q.get("status") or None,
+            _ms(request, "since"),
+            _ms(request, "until"),
+            _int(request, "offset", 0, 10_000_000),
+            max(_int(request, "count", 50, 500), 1),
+        )
+        return Json(body)
+
+    async def cancel(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        code, body = await operate.cancel_run(sm, request.path_params["run"])
+        return Json(body, status_code=code)
+
+    async def delete_graph(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        force = request.query_params.get("force", "") in ("1", "true")
+        code, body = await operate.delete_graph(sm, request.path_params["graph"], force)
+        return Json(body, status_code=code)
+
+    async def nodes(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        return Json(await operate.nodes(sm))
+
     async def manager(request: Request) -> StateManager:
         return await managers.get(request.path_params["ns"])
 
@@ -204,7 +244,11 @@ def create_app(
         Route(api + "/workers", workers),
         Route(api + "/throughput", throughput),
         Route(api + "/graphs/{graph}", graph),
+        Route(api + "/graphs/{graph}/delete", csrf(delete_graph), methods=["POST"]),
+        Route(api + "/runs", runs),
         Route(api + "/runs/{run}", run),
+        Route(api + "/runs/{run}/cancel", csrf(cancel), methods=["POST"]),
+        Route(api + "/nodes", nodes),
         *dead_routes(api, manager, Json, csrf, lambda r: _int(r, "count", 50, 1000)),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]

@@ -13,6 +13,7 @@ from exospherehost.broker.serverinfo import memory_view
 from exospherehost.client.deadletters import DeadLetter, DeadLetterCount
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
+from exospherehost.dashboard.operate import template_details
 
 HISTORY_CAP = 500
 """Newest history records and results shown on a run page (the SDK reads them whole)."""
@@ -41,6 +42,7 @@ async def graph_view(sm: StateManager, name: str) -> dict[str, Any]:
         "validation_errors": doc.get("validation_errors") or [],
         "updated_ms": doc.get("updated_ms"),
         "layout": _layouts[key],
+        "template": template_details(doc),  # retry, store, secret names, triggers
     }
 
 

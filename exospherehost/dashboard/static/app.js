@@ -311,6 +311,8 @@ const pages = {
     setCrumbs([[ns, null]]);
     const dead = `${data.dead.count}${data.dead.capped ? "+" : ""}`;
     const head = `<div class="toolbar"><h2>${esc(ns)}</h2>` +
+      `<a href="#/ns/${enc(ns)}/runs" id="runs-link">runs</a>` +
+      `<a href="#/ns/${enc(ns)}/nodes" id="nodes-link">node schemas</a>` +
       `<a href="#/ns/${enc(ns)}/workers" id="workers-link">workers: ${work.serving} serving</a>` +
       `<a href="#/ns/${enc(ns)}/dead" id="dead-link">dead letters: ${dead}</a>` +
       `<span class="muted" id="redis-memory">${esc(data.redis_memory.summary)}</span></div>`;
@@ -368,15 +370,17 @@ const pages = {
         `<td>${fmtTime(r.created_ms)}</td><td>${fmtTime(r.finished_ms)}</td>` +
         `<td class="num">${fmtDuration(took)}</td><td class="counts">${counts}</td></tr>`;
     }).join("");
-    const runs = `<div class="card"><h3>Runs <span class="muted">(newest ${data.runs.length})</span></h3>` +
+    const all = `<a id="graph-runs-link" href="#/ns/${enc(ns)}/runs?graph=${enc(graph)}">all runs, with filters</a>`;
+    const runs = `<div class="card"><h3>Runs <span class="muted">(newest ${data.runs.length})</span> ${all}</h3>` +
       `<table id="runs"><thead><tr><th>run</th><th>status</th><th>created</th><th>finished</th>` +
       `<th class="num">took</th><th>per node: ✓ succeeded ✗ failed ⊘ pruned … pending ↻ retried</th></tr></thead>` +
       `<tbody>${rows || `<tr><td colspan="6" class="muted">no runs yet</td></tr>`}</tbody></table></div>`;
     const mine = new Set(data.graph.layout.boxes.map((b) => b.node_name));
     const users = usedBy([data.graph]);
-    return [["dag", graphCard(ns, data.graph, data.nodes, false)],
+    return [["dag", graphCard(ns, data.graph, data.nodes, false)], ["template", templateCard(data.graph)],
       ["nodes", nodeFigures(ns, data.nodes, tput, users, mine)],
-      ["chart", throughputChart(tput, [...mine].filter((n) => data.nodes[n]).sort())], ["runs", runs]];
+      ["chart", throughputChart(tput, [...mine].filter((n) => data.nodes[n]).sort())], ["runs", runs],
+      ["delete", deleteCard(ns, graph)]];
   },
 
   async run({ ns, run }) {
@@ -384,7 +388,9 @@ const pages = {
     const s = data.status;
     setCrumbs([[ns, `#/ns/${enc(ns)}`], [s.graph, `#/ns/${enc(ns)}/graph/${enc(s.graph)}`], [run, null]]);
     const took = s.finished_ms ? s.finished_ms - s.created_ms : null;
-    const summary = `<h2>Run <span class="mono">${esc(run)}</span> <span id="run-status">${badge(s.status)}</span></h2>` +
+    const cancel = s.status === "RUNNING"
+      ? ` <button type="button" id="cancel-run" class="danger">Cancel run</button>` : "";
+    const summary = `<h2>Run <span class="mono">${esc(run)}</span> <span id="run-status">${badge(s.status)}</span>${cancel}</h2>` +
       `<div class="card"><table><tbody><tr><th>graph</th><td>${esc(s.graph)}</td></tr>` +
       `<tr><th>created</th><td>${fmtTime(s.created_ms)}</td></tr>` +
       `<tr><th>finished</th><td>${fmtTime(s.finished_ms)} <span class="muted">(${fmtDuration(took)})</span></td></tr>` +
@@ -423,10 +429,14 @@ const pages = {
 };
 
 function route() {
-  const path = location.hash.replace(/^#\/?/, "").split("?")[0]; // ?query: a page's own state
+  // "#/ns/NS/runs?graph=g&status=FAILED": the query part carries a page's filters.
+  const [path, search] = location.hash.replace(/^#\/?/, "").split("?", 2);
+  const query = new URLSearchParams(search || "");
   const parts = path.split("/").map(decodeURIComponent);
   if (parts[0] !== "ns" || !parts[1]) return { page: "home" };
   const ns = parts[1];
+  if (parts[2] === "runs") return { page: "runs", ns, query };
+  if (parts[2] === "nodes") return { page: "nodes", ns };
   if (parts[2] === "graph" && parts[3]) return { page: "graph", ns, graph: parts[3] };
   if (parts[2] === "run" && parts[3]) return { page: "run", ns, run: parts[3] };
   if (parts[2] === "dead") return { page: "dead", ns };
@@ -487,7 +497,9 @@ function errorState(r, err) {
 
 function showError(r, err) {
   const [title, text, links] = errorState(r, err);
-  const what = { graph: r.graph, run: r.run, dead: "dead letters", workers: "workers" }[r.page];
+  const what = {
+    graph: r.graph, run: r.run, dead: "dead letters", workers: "workers", runs: "runs", nodes: "nodes",
+  }[r.page];
   setCrumbs(r.ns ? [[r.ns, what ? `#/ns/${enc(r.ns)}` : null], ...(what ? [[what, null]] : [])] : []);
   const kind = err.kind || "unreachable";
   if (view.dataset.state !== kind || shown.get(view) !== text) {
@@ -533,4 +545,5 @@ window.addEventListener("hashchange", () => {
   view.dataset.sections = ""; // a new page: rebuild its sections
   poll();
 });
-poll();
+// After every script of the page (operate.js adds pages) has run.
+document.addEventListener("DOMContentLoaded", poll);
