@@ -269,21 +269,6 @@ function nodeFigures(ns, nodes, tput, users, only) {
     `<div class="legend">queue = on the stream (incl. in flight) · pending = delivered, unsettled</div></div>`;
 }
 
-// The Nodes table before the throughput chart, unused: kept verbatim for a parallel
-// branch's edit of it to merge cleanly; delete it after both are merged.
-function nodesTable(ns, nodes) {
-  const rows = Object.entries(nodes).map(([name, s]) => (
-    `<tr data-node="${esc(name)}"><td>${esc(name)}</td><td class="num">${s.length}</td>` +
-    `<td class="num">${s.pending}</td><td class="num">${s.delayed}</td>` +
-    `<td class="num">${s.consumers}</td><td class="num">${fmtDuration(s.oldest_pending_ms)}</td>` +
-    `<td class="num">${fmtRate(backlogRate(ns, name))}</td></tr>`
-  )).join("");
-  return `<div class="card"><h3>Nodes</h3><table><thead><tr><th>node</th><th class="num">queue</th>` +
-    `<th class="num">pending</th><th class="num">delayed</th><th class="num">consumers</th>` +
-    `<th class="num">oldest pending</th><th class="num">backlog Δ</th></tr></thead>` +
-    `<tbody>${rows || `<tr><td colspan="7" class="muted">no registered nodes</td></tr>`}</tbody></table></div>`;
-}
-
 // ---- pages ----------------------------------------------------------------------------
 function setCrumbs(parts) {
   setHTML(crumbs, parts.map(([label, href]) => (
