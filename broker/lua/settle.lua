@@ -33,13 +33,15 @@
 local ITEM_SOURCE, ITEM_ENTRY_ID, ITEM_OPS = 1, 2, 3
 local OP_CODE = 1
 local OP_XADD, OP_ZADD_DELAYED, OP_RPUSH, OP_RUN_STEP, OP_GROUP_INIT, OP_GROUP_STEP,
-      OP_RUN_OPEN = 1, 2, 3, 4, 5, 6, 7
+      OP_RUN_OPEN, OP_HSET = 1, 2, 3, 4, 5, 6, 7, 8
 -- OP_XADD: XADD KEYS[stream] [MAXLEN ~ maxlen (if > 0)] * f1 v1 ... (the pairs, to the end)
 local XADD_STREAM, XADD_MAXLEN, XADD_PAIRS = 2, 3, 4
 -- OP_ZADD_DELAYED: ZADD KEYS[zset] (now + delay_ms) member
 local ZADD_ZSET, ZADD_DELAY_MS, ZADD_MEMBER = 2, 3, 4
 -- OP_RPUSH: RPUSH KEYS[key] value
 local RPUSH_KEY, RPUSH_VALUE = 2, 3
+-- OP_HSET: HSET KEYS[key] f1 v1 ... (the pairs, to the end; per-state records of a run)
+local HSET_KEY, HSET_PAIRS = 2, 3
 -- OP_RUN_OPEN: a graph state's change to its run's open count, before its other run ops;
 -- if the run does not exist (expired, or a forged entry) the entry's remaining ops are
 -- skipped (flag 2); ops before it (a dead letter) stay.
@@ -256,6 +258,11 @@ local function apply(ops)
       redis.call('ZADD', KEYS[op[ZADD_ZSET]], now + op[ZADD_DELAY_MS], op[ZADD_MEMBER])
     elseif code == OP_RPUSH then
       redis.call('RPUSH', KEYS[op[RPUSH_KEY]], op[RPUSH_VALUE])
+    elseif code == OP_HSET then
+      local key, last = KEYS[op[HSET_KEY]], #op
+      for i = HSET_PAIRS, last, 2000 do  -- bounded unpack (a wide fan-out's pointers)
+        redis.call('HSET', key, unpack(op, i, math.min(i + 1999, last)))
+      end
     elseif code == OP_RUN_STEP then
       run_step(op)
     elseif code == OP_GROUP_INIT then
