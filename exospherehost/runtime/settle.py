@@ -167,17 +167,23 @@ def _entry_ms(entry_id: bytes) -> int:
 
 
 def _capped(record: dict[str, Any], cap: int) -> bytes:
-    """msgpack of `record`, any of its RECORD_FIELDS over `cap` bytes replaced by a
-    truncation marker {TRUNCATED: bytes, "preview": its first characters}. One pack when
-    the whole record fits (the usual case)."""
-    packed = pack(record)
-    if len(packed) <= cap:
+    """msgpack of `record`, any of its RECORD_FIELDS over `cap` bytes (or that msgpack
+    cannot carry) replaced by a marker {TRUNCATED: its size in bytes (0: not packable),
+    "preview": its first characters}. One pack when the whole record fits (the usual case)."""
+    try:
+        packed = pack(record)
+    except TypeError:
+        packed = b""
+    if packed and len(packed) <= cap:
         return packed
     for name in rec.RECORD_FIELDS:
         if name in record:
-            size = len(pack(record[name]))
-            if size > cap:
-                value = record[name]
+            value = record[name]
+            try:
+                size = len(pack(value))
+            except TypeError:
+                size = 0
+            if size == 0 or size > cap:
                 text = value if isinstance(value, str) else repr(value)
                 record[name] = {rec.TRUNCATED: size, "preview": text[:_PREVIEW_CHARS]}
     return pack(record)
