@@ -77,7 +77,7 @@ local MAX_VALUES = 7000  -- per unpack: Lua's C stack holds ~8000 values
 -- output, a dead letter, the run-finished event, a fired unite) that holds another type
 -- or has used up its ids; a delayed zset of another type; an XADD with more fields than
 -- one script call can pass. The plan itself is the SDK's own (exospherehost.broker.plan), so its shape
--- is not re-checked here. Keys only the SDK writes, one per run (run hash, history,
+-- is not re-checked here. Keys only the SDK writes, one per run (run hash, history, states,
 -- results, fan-in groups), are not checked either (a TYPE each would cost ~30 % of a
 -- graph state's Redis time): should a foreign client have broken one, the pcall below
 -- stops that entry and the worker dead-letters it; that run was broken already.
