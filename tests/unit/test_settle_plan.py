@@ -24,6 +24,7 @@ from exospherehost.runtime.outcomes import (
     Failed,
     Job,
     Malformed,
+    Pruned,
     Released,
     Requeued,
     Retry,
@@ -222,3 +223,12 @@ def test_a_field_over_the_cap_or_not_packable_becomes_a_marker_and_off_writes_no
     assert got["in"]["__truncated__"] == 0
     plan = plan_settle([Completed(job(env), [{}], False)], cfg(state_records="off"))
     assert HSET not in [op[0] for op in ops(plan)]
+
+
+def test_a_pruned_state_records_its_prune_data() -> None:
+    env = Envelope("s", {"x": 1}, "r", "g", 1, "b", groups={"u": "t"})
+    plan = plan_settle([Pruned(job(env), {"why": "small"})], cfg())
+    [record] = [op for op in ops(plan) if op[0] == HSET]
+    got = msgpack.unpackb(record[3])
+    assert (got["s"], got["pr"], got["gr"]) == ("PRUNED", {"why": "small"}, {"u": "t"})
+    assert "out" not in got and "err" not in got and record[4:] == []  # no successors
