@@ -187,9 +187,11 @@ async def execute(
     graph: CompiledGraph | None,
     secrets: Mapping[str, str] | SecretsError,
     broker: Broker | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> Outcome:
     """`secrets`: the graph's decrypted secrets, or why they cannot be had (which fails
-    only nodes that declare secrets). `broker`: backs `self.store` (created on first use)."""
+    only nodes that declare secrets). `broker`: backs `self.store` (created on first use).
+    `inputs`: rendered by the worker (store values read for it), instead of the envelope's."""
     env = job.env
     if env.run_id is not None:
         if graph is None:
@@ -199,7 +201,7 @@ async def execute(
             reason = f"graph {env.graph!r} has no node {env.identifier!r}"
             return Failed(job, reason, "", permanent=True, started=False)
     try:
-        inputs = spec.parse_inputs(env.inputs, env.foreign)
+        model = spec.parse_inputs(env.inputs if inputs is None else inputs, env.foreign)
     except ValidationError as exc:
         reason = f"invalid inputs for {spec.name}: {_short(exc)}"
         return Failed(job, reason, "", permanent=True, started=False)
@@ -237,7 +239,7 @@ async def execute(
         node.state_id = env.state_id
         node.run_id = env.run_id
         node._broker = broker
-        node.inputs = inputs
+        node.inputs = model
         node.secrets = secret_model
         if limit is None:
             result = await node.execute()

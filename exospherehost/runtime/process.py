@@ -23,6 +23,7 @@ from exospherehost.broker.streams import Broker
 from exospherehost.config import ConfigError, legacy_arguments, resolve
 from exospherehost.errors import InvalidArgument, ShutdownAbandoned
 from exospherehost.graphstore import GraphCache, GraphStore
+from exospherehost.limits import SizeLimits
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
 from exospherehost.node import BaseNode, node_schema, validate_nodes
@@ -90,6 +91,7 @@ class Runtime:
         state_manager_uri: str | None = None,
         state_manage_version: str | None = None,
         poll_interval: float | None = None,
+        size_limits: SizeLimits | None = None,
     ) -> None:
         redis_url = legacy_arguments(
             redis_url, state_manager_uri, state_manage_version, "state_manage_version"
@@ -160,6 +162,8 @@ class Runtime:
         # The namespace's dead-letter stream is capped near this at each dead letter this
         # process writes (XADD MAXLEN ~, oldest first); 0: no cap.
         self.dead_letters_maxlen = dead_letters_maxlen
+        # What one state may carry (exospherehost.limits); default: the environment.
+        self.size_limits = size_limits if size_limits is not None else SizeLimits.from_env()
         self.run_retention_s = int(run_retention.total_seconds())
         self.grace_period = grace_period
         self.visibility_ms = int(visibility_timeout * 1000)
@@ -236,6 +240,7 @@ class Runtime:
                 graphs=cache.compiled,
                 default_retry=self.default_retry_policy,
                 output_maxlen=self.output_maxlen,
+                limits=self.size_limits,
                 run_retention_s=self.run_retention_s,
                 dead_maxlen=self.dead_letters_maxlen,
             )
