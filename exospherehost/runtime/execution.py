@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from exospherehost.errors import InputError as InputError  # old import path
+from exospherehost.errors import SizeLimitExceeded
 from exospherehost.errors import TimedOut as TimedOut  # old import path
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.node import BaseNode
@@ -251,6 +252,8 @@ async def execute(
         return Requeued(job, int(sig.delay.total_seconds() * 1000))
     except StoreUnavailable as exc:  # no store for this state: a retry cannot help
         return Failed(job, f"StoreUnavailable: {exc}", format_traceback(exc), permanent=True)
+    except SizeLimitExceeded as exc:  # e.g. a self.store write over its limit: deterministic
+        return Failed(job, describe(exc), format_traceback(exc), permanent=True)
     except TimedOut as exc:
         return Failed(job, f"{spec.name}.execute {exc}", format_traceback(exc))
     except BaseException as exc:

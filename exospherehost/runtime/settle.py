@@ -189,7 +189,7 @@ class _Planner:
             if env.run_id is None:
                 data = pack(outcome.data)
                 if len(data) > self.cfg.limits.state_bytes:
-                    raise self.too_big(job, "prune data", len(data), [("data", outcome.data)])
+                    raise self.too_big(job, "its prune data", len(data), [("data", outcome.data)])
                 self.output(job, f.PRUNED, f.OUT_DATA, data)
             else:
                 self.ended(job, _PRUNED, str(outcome.data))
@@ -208,7 +208,7 @@ class _Planner:
         if env.run_id is None:
             data = pack(outputs)
             if len(data) > state_limit:
-                raise self.too_big(job, "outputs", len(data), _output_parts(done.outputs))
+                raise self.too_big(job, "what it returned", len(data), _output_parts(done.outputs))
             self.output(job, f.SUCCEEDED, f.OUT_OUTPUTS, data)
             plan.size += len(data)
             return
@@ -296,7 +296,7 @@ class _Planner:
             data = pack(result)
             emitted += len(data)
             if len(data) > state_limit:
-                raise self.too_big(job, "result", len(data), _output_parts(done.outputs))
+                raise self.too_big(job, "its result", len(data), _output_parts(done.outputs))
             plan.rpush(keys.run_results(env.run_id), data)
         if emitted > limits.settle_bytes:
             raise self.too_big(
