@@ -31,6 +31,7 @@ from exospherehost import (
 from exospherehost.broker.keys import Keys
 from exospherehost.limits import KIB, MIB, SizeLimits
 from exospherehost.store import RunStore
+from exospherehost.testing import PrivateServer
 from tests.integration.helpers import running, stop_processes
 
 pytestmark = pytest.mark.redis
@@ -355,6 +356,28 @@ async def test_a_node_writing_a_store_value_too_big_fails_naming_the_key(
         [letter] = [d for d in await sm.dead_letters() if d.run_id == run]
         assert "SizeLimitExceeded: store value 'big' is 293.0 KiB" in letter.error, letter.error
         assert letter.attempts == 1, "retried: a size limit is deterministic"
+
+
+async def test_a_settle_call_over_settle_bytes_is_split_below_redis_argument_limit() -> None:
+    """A server whose argument limit (proto-max-bulk-len, at its 1 MB minimum) is below what
+    one settle of a whole batch would send: the worker splits batches over settle_bytes,
+    so every state completes (unsplit, the call is refused and retried forever)."""
+    limits = SizeLimits(
+        state_bytes=256 * KIB, store_value_bytes=256 * KIB, store_inline_bytes=KIB,
+        settle_bytes=512 * KIB,
+    )  # fmt: skip
+    with PrivateServer(extra_args=["--proto-max-bulk-len", "1mb"]) as server:
+        assert server.info is not None
+        url, ns = server.info.url, "split"
+        runtime = Runtime(
+            namespace=ns, name="w", nodes=[Emit], redis_url=url, size_limits=limits, workers=100
+        )
+        async with StateManager(ns, redis_url=url, size_limits=limits) as sm:
+            ids = await sm.enqueue_many("Emit", [{"size": 100 * KIB}] * 100)  # 10 MB of outputs
+            async with running(runtime):
+                results = await sm.wait_for_states("Emit", ids, timeout=30)
+            assert {r.status for r in results.values()} == {"SUCCEEDED"}, results
+            assert runtime.settled >= 100
 
 
 # -- the worker process the memory test measures ------------------------------------------
