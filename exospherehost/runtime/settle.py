@@ -161,12 +161,13 @@ class _Planner:
     """Plans outcomes into one SettlePlan under one config: the config and the plan are
     what every step shares, so they live here instead of in each step's parameters."""
 
-    __slots__ = ("cfg", "keys", "plan")
+    __slots__ = ("cfg", "keys", "plan", "state_limit")
 
     def __init__(self, cfg: SettleConfig) -> None:
         self.cfg = cfg
         self.keys = cfg.keys
         self.plan = SettlePlan()
+        self.state_limit = cfg.limits.state_bytes  # looked up once per plan, not per state
 
     def outcome(self, outcome: Outcome) -> None:
         plan = self.plan
@@ -188,7 +189,7 @@ class _Planner:
         elif isinstance(outcome, Pruned):
             if env.run_id is None:
                 data = pack(outcome.data)
-                if len(data) > self.cfg.limits.state_bytes:
+                if len(data) > self.state_limit:
                     raise self.too_big(job, "its prune data", len(data), [("data", outcome.data)])
                 self.output(job, f.PRUNED, f.OUT_DATA, data)
             else:
@@ -203,15 +204,15 @@ class _Planner:
     def completed(self, done: Completed) -> None:
         job, env, keys, plan = done.job, done.job.env, self.keys, self.plan
         outputs: Any = done.outputs if done.fanout else done.outputs[0]
-        limits = self.cfg.limits
-        state_limit = limits.state_bytes
         if env.run_id is None:
             data = pack(outputs)
-            if len(data) > state_limit:
-                raise self.too_big(job, "what it returned", len(data), _output_parts(done.outputs))
+            size = len(data)
+            if size > self.state_limit:
+                raise self.too_big(job, "what it returned", size, _output_parts(done.outputs))
             self.output(job, f.SUCCEEDED, f.OUT_OUTPUTS, data)
-            plan.size += len(data)
+            plan.size += size
             return
+        state_limit = self.state_limit
         emitted = 0  # bytes of envelopes and results this state emits: at most settle_bytes
         graph = self.cfg.graphs[(env.graph or "", env.graph_version)]
         ident = env.identifier or ""
@@ -235,13 +236,14 @@ class _Planner:
                 list(succ.path),
             )
             data = encode(nxt)
-            emitted += len(data)
-            if len(data) > state_limit:
+            size = len(data)
+            emitted += size
+            if size > state_limit:
                 raise self.too_big(
                     job,
                     f"the state it emits for node {child.node_name} (identifier "
                     f"{child.identifier})",
-                    len(data),
+                    size,
                     envelope_parts(nxt.inputs, nxt.ctx),
                 )
             plan.queue(keys.queue(child.node_name), data)
@@ -294,11 +296,12 @@ class _Planner:
                 f.RESULT_OUTPUTS: outputs,
             }
             data = pack(result)
-            emitted += len(data)
-            if len(data) > state_limit:
-                raise self.too_big(job, "its result", len(data), _output_parts(done.outputs))
+            size = len(data)
+            emitted += size
+            if size > state_limit:
+                raise self.too_big(job, "its result", size, _output_parts(done.outputs))
             plan.rpush(keys.run_results(env.run_id), data)
-        if emitted > limits.settle_bytes:
+        if emitted > self.cfg.limits.settle_bytes:
             raise self.too_big(
                 job,
                 f"everything it emits ({len(completion.successors)} states)",

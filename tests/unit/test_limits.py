@@ -16,7 +16,7 @@ from exospherehost.graph.compiled import REFS, STORE, CompiledGraph
 from exospherehost.graph.runplan import plan_run
 from exospherehost.graph.storevalues import encode_store
 from exospherehost.limits import KIB, MIB, SizeLimits
-from exospherehost.models import GraphNodeModel, StoreConfigModel
+from exospherehost.models import GraphNodeModel, StoreConfigModel, UnitesModel
 from exospherehost.runtime.outcomes import Completed, Job
 from exospherehost.runtime.settle import SettleConfig, plan_settle
 
@@ -302,3 +302,35 @@ def test_everything_one_state_emits_is_bounded_by_settle_bytes() -> None:
     fine = plan_settle([Completed(job(root, "Split"), outs[:5], True)], cfg(g2, limits))
     assert fine.size > 5 * 40 * KIB
     del g
+
+
+def test_a_uniting_node_reads_a_big_store_value_when_it_fires() -> None:
+    nodes = [
+        GraphNodeModel(node_name="X", namespace="ns", identifier="x", inputs={}, next_nodes=["b"]),
+        GraphNodeModel(
+            node_name="B",
+            namespace="ns",
+            identifier="b",
+            inputs={"v": "${{ x.outputs.v }}"},
+            next_nodes=["u"],
+        ),
+        GraphNodeModel(
+            node_name="U",
+            namespace="ns",
+            identifier="u",
+            inputs={"all": "${{ b.outputs.w }}", "doc": "${{ store.doc }}"},
+            unites=UnitesModel(identifier="x"),
+        ),
+    ]
+    g = CompiledGraph.build("g", 1, nodes, store_config=StoreConfigModel(required_keys=["doc"]))
+    doc = "u" * (4 * KIB)
+    start = plan_run(g, K, inputs={}, store={"doc": doc}, start_delay_ms=0, now_ms=0, limits=SMALL)
+    root = decode(b"1-1", {b"_exo": start.envelope})
+    assert root.ctx[REFS] == ["doc"] and len(start.envelope) < KIB
+    completion = g.complete("x", root.state_id, root.ctx, {}, [], [{"v": 1}, {"v": 2}], True)
+    [step] = completion.groups
+    assert step.init is not None and step.init[REFS] == ["doc"]
+    assert "doc" not in (step.init.get(STORE) or {}), "the value was copied into the unite"
+    assert g.needs_store("u", step.init) == ["doc"]
+    collected = [{"p": [0], "o": {"b": {"w": 10}}}, {"p": [1], "o": {"b": {"w": 20}}}]
+    assert g.unite_inputs("u", step.init, collected, {"doc": doc}) == {"all": [10, 20], "doc": doc}
