@@ -289,6 +289,8 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         errors += trigger_errors
         if errors:
             raise GraphValidationError(graph_name, errors)
+        if store_config is not None:  # a default over its limit would fail every trigger
+            encode_store(store_config.default_values, self.size_limits)
         deadline = time.monotonic() + validation_timeout
         while True:
             schemas = await self._schemas()

@@ -219,6 +219,18 @@ async def test_enqueue_over_state_bytes_names_the_node_and_field(
         assert await sm.client.exists(Keys(namespace).queue("Emit")) == 0, "half enqueued"
 
 
+async def test_upsert_refuses_a_store_default_over_its_limit(
+    sm: StateManager, namespace: str
+) -> None:
+    with pytest.raises(SizeLimitExceeded, match=r"store value 'doc' is 5\.0 MiB"):
+        await sm.upsert_graph(
+            "fan",
+            _fan_graph(namespace),
+            store_config=StoreConfigModel(default_values={"doc": "x" * (5 * MIB), "n": 1}),
+        )
+    assert await sm.graph_names() == []
+
+
 async def test_store_set_over_store_value_bytes_names_the_key(
     redis_url: str, namespace: str
 ) -> None:
