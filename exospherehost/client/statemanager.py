@@ -134,6 +134,10 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         )
         self.namespace = check_name("namespace", namespace)
         # What enqueue and trigger refuse (SizeLimitExceeded); default: the environment.
+        if size_limits is not None and not isinstance(size_limits, SizeLimits):
+            raise InvalidArgument(
+                f"size_limits must be an exospherehost.limits.SizeLimits, got {size_limits!r}"
+            )
         self.size_limits = size_limits if size_limits is not None else SizeLimits.from_env()
         self.config = resolve(redis_url, key)
         # The connection, for closing (and for tests that poke Redis directly); every

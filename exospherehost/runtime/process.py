@@ -163,6 +163,10 @@ class Runtime:
         # process writes (XADD MAXLEN ~, oldest first); 0: no cap.
         self.dead_letters_maxlen = dead_letters_maxlen
         # What one state may carry (exospherehost.limits); default: the environment.
+        if size_limits is not None and not isinstance(size_limits, SizeLimits):
+            raise InvalidArgument(
+                f"size_limits must be an exospherehost.limits.SizeLimits, got {size_limits!r}"
+            )
         self.size_limits = size_limits if size_limits is not None else SizeLimits.from_env()
         self.run_retention_s = int(run_retention.total_seconds())
         self.grace_period = grace_period

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from pydantic import BaseModel
 
-from exospherehost import SizeLimitExceeded
+from exospherehost import BaseNode, Runtime, SizeLimitExceeded, StateManager
 from exospherehost.broker.codec import Envelope, decode, encode
 from exospherehost.broker.keys import Keys
 from exospherehost.broker.plan import RUN_STEP, XADD, ZADD_DELAYED
@@ -334,3 +335,23 @@ def test_a_uniting_node_reads_a_big_store_value_when_it_fires() -> None:
     assert g.needs_store("u", step.init) == ["doc"]
     collected = [{"p": [0], "o": {"b": {"w": 10}}}, {"p": [1], "o": {"b": {"w": 20}}}]
     assert g.unite_inputs("u", step.init, collected, {"doc": doc}) == {"all": [10, 20], "doc": doc}
+
+
+class Echo(BaseNode):
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(x=self.inputs.x)
+
+
+def test_runtime_and_state_manager_take_only_size_limits() -> None:
+    url = "redis://127.0.0.1:1/0"  # never connected to: construction checks arguments
+    with pytest.raises(InvalidArgument, match="size_limits must be"):
+        StateManager("ns", redis_url=url, size_limits={"state_bytes": 1})  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="size_limits must be"):
+        Runtime("ns", "w", [Echo], redis_url=url, size_limits=4)  # type: ignore[arg-type]
+    assert StateManager("ns", redis_url=url, size_limits=SMALL).size_limits is SMALL
