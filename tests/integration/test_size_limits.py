@@ -11,11 +11,13 @@ worker process the memory test measures."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pydantic import BaseModel
@@ -23,6 +25,8 @@ from pydantic import BaseModel
 from exospherehost import (
     BaseNode,
     GraphNodeModel,
+    RetryPolicyModel,
+    RetryStrategyEnum,
     Runtime,
     SizeLimitExceeded,
     StateManager,
@@ -107,7 +111,26 @@ class Writer(BaseNode):
         return self.Outputs(ok=True)
 
 
-NODES = [Split, Work, Emit, Tail, Writer]
+class Flaky(BaseNode):
+    """Fails the first attempt of each state: its retry must render its inputs again."""
+
+    seen: ClassVar[set[str]] = set()
+
+    class Inputs(BaseModel):
+        i: int
+        doc: str
+
+    class Outputs(BaseModel):
+        size: int
+
+    async def execute(self) -> Outputs:
+        if self.state_id not in Flaky.seen:
+            Flaky.seen.add(self.state_id or "")
+            raise RuntimeError("first attempt fails")
+        return self.Outputs(size=len(self.inputs.doc))
+
+
+NODES = [Split, Work, Emit, Tail, Writer, Flaky]
 
 
 def _fan_graph(ns: str) -> list[GraphNodeModel]:
@@ -347,6 +370,35 @@ async def test_a_store_value_over_the_inline_limit_completes_by_reference(
             status = await sm.wait(run, timeout=20)
         assert status.status == "SUCCEEDED", status
         assert [r["outputs"]["size"] for r in await sm.results(run)] == [40 * KIB] * 5
+
+
+async def test_a_retried_state_reads_its_store_value_again(redis_url: str, namespace: str) -> None:
+    runtime = Runtime(
+        namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
+    )
+    graph = _fan_graph(namespace)
+    graph[1] = graph[1].model_copy(update={"node_name": "Flaky"})
+    policy = RetryPolicyModel(max_retries=2, strategy=RetryStrategyEnum.FIXED, backoff_factor=1500)
+    async with StateManager(namespace, redis_url=redis_url, size_limits=SMALL) as sm:
+        async with running(runtime):
+            await sm.upsert_graph(
+                "flaky",
+                graph,
+                retry_policy=policy,
+                store_config=StoreConfigModel(required_keys=["doc", "n"]),
+            )
+            run = await sm.trigger("flaky", store={"doc": "d" * (40 * KIB), "n": 3})
+            delayed = Keys(namespace).delayed("Flaky")
+            deadline = time.monotonic() + 10
+            while len(retries := await sm.client.zrange(delayed, 0, -1)) < 3:
+                assert time.monotonic() < deadline, f"{len(retries)} retries delayed"
+                await asyncio.sleep(0.02)  # polling Redis: there is no event to await
+            # A retry goes back as it came (the value by name), not with its read inputs.
+            assert max(map(len, retries)) < 2 * KIB, [len(r) for r in retries]
+            status = await sm.wait(run, timeout=20)
+        assert status.status == "SUCCEEDED", status
+        assert status.nodes["work"].retried == 3
+        assert [r["outputs"]["size"] for r in await sm.results(run)] == [40 * KIB] * 3
 
 
 async def test_a_node_writing_a_store_value_too_big_fails_naming_the_key(
