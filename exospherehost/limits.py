@@ -30,13 +30,22 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from typing import Any
 
 from exospherehost.broker.codec import pack
 from exospherehost.errors import ConfigError, InvalidArgument, SizeLimitExceeded
 
-__all__ = ["SizeLimitExceeded", "SizeLimits", "biggest", "envelope_parts", "human"]
+__all__ = [
+    "SizeLimitExceeded",
+    "SizeLimits",
+    "biggest",
+    "current",
+    "envelope_parts",
+    "human",
+    "use",
+]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -122,6 +131,23 @@ class SizeLimits:
         for key, value in encoded.items():
             if len(value) > limit:
                 self.check_store_value(key, value)
+
+
+# The limits of the Runtime whose task this is: set once in its main task, inherited by
+# every task it starts (executors included), so `self.store` in node code checks against
+# the Runtime's `size_limits` at no cost per state.
+_CURRENT: ContextVar[SizeLimits | None] = ContextVar("exosphere_size_limits", default=None)
+
+
+def use(limits: SizeLimits) -> None:
+    """Make `limits` what `current()` returns in this task and the tasks it starts."""
+    _CURRENT.set(limits)
+
+
+def current() -> SizeLimits:
+    """The running Runtime's limits (see `use`), else those of the environment."""
+    limits = _CURRENT.get()
+    return limits if limits is not None else SizeLimits.from_env()
 
 
 def _sizes(prefix: str, values: Mapping[str, Any]) -> Iterable[tuple[int, str]]:

@@ -21,6 +21,7 @@ from exospherehost.graph.storevalues import check_store_key as check_store_key
 from exospherehost.graph.storevalues import encode_store as encode_store
 from exospherehost.graph.storevalues import encode_value as encode_value
 from exospherehost.limits import SizeLimits
+from exospherehost.limits import current as current_limits
 
 if TYPE_CHECKING:
     from exospherehost.broker.streams import Broker
@@ -42,7 +43,8 @@ class RunStore:
     matters (e.g. `set` a per-state key).
 
     A value whose encoding is over `SizeLimits.store_value_bytes` (4 MiB; `limits`, else
-    EXOSPHERE_MAX_STORE_VALUE_BYTES) is refused with SizeLimitExceeded naming the key."""
+    the running Runtime's `size_limits`, else EXOSPHERE_MAX_STORE_VALUE_BYTES) is refused
+    with SizeLimitExceeded naming the key."""
 
     __slots__ = ("_broker", "_limits", "run_id")
 
@@ -53,7 +55,7 @@ class RunStore:
 
     @property
     def limits(self) -> SizeLimits:
-        return self._limits if self._limits is not None else SizeLimits.from_env()
+        return self._limits if self._limits is not None else current_limits()
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value of `key`, or `default` when the store has no such key."""

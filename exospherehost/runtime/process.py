@@ -24,6 +24,7 @@ from exospherehost.config import ConfigError, legacy_arguments, resolve
 from exospherehost.errors import InvalidArgument, ShutdownAbandoned
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.limits import SizeLimits
+from exospherehost.limits import use as use_limits
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
 from exospherehost.node import BaseNode, node_schema, validate_nodes
@@ -228,6 +229,8 @@ class Runtime:
 
     async def _main(self, install_signals: bool, tune_gc: bool) -> None:
         self._loop = asyncio.get_running_loop()
+        # Its own task: node code's self.store checks against this Runtime's limits.
+        use_limits(self.size_limits)
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self.stop)

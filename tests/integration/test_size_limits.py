@@ -401,11 +401,17 @@ async def test_a_retried_state_reads_its_store_value_again(redis_url: str, names
         assert [r["outputs"]["size"] for r in await sm.results(run)] == [40 * KIB] * 3
 
 
+@pytest.mark.parametrize("how", ["runtime", "env"])
 async def test_a_node_writing_a_store_value_too_big_fails_naming_the_key(
-    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    monkeypatch.setenv("EXOSPHERE_MAX_STORE_VALUE_BYTES", "256KiB")  # self.store reads it
-    runtime = Runtime(namespace=namespace, name="w", nodes=NODES, redis_url=redis_url)
+    if how == "env":
+        monkeypatch.setenv("EXOSPHERE_MAX_STORE_VALUE_BYTES", "256KiB")
+        runtime = Runtime(namespace=namespace, name="w", nodes=NODES, redis_url=redis_url)
+    else:  # self.store checks against the Runtime's size_limits
+        runtime = Runtime(
+            namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
+        )
     graph = [
         GraphNodeModel(
             node_name="Writer", namespace=namespace, identifier="writer", inputs={"size": 300_000}
