@@ -18,9 +18,11 @@ from exospherehost.broker import fields as f
 from exospherehost.broker.codec import Envelope, decode, encode, pack
 from exospherehost.broker.keys import Keys
 from exospherehost.broker.plan import DeadLetterRecord, SettlePlan
+from exospherehost.errors import SizeLimitExceeded
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.retry import retry_delay_ms
 from exospherehost.ids import new_id
+from exospherehost.limits import SizeLimits, biggest, envelope_parts
 from exospherehost.models import RetryPolicyModel
 from exospherehost.runtime.outcomes import (
     Completed,
@@ -45,6 +47,7 @@ class SettleConfig:
     run_retention_s: int = 86_400
     dead_maxlen: int = 100_000  # cap of the dead-letter stream (MAXLEN ~); 0: none
     clock: Callable[[], float] = time.time
+    limits: SizeLimits = field(default_factory=SizeLimits.from_env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,10 @@ def plan_settle(
             plan.rollback(mark)
             if isinstance(outcome, Malformed):
                 raise
-            reason = f"cannot settle {type(outcome).__name__}: {exc}"
+            if isinstance(exc, SizeLimitExceeded):
+                reason = str(exc)  # names the state, the field and the sizes already
+            else:
+                reason = f"cannot settle {type(outcome).__name__}: {exc}"
             instead = Failed(outcome.job, reason, tb.format_exc(), permanent=True)
             planner.outcome(instead)
             if isinstance(outcome, Failed):
@@ -155,12 +161,13 @@ class _Planner:
     """Plans outcomes into one SettlePlan under one config: the config and the plan are
     what every step shares, so they live here instead of in each step's parameters."""
 
-    __slots__ = ("cfg", "keys", "plan")
+    __slots__ = ("cfg", "keys", "plan", "state_limit")
 
     def __init__(self, cfg: SettleConfig) -> None:
         self.cfg = cfg
         self.keys = cfg.keys
         self.plan = SettlePlan()
+        self.state_limit = cfg.limits.state_bytes  # looked up once per plan, not per state
 
     def outcome(self, outcome: Outcome) -> None:
         plan = self.plan
@@ -181,7 +188,10 @@ class _Planner:
             self.failed(outcome)
         elif isinstance(outcome, Pruned):
             if env.run_id is None:
-                self.output(job, f.PRUNED, f.OUT_DATA, pack(outcome.data))
+                data = pack(outcome.data)
+                if len(data) > self.state_limit:
+                    raise self.too_big(job, "its prune data", len(data), [("data", outcome.data)])
+                self.output(job, f.PRUNED, f.OUT_DATA, data)
             else:
                 self.ended(job, _PRUNED, str(outcome.data))
         elif isinstance(outcome, Requeued):
@@ -195,8 +205,15 @@ class _Planner:
         job, env, keys, plan = done.job, done.job.env, self.keys, self.plan
         outputs: Any = done.outputs if done.fanout else done.outputs[0]
         if env.run_id is None:
-            self.output(job, f.SUCCEEDED, f.OUT_OUTPUTS, pack(outputs))
+            data = pack(outputs)
+            size = len(data)
+            if size > self.state_limit:
+                raise self.too_big(job, "what it returned", size, _output_parts(done.outputs))
+            self.output(job, f.SUCCEEDED, f.OUT_OUTPUTS, data)
+            plan.size += size
             return
+        state_limit = self.state_limit
+        emitted = 0  # bytes of envelopes and results this state emits: at most settle_bytes
         graph = self.cfg.graphs[(env.graph or "", env.graph_version)]
         ident = env.identifier or ""
         completion = graph.complete(
@@ -218,7 +235,18 @@ class _Planner:
                 grp,
                 list(succ.path),
             )
-            plan.queue(keys.queue(child.node_name), encode(nxt))
+            data = encode(nxt)
+            size = len(data)
+            emitted += size
+            if size > state_limit:
+                raise self.too_big(
+                    job,
+                    f"the state it emits for node {child.node_name} (identifier "
+                    f"{child.identifier})",
+                    size,
+                    envelope_parts(nxt.inputs, nxt.ctx),
+                )
+            plan.queue(keys.queue(child.node_name), data)
             created = f.CREATED + child.identifier
             counters[created] = counters.get(created, 0) + 1
         for step in completion.groups:
@@ -239,7 +267,16 @@ class _Planner:
                     unite=step.xid,
                 )
                 strategy = graph.unites[step.unite].strategy.value
-                plan.group_init(gkey, 0, strategy, encode(u_env), step.unite)
+                data = encode(u_env)
+                emitted += len(data)
+                if len(data) > state_limit:
+                    raise self.too_big(
+                        job,
+                        f"the uniting state it opens ({step.unite})",
+                        len(data),
+                        envelope_parts({}, u_env.ctx),
+                    )
+                plan.group_init(gkey, 0, strategy, data, step.unite)
             plan.group_step(
                 group_key=gkey,
                 collected_key=keys.collected(env.run_id, step.unite, step.xid),
@@ -249,20 +286,56 @@ class _Planner:
                 bad_delta=0,
                 retention_s=self.cfg.run_retention_s,
                 outer_groups=[keys.group(env.run_id, o, x) for o, x in step.outer.items()],
-                collected=[pack(c) for c in step.collected],
+                collected=(collected := [pack(c) for c in step.collected]),
             )
+            emitted += sum(map(len, collected))
         if completion.leaf:
             result = {
                 f.RESULT_IDENTIFIER: ident,
                 f.RESULT_STATE: env.state_id,
                 f.RESULT_OUTPUTS: outputs,
             }
-            plan.rpush(keys.run_results(env.run_id), pack(result))
+            data = pack(result)
+            size = len(data)
+            emitted += size
+            if size > state_limit:
+                raise self.too_big(job, "its result", size, _output_parts(done.outputs))
+            plan.rpush(keys.run_results(env.run_id), data)
+        if emitted > self.cfg.limits.settle_bytes:
+            raise self.too_big(
+                job,
+                f"everything it emits ({len(completion.successors)} states)",
+                emitted,
+                _output_parts(done.outputs),
+                "settle_bytes",
+            )
+        plan.size += emitted
         self.run_step(
             env,
             open_delta=len(completion.successors) - 1,
             counters=counters,
             history=self.history(job, f.SUCCEEDED),
+        )
+
+    def too_big(
+        self,
+        job: Job,
+        what: str,
+        size: int,
+        parts: list[tuple[str, Any]],
+        attr: str = "state_bytes",
+    ) -> SizeLimitExceeded:
+        """The error failing a state whose outputs do not fit (deterministic: the state
+        is dead-lettered without retries, its run ends FAILED); it names the state, what
+        does not fit, the sizes and the biggest fields."""
+        env = job.env
+        ident = f", identifier {env.identifier}" if env.identifier else ""
+        return self.cfg.limits.exceeded(
+            f"node {job.node} (state {env.state_id}{ident}):",
+            what,
+            size,
+            attr,
+            "biggest: " + biggest(parts),
         )
 
     def failed(self, failed: Failed) -> None:
@@ -428,3 +501,9 @@ class _Planner:
             entry=malformed.entry_id,
             original=pack(malformed.fields),
         )
+
+
+def _output_parts(outputs: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    if len(outputs) == 1:
+        return [("outputs", outputs[0])]
+    return [(f"outputs[{i}]", out) for i, out in enumerate(outputs[:100])]
