@@ -32,6 +32,7 @@ from run_mutants import ROOT, scratch_copy
 # The worker's selection (about 95 s per surviving mutant).
 WORKER_TESTS: list[str] = [
     "tests/unit/test_settler.py",
+    "tests/unit/test_mutants_worker_unit.py",
     "tests/unit/test_script_planning.py",
     "tests/unit/test_jobqueue.py",
     "tests/unit/test_reclaim_rules.py",

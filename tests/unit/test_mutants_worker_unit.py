@@ -6,25 +6,31 @@ it and when. Each docstring names the one-line bugs it catches."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
 from benchmarks.nodes import Noop
-from exospherehost.broker.codec import Envelope
-from exospherehost.broker.keys import Keys
+from exospherehost.broker.codec import Envelope, encode
+from exospherehost.broker.keys import ENVELOPE_FIELD, Keys
 from exospherehost.broker.plan import SettleFlags, SettlePlan
 from exospherehost.broker.streams import Broker
 from exospherehost.graphstore import GraphCache
 from exospherehost.runtime.execution import NodeSpec
-from exospherehost.runtime.outcomes import Completed, Job
+from exospherehost.runtime.outcomes import Completed, Failed, Job, Malformed
 from exospherehost.runtime.resilience import Retrier
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.upkeep import promote as promote_module
+from exospherehost.runtime.upkeep.heartbeat import CHUNK, heartbeat
+from exospherehost.runtime.upkeep.holdings import Holdings
 from exospherehost.runtime.upkeep.promote import promote
 from exospherehost.runtime.worker import SETTLE_AFTER_GRACE_S, Worker
 
 KEYS = Keys("ns")
+ENV = ENVELOPE_FIELD.encode()
 
 
 class Noop2(Noop):
@@ -190,3 +196,205 @@ async def test_the_promoter_waits_for_what_is_due_and_goes_on_at_once_after_a_mo
     assert moved < 0.05, f"promoted again {moved:.3f}s after a round that moved some"
     assert 0.1 <= due <= 0.4, f"waited {due:.3f}s for an entry due in 0.15s"
     assert idle >= promote_module.IDLE_WAKE_S - 0.01, f"idle wait {idle:.3f}s"
+
+
+# -- heartbeat -----------------------------------------------------------------------------
+class BeatBroker:
+    """Records each heartbeat call's ids; ends the loop after `rounds` rounds."""
+
+    def __init__(self, done: asyncio.Event, rounds: int, fresh: Holdings | None) -> None:
+        self.done = done
+        self.fresh = fresh  # its settles in flight: sent "now", at every call
+        self.rounds = rounds
+        self.calls: list[list[bytes]] = []
+        self.starts: list[float] = []
+
+    async def heartbeat(self, node: str, consumer: str, ids: list[bytes]) -> list[bytes]:
+        assert (node, consumer) == ("Noop", "c")
+        now = time.monotonic()
+        if not self.starts or now - self.starts[-1] > 0.05:
+            self.starts.append(now)  # a new round (calls within one round come at once)
+        self.calls.append(list(ids))
+        if self.fresh is not None:
+            self.fresh.settling = {k: (now, b) for k, (_, b) in self.fresh.settling.items()}
+        if len(self.starts) >= self.rounds:
+            self.done.set()
+        return []
+
+
+def _holdings(ids: list[bytes], held_for: float) -> Holdings:
+    holdings = Holdings(["Noop"], 10_000)
+    since = time.monotonic() - held_for
+    holdings.held["Noop"] = {i: since for i in ids}
+    holdings.source = lambda outcome: cast(tuple[str, bytes], outcome)  # outcomes: (node, id)
+    return holdings
+
+
+async def _beat(
+    holdings: Holdings, rounds: int, visibility_ms: int = 300, fresh: bool = False
+) -> BeatBroker:
+    done = asyncio.Event()
+    broker = BeatBroker(done, rounds, holdings if fresh else None)
+    beat = heartbeat(cast(Broker, broker), "c", holdings, visibility_ms, done, Retrier())
+    await asyncio.wait_for(beat, 10)
+    return broker
+
+
+async def test_the_heartbeat_renews_every_held_entry_in_chunks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1,200 entries held past a third of the visibility timeout: one round renews each
+    of them once, at most CHUNK ids per call. Bugs: the chunks started at every index up
+    to CHUNK (`range(0, CHUNK)`: the ids past 999 never renewed), at 1, or sliced
+    backwards; and with nothing stalled no warning (`>=`: "0 finished states could not
+    be settled" every round)."""
+    ids = [f"1-{i}".encode() for i in range(1200)]
+    caplog.set_level(logging.WARNING, "exospherehost.runtime.worker")
+    broker = await _beat(_holdings(ids, held_for=1.0), rounds=1)
+    assert all(0 < len(c) <= CHUNK for c in broker.calls), [len(c) for c in broker.calls]
+    renewed = [i for c in broker.calls for i in c]
+    assert sorted(renewed) == sorted(ids), f"{len(renewed)} renewals of {len(ids)} ids"
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+async def test_the_heartbeat_beats_every_third_of_the_visibility_timeout() -> None:
+    """visibility 300 ms: a round every 100 ms. Bugs: `* 3000` (never), `/ 3001` is
+    within this tolerance (equivalent)."""
+    broker = await _beat(_holdings([b"1-0"], held_for=1.0), rounds=3)
+    gaps = [b - a for a, b in zip(broker.starts, broker.starts[1:], strict=False)]
+    assert all(0.08 <= g <= 0.4 for g in gaps), gaps
+
+
+async def test_the_heartbeat_keeps_renewing_states_whose_settle_is_on_its_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A settle sent just now holding one of two held entries: both are renewed, nothing
+    is said (a settle in flight is not a stalled one). Bug: stalled counted from
+    `now + visibility` (every settle in flight is stalled: its states' claims lapse)."""
+    holdings = _holdings([b"1-0", b"1-1"], held_for=1.0)
+    holdings.settling[1] = (time.monotonic(), [("Noop", b"1-1")])
+    caplog.set_level(logging.WARNING, "exospherehost.runtime.worker")
+    broker = await _beat(holdings, rounds=2, visibility_ms=600, fresh=True)
+    assert all(sorted(c) == [b"1-0", b"1-1"] for c in broker.calls), broker.calls
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+async def test_the_heartbeat_lets_a_stalled_settles_states_lapse_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A settle sent a visibility timeout ago and not back: its state's claim is left to
+    lapse (the other held entry is renewed), and the warning comes once for the stall, not
+    every round. Bugs: stalled counted from `visibility * 1000` ago (never stalled), the
+    stalled ones renewed too (`or`), the count said so far starting at 1 (one stalled
+    state never said) or compared with `>=` (said every round)."""
+    holdings = _holdings([b"1-0", b"1-1"], held_for=1.0)
+    holdings.settling[1] = (time.monotonic() - 0.5, [("Noop", b"1-1")])
+    caplog.set_level(logging.WARNING, "exospherehost.runtime.worker")
+    broker = await _beat(holdings, rounds=2, visibility_ms=300)
+    assert broker.calls == [[b"1-0"], [b"1-0"]], broker.calls
+    said = [r.getMessage() for r in caplog.records if "could not be settled" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("1 finished states"), said
+
+
+# -- taking entries in ---------------------------------------------------------------------
+def test_a_read_entry_becomes_a_job_delivered_once_with_the_nodes_own_bound() -> None:
+    """An entry read (not reclaimed) is a job delivered once, with no bound of its own
+    (the node's timeout applies), queued for an executor; a bad one keeps its fields for
+    the dead letter. Bugs: `deliveries` defaulting to 2, the Malformed's fields dropped."""
+    worker = make_worker(StubBroker())
+    good = {ENV: encode(Envelope("s1", {"x": 1}))}
+    worker._accept("Noop", [(b"1-0", good), (b"1-1", {ENV: b"\xc1"})])
+    [job] = worker._queue.drain()
+    assert (job.entry_id, job.deliveries, job.timeout, job.fields) == (b"1-0", 1, None, good)
+    [bad] = worker._outcomes
+    assert isinstance(bad, Malformed) and bad.fields == {ENV: b"\xc1"}
+    assert bad.deliveries == 1 and worker.inflight == 2
+
+
+def test_a_poison_entry_goes_straight_to_its_settle_as_a_failure_never_run() -> None:
+    """A reclaimed entry past the delivery limit is not queued: it fails for good at once,
+    with the poison reason and no traceback, marked as not executed (no execution of
+    this worker failed: the statistics count it nowhere). Bugs: the traceback replaced,
+    `executed=True`."""
+    worker = make_worker(StubBroker())
+    good = {ENV: encode(Envelope("s1", {"x": 1}))}
+    worker._accept("Noop", [(b"1-0", good)], poison="delivered 5 times", deliveries=5)
+    assert len(worker._queue) == 0
+    [failed] = worker._outcomes
+    assert isinstance(failed, Failed) and failed.job.deliveries == 5
+    assert (failed.error, failed.traceback) == ("delivered 5 times", "")
+    assert failed.permanent is True and failed.executed is False
+
+
+# -- settling: what a batch's flags do ---------------------------------------------------
+class FlagBroker(StubBroker):
+    """settle() replies `flags`, noting what the worker had marked as settling meanwhile."""
+
+    def __init__(self, flags: list[int]) -> None:
+        super().__init__()
+        self.flags = flags
+        self.seen: list[tuple[float, list[Any]]] = []
+
+    async def settle(self, plan: SettlePlan, lane: object) -> SettleFlags:
+        assert self.worker is not None
+        self.seen = [(t, list(b)) for t, b in self.worker.holdings.settling.values()]
+        return SettleFlags(list(self.flags), {})
+
+
+async def test_a_settled_batch_counts_each_flag_where_it_belongs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One batch: settled (1), late (0: another worker settled it first), a failure and a
+    malformed entry settled (1), a state of a missing run (2). Counted: 4 settled, 1
+    late; the failure log gets the failure and the malformed entry only; the log names
+    the late settle and the orphan; while in Redis the batch is marked settling (what
+    the heartbeat reads), afterwards nothing is held. Bugs: `>= 0` / `> 1` / `!= 0` /
+    `== 1` for the flags, the counts set or stepped wrongly, the failure test `and` /
+    `is not`, the settling mark None, the orphan or late check on the wrong flag."""
+    broker = FlagBroker([1, 0, 1, 1, 2])
+    worker = make_worker(broker)
+    reported: list[Any] = []
+    worker._failures.report = reported.extend  # type: ignore[method-assign]
+    entries = [f"1-{i}".encode() for i in range(5)]
+    jobs = [Job("Noop", KEYS.queue("Noop"), e, {}, Envelope(f"s{i}", {})) for i, e in
+            enumerate(entries)]  # fmt: skip
+    failure = Failed(jobs[2], "ValueError: no", "tb", permanent=True)
+    bad = Malformed("Noop", KEYS.queue("Noop"), entries[3], {}, "bad envelope")
+    batch = [Completed(jobs[0], [{}], False), Completed(jobs[1], [{}], False), failure, bad,
+             Completed(jobs[4], [{}], False)]  # fmt: skip
+    for e in entries:
+        worker._held["Noop"][e] = 0.0
+    worker.inflight = 5
+    watched = worker.holdings.settled_event("Noop", entries[0])
+    caplog.set_level(logging.INFO, "exospherehost.runtime.worker")
+    before = time.monotonic()
+    lane = worker._settle_lanes[0]
+    await worker._settle_batch(batch, lane, [], asyncio.Semaphore(0))
+    [(sent, marked)] = broker.seen
+    assert before <= sent <= time.monotonic() and marked == batch
+    assert worker.holdings.settling == {} and worker._held["Noop"] == {}
+    assert watched.is_set() and worker.holdings.watch == {}
+    node = worker.stats.nodes["Noop"]
+    assert (node.settled, node.late_settles) == (4, 1)
+    assert reported == [failure, bad]
+    assert worker.settled == 5 and worker.inflight == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("1 late settles skipped") for m in messages), messages
+    [orphans] = [m for m in messages if "settled without effect" in m]
+    assert orphans.startswith("1 state(s)") and "state s4 of run None" in orphans
+
+
+async def test_a_batch_without_missing_runs_or_late_settles_logs_neither(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bugs: the orphan warning given for every batch (`2 not in flags`), a late-settle
+    line counting the settled ones (`count(1)`)."""
+    broker = FlagBroker([1])
+    worker = make_worker(broker)
+    job = Job("Noop", KEYS.queue("Noop"), b"1-0", {}, Envelope("s0", {}))
+    worker._held["Noop"][b"1-0"] = 0.0
+    worker.inflight = 1
+    caplog.set_level(logging.INFO, "exospherehost.runtime.worker")
+    lane = worker._settle_lanes[0]
+    await worker._settle_batch([Completed(job, [{}], False)], lane, [], asyncio.Semaphore(0))
+    assert worker.settled == 1 and not caplog.records, [r.getMessage() for r in caplog.records]
