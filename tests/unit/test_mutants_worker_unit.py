@@ -345,26 +345,26 @@ async def test_a_settled_batch_counts_each_flag_where_it_belongs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """One batch: settled (1), late (0: another worker settled it first), a failure and a
-    malformed entry settled (1), a state of a missing run (2). Counted: 4 settled, 1
-    late; the failure log gets the failure and the malformed entry only; the log names
+    malformed entry settled (1), a state of a missing run (2), late again. Counted: 4
+    settled, 2 late; the failure log gets the failure and the malformed entry only; the log names
     the late settle and the orphan; while in Redis the batch is marked settling (what
     the heartbeat reads), afterwards nothing is held. Bugs: `>= 0` / `> 1` / `!= 0` /
     `== 1` for the flags, the counts set or stepped wrongly, the failure test `and` /
     `is not`, the settling mark None, the orphan or late check on the wrong flag."""
-    broker = FlagBroker([1, 0, 1, 1, 2])
+    broker = FlagBroker([1, 0, 1, 1, 2, 0])
     worker = make_worker(broker)
     reported: list[Any] = []
     worker._failures.report = reported.extend  # type: ignore[method-assign]
-    entries = [f"1-{i}".encode() for i in range(5)]
+    entries = [f"1-{i}".encode() for i in range(6)]
     jobs = [Job("Noop", KEYS.queue("Noop"), e, {}, Envelope(f"s{i}", {})) for i, e in
             enumerate(entries)]  # fmt: skip
     failure = Failed(jobs[2], "ValueError: no", "tb", permanent=True)
     bad = Malformed("Noop", KEYS.queue("Noop"), entries[3], {}, "bad envelope")
     batch = [Completed(jobs[0], [{}], False), Completed(jobs[1], [{}], False), failure, bad,
-             Completed(jobs[4], [{}], False)]  # fmt: skip
+             Completed(jobs[4], [{}], False), Completed(jobs[5], [{}], False)]  # fmt: skip
     for e in entries:
         worker._held["Noop"][e] = 0.0
-    worker.inflight = 5
+    worker.inflight = 6
     watched = worker.holdings.settled_event("Noop", entries[0])
     caplog.set_level(logging.INFO, "exospherehost.runtime.worker")
     before = time.monotonic()
@@ -375,11 +375,11 @@ async def test_a_settled_batch_counts_each_flag_where_it_belongs(
     assert worker.holdings.settling == {} and worker._held["Noop"] == {}
     assert watched.is_set() and worker.holdings.watch == {}
     node = worker.stats.nodes["Noop"]
-    assert (node.settled, node.late_settles) == (4, 1)
+    assert (node.settled, node.late_settles) == (4, 2)
     assert reported == [failure, bad]
-    assert worker.settled == 5 and worker.inflight == 0
+    assert worker.settled == 6 and worker.inflight == 0
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith("1 late settles skipped") for m in messages), messages
+    assert any(m.startswith("2 late settles skipped") for m in messages), messages
     [orphans] = [m for m in messages if "settled without effect" in m]
     assert orphans.startswith("1 state(s)") and "state s4 of run None" in orphans
 
