@@ -398,3 +398,57 @@ async def test_a_batch_without_missing_runs_or_late_settles_logs_neither(
     lane = worker._settle_lanes[0]
     await worker._settle_batch([Completed(job, [{}], False)], lane, [], asyncio.Semaphore(0))
     assert worker.settled == 1 and not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+# -- executing -------------------------------------------------------------------------------
+async def _execute_one(worker: Worker) -> None:
+    """One Noop job through an executor, to its outcome; then the queue closes."""
+    job = Job("Noop", KEYS.queue("Noop"), b"1-0", {}, Envelope("s1", {"name": "a", "data": {}}))
+    worker._queue.put(job)
+    executor = asyncio.create_task(worker._executor())
+    for _ in range(200):
+        if worker._outcomes:
+            break
+        await asyncio.sleep(0.005)
+    worker._queue.close()
+    await asyncio.wait_for(executor, 5)
+
+
+async def test_an_execution_is_counted_with_its_duration(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Noop execution: counted once for its node, as succeeded, its (short) duration in
+    the histogram. Bugs: the start time None, the duration `clock() + started` or None,
+    any argument of the count dropped (each is caught as a counting bug: nothing
+    counted, an ERROR logged)."""
+    worker = make_worker(StubBroker())
+    caplog.set_level(logging.ERROR, "exospherehost.runtime.worker")
+    await _execute_one(worker)
+    [done] = worker._outcomes
+    assert isinstance(done, Completed)
+    node = worker.stats.nodes["Noop"]
+    assert (node.executed, node.succeeded, sum(node.exec_buckets)) == (1, 1, 1)
+    assert 0 <= node.exec_seconds_sum < 1.0, node.exec_seconds_sum
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert worker.executing == 0
+
+
+async def test_a_bug_counting_an_execution_is_logged_and_the_outcome_still_settles(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Counting is bookkeeping: when it raises, the outcome still goes to its settle and
+    the bug is logged at ERROR, naming what was being done, with its traceback. Bugs:
+    the message replaced or None, the exception not passed (no traceback)."""
+    worker = make_worker(StubBroker())
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("counter broke")
+
+    monkeypatch.setattr(worker.stats, "executed", broken)
+    caplog.set_level(logging.ERROR, "exospherehost.runtime.worker")
+    await _execute_one(worker)
+    [done] = worker._outcomes
+    assert isinstance(done, Completed)
+    [record] = caplog.records
+    assert record.getMessage().startswith("internal error while counting an execution ")
+    assert record.exc_info is not None and "counter broke" in str(record.exc_info[1])
