@@ -18,9 +18,10 @@ from exospherehost.broker.codec import Envelope, encode
 from exospherehost.broker.keys import ENVELOPE_FIELD, Keys
 from exospherehost.broker.plan import SettleFlags, SettlePlan
 from exospherehost.broker.streams import Broker
+from exospherehost.errors import ShutdownAbandoned
 from exospherehost.graphstore import GraphCache
 from exospherehost.runtime.execution import NodeSpec
-from exospherehost.runtime.outcomes import Completed, Failed, Job, Malformed
+from exospherehost.runtime.outcomes import Completed, Failed, Job, Malformed, Released
 from exospherehost.runtime.resilience import Retrier
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.upkeep import promote as promote_module
@@ -407,7 +408,7 @@ async def _execute_one(worker: Worker) -> None:
     worker._queue.put(job)
     executor = asyncio.create_task(worker._executor())
     for _ in range(200):
-        if worker._outcomes:
+        if any(isinstance(o, Completed) for o in worker._outcomes):
             break
         await asyncio.sleep(0.005)
     worker._queue.close()
@@ -452,3 +453,27 @@ async def test_a_bug_counting_an_execution_is_logged_and_the_outcome_still_settl
     [record] = caplog.records
     assert record.getMessage().startswith("internal error while counting an execution ")
     assert record.exc_info is not None and "counter broke" in str(record.exc_info[1])
+
+
+async def test_a_job_abandoned_at_shutdown_is_released_and_the_executor_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An execution that gives up on an unreachable Redis at shutdown (ShutdownAbandoned,
+    e.g. loading its graph) hands its state back (it stays pending), and the executor
+    survives it: it runs the next job until the queue closes. Bugs: nothing finished or
+    a release of no job (the settler dies), `break` for `continue`."""
+    worker = make_worker(StubBroker())
+    execute = worker._execute
+    first = Job("Noop", KEYS.queue("Noop"), b"1-0", {}, Envelope("s0", {}))
+
+    async def abandon_first(job: Job) -> Any:
+        if job is first:
+            raise ShutdownAbandoned("stopping, Redis unreachable")
+        return await execute(job)
+
+    monkeypatch.setattr(worker, "_execute", abandon_first)
+    worker._queue.put(first)
+    await _execute_one(worker)
+    released, done = worker._outcomes
+    assert isinstance(released, Released) and released.job is first
+    assert isinstance(done, Completed) and done.job.entry_id == b"1-0" and done.job is not first
