@@ -351,7 +351,9 @@ async def test_a_settled_batch_counts_each_flag_where_it_belongs(
     the late settle and the orphan; while in Redis the batch is marked settling (what
     the heartbeat reads), afterwards nothing is held. Bugs: `>= 0` / `> 1` / `!= 0` /
     `== 1` for the flags, the counts set or stepped wrongly, the failure test `and` /
-    `is not`, the settling mark None, the orphan or late check on the wrong flag."""
+    `is not`, the settling mark None, the orphan or late check on the wrong flag, the
+    watched settle looked up without a default (states settled beside a watched one
+    raise KeyError)."""
     broker = FlagBroker([1, 0, 1, 1, 2, 0])
     worker = make_worker(broker)
     reported: list[Any] = []
@@ -366,7 +368,7 @@ async def test_a_settled_batch_counts_each_flag_where_it_belongs(
     for e in entries:
         worker._held["Noop"][e] = 0.0
     worker.inflight = 6
-    watched = worker.holdings.settled_event("Noop", entries[0])
+    watched = worker.holdings.settled_event("Noop", entries[5])  # a suspect, say
     caplog.set_level(logging.INFO, "exospherehost.runtime.worker")
     before = time.monotonic()
     lane = worker._settle_lanes[0]
