@@ -53,13 +53,13 @@ WORKER_TESTS: list[str] = [
     "tests/integration/test_script_failures.py",
     "tests/integration/test_mutants_worker.py",
     # _execute's graph paths (~4 s): a node reading its secrets, a fired unite's collected
-    # inputs, and a uniting node whose inputs cannot be built.
+    # inputs, and a uniting node whose inputs cannot be rendered.
     "tests/integration/test_secrets.py::test_secrets_never_appear_in_plaintext_anywhere",
     *(
         f"tests/integration/test_promises_runs.py::{t}"
         for t in (
             "test_a_fired_unite_reopens_the_run_until_the_uniting_state_settles",
-            "test_a_uniting_node_whose_collected_inputs_are_invalid_fails_without_retries",
+            "test_a_unite_with_every_branch_pruned_and_unrenderable_inputs_fails_without_retries",
         )
     ),
 ]

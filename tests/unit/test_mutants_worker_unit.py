@@ -12,8 +12,10 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from pydantic import BaseModel
 
 from benchmarks.nodes import Noop
+from exospherehost import BaseNode
 from exospherehost.broker.codec import Envelope, encode
 from exospherehost.broker.keys import ENVELOPE_FIELD, Keys
 from exospherehost.broker.plan import SettleFlags, SettlePlan
@@ -479,3 +481,33 @@ async def test_a_job_abandoned_at_shutdown_is_released_and_the_executor_goes_on(
     released, done = worker._outcomes
     assert isinstance(released, Released) and released.job is first
     assert isinstance(done, Completed) and done.job.entry_id == b"1-0" and done.job is not first
+
+
+class OptionalSecret(BaseNode):
+    """Declares a secret it can do without."""
+
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    class Secrets(BaseModel):
+        token: str = "none"
+
+    async def execute(self) -> Outputs:
+        return self.Outputs(x=self.inputs.x)
+
+
+async def test_a_graphless_state_runs_with_no_secrets_not_with_none() -> None:
+    """A graphless state (no graph, so no graph secrets) of a node whose secrets are all
+    optional runs with the defaults. Bug: the secrets None instead of empty (they fail
+    validation: "missing secrets")."""
+    broker = StubBroker()
+    cfg = SettleConfig(keys=KEYS, graphs={})
+    spec = NodeSpec.of(OptionalSecret)
+    worker = Worker(cast(Broker, broker), [spec], "c", cast(GraphCache, None), cfg)
+    job = Job("OptionalSecret", KEYS.queue("OptionalSecret"), b"1-0", {}, Envelope("s", {"x": 3}))
+    outcome = await worker._execute(job)
+    assert isinstance(outcome, Completed), outcome
+    assert outcome.outputs == [{"x": 3}]
