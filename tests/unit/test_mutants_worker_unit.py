@@ -166,6 +166,34 @@ async def test_the_settler_ends_only_after_the_settles_in_flight_came_back() -> 
     assert worker.settled == 1 and worker.inflight == 0
 
 
+async def test_a_settle_task_leaves_nothing_behind_once_done() -> None:
+    """Each settle task is forgotten when it is done (its done-callback drops it from the
+    settler's set), without an error on the loop. Bug: the callback None (every batch's
+    task kept until the stop, with its outcomes: memory grows with every batch; the loop
+    logs "Exception in callback" per batch)."""
+    broker = FlagBroker([1])
+    worker = make_worker(broker)
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        settler = asyncio.create_task(worker._settler())
+        for i in range(3):
+            entry = f"1-{i}".encode()
+            worker._held["Noop"][entry] = 0.0
+            worker.inflight += 1
+            job = Job("Noop", KEYS.queue("Noop"), entry, {}, Envelope(f"s{i}", {}))
+            worker._finish(Completed(job, [{"ok": True}], False))
+            await _settle_down()
+        assert worker.settled == 3
+        worker.stop()
+        worker._has_outcomes.set()
+        await asyncio.wait_for(settler, 5)
+    finally:
+        loop.set_exception_handler(None)
+    assert errors == [], errors
+
+
 # -- promoting -----------------------------------------------------------------------------
 class PromoteBroker:
     """Replies to promote() from a script, noting when each call came; stops after it."""
