@@ -14,6 +14,10 @@ Workloads (see benchmarks/README.md for the exact definitions):
 - ``latency``: end-to-end p50/p90/p99/max of single states enqueued one at a time at a
   steady 1,000/s, seen on the output stream by a blocking follower;
 - ``memory``: Redis used_memory before and after 1,000,000 states went through W1.
+- ``w4``: slow nodes (100 ms, 10/1,000 ms mixed, 1 s) and worker processes joining late:
+  makespan against the ideal and the states each worker ran (benchmarks/fairness.py;
+  ``--processes`` gives P, ``--w4-scenarios`` picks rows, ``--w4-prefetch`` compares
+  read-ahead settings; ``--peers`` runs it on taskiq-redis and dramatiq too).
 
 ``all`` is enqueue,w1,w2,w3. ``--peers`` also runs w1/w2 on taskiq-redis and dramatiq
 (the `peers` extra: pip install -e '.[peers]') in the same invocation, interleaved with ours.
@@ -47,7 +51,7 @@ from benchmarks.report import (
     source_fingerprint,
     summarise,
 )
-from benchmarks.workloads import ALL, DEFAULT_N, WORKLOADS
+from benchmarks.workloads import ALL, DEFAULT_N, TABLES, WORKLOADS
 from exospherehost.testing.server import PrivateServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -60,17 +64,29 @@ def _processes(text: str) -> list[int]:
     return values
 
 
+def _prefetches(text: str) -> list[int | None]:
+    out: list[int | None] = []
+    for v in (v.strip() for v in text.split(",") if v.strip()):
+        if v == "adaptive":
+            out.append(None)
+        elif v.isdigit():
+            out.append(int(v))
+        else:
+            raise argparse.ArgumentTypeError(f"--w4-prefetch takes adaptive or ints, got {v!r}")
+    return out or [None]
+
+
 def _workloads(text: str) -> list[str]:
     names: list[str] = []
     for name in (v.strip() for v in text.split(",") if v.strip()):
         if name == "all":
             names += [n for n in ALL if n not in names]
-        elif name in WORKLOADS:
+        elif name in WORKLOADS or name in TABLES:
             if name not in names:
                 names.append(name)
         else:
             raise argparse.ArgumentTypeError(
-                f"unknown workload {name!r}; choose from {', '.join([*WORKLOADS, 'all'])}"
+                f"unknown workload {name!r}; choose from {', '.join([*WORKLOADS, *TABLES, 'all'])}"
             )
     if not names:
         raise argparse.ArgumentTypeError("--workload is empty")
@@ -84,7 +100,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workload",
         type=_workloads,
         default=list(ALL),
-        help=f"comma-separated: {', '.join(WORKLOADS)}, all (= {','.join(ALL)}; default)",
+        help=f"comma-separated: {', '.join([*WORKLOADS, *TABLES])}, all (= {','.join(ALL)}; "
+        "default)",
+    )
+    p.add_argument(
+        "--w4-scenarios",
+        type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
+        default=None,
+        help="w4: rows to run (fixed, mixed, mixed-stagger, slow-stagger, wide; default all)",
+    )
+    p.add_argument(
+        "--w4-prefetch",
+        type=_prefetches,
+        default=[None],
+        help="w4: Runtime(prefetch=...) settings to compare, e.g. adaptive,400 (400 = the "
+        "fixed 4 x batch_size read-ahead of before; default adaptive)",
     )
     p.add_argument("--n", type=int, help=f"items per measurement (default {DEFAULT_N})")
     p.add_argument(
@@ -198,7 +228,15 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                     unavailable[system] = why
                     log(f"peer {system} skipped: {why}")
         rows: list[dict[str, Any]] = []
+        w4_rows: list[dict[str, Any]] = []
         for name in args.workload:
+            if name == "w4":
+                from benchmarks import w4
+
+                w4_rows += await w4.w4(
+                    ctx, args.processes, peers, args.w4_prefetch, args.w4_scenarios
+                )
+                continue
             n = args.n or DEFAULT_N[name]
             repeat = args.repeat or (1 if name == "memory" else 3)
             systems = ["exospherehost", *(peers if name in ("w1", "w2") else [])]
@@ -252,6 +290,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                 "peer_versions": peer_versions(peers),
             },
             "results": rows,
+            "w4": w4_rows,
         }
     finally:
         await client.aclose()
@@ -274,7 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
-    print(markdown(report["results"]))
+    if report["results"]:
+        print(markdown(report["results"]))
+    if report["w4"]:
+        from benchmarks.w4 import markdown as w4_markdown
+
+        print(w4_markdown(report["w4"]))
     if report["source"]["changed_during_run"]:
         log("warning: the SDK sources changed during the run; results mix versions")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,13 @@ with `x = i` ends with `C.outputs.x == i + 3` (checked by the benchmark).
 `x = run * n + j` (j = 0..n-1), each `Branch` adds one, and `Unite` (a uniting node on
 `Fan`) receives the list of every branch's `x` and returns it, so run `i` ends with one
 result `values == [i * n + j + 1 for j in range(n)]` (checked by the benchmark).
+
+`Sleep` awaits its input `ms` (W4: slow nodes, benchmarks/fairness.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import BaseModel
@@ -100,8 +103,23 @@ class Unite(BaseNode):
         return self.Outputs(values=self.inputs.values)
 
 
+class Sleep(BaseNode):
+    """W4's slow node: an AI/API call stand-in that awaits `ms` milliseconds."""
+
+    class Inputs(BaseModel):
+        ms: int
+
+    class Outputs(BaseModel):
+        ms: int
+
+    async def execute(self) -> Outputs:
+        await asyncio.sleep(self.inputs.ms / 1000)
+        return self.Outputs(ms=self.inputs.ms)
+
+
 NODE_SETS: dict[str, list[type[BaseNode]]] = {
     "noop": [Noop],
+    "sleep": [Sleep],
     "chain": [A, B, C],
     "fan": [Fan, Branch, Unite],
 }

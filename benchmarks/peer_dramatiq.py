@@ -8,7 +8,8 @@ Worker processes are started with dramatiq's CLI:
 
 - `noop(name, data)`: W1, the same payload as our `Noop` (dramatiq does not validate
   arguments);
-- `a(x)` sends `b(x + 1)`, which sends `c(x + 1)`, which records `x + 1`: W2's chain.
+- `a(x)` sends `b(x + 1)`, which sends `c(x + 1)`, which records `x + 1`: W2's chain;
+- `sleep_ms(ms)` sleeps `ms` milliseconds in its thread: W4's slow node.
 
 The broker is `RedisBroker(url=..., namespace=...)` with dramatiq's default middleware;
 the handshake middleware only holds each worker process at the start line and reports
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import dramatiq
@@ -30,6 +32,8 @@ from benchmarks.peer_common import dramatiq_namespace, from_env, go_key, ready_k
 URL, NS = from_env()
 DONE: list[int] = []  # list.append is atomic under the GIL: safe from worker threads
 FINAL: list[int] = []
+SLEPT: list[int] = []  # W4's sleep_ms runs
+GO_AT: list[float] = []  # time.monotonic() of this process's go signal (W4's join order)
 
 
 class Handshake(Middleware):
@@ -37,11 +41,18 @@ class Handshake(Middleware):
         client = redis.Redis.from_url(URL)
         client.rpush(ready_key(NS), json.dumps({"pid": os.getpid()}))
         client.blpop([go_key(NS)], timeout=120)
+        GO_AT.append(time.monotonic())
         client.close()
 
     def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
         client = redis.Redis.from_url(URL)
-        doc = {"pid": os.getpid(), "noop": len(DONE), "final": FINAL}
+        doc = {
+            "pid": os.getpid(),
+            "noop": len(DONE),
+            "final": FINAL,
+            "slept": len(SLEPT),
+            "go_at": GO_AT[0] if GO_AT else None,
+        }
         client.rpush(reports_key(NS), json.dumps(doc))
         client.close()
 
@@ -55,6 +66,12 @@ dramatiq.set_broker(broker)
 def noop(name: str, data: dict[str, Any]) -> bool:
     DONE.append(1)
     return True
+
+
+@dramatiq.actor(actor_name="sleep_ms")
+def sleep_ms(ms: int) -> None:
+    time.sleep(ms / 1000)
+    SLEPT.append(1)
 
 
 @dramatiq.actor(actor_name="c")

@@ -44,6 +44,8 @@ class Workers:
     count: int
     output_maxlen: int = 100_000
     label: str = "run"
+    concurrency: int = 32  # Runtime(workers=...)
+    prefetch: int | None = None  # Runtime(prefetch=...)
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
     spies: list[asyncio.subprocess.Process] = field(default_factory=list)
     pids: list[int] = field(default_factory=list)
@@ -69,6 +71,9 @@ class Workers:
                 str(self.output_maxlen),
                 "--loop",
                 self.ctx.loop,
+                "--concurrency",
+                str(self.concurrency),
+                *(["--prefetch", str(self.prefetch)] if self.prefetch is not None else []),
                 *(["--untuned-gc"] if self.ctx.untuned_gc else []),
                 cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -107,6 +112,10 @@ class Workers:
             )
             self.spies.append(spy)
         await asyncio.sleep(1.0)  # let py-spy attach before the clock starts
+
+    async def go_one(self, index: int) -> None:
+        """Release worker `index` alone (W4's staggered starts)."""
+        await self.ctx.client.rpush(go_key(self.namespace, index), 1)
 
     async def go(self) -> None:
         """Release every worker at once (one pipelined round trip)."""

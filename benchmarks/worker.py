@@ -63,6 +63,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exit-timeout", type=float, default=8.0)
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--untuned-gc", action="store_true", help="Runtime(tune_gc=False)")
+    p.add_argument(
+        "--prefetch", type=int, default=None, help="Runtime(prefetch=...) (default: adaptive)"
+    )
     p.add_argument("--register-only", action="store_true")
     return p.parse_args(argv)
 
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         # A dedicated worker process, as under a blocking Runtime.start() (which tunes the
         # collector by default); the Runtime runs as a task here only to report.
         tune_gc=not args.untuned_gc,
+        prefetch=args.prefetch,
     )
     if args.register_only:
         asyncio.run(_register_only(runtime))

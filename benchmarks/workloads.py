@@ -41,3 +41,6 @@ UNIT = {
 ALL = ["enqueue", "w1", "w2", "w3"]
 """What `--workload all` runs; `latency` and `memory` take 10-60 s each, so they are
 asked for by name."""
+TABLES = ("w4",)
+"""Workloads with a table of their own instead of a rate per process count: `w4`, slow
+nodes and workers joining late (benchmarks/fairness.py; scenarios, not `--n`)."""

@@ -8,7 +8,7 @@ re-exports these. Each error also keeps the builtin (or redis-py) base it always
 
 from __future__ import annotations
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 
 class ExosphereError(Exception):
@@ -33,3 +33,17 @@ class MalformedEntry(ExosphereError, ValueError):
 class KeyRefused(ExosphereError, ResponseError):
     """A call checked the keys it would write and wrote nothing: one holds another type
     (a foreign client's), or a stream has used up its entry ids. The message names it."""
+
+
+class ConnectionSetupError(ExosphereError, ValueError):
+    """Redis refused this client's credentials (wrong password, unknown or disabled ACL
+    user), TLS could not be set up (certificate not trusted, handshake refused, a
+    certificate file missing), or the cluster mode was forced on a server that has none:
+    retrying cannot help, the configuration must change. The message says which. Raised
+    instead of retrying the connection as an outage."""
+
+
+class PermissionRefused(ExosphereError, NoPermissionError):
+    """The Redis ACL user may not run a command or touch a key: the message names the
+    user, the namespace and the grant the user needs (`except NoPermissionError` still
+    catches it)."""

@@ -40,7 +40,11 @@ RUN_FIELDS: Final = frozenset(
 RUNNING: Final = "RUNNING"
 SUCCEEDED: Final = "SUCCEEDED"
 FAILED: Final = "FAILED"
-RUN_STATUSES: Final = frozenset({RUNNING, SUCCEEDED, FAILED})
+CANCELLED: Final = "CANCELLED"
+RUN_STATUSES: Final = frozenset({RUNNING, SUCCEEDED, FAILED, CANCELLED})
+CANCELLED_OPEN: Final = -(2**50)
+"""What cancel_run.lua adds to a cancelled run's `open` count: settle.lua takes a count
+below half of it for a cancelled run (and emits nothing for its states)."""
 
 # Per-identifier fields of the run hash are `<prefix><identifier>`.
 CREATED: Final = "c:"  # states created (counter)

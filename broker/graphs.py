@@ -1,10 +1,12 @@
-"""Graph templates as stored (Keys.graphs, graph_seq, graph, secrets): the reads and writes
+"""Graph templates as stored (Keys.graphs, graph_seq, graph, version_secrets,
+secret_versions, secrets): the reads and writes
 behind exospherehost.graphstore.GraphStore, which owns what the documents mean."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 
+from exospherehost.broker import fields
 from exospherehost.broker.client import RedisClient
 from exospherehost.broker.keys import Keys
 
@@ -32,18 +34,98 @@ class GraphRecords:
         return int(version)
 
     async def save(
-        self, name: str, version: int, document: bytes, secrets: Mapping[str, bytes] | None
+        self,
+        name: str,
+        version: int,
+        document: bytes,
+        secrets: Mapping[str, bytes] | None,
+        old_secrets_ttl_s: int,
     ) -> None:
-        """Write the document and (when given) replace the graph's secrets, and point the
-        graph at the document, in one MULTI."""
+        """Write the document and (when any) the version's own secrets, and point the graph
+        at the document, in one MULTI; then give the secrets of every older version (and
+        those stored before secrets were kept per version) an expiry of
+        `old_secrets_ttl_s` if they have none yet (see `retire_secrets`)."""
         pipe = self._client.pipeline(transaction=True)
         pipe.set(self.keys.graph(name, version), document)
-        if secrets is not None:
-            pipe.delete(self.keys.secrets(name))
-            if secrets:
-                pipe.hset(self.keys.secrets(name), mapping=secrets)
+        if secrets:
+            pipe.hset(self.keys.version_secrets(name, version), mapping=dict(secrets))
+            pipe.zadd(self.keys.secret_versions(name), {str(version): version})
         pipe.hset(self.keys.graphs(), name, version)
         await pipe.execute()
+        await self.retire_secrets(name, version, old_secrets_ttl_s, legacy=True)
+
+    async def retire_secrets(
+        self, name: str, current: int, ttl_s: int, legacy: bool = False
+    ) -> list[int]:
+        """Give the secrets of `name`'s versions older than `current` (and with `legacy`,
+        the graph's hash from before secrets were kept per version: only once a version
+        with its own secrets replaced it) an expiry of `ttl_s` where they have none
+        (EXPIRE NX: a retired version's clock is not reset by later upserts), and forget
+        versions whose secrets are gone. Idempotent: every upsert re-applies it to every
+        older version, so one that raced another upsert is retired by the next. Returns
+        the older versions whose secrets are still stored."""
+        index = self.keys.secret_versions(name)
+        raw = await self._client.execute_command("ZRANGE", index, "-inf", f"({current}", "BYSCORE")
+        older = [int(v) for v in raw]
+        pipe = self._client.pipeline(transaction=False)
+        # EXPIRE ... NX needs Redis 7 (as the scripts' `#!lua` flags do).
+        for v in older:
+            pipe.execute_command("EXPIRE", self.keys.version_secrets(name, v), ttl_s, "NX")
+            pipe.execute_command("EXISTS", self.keys.version_secrets(name, v))
+        if legacy:
+            pipe.execute_command("EXPIRE", self.keys.secrets(name), ttl_s, "NX")
+        replies = await pipe.execute()
+        exists = replies[1 : 2 * len(older) : 2]
+        gone = [v for v, e in zip(older, exists, strict=True) if not e]
+        if gone:
+            await self._client.zrem(index, *(str(v) for v in gone))
+        return [v for v, e in zip(older, exists, strict=True) if e]
+
+    async def running_versions(
+        self, name: str, versions: Collection[int], chunk: int = 1000
+    ) -> set[int]:
+        """Which of `versions` have a RUNNING run among `name`'s indexed runs (its newest
+        RUN_INDEX_SIZE), newest first, in pipelined chunks; stops once all are found."""
+        wanted = {str(v).encode(): v for v in versions}
+        found: set[int] = set()
+        if not wanted:
+            return found
+        ids = await self._client.zrevrange(self.keys.runs(name), 0, -1)
+        for i in range(0, len(ids), chunk):
+            pipe = self._client.pipeline(transaction=False)
+            for run_id in ids[i : i + chunk]:
+                run = self.keys.run(run_id.decode())
+                pipe.execute_command("HMGET", run, fields.RUN_VERSION, fields.RUN_STATUS)
+            for version, status in await pipe.execute():
+                if status == fields.RUNNING.encode() and version in wanted:
+                    found.add(wanted[version])
+            if len(found) == len(wanted):
+                break
+        return found
+
+    async def remove(self, name: str, version: int, ttl_s: int, keep_runs: bool) -> bool:
+        """Take graph `name` out of the namespace (no new runs or cron fires; `get_graph`
+        does not find it), in one MULTI: its pointer, and unless `keep_runs` its run index;
+        its current version's secrets get the expiry of a replaced version's (runs left
+        to finish still read them). Documents of its versions stay (runs pinned to them,
+        their redrives); the version counter stays, so a graph of the same name upserted
+        later gets new version numbers. False when it was not there (any more)."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hdel(self.keys.graphs(), name)
+        if not keep_runs:
+            pipe.delete(self.keys.runs(name))
+        pipe.execute_command("EXPIRE", self.keys.version_secrets(name, version), ttl_s, "NX")
+        pipe.execute_command("EXPIRE", self.keys.secrets(name), ttl_s, "NX")
+        replies = await pipe.execute()
+        return bool(replies[0])
+
+    async def sweep_lease(self, period_s: int) -> bool:
+        """True for the one caller per `period_s` that gets to sweep the namespace."""
+        return bool(
+            await self._client.execute_command(
+                "SET", self.keys.secrets_sweep(), "1", "NX", "EX", period_s
+            )
+        )
 
     async def current_version(self, name: str) -> int | None:
         v = await self._client.hget(self.keys.graphs(), name)
@@ -60,15 +142,28 @@ class GraphRecords:
     async def names(self) -> list[str]:
         return sorted(k.decode() for k in await self._client.hkeys(self.keys.graphs()))
 
-    async def secrets(self, name: str) -> dict[bytes, bytes]:
-        """The graph's secrets as stored: name -> Fernet token."""
-        return await self._client.hgetall(self.keys.secrets(name))
+    async def secrets(self, name: str, version: int | None) -> dict[bytes, bytes]:
+        """The secrets of version `version` of `name` as stored: name -> Fernet token;
+        `version` None reads the graph's hash from before secrets were kept per version."""
+        keys = self.keys
+        key = keys.secrets(name) if version is None else keys.version_secrets(name, version)
+        return await self._client.hgetall(key)
 
-    async def secrets_of(self, names: Sequence[str]) -> dict[str, dict[bytes, bytes]]:
-        """`secrets` of each graph in `names`, in one pipelined round trip."""
-        if not names:
+    async def extend_secrets(self, name: str, version: int, ttl_s: int) -> None:
+        """Push the expiry of a replaced version's secrets to `ttl_s` from now (EXPIRE GT:
+        the current version's, which have none, stay persistent)."""
+        key = self.keys.version_secrets(name, version)
+        await self._client.execute_command("EXPIRE", key, ttl_s, "GT")
+
+    async def secrets_of(self, graphs: Mapping[str, int | None]) -> dict[str, dict[bytes, bytes]]:
+        """`secrets` of each graph -> version in `graphs`, in one pipelined round trip."""
+        if not graphs:
             return {}
         pipe = self._client.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(self.keys.secrets(name))
-        return dict(zip(names, await pipe.execute(), strict=True))
+        for name, version in graphs.items():
+            pipe.hgetall(
+                self.keys.secrets(name)
+                if version is None
+                else self.keys.version_secrets(name, version)
+            )
+        return dict(zip(graphs, await pipe.execute(), strict=True))

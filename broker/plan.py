@@ -131,8 +131,10 @@ class SettlePlan:
         """A state entry on a node's stream: one envelope field, whatever its inputs."""
         self._ops.append([XADD, self.key(stream), 0, ENVELOPE_FIELD, envelope])
 
-    def dead_letter(self, stream: str, record: DeadLetterRecord) -> None:
-        self.xadd_pairs(stream, 0, record.pairs())
+    def dead_letter(self, stream: str, record: DeadLetterRecord, maxlen: int = 0) -> None:
+        """A dead letter; `maxlen` > 0 caps the dead stream near it (XADD MAXLEN ~: the
+        oldest letters go first; 0: no cap)."""
+        self.xadd_pairs(stream, maxlen, record.pairs())
 
     def delay(self, zset: str, delay_ms: int, member: bytes) -> None:
         self._ops.append([ZADD_DELAYED, self.key(zset), max(0, int(delay_ms)), member])

@@ -3,7 +3,7 @@ results and history lists and the per-graph run index, parsed into frozen record
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,23 +108,36 @@ class HistoryRecord:
         )
 
 
-class RunsReader:
-    __slots__ = ("_client", "keys")
+LaneKeys = Callable[[], Awaitable[list[Keys]]]
+"""The keys of every lane of a namespace in use (Broker.lane_keys)."""
 
-    def __init__(self, client: RedisClient, keys: Keys) -> None:
+
+class RunsReader:
+    """A run's keys come from its id (Keys.for_run: the lane is part of the id); the
+    events stream is that of `keys`' lane; with `lanes` (lane 0's reader), run listings
+    cover every lane."""
+
+    __slots__ = ("_client", "_lanes", "keys")
+
+    def __init__(self, client: RedisClient, keys: Keys, lanes: LaneKeys | None = None) -> None:
         self._client = client
         self.keys = keys
+        self._lanes = lanes
+
+    async def _lane_keys(self) -> list[Keys]:
+        return [self.keys] if self._lanes is None else await self._lanes()
 
     async def run(self, run_id: str) -> RunRecord | None:
         """The run's hash, or None when it does not exist (unknown, or expired)."""
-        raw = await self._client.hgetall(self.keys.run(run_id))
+        raw = await self._client.hgetall(self.keys.for_run(run_id).run(run_id))
         return RunRecord.parse(raw) if raw else None
 
     async def statuses(self, run_ids: Sequence[str]) -> list[str | None]:
         """The status of each run (None: no such run), in one pipelined round trip."""
         pipe = self._client.pipeline(transaction=False)
+        for_run = self.keys.for_run
         for r in run_ids:
-            pipe.hget(self.keys.run(r), f.RUN_STATUS)
+            pipe.hget(for_run(r).run(r), f.RUN_STATUS)
         return [None if st is None else st.decode() for st in await pipe.execute()]
 
     async def events_tail(self) -> str:
@@ -144,17 +157,65 @@ class RunsReader:
 
     async def results(self, run_id: str) -> list[Any]:
         """The decoded results of the run's leaf states, in settle order."""
-        return [unpack(r) for r in await self._client.lrange(self.keys.run_results(run_id), 0, -1)]
+        key = self.keys.for_run(run_id).run_results(run_id)
+        return [unpack(r) for r in await self._client.lrange(key, 0, -1)]
 
     async def history(self, run_id: str) -> list[HistoryRecord]:
-        raw = await self._client.lrange(self.keys.run_history(run_id), 0, -1)
+        raw = await self._client.lrange(self.keys.for_run(run_id).run_history(run_id), 0, -1)
         return [HistoryRecord.parse(r) for r in raw]
 
     async def run_ids(self, graph: str, offset: int, count: int) -> list[str]:
-        """Run ids of `graph`, newest first."""
-        ids = await self._client.zrevrange(self.keys.runs(graph), offset, offset + count - 1)
-        return [r.decode() for r in ids]
+        """Run ids of `graph`, newest first (over every lane: the newest offset + count of
+        each lane's index, merged by creation time)."""
+        lanes = await self._lane_keys()
+        if len(lanes) == 1:
+            ids = await self._client.zrevrange(lanes[0].runs(graph), offset, offset + count - 1)
+            return [r.decode() for r in ids]
+        pipe = self._client.pipeline(transaction=False)
+        for keys in lanes:
+            pipe.zrevrange(keys.runs(graph), 0, offset + count - 1, withscores=True)
+        merged = [(score, r.decode()) for part in await pipe.execute() for r, score in part]
+        merged.sort(reverse=True)  # equal times by run id descending, as one index orders them
+        return [r for _, r in merged[offset : offset + count]]
+
+    async def created_between(
+        self, graph: str, since_ms: int | None, until_ms: int | None, start: int, num: int
+    ) -> list[tuple[str, int]]:
+        """(run id, created ms) of `graph`'s runs created in [since, until], newest first,
+        `num` of them from the `start`-th; over every lane (the newest start + num of each
+        lane's index, merged; equal times by run id descending, as one index orders them)."""
+        lanes = await self._lane_keys()
+        top, bottom = (
+            "+inf" if until_ms is None else until_ms,
+            "-inf" if since_ms is None else since_ms,
+        )
+        if len(lanes) == 1:
+            raw = await self._client.zrevrangebyscore(
+                lanes[0].runs(graph), top, bottom, start=start, num=num, withscores=True
+            )
+            return [(r.decode(), int(score)) for r, score in raw]
+        pipe = self._client.pipeline(transaction=False)
+        for keys in lanes:
+            pipe.zrevrangebyscore(
+                keys.runs(graph), top, bottom, start=0, num=start + num, withscores=True
+            )
+        merged = [(r.decode(), int(score)) for part in await pipe.execute() for r, score in part]
+        merged.sort(key=lambda rs: (rs[1], rs[0]), reverse=True)
+        return merged[start : start + num]
+
+    async def count_between(self, graph: str, since_ms: int | None, until_ms: int | None) -> int:
+        """How many of `graph`'s runs were created in [since, until] (expired ones included
+        until they are met and forgotten), over every lane."""
+        lo, hi = "-inf" if since_ms is None else since_ms, "+inf" if until_ms is None else until_ms
+        total = 0
+        for keys in await self._lane_keys():
+            total += await self._client.zcount(keys.runs(graph), lo, hi)
+        return total
 
     async def forget(self, graph: str, run_ids: Sequence[str]) -> None:
         """Drop `run_ids` from `graph`'s run index (their runs expired)."""
-        await self._client.zrem(self.keys.runs(graph), *run_ids)
+        by_lane: dict[int, list[str]] = {}
+        for r in run_ids:
+            by_lane.setdefault(self.keys.for_run(r).lane, []).append(r)
+        for lane, ids in by_lane.items():
+            await self._client.zrem(self.keys.on_lane(lane).runs(graph), *ids)

@@ -9,8 +9,12 @@ the SDK reports and retries. BullMQ makes the same check."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoPermissionError
 
 from exospherehost.broker.client import RedisClient
+from exospherehost.broker.connection import ClusterAwareRedis
 
 SAFE_POLICY = "noeviction"
 
@@ -20,6 +24,45 @@ class Memory:
     policy: str  # maxmemory-policy
     used: int  # bytes
     limit: int  # maxmemory in bytes; 0 = no limit
+
+    @property
+    def used_ratio(self) -> float | None:
+        """used / maxmemory, or None without a limit."""
+        return self.used / self.limit if self.limit else None
+
+    def summary(self) -> str:
+        """One line for people, e.g. `Redis memory: 12.3 MiB used of 30.0 MiB maxmemory
+        (41%), policy noeviction`."""
+        ratio = self.used_ratio
+        limit = (
+            f" of {human_bytes(self.limit)} maxmemory ({ratio:.0%})"
+            if ratio is not None
+            else " (no maxmemory: Redis may use all the host's memory)"
+        )
+        return f"Redis memory: {human_bytes(self.used)} used{limit}, policy {self.policy}"
+
+    def as_dict(self) -> dict[str, object]:
+        """For JSON (`exosphere status --json`, the dashboard's overview)."""
+        ratio = self.used_ratio
+        return {
+            "used_bytes": self.used,
+            "maxmemory_bytes": self.limit,
+            "used_ratio": None if ratio is None else round(ratio, 4),
+            "policy": self.policy,
+            "summary": self.summary(),
+        }
+
+
+def human_bytes(n: int) -> str:
+    """Bytes in binary units: 512 B, 1.5 KiB, 30.0 MiB, 2.0 GiB."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def eviction_problem(policy: str) -> tuple[bool, str] | None:
@@ -52,3 +95,32 @@ async def memory(client: RedisClient) -> Memory:
         used=int(info.get("used_memory", 0)),
         limit=int(info.get("maxmemory", 0)),
     )
+
+
+async def memory_of(client: RedisClient, key: str) -> Memory:
+    """`memory` of the server holding `key` (on a Redis Cluster, the master serving its
+    slot, e.g. a namespace's; a plain INFO there reaches any one node)."""
+    if not isinstance(client, ClusterAwareRedis):
+        return await memory(client)
+    info = await client.info_of_key_node("memory", key)
+    return Memory(
+        policy=str(info.get("maxmemory_policy", SAFE_POLICY)),
+        used=int(info.get("used_memory", 0)),
+        limit=int(info.get("maxmemory", 0)),
+    )
+
+
+async def memory_view(client: RedisClient) -> dict[str, Any]:
+    """`memory(client).as_dict()` for views (`exosphere status`, the dashboard); a user the
+    ACL denies INFO gets the same keys with None values and a summary saying so, instead
+    of an error that would hide everything else."""
+    try:
+        return (await memory(client)).as_dict()
+    except NoPermissionError:
+        return {
+            "used_bytes": None,
+            "maxmemory_bytes": None,
+            "used_ratio": None,
+            "policy": None,
+            "summary": "Redis memory: unknown (this user may not run INFO)",
+        }

@@ -6,23 +6,27 @@ Everything here is a thin, typed wrapper over one Redis round trip; decisions li
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cached_property
+from functools import cache, cached_property
 from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from exospherehost.broker import fields as f
 from exospherehost.broker.client import Redis, RedisClient, Script, StreamEntry, typed_client
 from exospherehost.broker.codec import unpack
 from exospherehost.broker.deadletters import DeadLetterReader
+from exospherehost.broker.errors import InvalidArgument
 from exospherehost.broker.errors import KeyRefused as KeyRefused  # old import path
-from exospherehost.broker.keys import GROUP, Keys
+from exospherehost.broker.keys import GROUP, Keys, lane_count_problem, lane_tags
 from exospherehost.broker.plan import SettleFlags, SettlePlan
 from exospherehost.broker.queues import QueueReader
 from exospherehost.broker.registry import NodeRegistry
 from exospherehost.broker.runs import RunsReader
 from exospherehost.broker.runstart import RunStart
+from exospherehost.broker.workers import WorkerBoard
 
 if TYPE_CHECKING:
     from exospherehost.broker.lane import Lane
@@ -54,6 +58,7 @@ Entry = StreamEntry
 """(entry id, fields) of one state-stream entry (broker.client.StreamEntry)."""
 
 
+@cache
 def _lua(name: str) -> str:
     """A script's source; one with a `#!lua` line (the scripts that check before they
     write) gets the shared checks of lua/_checks.lua right after it, and a line
@@ -96,17 +101,58 @@ def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:
     return out
 
 
+LANE_COUNT_FIELD = "count"
+"""Field of Keys.lanes (a hash) holding the lane count k; absent: 1."""
+LANE_TAG_FIELD = "tag:"
+"""Prefix of the Keys.lanes fields naming every lane tag number ever configured."""
+
+
+def parse_lanes(namespace: str, raw: Mapping[bytes, bytes]) -> tuple[int, list[int], set[int]]:
+    """Keys.lanes' hash -> (k, the current lanes' tag numbers, every recorded tag number).
+    Raises InvalidArgument naming the key when its count is not a valid lane count."""
+    text = raw.get(LANE_COUNT_FIELD.encode())
+    count: object = 1
+    if text is not None:
+        count = int(text) if text.isdigit() else text.decode("utf-8", "replace")
+    if (problem := lane_count_problem(count)) is not None:
+        raise InvalidArgument(
+            f"exo:{{{namespace}}}:lanes field {LANE_COUNT_FIELD!r}: {problem} "
+            f"(set it with StateManager.set_lanes or `exosphere lanes set`)"
+        )
+    assert isinstance(count, int)
+    used = {0}
+    prefix = LANE_TAG_FIELD.encode()
+    for field in raw:
+        if field.startswith(prefix) and field[len(prefix) :].isdigit():
+            used.add(int(field[len(prefix) :]))
+    return count, lane_tags(namespace, count), used
+
+
+CANCELLED_KEEP_MS = 7 * 24 * 3600 * 1000
+"""How long a cancelled run stays in the namespace's cancelled set (its states may still be
+queued or delayed that long; the settle script drops them after that too)."""
+
+
 class Broker:
     """One namespace's streams on one Redis connection pool, and the typed readers of
-    what else the namespace holds (the SDK never sends a command itself)."""
+    what else the namespace holds (the SDK never sends a command itself).
 
-    def __init__(self, client: Redis | RedisClient, namespace: str) -> None:
+    A Broker works on one lane (`lane`: its tag number, 0 = the plain tag `{ns}`, see
+    broker/keys.py): its streams, scripts and per-state keys are that lane's. `on_lane`
+    gives the Broker of another lane (sharing the client); `for_run` that of a run's lane.
+    The readers of lane 0's Broker (what StateManager, `exosphere status`, the dashboard
+    and metrics use) read across every lane in use."""
+
+    def __init__(self, client: Redis | RedisClient, namespace: str, lane: int = 0) -> None:
         self.client = typed_client(client)
-        self.keys = Keys(namespace)
+        self.keys = Keys(namespace, lane)
+        self._lane_brokers: dict[int, Broker] = {lane: self}
+        lanes = self.lane_keys if lane == 0 else None
         self.registry = NodeRegistry(self.client, self.keys)
-        self.runs = RunsReader(self.client, self.keys)
-        self.dead_letters = DeadLetterReader(self.client, self.keys)
-        self.queues = QueueReader(self.client, self.keys)
+        self.runs = RunsReader(self.client, self.keys, lanes)
+        self.dead_letters = DeadLetterReader(self.client, self.keys, lanes)
+        self.queues = QueueReader(self.client, self.keys, lanes)
+        self.workers = WorkerBoard(self.client, self.keys)  # namespace-global records
         # register_script sends EVALSHA and falls back to EVAL on NOSCRIPT (e.g. after a
         # Redis restart flushed the script cache).
         self._settle = self.client.register_script(_lua("settle.lua"))
@@ -118,10 +164,76 @@ class Broker:
         self._retire = self.client.register_script(_lua("retire.lua"))
         self._cron_fire = self.client.register_script(_lua("cron_fire.lua"))
         self._start_run = self.client.register_script(_lua("start_run.lua"))
+        self._cancel_run = self.client.register_script(_lua("cancel_run.lua"))
         self._store_set = self.client.register_script(_lua("store_set.lua"))
         self._store_incr = self.client.register_script(_lua("store_incr.lua"))
         self._store_cas = self.client.register_script(_lua("store_cas.lua"))
         self._reported: set[str] = set()  # problems the promote script reported, logged once
+
+    # -- lanes --------------------------------------------------------------------------
+    def on_lane(self, lane: int) -> Broker:
+        """The Broker of lane (tag number) `lane` of the same namespace and client, cached."""
+        broker = self._lane_brokers.get(lane)
+        if broker is None:
+            broker = Broker(self.client, self.keys.namespace, lane)
+            broker._lane_brokers = self._lane_brokers
+            broker._reported = self._reported
+            self._lane_brokers[lane] = broker
+        return broker
+
+    def for_run(self, run_id: str) -> Broker:
+        """The Broker of the lane run `run_id` lives on (its id says: Keys.for_run)."""
+        return self.on_lane(self.keys.for_run(run_id).lane)
+
+    async def lanes(self) -> tuple[int, list[int], set[int]]:
+        """(k, the tag numbers of the current k lanes, every tag number ever configured:
+        lanes of an older count may still hold states), in one HGETALL."""
+        raw = await self.client.hgetall(self.keys.lanes())
+        return parse_lanes(self.keys.namespace, raw)
+
+    async def set_lanes(self, count: int) -> list[int]:
+        """Give the namespace `count` lanes (recording their tag numbers with the count,
+        in one HSET); returns their tag numbers. Lanes of the old count are not forgotten:
+        Runtimes serve them while they hold anything, and the runs on them stay there."""
+        if (problem := lane_count_problem(count)) is not None:
+            raise InvalidArgument(problem)
+        tags = lane_tags(self.keys.namespace, count)
+        mapping: dict[str, int] = {LANE_COUNT_FIELD: count}
+        mapping.update({f"{LANE_TAG_FIELD}{t}": 1 for t in tags if t})
+        await self.client.hset(self.keys.lanes(), mapping=mapping)
+        return tags
+
+    async def lane_keys(self) -> list[Keys]:
+        """The keys of every lane that may hold something (current or recorded), lane 0
+        first; just lane 0's when the namespace has one lane (the usual case)."""
+        _, current, used = await self.lanes()
+        keys = self.keys.on_lane
+        return [keys(t) for t in sorted(used.union(current))]
+
+    async def lanes_to_serve(self, nodes: Sequence[str]) -> list[int]:
+        """Tag numbers of the lanes a Runtime of `nodes` serves: the current ones, and
+        those of an older count still holding a state of `nodes` (queued, pending or
+        delayed). Current lanes set without their record (a hand-written count) are
+        recorded here, so they are not forgotten when the count changes again."""
+        _, current, used = await self.lanes()
+        if unrecorded := [t for t in current if t not in used]:
+            await self.client.hset(
+                self.keys.lanes(), mapping={f"{LANE_TAG_FIELD}{t}": 1 for t in unrecorded}
+            )
+        old = sorted(used.difference(current))
+        serve = list(current)
+        if old and nodes:
+            pipe = self.client.pipeline(transaction=False)
+            for t in old:
+                lane = self.keys.on_lane(t)
+                for node in nodes:
+                    pipe.xlen(lane.queue(node))  # settled entries are deleted: 0 = empty
+                    pipe.zcard(lane.delayed(node))
+            held = iter(await pipe.execute())
+            for t in old:
+                if sum(int(next(held)) + int(next(held)) for _ in nodes):
+                    serve.append(t)
+        return serve
 
     async def ensure_groups(self, nodes: Iterable[str]) -> None:
         """Create each node's stream and group from id 0, so entries added before any
@@ -301,6 +413,39 @@ class Broker:
         """Start a run (StateManager.trigger); False when it was started already."""
         return await self.start_runs([start]) == 1
 
+    async def cancel_run(self, run_id: str, retention_s: int) -> str:
+        """Cancel a RUNNING run (cancel_run.lua): its status after the call, CANCELLED,
+        SUCCEEDED / FAILED (it had finished) or MISSING."""
+        k = self.keys.for_run(run_id)  # every key of a run is on its lane
+        reply = await self._cancel_run(
+            keys=[
+                k.run(run_id),
+                k.events(),
+                k.run_history(run_id),
+                k.run_results(run_id),
+                k.run_store(run_id),
+            ],
+            args=[run_id, retention_s, f.CANCELLED_OPEN],
+        )
+        status = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if status == f.CANCELLED:
+            # Not in the script: on a cluster with lanes the run's keys and this
+            # namespace-wide set live in different slots. Losing this write only costs
+            # executions (workers would not skip the run's states); nothing is emitted.
+            now_ms = int(time.time() * 1000)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(self.keys.cancelled(), {run_id: now_ms}, nx=True)
+            pipe.zremrangebyscore(self.keys.cancelled(), "-inf", now_ms - CANCELLED_KEEP_MS)
+            await pipe.execute()
+        return status
+
+    async def cancelled_since(self, after_ms: int) -> list[tuple[str, int]]:
+        """Runs cancelled after `after_ms` (ms since the epoch), oldest first."""
+        raw = await self.client.zrangebyscore(
+            self.keys.cancelled(), f"({after_ms}", "+inf", withscores=True
+        )
+        return [(r.decode(), int(score)) for r, score in raw]
+
     async def start_runs(self, starts: Sequence[RunStart], chunk: int = 500) -> int:
         """Start many runs, each at most once (start_run.lua skips a run whose hash exists:
         redis-py's retry re-sends a batch whose reply was lost, with the same run ids),
@@ -355,25 +500,36 @@ class Broker:
                     raise KeyRefused(f"stream {key} has used up its entry ids: nothing written")
 
     async def cron_fire(
-        self, start: RunStart, version: int, fire_ts: int, marker_ttl_s: int
+        self,
+        start: RunStart,
+        version: int,
+        fire_ts: int,
+        marker_ttl_s: int,
+        late_s: int | None = None,
     ) -> int:
-        """Start `start` only if no one fired its graph for `fire_ts` yet and `version` is
-        still the graph's current one: 1 fired, 0 already fired, -1 stale version."""
+        """Start `start` only if no one fired its graph for `fire_ts` yet, `version` is
+        still the graph's current one and, by Redis's clock, `fire_ts` is due and (with
+        `late_s`) at most `late_s` late: 1 fired, 0 already fired, -1 stale version,
+        -2 not due yet, -3 too late (see lua/cron_fire.lua). Keep `late_s` below
+        `marker_ttl_s`: a marker must outlive every attempt at its fire time."""
         keys = [
             self.keys.cron_marker(start.graph, fire_ts),
             self.keys.graphs(),
             *start.script_keys(),
         ]
-        args = [marker_ttl_s, start.graph, version, *start.script_args()]
+        late = -1 if late_s is None else late_s
+        args = [marker_ttl_s, start.graph, version, fire_ts, late, *start.script_args()]
         return int(await self._cron_fire(keys=keys, args=args))
 
     # -- run stores ---------------------------------------------------------------------
     async def store_get(self, run_id: str, key: str) -> bytes | None:
-        raw: bytes | None = await self.client.hget(self.keys.run_store(run_id), key)
+        raw: bytes | None = await self.client.hget(self.keys.for_run(run_id).run_store(run_id), key)
         return raw
 
     async def store_all(self, run_id: str) -> dict[bytes, bytes]:
-        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.run_store(run_id))
+        raw: dict[bytes, bytes] = await self.client.hgetall(
+            self.keys.for_run(run_id).run_store(run_id)
+        )
         return raw
 
     async def store_set(self, run_id: str, values: dict[str, bytes]) -> bool:
@@ -381,29 +537,34 @@ class Broker:
         flat: list[str | bytes] = []
         for k, v in values.items():
             flat += (k, v)
-        keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
+        lane = self.keys.for_run(run_id)
+        keys = [lane.run(run_id), lane.run_store(run_id)]
         return int(await self._store_set(keys=keys, args=flat)) == 1
 
     async def store_incr(self, run_id: str, key: str, amount: int | float) -> bytes | None:
         """Add `amount` to a number in the run's store, atomically; the new value
         (msgpack), or None when the run does not exist."""
-        keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
+        lane = self.keys.for_run(run_id)
+        keys = [lane.run(run_id), lane.run_store(run_id)]
         reply = await self._store_incr(keys=keys, args=[key, repr(amount)])
         return reply if isinstance(reply, bytes) else None
 
     async def store_cas(self, run_id: str, key: str, expected: bytes | None, value: bytes) -> int:
         """Set `key` to `value` if it holds `expected` (None: if it is absent): 1 written,
         0 it held something else, -1 the run does not exist."""
-        keys = [self.keys.run(run_id), self.keys.run_store(run_id)]
+        lane = self.keys.for_run(run_id)
+        keys = [lane.run(run_id), lane.run_store(run_id)]
         args: list[str | bytes] = [key, expected or b"", value, "1" if expected is None else "0"]
         return int(await self._store_cas(keys=keys, args=args))
 
     async def store_delete(self, run_id: str, key: str) -> bool:
-        return int(await self.client.hdel(self.keys.run_store(run_id), key)) == 1
+        return int(await self.client.hdel(self.keys.for_run(run_id).run_store(run_id), key)) == 1
 
     async def collected(self, run_id: str, unite: str, target_state: str) -> list[Any]:
         """What the branches of a fan-in group left for the uniting state (decoded)."""
-        raw = await self.client.lrange(self.keys.collected(run_id, unite, target_state), 0, -1)
+        raw = await self.client.lrange(
+            self.keys.for_run(run_id).collected(run_id, unite, target_state), 0, -1
+        )
         return [unpack(r) for r in raw]
 
     async def delay(self, node: str, envelopes: Sequence[bytes], due_ms: int) -> None:

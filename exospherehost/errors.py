@@ -14,6 +14,8 @@ Each class also keeps its builtin (or redis-py) base, in brackets, so code that 
         WaitTimedOut [TimeoutError]    a wait gave up: names what is unfinished
         RedriveRefused [ValueError]    a dead letter cannot go back; it stays dead
         KeyRefused [redis ResponseError]   a script found a key it must not write
+        ConnectionSetupError [ValueError]  credentials / TLS refused: fails fast, no retry
+        PermissionRefused [redis NoPermissionError]  ACL refusal: names user, namespace, grant
         SecretsError [RuntimeError]    a graph's secrets cannot be decrypted
         StoreUnavailable [RuntimeError]    `self.store` where there is no run store
         StoreConflict [TimeoutError]   store.modify lost to other writers too often
@@ -44,15 +46,18 @@ from collections.abc import Sequence
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from exospherehost.broker.errors import (
+    ConnectionSetupError,
     ExosphereError,
     InvalidArgument,
     KeyNameError,
     KeyRefused,
     MalformedEntry,
+    PermissionRefused,
 )
 
 __all__ = [
     "ConfigError",
+    "ConnectionSetupError",
     "CronExpressionError",
     "ExosphereError",
     "GraphNotFound",
@@ -64,6 +69,7 @@ __all__ = [
     "MalformedEntry",
     "MetricsPortError",
     "NodeValidationError",
+    "PermissionRefused",
     "PrivateServerError",
     "RedriveRefused",
     "RunNotFound",

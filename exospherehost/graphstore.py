@@ -13,7 +13,8 @@ there; versions stay increasing integers across a loss."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypedDict
+import logging
+from typing import Any, NotRequired, TypedDict
 
 from exospherehost.broker.client import Redis, RedisClient, typed_client
 from exospherehost.broker.codec import pack, unpack
@@ -35,6 +36,22 @@ class GraphDoc(TypedDict):
     validation_status: str
     validation_errors: list[str]
     updated_ms: int
+    # True when the version's secrets are its own (Keys.version_secrets); absent in the
+    # documents of versions upserted before, whose secrets are the graph's one hash.
+    secrets_per_version: NotRequired[bool]
+
+
+log = logging.getLogger("exospherehost.graphstore")
+
+OLD_SECRETS_TTL_S = 7 * 24 * 3600
+"""How long the secrets of a graph version are kept after a newer version replaced it,
+counted again from each time a Runtime process first runs a state of that version and, at
+each hourly sweep (`keep_live_secrets`), while a run of that version is RUNNING: runs
+pinned to the old version see its secrets until then, and after it their states needing
+secrets fail, without retries, saying so."""
+
+SECRETS_SWEEP_S = 3600
+"""How often one Runtime of a namespace runs `GraphStore.keep_live_secrets`."""
 
 
 def compile_doc(doc: GraphDoc) -> CompiledGraph:
@@ -63,9 +80,15 @@ def version_floor(seconds: int, micros: int) -> int:
 
 
 class GraphStore:
-    def __init__(self, client: Redis | RedisClient, keys: Keys) -> None:
+    """A namespace's graph documents and their secrets. `old_secrets_ttl_s`: see
+    OLD_SECRETS_TTL_S."""
+
+    def __init__(
+        self, client: Redis | RedisClient, keys: Keys, old_secrets_ttl_s: int = OLD_SECRETS_TTL_S
+    ) -> None:
         self.keys = keys
         self.records = GraphRecords(typed_client(client), keys)
+        self.old_secrets_ttl_s = old_secrets_ttl_s
 
     async def next_version(self, name: str) -> int:
         """A version number of `name` never handed out before, even if Redis lost the
@@ -74,9 +97,21 @@ class GraphStore:
         return await self.records.next_version(name, version_floor(seconds, micros))
 
     async def save(self, doc: GraphDoc, secrets: dict[str, bytes] | None) -> None:
-        """Write the document and the graph's (already encrypted) secrets, and point the
-        graph at the document, in one MULTI."""
-        await self.records.save(doc["name"], doc["version"], pack(doc), secrets)
+        """Write the document and the version's (already encrypted) secrets, and point the
+        graph at the document, in one MULTI; older versions' secrets then get their expiry
+        (`old_secrets_ttl_s`). Every version has its own secrets: runs pinned to a version
+        see that version's, whatever was upserted since. `updated_ms` is set from Redis's
+        clock (cron triggers count from it; every scheduler runs on that clock)."""
+        doc["secrets_per_version"] = True
+        seconds, micros = await self.records.clock()
+        doc["updated_ms"] = seconds * 1000 + micros // 1000
+        await self.records.save(
+            doc["name"], doc["version"], pack(doc), secrets, self.old_secrets_ttl_s
+        )
+
+    async def remove(self, name: str, version: int, keep_runs: bool) -> bool:
+        """Delete graph `name` (its current version is `version`): see GraphRecords.remove."""
+        return await self.records.remove(name, version, self.old_secrets_ttl_s, keep_runs)
 
     async def current_version(self, name: str) -> int | None:
         return await self.records.current_version(name)
@@ -96,19 +131,79 @@ class GraphStore:
     async def names(self) -> list[str]:
         return await self.records.names()
 
-    async def stored_secrets(self, name: str) -> dict[bytes, bytes]:
-        """The graph's secrets as stored: name -> Fernet token (see exospherehost.secrets)."""
-        return await self.records.secrets(name)
+    async def stored_secrets(self, doc: GraphDoc) -> dict[bytes, bytes]:
+        """The secrets of the version `doc` as stored: name -> Fernet token (see
+        exospherehost.secrets); empty when it has none or they are gone."""
+        if not doc.get("secret_names"):
+            return {}
+        per_version = doc.get("secrets_per_version", False)
+        return await self.records.secrets(doc["name"], doc["version"] if per_version else None)
 
-    async def stored_secrets_of(self, names: list[str]) -> dict[str, dict[bytes, bytes]]:
-        """`stored_secrets` of each graph in `names`, in one round trip."""
-        return await self.records.secrets_of(names)
+    async def current_secrets(self) -> dict[str, dict[bytes, bytes]]:
+        """Every graph of the namespace -> the secrets of its current version as stored."""
+        wanted: dict[str, int | None] = {}
+        for name, version in (await self.versions()).items():
+            try:
+                doc = await self.load(name, version)
+            except Exception as exc:
+                # Must not stop every Runtime of the namespace at start: its states fail
+                # for good when they are reached, with the reason, and the rest goes on.
+                log.error(
+                    "graph %r version %d cannot be read (%s): its runs' states will fail",
+                    name,
+                    version,
+                    f"{type(exc).__name__}: {exc}".rstrip(": "),
+                )
+                continue
+            if doc is not None and doc.get("secret_names"):
+                wanted[name] = version if doc.get("secrets_per_version", False) else None
+        return await self.records.secrets_of(wanted)
+
+    async def extend_secrets(self, name: str, version: int) -> None:
+        """Keep a replaced version's secrets `old_secrets_ttl_s` from now (a Runtime runs
+        states of it); the current version's stay persistent."""
+        await self.records.extend_secrets(name, version, self.old_secrets_ttl_s)
+
+    async def keep_live_secrets(self, lease_s: int = SECRETS_SWEEP_S) -> list[tuple[str, int]]:
+        """Once per `lease_s` per namespace (the first caller of the period; others get []):
+        give replaced versions' secrets their expiry where they lack one (an upsert that
+        raced another), and push it back to `old_secrets_ttl_s` from now for each version
+        with a RUNNING run among its graph's indexed runs (the newest 10,000), so secrets
+        outlive the runs that need them. Returns the (graph, version)s kept."""
+        if not await self.records.sweep_lease(lease_s):
+            return []
+        kept: list[tuple[str, int]] = []
+        for name, current in (await self.versions()).items():
+            retired = await self.records.retire_secrets(name, current, self.old_secrets_ttl_s)
+            for version in sorted(await self.records.running_versions(name, retired)):
+                await self.extend_secrets(name, version)
+                kept.append((name, version))
+        return kept
+
+
+def missing_secrets(doc: GraphDoc, ttl_s: int) -> SecretsError:
+    names = sorted(doc.get("secret_names") or ())
+    return SecretsError(
+        f"the secrets {names} of graph {doc['name']!r} version {doc['version']} are no "
+        f"longer stored: a version's secrets are kept {_duration(ttl_s)} after a newer "
+        f"version replaced it (counted again whenever a Runtime starts running its states, "
+        f"and hourly while a run of it is RUNNING among its graph's newest runs); start "
+        f"the run again on the current version"
+    )
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 class GraphCache:
-    """Compiled graphs and their decrypted secrets by (name, version), loaded once per
-    process. Concurrent first uses of one version share one load. Secrets that cannot be
-    decrypted are kept as the SecretsError, which fails the states that need them."""
+    """Compiled graphs and the decrypted secrets of their version by (name, version),
+    loaded once per process. Concurrent first uses of one version share one load. Secrets
+    that cannot be decrypted (or are gone) are kept as the SecretsError, which fails the
+    states that need them."""
 
     def __init__(self, store: GraphStore, cipher: SecretsCipher | None = None) -> None:
         self.store = store
@@ -130,12 +225,16 @@ class GraphCache:
         try:
             doc = await self.store.load(name, version)
             graph = compile_doc(doc) if doc is not None else None
-            if graph is not None:
-                stored = await self.store.stored_secrets(name)
+            if doc is not None and graph is not None:
+                stored = await self.store.stored_secrets(doc)
                 try:
+                    if doc.get("secret_names") and not stored:
+                        raise missing_secrets(doc, self.store.old_secrets_ttl_s)
                     self._secrets[key] = decrypt_secrets(self.cipher, name, stored)
                 except SecretsError as exc:
                     self._secrets[key] = exc
+                if stored:
+                    await self.store.extend_secrets(name, version)
                 self.compiled[key] = graph
             fut.set_result(graph)
             return graph

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import types
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -152,10 +154,41 @@ def validate_nodes(nodes: Sequence[object] | Iterable[object]) -> list[type[Base
 
 
 def node_schema(cls: type[BaseNode]) -> dict[str, Any]:
-    """What a Runtime registers for graph validation: JSON schemas of the three models."""
+    """What a Runtime registers for graph validation: JSON schemas of the three models, and
+    what `execute` is annotated to return (for the type check of a uniting node's inputs)."""
     return {
         "name": cls.__name__,
         "inputs_schema": cls.Inputs.model_json_schema(),
         "outputs_schema": cls.Outputs.model_json_schema(),
         "secrets_schema": cls.Secrets.model_json_schema(),
+        "returns": returns(cls),
     }
+
+
+def returns(cls: type[BaseNode]) -> str:
+    """ "one" when `execute` is annotated to return one Outputs (or None), "many" for a list
+    of them (a fan-out), "either" for both or no (readable) annotation."""
+    try:
+        hints = typing.get_type_hints(cls.execute, localns=dict(vars(cls)))
+    except Exception:  # a forward reference it cannot resolve: say nothing
+        return "either"
+    hint = hints.get("return")
+    if hint is None:
+        return "either"
+    one = many = False
+    for part in typing.get_args(hint) if _is_union(hint) else (hint,):
+        if part is type(None):
+            continue
+        if typing.get_origin(part) is list:
+            many = True
+        elif isinstance(part, type) and issubclass(part, BaseModel):
+            one = True
+        else:
+            return "either"
+    if one != many:
+        return "one" if one else "many"
+    return "either"
+
+
+def _is_union(hint: object) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)

@@ -1,8 +1,10 @@
 """Graph secrets, encrypted at rest with a Fernet key from EXOSPHERE_SECRETS_KEY.
 
 `upsert_graph` encrypts each secret value (AES-128-CBC + HMAC-SHA256, `cryptography`'s
-Fernet) into the hash `exo:{ns}:secrets:<graph>`; a Runtime decrypts them in memory when
-it first runs a state of the graph and hands them to the node's `Secrets` model. The
+Fernet) into the hash of that graph version, `exo:{ns}:secrets:<graph>:<version>`; a Runtime
+decrypts them in memory when it first runs a state of that version and hands them to the
+node's `Secrets` model: a run sees the secrets of the version it is pinned to. A replaced
+version's secrets expire (exospherehost.graphstore.OLD_SECRETS_TTL_S). The
 plaintext is never written to Redis, to a stream entry, a dead letter, run history,
 results or a log line, and no error message contains it.
 

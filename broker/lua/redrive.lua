@@ -36,6 +36,10 @@ if ident ~= '' then
   end
   problem = key_problem(run, 'hash')
   if problem then return problem end
+  if redis.call('HGET', run, 'status') == 'CANCELLED' then
+    -- Re-opening it would undo the cancel; its states are dropped anyway.
+    return 'its run was cancelled: a cancelled run takes no state back'
+  end
 end
 problem = key_problem(queue, 'stream', true)
 if problem then return problem end

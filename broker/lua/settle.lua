@@ -26,7 +26,7 @@
 -- Ops of one entry run in order; group ops come before the run op, so a firing unite
 -- re-opens the run before the run could be seen as finished.
 -- Returns one result per entry: 1 applied, 0 skipped (was not pending any more), 2 acked
--- but nothing emitted (its run does not exist), '3 <error>' acked but its ops failed
+-- but nothing emitted (its run does not exist, or was cancelled), '3 <error>' acked but its ops failed
 -- part-way, '4 <reason>' refused by the pre-pass (not acked: still pending).
 
 -- A plan item: {src k, entry_id, ops}.
@@ -58,6 +58,10 @@ local GI_GROUP_KEY, GI_OPEN, GI_STRATEGY, GI_ENV, GI_UNITE_IDENTIFIER = 2, 3, 4,
 local GS_GROUP_KEY, GS_COLLECTED_KEY, GS_UNITE_QUEUE, GS_RUN_KEY, GS_OPEN_DELTA,
       GS_BAD_DELTA, GS_RETENTION_S, GS_N_OUTER_GROUPS, GS_OUTER_GROUPS =
       2, 3, 4, 5, 6, 7, 8, 9, 10
+
+-- cancel_run.lua lowers a cancelled run's `open` by 2^50: a count below this is a
+-- cancelled run (broker/fields.py CANCELLED_OPEN; test_plan_wire.py holds them in step).
+local CANCELLED_BELOW = -562949953421312
 
 local group = ARGV[1]
 local plan = cmsgpack.unpack(ARGV[2])
@@ -133,9 +137,14 @@ local function run_open_op(op)
   run_open = redis.call('HINCRBY', run, 'open', delta)
   if run_open == delta and redis.call('HEXISTS', run, 'status') == 0 then
     redis.call('DEL', run)
-    return false
+    return 'missing'
   end
-  return true
+  if run_open < CANCELLED_BELOW then
+    -- Dropped: it closes and opens nothing (the delta counted what it would have opened).
+    run_open = redis.call('HINCRBY', run, 'open', -delta - 1)
+    return 'cancelled'
+  end
+  return nil
 end
 
 local function run_step(op)
@@ -215,15 +224,27 @@ local function group_step(op)
   end
 end
 
--- Applies one entry's ops: 1, or 2 when its run does not exist.
+-- A fan-in group of a cancelled run: its members are dropped as they are reached, so
+-- the group never fires; each one that is reached gives it the run's expiry.
+local function group_expire(op)
+  local retention = op[GS_RETENTION_S]
+  if retention > 0 then
+    redis.call('EXPIRE', KEYS[op[GS_GROUP_KEY]], retention)
+    redis.call('EXPIRE', KEYS[op[GS_COLLECTED_KEY]], retention)
+  end
+end
+
+-- Applies one entry's ops: 1, or 2 when its run does not exist or was cancelled (the ops
+-- from its run-open op on are skipped).
 local function apply(ops)
   run_open = nil
+  local skip = nil
   for _, op in ipairs(ops) do
     local code = op[OP_CODE]
-    if code == OP_RUN_OPEN then
-      if not run_open_op(op) then
-        return 2
-      end
+    if skip then
+      if skip == 'cancelled' and code == OP_GROUP_STEP then group_expire(op) end
+    elseif code == OP_RUN_OPEN then
+      skip = run_open_op(op)
     elseif code == OP_XADD then
       local stream, maxlen = KEYS[op[XADD_STREAM]], op[XADD_MAXLEN]
       if maxlen > 0 then
@@ -243,6 +264,7 @@ local function apply(ops)
       group_step(op)
     end
   end
+  if skip then return 2 end
   return 1
 end
 

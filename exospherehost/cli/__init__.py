@@ -10,7 +10,8 @@ import click
 from exospherehost._version import VERSION
 from exospherehost.cli._common import ENV_NAMESPACE, Settings
 from exospherehost.cli.dev import dev
-from exospherehost.cli.graphs import graphs, results
+from exospherehost.cli.graphs import graphs, nodes, results
+from exospherehost.cli.lanes import lanes
 from exospherehost.cli.monitor import status
 from exospherehost.cli.records import dead, runs
 from exospherehost.cli.states import enqueue, trigger
@@ -68,12 +69,14 @@ for command in (
     dev,
     worker,
     graphs,
+    nodes,
     enqueue,
     trigger,
     results,
     status,
     runs,
     dead,
+    lanes,
     bench,
     dashboard,
 ):

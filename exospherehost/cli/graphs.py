@@ -19,6 +19,7 @@ from exospherehost.cli._common import (
     to_json,
 )
 from exospherehost.client.statemanager import StateManager
+from exospherehost.graph.fieldtypes import describe, field_types
 
 # What a template file may hold besides its nodes: upsert_graph's own parameters.
 _TEMPLATE_KEYS = {"name", "nodes", "secrets", "retry_policy", "store_config", "triggers"}
@@ -57,7 +58,7 @@ def read_template(path: Path) -> dict[str, Any]:
     return doc
 
 
-@click.group(short_help="Create, list and show graph templates.")
+@click.group(short_help="Create, list, show and delete graph templates.")
 @namespace_option
 def graphs() -> None:
     """Graph templates of a namespace: upsert one from a JSON/YAML file, list, show."""
@@ -139,6 +140,70 @@ def graphs_show(settings: Settings, graph: str) -> None:
             return await sm.get_graph(graph)
 
     click.echo(to_json(run(settings, main)))
+
+
+@graphs.command("delete", short_help="Delete a graph template.")
+@click.argument("graph")
+@namespace_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also while runs of it are in flight: they finish on the version they started with.",
+)
+@pass_settings
+def graphs_delete(settings: Settings, graph: str, force: bool) -> None:
+    """Delete GRAPH: no new runs or cron fires of it. Refused while runs of it are in
+    flight, unless --force."""
+
+    async def main() -> int:
+        async with settings.manager() as sm:
+            return await sm.delete_graph(graph, force=force)
+
+    left = run(settings, main)
+    tail = f"; {left} run(s) in flight finish on their version" if left else ""
+    click.echo(f"graph {graph!r} deleted{tail}")
+
+
+@click.command(short_help="Registered nodes and their schemas.")
+@namespace_option
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON schemas.")
+@pass_settings
+def nodes(settings: Settings, as_json: bool) -> None:
+    """The nodes Runtimes registered in the namespace: input and output fields (type,
+    required), secret names, what execute returns, which Runtime registered it."""
+
+    async def main() -> dict[str, dict[str, Any]]:
+        async with settings.manager() as sm:
+            return await sm.nodes()
+
+    found = run(settings, main)
+    if as_json:
+        click.echo(to_json(found))
+        return
+    if not found:
+        click.echo("no registered nodes (start a Runtime that serves them)")
+        return
+    for name, doc in found.items():
+        click.echo(
+            f"{name}  (runtime {doc.get('runtime', '?')}, returns {doc.get('returns', '?')}, "
+            f"registered {clock(doc.get('registered_ms', 0))})"
+        )
+        for part in ("inputs", "outputs"):
+            click.echo(f"  {part}: {_fields(doc.get(part + '_schema') or {})}")
+        if doc.get("secrets"):
+            click.echo(f"  secrets: {', '.join(doc['secrets'])}")
+
+
+def _fields(schema: dict[str, Any]) -> str:
+    """name: type (* = required) for each property of a JSON schema."""
+    required = set(schema.get("required") or ())
+    out = []
+    for name, prop in (schema.get("properties") or {}).items():
+        kind = describe(
+            field_types({"properties": {name: prop}, "$defs": schema.get("$defs", {})})[name]
+        )
+        out.append(f"{name}: {kind}{'*' if name in required else ''}")
+    return ", ".join(out) or "-"
 
 
 @click.command(short_help="Results of states enqueued without a graph.")

@@ -9,10 +9,14 @@ import time
 from typing import Any
 
 import click
+from redis.exceptions import NoPermissionError
 
+from exospherehost.broker.client import RedisClient, typed_client
+from exospherehost.broker.serverinfo import memory_view
 from exospherehost.cli._common import Settings, age, namespace_option, pass_settings, run, table
 from exospherehost.cli._common import to_json as _to_json
 from exospherehost.client.statemanager import StateManager
+from exospherehost.config import resolve
 
 COLUMNS = (
     "NODE",
@@ -24,7 +28,10 @@ COLUMNS = (
     "DELAYED",
     "IN/S",
     "DONE/S",
+    "NOTE",
 )
+
+NOT_SERVED = "no worker serves this"
 
 
 class _Monitor:
@@ -36,6 +43,16 @@ class _Monitor:
         # (namespace, node) -> (monotonic time, entries added, entries removed)
         self.prev: dict[tuple[str, str], tuple[float, int, int]] = {}
         self.clock = time.monotonic
+        self._client: RedisClient | None = None  # for INFO memory (server-wide)
+        self._closing = contextlib.AsyncExitStack()
+
+    async def memory(self) -> dict[str, Any]:
+        """Redis memory used vs maxmemory, and the policy (INFO memory)."""
+        if self._client is None:
+            client = resolve(self.settings.redis_url, self.settings.key).client()
+            self._closing.push_async_callback(client.aclose)
+            self._client = typed_client(client)
+        return await memory_view(self._client)
 
     async def namespaces(self) -> list[str]:
         if self.settings.namespace:
@@ -50,7 +67,12 @@ class _Monitor:
                 sm = self.managers[ns] = StateManager(
                     ns, self.settings.redis_url, self.settings.key
                 )
-            stats = await sm.node_stats()
+            try:
+                stats = await sm.node_stats()
+            except NoPermissionError:
+                if self.settings.namespace:
+                    raise  # asked for by name: say why it cannot be shown
+                continue  # an ACL user that may not read it: show the others
             counters = await sm.broker.queues.counters(list(stats))
             now = self.clock()
             nodes = {}
@@ -59,13 +81,16 @@ class _Monitor:
                     # Settled entries are deleted: the stream is backlog + pending.
                     "backlog": max(0, s["length"] - s["pending"]),
                     "pending": s["pending"],
-                    "consumers": s["consumers"],
+                    "consumers": s["consumers"],  # live workers only
+                    "consumers_total": s["consumers_total"],
+                    "registered": s["registered"],
                     "lag": s["lag"],
                     "oldest_pending_ms": s["oldest_pending_ms"] if s["pending"] else None,
                     "delayed": s["delayed"],
                     "in_per_s": None,
                     "done_per_s": None,
                 }
+                row["note"] = _note(row)
                 if node in counters:
                     c = counters[node]
                     row.update(self._rates((ns, node), now, c.added, c.length))
@@ -90,15 +115,31 @@ class _Monitor:
     async def close(self) -> None:
         for sm in self.managers.values():
             await sm.close()
+        await self._closing.aclose()
+
+
+def _note(row: dict[str, Any]) -> str | None:
+    """What an operator must know about a stream: nobody serves it (no Runtime registered
+    its node, or none is alive while states wait), or dead workers' consumers linger."""
+    waiting = row["backlog"] + row["pending"] + row["delayed"] > 0
+    if not row["registered"]:
+        return f"{NOT_SERVED} (node not registered)"
+    if row["consumers"] == 0 and waiting:
+        return f"{NOT_SERVED} (no live worker)"
+    gone = row["consumers_total"] - row["consumers"]
+    if gone > 0:
+        return f"not counted: {gone} consumer(s) of dead workers"
+    return None
 
 
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def render(snapshot: dict[str, Any], where: str) -> str:
+def render(snapshot: dict[str, Any], where: str, redis_memory: dict[str, Any] | None = None) -> str:
+    tail = f"\n\n{redis_memory['summary']}" if redis_memory else ""
     if not snapshot:
-        return f"no namespace on {where} has registered nodes"
+        return f"no namespace on {where} has registered nodes{tail}"
     blocks = []
     for ns, data in snapshot.items():
         rows = [
@@ -112,13 +153,14 @@ def render(snapshot: dict[str, Any], where: str) -> str:
                 r["delayed"],
                 _rate(r["in_per_s"]),
                 _rate(r["done_per_s"]),
+                r["note"] or "",
             ]
             for node, r in data["nodes"].items()
         ]
         head = f"namespace {ns}   dead letters: {data['dead_letters']}"
-        body = table(COLUMNS, rows) if rows else "(no registered nodes)"
+        body = table(COLUMNS, rows) if rows else "(no node streams)"
         blocks.append(f"{head}\n{body}")
-    return "\n\n".join(blocks)
+    return "\n\n".join(blocks) + tail
 
 
 @click.command(short_help="Queue figures and throughput per node.")
@@ -142,13 +184,18 @@ def render(snapshot: dict[str, Any], where: str) -> str:
 def status(
     settings: Settings, watch: bool, interval: float, count: int | None, as_json: bool
 ) -> None:
-    """Queue figures of each node stream: of the namespace, or of every namespace with
-    registered nodes when none is given.
+    """Queue figures of each node stream (registered nodes, and every other queue stream
+    found in the namespace): of the namespace, or of every namespace with registered
+    nodes when none is given.
 
     \b
     BACKLOG    states on the stream not yet handed to a worker
     PENDING    handed to a worker, not yet settled
-    CONSUMERS  workers in the node's consumer group
+    CONSUMERS  live workers in the node's consumer group (read lately, or their
+               Runtime's worker record is fresh): a killed worker's consumer stops
+               counting within a minute
+    NOTE       "no worker serves this": a stream of a node no Runtime registered
+               (e.g. a typo'd enqueue), or with states waiting and no live worker
     LAG        entries the group has yet to read, as Redis reports it
     OLDEST     time since the oldest pending state was handed out
     DELAYED    states waiting for their due time (retries, delays, requeues)
@@ -158,7 +205,8 @@ def status(
 
     The rates are measured between two samples --interval apart, so a single status
     takes that long. Dead letters are counted per namespace, whose nodes share one
-    dead-letter stream.
+    dead-letter stream. The last line is Redis's memory used vs its maxmemory, and its
+    maxmemory-policy (INFO memory; server-wide).
     """
     tty = sys.stdout.isatty() and not as_json
 
@@ -170,15 +218,17 @@ def status(
             while True:
                 await asyncio.sleep(interval)
                 snapshot = await monitor.sample()
+                mem = await monitor.memory()
                 if as_json:
-                    click.echo(_to_json({"time": time.time(), "namespaces": snapshot}, None))
+                    sample = {"time": time.time(), "namespaces": snapshot, "redis_memory": mem}
+                    click.echo(_to_json(sample, None))
                 else:
                     if watch and tty:
                         click.clear()
                     if watch:
                         stamp = time.strftime("%H:%M:%S")
                         click.echo(f"{stamp}  every {interval:g}s (Ctrl-C to stop)\n")
-                    click.echo(render(snapshot, settings.where()))
+                    click.echo(render(snapshot, settings.where(), mem))
                     if watch and not tty:
                         click.echo()
                 shown += 1

@@ -233,6 +233,13 @@ processes_option = click.option(
     show_default=True,
     help="Entries read per XREADGROUP.",
 )
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=None,
+    help="States read ahead beyond --concurrency, fixed (default: adapted per node to "
+    "its execution times; 0 = only for idle executors).",
+)
 @processes_option
 @click.option(
     "--grace-period",
@@ -247,6 +254,14 @@ processes_option = click.option(
     default=None,
     help="Serve Prometheus metrics on this port (process i on PORT+i).",
 )
+@click.option(
+    "--dead-letters-max",
+    type=click.IntRange(min=0),
+    default=100_000,
+    show_default=True,
+    help="Cap of the namespace's dead-letter stream (trimmed near it, oldest first, as "
+    "dead letters are added); 0: no cap.",
+)
 @pass_settings
 def worker(
     settings: Settings,
@@ -254,9 +269,11 @@ def worker(
     name: str,
     concurrency: int,
     batch_size: int,
+    prefetch: int | None,
     processes: int,
     grace_period: float,
     metrics_port: int | None,
+    dead_letters_max: int,
 ) -> None:
     """Serve the nodes MODULE:NODES until stopped.
 
@@ -280,7 +297,13 @@ def worker(
         name,
         settings.redis_url,
         settings.key,
-        {"batch_size": batch_size, "workers": concurrency, "grace_period": grace_period},
+        {
+            "batch_size": batch_size,
+            "workers": concurrency,
+            "grace_period": grace_period,
+            "dead_letters_maxlen": dead_letters_max,
+            "prefetch": prefetch,
+        },
     )
     with one_line_errors(settings):
         # Built here even for N processes: bad nodes or options fail once, in one line.

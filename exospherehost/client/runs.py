@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exospherehost.broker.fields import RUNNING
+from exospherehost.broker.fields import CANCELLED_OPEN, RUN_STATUSES, RUNNING
 from exospherehost.broker.keys import check_name
 from exospherehost.broker.runs import RunRecord, RunsReader
 from exospherehost.broker.streams import Broker
+from exospherehost.errors import InvalidArgument, WaitTimedOut
 from exospherehost.errors import RunNotFound as RunNotFound  # old import path
-from exospherehost.errors import WaitTimedOut
 
 MAX_BLOCK_S = 1.0
 """Blocking reads are cut into slices well under the client's socket timeout."""
@@ -32,7 +34,7 @@ class NodeCounts:
 class RunStatus:
     run_id: str
     graph: str
-    status: str  # RUNNING | SUCCEEDED | FAILED
+    status: str  # RUNNING | SUCCEEDED | FAILED | CANCELLED
     open: int
     created_ms: int
     finished_ms: int | None
@@ -42,6 +44,15 @@ class RunStatus:
     @property
     def done(self) -> bool:
         return self.status != RUNNING
+
+
+class RunPage(list[RunStatus]):
+    """A page of `list_runs`: the runs (a list, newest first) and `total`, how many runs
+    match the listing's filters in all."""
+
+    def __init__(self, runs: Iterable[RunStatus] = (), total: int = 0) -> None:
+        super().__init__(runs)
+        self.total = total
 
 
 @dataclass
@@ -55,6 +66,36 @@ class StateRecord:
     attempt: int
     error: str
     time_ms: int
+
+
+DAY = timedelta(days=1)
+"""cancel's default retention: the Runtime's default `run_retention`."""
+
+_SCAN_CHUNK = 2000
+"""Runs whose status one pipelined read checks, when a listing filters by status."""
+
+
+def _newest_first(item: tuple[str, str, int]) -> tuple[int, str]:
+    # Reversed: newest first, and equal times by run id descending, as ZREVRANGEBYSCORE
+    # orders them, so a page cut inside equal times agrees with what Redis returned.
+    return item[2], item[1]
+
+
+def _check_page(offset: int, count: int) -> None:
+    for name, value, least in (("offset", offset, 0), ("count", count, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InvalidArgument(f"{name} must be an int >= {least}, got {value!r}")
+
+
+def _ms(name: str, when: datetime | None) -> int | None:
+    """`when` in ms since the epoch (a naive datetime is taken as UTC)."""
+    if when is None:
+        return None
+    if not isinstance(when, datetime):
+        raise InvalidArgument(f"{name} must be a datetime, got {type(when).__name__}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
 
 
 def _not_found(run_id: str) -> RunNotFound:
@@ -74,11 +115,14 @@ def run_status(run_id: str, record: RunRecord) -> RunStatus:
         )
         for ident, c in record.counts.items()
     }
+    open_ = record.open
+    if open_ < CANCELLED_OPEN // 2:  # cancelled: what is left to drop (cancel_run.lua)
+        open_ -= CANCELLED_OPEN
     return RunStatus(
         run_id,
         record.graph,
         record.status,
-        record.open,
+        open_,
         record.created_ms,
         record.finished_ms,
         counts,
@@ -101,36 +145,66 @@ class RunsMixin:
             raise _not_found(run_id)
         return run_status(run_id, record)
 
+    async def cancel(self, run_id: str, retention: timedelta = DAY) -> RunStatus:
+        """Cancel a running run: it ends now as CANCELLED (waiters wake); states of it that
+        are queued, delayed or running are settled, when reached, without successors,
+        retries or results, and no unite of it fires. Idempotent: a finished run (any
+        status) is left as it is. Its records expire after `retention` (the Runtime's
+        `run_retention` does it for runs that finish). Returns the run's status."""
+        check_name("run id", run_id)
+        seconds = retention.total_seconds() if isinstance(retention, timedelta) else -1
+        if seconds < 0:
+            raise InvalidArgument(f"retention must be a non-negative timedelta, got {retention!r}")
+        if await self.broker.cancel_run(run_id, int(seconds)) == "MISSING":
+            raise _not_found(run_id)
+        return await self.status(run_id)
+
     async def wait(self, run_id: str, timeout: float = 60.0) -> RunStatus:
         """Wait until the run is finished; raises TimeoutError naming the run."""
         return (await self.wait_all([run_id], timeout))[run_id]
 
     async def wait_all(self, run_ids: Iterable[str], timeout: float = 60.0) -> dict[str, RunStatus]:
-        """Wait until every run is finished, following the namespace's event stream (one
-        connection however many runs); raises TimeoutError naming what is unfinished."""
+        """Wait until every run is finished, following the events stream of each lane the
+        runs live on (one connection per lane, however many runs); raises TimeoutError
+        naming what is unfinished."""
+        run_ids = list(run_ids)
         waiting = {check_name("run id", r) for r in run_ids}
         deadline = time.monotonic() + timeout
-        last = await self._runs.events_tail()  # before the first check: no event is missed
+        by_lane: dict[int, set[str]] = {}
+        for r in waiting:
+            by_lane.setdefault(self.broker.keys.for_run(r).lane, set()).add(r)
+        left = await asyncio.gather(
+            *(self._wait_lane(lane, ids, deadline) for lane, ids in by_lane.items())
+        )
+        unfinished = set().union(*left)
+        if unfinished:
+            some = sorted(unfinished)[:5]
+            raise WaitTimedOut(
+                f"{len(unfinished)} run(s) not finished after {timeout}s, e.g. {some}"
+            )
+        return {r: await self.status(r) for r in run_ids}
+
+    async def _wait_lane(self, lane: int, waiting: set[str], deadline: float) -> set[str]:
+        """Follow lane `lane`'s events until its runs in `waiting` are finished; returns
+        those still unfinished at `deadline`."""
+        runs = self.broker.on_lane(lane).runs
+        last = await runs.events_tail()  # before the first check: no event is missed
         candidates = set(waiting)
         while True:
             finished = await self._finished(candidates)
             waiting -= finished
             if not waiting:
-                break
+                return waiting
             left = deadline - time.monotonic()
             if left <= 0:
-                some = sorted(waiting)[:5]
-                raise WaitTimedOut(
-                    f"{len(waiting)} run(s) not finished after {timeout}s, e.g. {some}"
-                )
+                return waiting
             block = max(1, int(min(left, MAX_BLOCK_S) * 1000))
-            events = await self._runs.events(last, 10_000, block)
+            events = await runs.events(last, 10_000, block)
             candidates = {e.run_id for e in events if e.run_id in waiting}
             if events:
                 last = events[-1].entry_id
             else:
                 candidates = set(waiting)  # idle second: re-check all (covers trimmed events)
-        return {r: await self.status(r) for r in run_ids}
 
     async def _finished(self, run_ids: set[str]) -> set[str]:
         ids = list(run_ids)
@@ -153,19 +227,90 @@ class RunsMixin:
         results: list[dict[str, Any]] = await self._runs.results(run_id)
         return results
 
-    async def list_runs(self, graph_name: str, offset: int = 0, count: int = 50) -> list[RunStatus]:
-        """Recent runs of a graph, newest first (runs expired after retention are dropped)."""
-        check_name("graph name", graph_name)
-        out: list[RunStatus] = []
-        gone: list[str] = []
-        for run_id in await self._runs.run_ids(graph_name, offset, count):
+    async def graph_names(self) -> list[str]:
+        raise NotImplementedError  # StateManager's
+
+    async def list_runs(
+        self,
+        graph_name: str | None = None,
+        offset: int = 0,
+        count: int = 50,
+        *,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> RunPage:
+        """A page of runs, newest first: of one graph, or of every graph of the namespace
+        (`graph_name=None`); only those with `status` (RUNNING, SUCCEEDED, FAILED) and
+        created in [since, until] when given. The page is a list of RunStatus whose
+        `total` says how many runs match. Without a status filter it costs one sorted-set
+        read per graph; with one, a pipelined status read of every run in the time range
+        (bound it with `since`). Runs expired after their retention are dropped from the
+        index when a listing meets them."""
+        _check_page(offset, count)
+        if status is not None and status not in RUN_STATUSES:
+            raise InvalidArgument(
+                f"status must be one of {', '.join(sorted(RUN_STATUSES))}, got {status!r}"
+            )
+        lo, hi = _ms("since", since), _ms("until", until)
+        graphs = (
+            [check_name("graph name", graph_name)]
+            if graph_name is not None
+            else sorted(await self.graph_names())
+        )
+        if status is None:
+            total = sum([await self._runs.count_between(g, lo, hi) for g in graphs])
+            picked = await self._newest(graphs, lo, hi, offset + count)
+            page = picked[offset : offset + count]
+        else:
+            total, page = await self._matching(graphs, lo, hi, status, offset, count)
+        out = RunPage(total=total)
+        gone: dict[str, list[str]] = {}
+        for graph, run_id, _ in page:
             try:
                 out.append(await self.status(run_id))
             except RunNotFound:
-                gone.append(run_id)
-        if gone:
-            await self._runs.forget(graph_name, gone)
+                gone.setdefault(graph, []).append(run_id)
+        for graph, ids in gone.items():
+            await self._runs.forget(graph, ids)
         return out
+
+    async def _newest(
+        self, graphs: list[str], lo: int | None, hi: int | None, limit: int
+    ) -> list[tuple[str, str, int]]:
+        """The newest `limit` (graph, run id, created ms) over `graphs`."""
+        found: list[tuple[str, str, int]] = []
+        for g in graphs:
+            found += [(g, r, t) for r, t in await self._runs.created_between(g, lo, hi, 0, limit)]
+        found.sort(key=_newest_first, reverse=True)
+        return found[:limit]
+
+    async def _matching(
+        self,
+        graphs: list[str],
+        lo: int | None,
+        hi: int | None,
+        status: str,
+        offset: int,
+        count: int,
+    ) -> tuple[int, list[tuple[str, str, int]]]:
+        """Every run in the range with `status`: how many, and the page of them."""
+        # Runs started while we page would shift the offsets: page below "now".
+        hi = int(time.time() * 1000) if hi is None else hi
+        found: list[tuple[str, str, int]] = []
+        for g in graphs:
+            start = 0
+            while True:
+                chunk = await self._runs.created_between(g, lo, hi, start, _SCAN_CHUNK)
+                if not chunk:
+                    break
+                start += len(chunk)
+                statuses = await self._runs.statuses([r for r, _ in chunk])
+                found += [
+                    (g, r, t) for (r, t), st in zip(chunk, statuses, strict=True) if st == status
+                ]
+        found.sort(key=_newest_first, reverse=True)
+        return len(found), found[offset : offset + count]
 
     async def run_history(self, run_id: str) -> list[StateRecord]:
         """Every settled outcome of the run's states, in settle order."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from pydantic import BaseModel
 from exospherehost.broker import queues
 from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
-from exospherehost.broker.keys import Keys, check_name
-from exospherehost.broker.serverinfo import eviction_problem, memory
+from exospherehost.broker.fields import RUNNING
+from exospherehost.broker.keys import MAX_LANES, Keys, check_name
+from exospherehost.broker.serverinfo import eviction_problem, memory_of
 from exospherehost.broker.streams import Broker
 from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
 from exospherehost.client.runs import (
@@ -27,7 +29,8 @@ from exospherehost.client.runs import (
     RunStatus,
     StateRecord,
 )
-from exospherehost.config import resolve
+from exospherehost.client.workers import WorkersMixin
+from exospherehost.config import legacy_arguments, resolve
 from exospherehost.errors import GraphNotFound, InvalidArgument, WaitTimedOut
 from exospherehost.errors import GraphValidationError as GraphValidationError  # old import path
 from exospherehost.graph.compiled import CompiledGraph
@@ -69,19 +72,8 @@ class StateResult:
     error: str | None = None
 
 
-def _props(schema: dict[str, Any]) -> frozenset[str]:
-    return frozenset((schema.get("properties") or {}).keys())
-
-
 def _schema_of(raw: str) -> NodeSchema:
-    doc = json.loads(raw)
-    ins = doc["inputs_schema"]
-    return NodeSchema(
-        inputs=_props(ins),
-        required_inputs=frozenset(ins.get("required") or ()),
-        outputs=_props(doc["outputs_schema"]),
-        secrets=_props(doc["secrets_schema"]),
-    )
+    return NodeSchema.from_registered(json.loads(raw))
 
 
 def _check_delay(name: str, value: object) -> None:
@@ -119,10 +111,24 @@ def _trigger_errors(
     return errors
 
 
-class StateManager(RunsMixin, DeadLettersMixin):
+LANES_CACHE_S = 2.0
+"""How long a StateManager keeps the namespace's lane count before reading it again."""
+
+
+class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
     def __init__(
-        self, namespace: str, redis_url: str | None = None, key: str | None = None
+        self,
+        namespace: str,
+        redis_url: str | None = None,
+        key: str | None = None,
+        *,
+        # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
+        state_manager_uri: str | None = None,
+        state_manager_version: str | None = None,
     ) -> None:
+        redis_url = legacy_arguments(
+            redis_url, state_manager_uri, state_manager_version, "state_manager_version"
+        )
         self.namespace = check_name("namespace", namespace)
         self.config = resolve(redis_url, key)
         # The connection, for closing (and for tests that poke Redis directly); every
@@ -133,6 +139,12 @@ class StateManager(RunsMixin, DeadLettersMixin):
         self.graphs = GraphStore(self.broker.client, self.keys)
         self._compiled: dict[tuple[str, int], CompiledGraph] = {}
         self._server_checked = False
+        self._start_lanes: list[int] = [0]  # where new runs go (round robin), re-read ...
+        self._lanes_read = -LANES_CACHE_S  # ... every LANES_CACHE_S (monotonic time)
+        # Round robin from a random lane: many short-lived clients (one CLI trigger each)
+        # must not all start on lane 0.
+        self._next_lane = random.randrange(MAX_LANES)
+        self._streams: tuple[float, list[str]] | None = None  # (monotonic time, SCAN found)
 
     async def _check_server(self) -> None:
         """Before the first write: warn (once per StateManager) when Redis may evict what
@@ -141,7 +153,7 @@ class StateManager(RunsMixin, DeadLettersMixin):
         if self._server_checked:
             return
         self._server_checked = True
-        verdict = eviction_problem((await memory(self.broker.client)).policy)
+        verdict = eviction_problem((await memory_of(self.broker.client, self.keys.nodes())).policy)
         if verdict is not None:
             log.warning("%s", verdict[1])
 
@@ -287,6 +299,29 @@ class StateManager(RunsMixin, DeadLettersMixin):
         await self.graphs.save(doc, cipher.encrypt(secret_map) if cipher else {})
         return dict(doc)
 
+    async def delete_graph(self, graph_name: str, force: bool = False) -> int:
+        """Delete a graph template: no new runs or cron fires of it, `get_graph` raises
+        GraphNotFound. Refused (InvalidArgument, saying how many) while runs of it are
+        RUNNING, unless `force`: those then finish on the version they started with (and
+        stay listed). Returns how many were left running. A graph of the same name
+        upserted later starts at a new version number."""
+        check_name("graph name", graph_name)
+        version = await self.graphs.current_version(graph_name)
+        if version is None:
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+        running = (await self.list_runs(graph_name, count=1, status=RUNNING)).total
+        if running and not force:
+            raise InvalidArgument(
+                f"graph {graph_name!r} has {running} run(s) in flight: wait for them, cancel "
+                f"them (sm.cancel; list them with list_runs({graph_name!r}, "
+                f"status='RUNNING')), or delete_graph({graph_name!r}, force=True) to let "
+                f"them finish on their version"
+            )
+        if not await self.graphs.remove(graph_name, version, keep_runs=running > 0):
+            raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
+        self._compiled = {k: v for k, v in self._compiled.items() if k[0] != graph_name}
+        return running
+
     async def get_graph(self, graph_name: str) -> dict[str, Any]:
         doc = await self.graphs.current(check_name("graph name", graph_name))
         if doc is None:
@@ -329,20 +364,49 @@ class StateManager(RunsMixin, DeadLettersMixin):
         graph = await self._compiled_current(graph_name)
         full_store = run_store(graph, _inputs_dict(store or {}, "store"))
         now = int(time.time() * 1000)
+        given = [_inputs_dict(item or {}, f"inputs[{i}]") for i, item in enumerate(inputs)]
+        lanes = await self._lanes_for(len(given))
         starts = [
             plan_run(
                 graph,
-                self.keys,
-                inputs=_inputs_dict(item or {}, f"inputs[{i}]"),
+                self.keys.on_lane(lane),
+                inputs=item,
                 store=full_store,
                 start_delay_ms=start_delay,
                 now_ms=now,
             )
-            for i, item in enumerate(inputs)
+            for lane, item in zip(lanes, given, strict=True)
         ]
         await self._check_server()
         await self.broker.start_runs(starts)
         return [s.run_id for s in starts]
+
+    async def _lanes_for(self, n: int) -> list[int]:
+        """The lanes (tag numbers) of the next `n` runs: the namespace's current lanes,
+        round robin; the count is read at most every LANES_CACHE_S (a run started on a
+        lane of the count just replaced is still served: see exospherehost.runtime.lanes)."""
+        if time.monotonic() - self._lanes_read >= LANES_CACHE_S:
+            _, self._start_lanes, _ = await self.broker.lanes()
+            self._lanes_read = time.monotonic()
+        lanes, first = self._start_lanes, self._next_lane % len(self._start_lanes)
+        self._next_lane = (first + n) % len(lanes)
+        return [lanes[(first + i) % len(lanes)] for i in range(n)]
+
+    async def set_lanes(self, count: int) -> list[int]:
+        """Spread the namespace's runs over `count` lanes (1 to 256; 1 is the default):
+        lanes are hash tags that land on evenly spaced Redis Cluster slots, each served
+        by its own read and settle calls in every Runtime. Safe while runs flow: a run
+        stays on the lane it started on, and Runtimes serve a lane of an older count as
+        long as it holds anything. Returns the lanes' tag numbers (lane 0 is 0)."""
+        tags = await self.broker.set_lanes(count)
+        self._lanes_read = -LANES_CACHE_S  # our next trigger reads it again
+        return tags
+
+    async def lanes(self) -> dict[str, Any]:
+        """The namespace's lanes: {"count": k, "current": tag numbers of the k lanes,
+        "in_use": tag numbers of every lane that may hold something (current and older)}."""
+        count, current, used = await self.broker.lanes()
+        return {"count": count, "current": current, "in_use": sorted(used.union(current))}
 
     async def run_store(self, run_id: str) -> dict[str, Any]:
         """The run's store as it is now (trigger values, defaults and nodes' writes)."""
@@ -356,11 +420,26 @@ class StateManager(RunsMixin, DeadLettersMixin):
         """Nodes registered in this namespace by Runtimes."""
         return await self.broker.registry.names()
 
-    async def node_stats(self) -> dict[str, dict[str, Any]]:
-        """Per registered node: backlog, pending, delayed, consumers, oldest pending age (ms),
-        settled output count; one pipelined round trip per node."""
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        """Nodes registered in this namespace, by name: `inputs_schema`, `outputs_schema`
+        and `secrets_schema` (JSON schemas of the node's models), `secrets` (the names),
+        `returns` (what `execute` is annotated to return: one, many or either),
+        `runtime` (the Runtime name that registered it last) and `registered_ms`."""
         out: dict[str, dict[str, Any]] = {}
-        for node in await self.node_names():
+        for name, raw in sorted((await self.broker.registry.schemas()).items()):
+            doc = json.loads(raw)
+            doc["secrets"] = sorted((doc.get("secrets_schema") or {}).get("properties") or {})
+            out[name] = doc
+        return out
+
+    async def node_stats(self) -> dict[str, dict[str, Any]]:
+        """Per node with a registry entry or a stream (SCAN): backlog, pending, delayed,
+        live consumers (and all in the group), oldest pending age (ms), and whether a
+        Runtime registered it (a stream of an unregistered node is served by nobody);
+        one pipelined round trip per node."""
+        registered = set(await self.node_names())
+        out: dict[str, dict[str, Any]] = {}
+        for node in sorted(registered | set(await self._stream_nodes())):
             s = await self.broker.queues.stats(node)
             out[node] = {
                 "length": s.length,
@@ -368,9 +447,21 @@ class StateManager(RunsMixin, DeadLettersMixin):
                 "pending": s.pending,
                 "lag": s.lag,
                 "consumers": s.consumers,
+                "consumers_total": s.consumers_total,
                 "oldest_pending_ms": s.oldest_pending_ms,
+                "registered": node in registered,
             }
         return out
+
+    STREAMS_SCAN_S = 10.0
+    """How long node_stats reuses the queue streams a SCAN found: a SCAN walks the whole
+    keyspace, and dashboards ask every second."""
+
+    async def _stream_nodes(self) -> list[str]:
+        now = time.monotonic()
+        if self._streams is None or now - self._streams[0] >= self.STREAMS_SCAN_S:
+            self._streams = (now, await self.broker.queues.streams())
+        return self._streams[1]
 
     @staticmethod
     async def namespaces(redis_url: str | None = None, key: str | None = None) -> list[str]:

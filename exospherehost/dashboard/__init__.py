@@ -6,8 +6,8 @@ with live queue figures, runs and their states, dead letters with redrive.
 
 Needs the `dashboard` extra (`pip install "exospherehost[dashboard]"`): Starlette and
 uvicorn are kept out of the core dependencies, which every worker installs.
-The dashboard has no login of its own: it binds to 127.0.0.1 by default; put it behind
-an authenticating proxy before exposing it (it can redrive dead letters).
+It binds to 127.0.0.1 by default; beyond it, it refuses to start without a token
+($EXOSPHERE_DASHBOARD_TOKEN or --token, see dashboard/auth.py) unless --insecure.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
+    from starlette.types import ASGIApp
 
 __all__ = ["create_app", "serve"]
 
@@ -23,16 +23,20 @@ _MISSING = "the dashboard needs {!r}: pip install 'exospherehost[dashboard]'"
 
 
 def create_app(
-    redis_url: str | None = None, key: str | None = None, namespace: str | None = None
-) -> Starlette:
-    """The dashboard as an ASGI app (for tests, or to mount in another ASGI server)."""
+    redis_url: str | None = None,
+    key: str | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
+) -> ASGIApp:
+    """The dashboard as an ASGI app (for tests, or to mount in another ASGI server);
+    `token` (default $EXOSPHERE_DASHBOARD_TOKEN): required on every request."""
     # Imported on use, so `import exospherehost.dashboard` works without the extra and a
     # missing extra is reported by name.
     try:
         from exospherehost.dashboard.app import create_app as build
     except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
         raise ModuleNotFoundError(_MISSING.format(exc.name)) from exc
-    return build(redis_url, key, namespace)
+    return build(redis_url, key, namespace, token)
 
 
 def serve(
@@ -41,9 +45,17 @@ def serve(
     redis_url: str | None = None,
     key: str | None = None,
     namespace: str | None = None,
+    token: str | None = None,
+    insecure: bool = False,
 ) -> None:
-    """Serve the dashboard until interrupted (blocking; SIGINT/SIGTERM stop it)."""
-    app = create_app(redis_url, key, namespace)
+    """Serve the dashboard until interrupted (blocking; SIGINT/SIGTERM stop it). Beyond a
+    loopback address it needs a token (`token` or $EXOSPHERE_DASHBOARD_TOKEN) unless
+    `insecure` (ConfigError otherwise)."""
+    from exospherehost.dashboard.auth import check_bind, token_from
+
+    token = token_from(token)
+    check_bind(host, token, insecure)
+    app = create_app(redis_url, key, namespace, token)
     try:
         import uvicorn
     except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 BOX_W = 190
-BOX_H = 78
+BOX_H = 60
 COL = BOX_W + 60  # horizontal pitch of depth levels
 ROW = BOX_H + 22  # vertical pitch of nodes within a level
 PAD = 12

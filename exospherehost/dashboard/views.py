@@ -9,13 +9,11 @@ from dataclasses import asdict
 from typing import Any
 
 from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
-from exospherehost.client.deadletters import DeadLetter
+from exospherehost.broker.serverinfo import memory_view
+from exospherehost.client.deadletters import DeadLetter, DeadLetterCount
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
-
-DEAD_COUNT_CAP = 200
-"""Dead letters counted for the overview; the SDK has no count call, so the page says
-"200+" past this rather than read (and parse) a long stream once a second."""
+from exospherehost.dashboard.operate import template_details
 
 HISTORY_CAP = 500
 """Newest history records and results shown on a run page (the SDK reads them whole)."""
@@ -44,23 +42,44 @@ async def graph_view(sm: StateManager, name: str) -> dict[str, Any]:
         "validation_errors": doc.get("validation_errors") or [],
         "updated_ms": doc.get("updated_ms"),
         "layout": _layouts[key],
+        "template": template_details(doc),  # retry, store, secret names, triggers
     }
 
 
+NOT_SERVED = "no worker serves this"
+
+
+def with_notes(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Node figures with a `note` each (None: nothing to say): a stream of a node no
+    Runtime registered, or with states waiting and no live worker, is served by nobody."""
+    for s in stats.values():
+        waiting = s["length"] + s["delayed"] > 0
+        if not s.get("registered", True):
+            s["note"] = f"{NOT_SERVED} (node not registered)"
+        elif s["consumers"] == 0 and waiting:
+            s["note"] = f"{NOT_SERVED} (no live worker)"
+        else:
+            s["note"] = None
+    return stats
+
+
 async def overview(sm: StateManager) -> dict[str, Any]:
-    """A namespace: its graphs drawn, per-node queue figures, and the dead-letter count."""
+    """A namespace: its graphs drawn, per-node queue figures, the dead-letter count, and
+    Redis's memory (used vs maxmemory, the policy: INFO memory)."""
     names = await sm.graph_names()
-    graphs, stats, dead = await asyncio.gather(
+    graphs, stats, dead, mem = await asyncio.gather(
         asyncio.gather(*(graph_view(sm, n) for n in names)),
         sm.node_stats(),
-        sm.dead_letters(count=DEAD_COUNT_CAP),
+        sm.dead_letter_count(),  # XLEN: exact and O(1)
+        memory_view(sm.broker.client),
     )
     return {
         "namespace": sm.namespace,
         "time_ms": _now_ms(),
         "graphs": list(graphs),
-        "nodes": stats,
-        "dead": {"count": len(dead), "capped": len(dead) >= DEAD_COUNT_CAP},
+        "nodes": with_notes(stats),
+        "dead": {"count": dead.count, "capped": False},
+        "redis_memory": mem,  # server-wide: used vs maxmemory, the policy
     }
 
 
@@ -73,7 +92,7 @@ async def graph_runs(sm: StateManager, name: str, offset: int, count: int) -> di
         "namespace": sm.namespace,
         "time_ms": _now_ms(),
         "graph": graph,
-        "nodes": stats,
+        "nodes": with_notes(stats),
         "runs": [asdict(r) for r in runs],
     }
 
@@ -110,11 +129,69 @@ def dead_view(dead: DeadLetter) -> dict[str, Any]:
     return row
 
 
-async def dead_letters(sm: StateManager, count: int) -> dict[str, Any]:
-    dead = await sm.dead_letters(count=count)
+MATCHING_REUSE_S = 15.0
+"""A filtered count (a scan: ~2 s per 100k letters) is reused this long while the dead
+stream's length stays the same; the page polls every second."""
+
+_matching_cache: dict[tuple[str, tuple[Any, ...]], tuple[float, int, DeadLetterCount]] = {}
+
+
+async def _matching(
+    sm: StateManager, flt: dict[str, Any], total: DeadLetterCount
+) -> DeadLetterCount:
+    key = (sm.namespace, tuple(sorted(flt.items())))
+    now = time.monotonic()
+    hit = _matching_cache.get(key)
+    if hit is not None and hit[1] == total.count and now - hit[0] < MATCHING_REUSE_S:
+        return hit[2]
+    counted = await sm.dead_letter_count(**flt)
+    if len(_matching_cache) > 256:  # filters come from URLs: only bound a leak
+        _matching_cache.clear()
+    _matching_cache[key] = (now, total.count, counted)
+    return counted
+
+
+async def dead_page(
+    sm: StateManager, count: int, before: str | None, flt: dict[str, Any]
+) -> dict[str, Any]:
+    """A page of dead letters, newest first, older than `before` (a cursor), matching the
+    filter `flt` (dead_letter_page's keywords); with the total (exact: XLEN) and, when
+    filtered, how many match (exact up to the SDK's scan limit)."""
+    page, total = await asyncio.gather(
+        sm.dead_letter_page(count, before, **flt), sm.dead_letter_count()
+    )
+    filtered = any(v is not None for v in flt.values())
+    matching = await _matching(sm, flt, total) if filtered else total
     return {
         "namespace": sm.namespace,
         "time_ms": _now_ms(),
-        "dead": [dead_view(d) for d in dead],
-        "capped": len(dead) >= count,
+        "dead": [dead_view(d) for d in page.letters],
+        "cursor": page.cursor,
+        "total": total.count,
+        "matching": matching.count,
+        "matching_exact": matching.exact,
+        "capped": page.cursor is not None,  # more (older) letters follow
+    }
+
+
+async def workers(sm: StateManager) -> dict[str, Any]:
+    """Every worker of the namespace (serving first) and the visibility timeout they use."""
+    found = await sm.workers()
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "workers": [asdict(w) for w in found],
+        "serving": sum(w.state == "serving" for w in found),
+    }
+
+
+async def throughput(sm: StateManager, minutes: int) -> dict[str, Any]:
+    """Done and failed states per node per bucket over the last `minutes`."""
+    t = await sm.throughput(minutes)
+    return {
+        "namespace": sm.namespace,
+        "time_ms": _now_ms(),
+        "start_ms": t.start_ms,
+        "bucket_s": t.bucket_s,
+        "nodes": t.nodes,
     }

@@ -43,7 +43,7 @@ def plan_run(
     `store` is the full store (see `run_store`); `extra_fields` go into the run hash."""
     full_store = dict(store)
     root = graph.root_state(full_store, dict(inputs))
-    run_id = new_id()
+    run_id = keys.new_run_id(new_id())  # on the lane of `keys` (its id says which)
     env = Envelope(
         new_id(), root.inputs, run_id, graph.name, graph.version, root.node.identifier, root.ctx
     )

@@ -24,6 +24,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "compile_template",
+    "sole_ref",
 ]
 
 
@@ -185,6 +186,15 @@ def _compile_str(text: str, refs: dict[Ref, None], where: str) -> _Render | None
     return _interpolator(literals, found)
 
 
+def sole_ref(value: Any) -> Ref | None:
+    """The placeholder `value` consists of (whitespace around allowed), which renders to
+    the referenced value itself; None for anything else (text, a literal, a container)."""
+    if not isinstance(value, str):
+        return None
+    match = _PLACEHOLDER.fullmatch(value.strip())
+    return None if match is None else _ref_from_match(match, "")
+
+
 def _malformed(text: str, start: int, where: str) -> TemplateError:
     at = f" at {where}" if where else ""
     end = text.find("}}", start + len(_OPEN))
@@ -270,6 +280,8 @@ def _missing(ref: Ref, outputs: Outputs) -> TemplateError:
         problem = f"the store has no key {ref.key!r}"
     elif ref.identifier not in outputs:
         problem = f"{ref.identifier} has no outputs (it has not run before this node)"
+    elif outputs[ref.identifier] == {}:
+        problem = f"{ref.identifier} has no outputs (its execute returned None)"
     else:
         problem = f"{ref.identifier} has no output {ref.field!r}"
     return TemplateError(f"input references {ref.placeholder} but {problem}", ref.placeholder)

@@ -11,22 +11,61 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any
 
 from exospherehost.broker.keys import name_problem
-from exospherehost.graph.templating import OutputRef, Ref, StoreRef, TemplateError, compile_template
+from exospherehost.graph import fieldtypes
+from exospherehost.graph.fieldtypes import Types
+from exospherehost.graph.templating import (
+    OutputRef,
+    Ref,
+    StoreRef,
+    TemplateError,
+    compile_template,
+    sole_ref,
+)
 from exospherehost.models import GraphNodeModel, StoreConfigModel
 
 __all__ = ["NodeSchema", "common_ancestors", "root_identifier", "validate_graph"]
 
 
+RETURNS_ONE = "one"
+RETURNS_MANY = "many"
+RETURNS_EITHER = "either"
+"""What a node's `execute` is annotated to return: one `Outputs` (or None), a list of them
+(a fan-out), or either / not annotated (node.py, `returns`)."""
+
+
 @dataclass(frozen=True)
 class NodeSchema:
-    """What a registered node class declares (field names of Inputs/Outputs/Secrets)."""
+    """What a registered node class declares: field names of Inputs/Outputs/Secrets and,
+    where the registration says, the fields' JSON types and what `execute` returns."""
 
     inputs: frozenset[str]
     required_inputs: frozenset[str]
     outputs: frozenset[str]
     secrets: frozenset[str]
+    input_types: Mapping[str, Types] = dataclass_field(default_factory=dict)
+    output_types: Mapping[str, Types] = dataclass_field(default_factory=dict)
+    returns: str = RETURNS_EITHER
+
+    @classmethod
+    def from_registered(cls, doc: Mapping[str, Any]) -> NodeSchema:
+        """From what a Runtime registers (node.node_schema; older Runtimes wrote no
+        `returns`: either)."""
+        ins = doc.get("inputs_schema") or {}
+        outs = doc.get("outputs_schema") or {}
+        returns = doc.get("returns")
+        return cls(
+            inputs=frozenset((ins.get("properties") or {}).keys()),
+            required_inputs=frozenset(ins.get("required") or ()),
+            outputs=frozenset((outs.get("properties") or {}).keys()),
+            secrets=frozenset((doc.get("secrets_schema") or {}).get("properties") or {}),
+            input_types=fieldtypes.field_types(ins),
+            output_types=fieldtypes.field_types(outs),
+            returns=returns if returns in (RETURNS_ONE, RETURNS_MANY) else RETURNS_EITHER,
+        )
 
 
 class _Graph:
@@ -191,6 +230,7 @@ def validate_graph(
         errors += _check_inputs(node, graph, doms, store_keys, schemas)
         if schemas is not None:
             errors += _check_schema(namespace, node, schemas, secrets)
+            errors += _check_types(node, graph, schemas)
     # Nodes sharing an identifier can produce the same sentence twice; say it once.
     return list(dict.fromkeys(errors))
 
@@ -386,6 +426,76 @@ def _check_schema(
             if secret not in secrets
         ]
     return errors
+
+
+def _check_types(
+    node: GraphNodeModel, graph: _Graph, schemas: Mapping[str, NodeSchema]
+) -> list[str]:
+    """Each mapped input whose value can never be valid for the declared field type: a
+    literal of another type, or `${{ X.outputs.f }}` (the whole value) of another type —
+    a list where the node unites a fan-out (README: Fan-in) and the field is no list."""
+    schema = schemas.get(node.node_name)
+    if schema is None:
+        return []
+    errors: list[str] = []
+    for name, value in node.inputs.items():
+        if name not in schema.inputs:
+            continue  # reported as undeclared
+        target = schema.input_types.get(name)
+        found, why = _value_types(value, node, graph, schemas)
+        if fieldtypes.refused(target, found):
+            errors.append(
+                f"node {node.identifier!r} ({node.node_name}) input {name!r} expects "
+                f"{fieldtypes.describe(target)} but gets {fieldtypes.describe(found)}{why}"
+            )
+    return errors
+
+
+def _value_types(
+    value: Any, node: GraphNodeModel, graph: _Graph, schemas: Mapping[str, NodeSchema]
+) -> tuple[Types, str]:
+    """The JSON types `value` renders to for `node`, and how (for the message)."""
+    try:
+        template = compile_template(value)
+    except TemplateError:
+        return None, ""  # reported by _check_inputs
+    if template.is_literal:
+        return fieldtypes.value_types(value), ""
+    ref = sole_ref(value)
+    if ref is None:  # text around placeholders, or placeholders inside a dict / list
+        kind = fieldtypes.value_types(value)
+        return kind, " (text with placeholders is a str)" if kind == fieldtypes.STRING else ""
+    if not isinstance(ref, OutputRef) or ref.identifier not in graph.by_id:
+        return None, ""  # store values are typed at run time; unknown ids are reported
+    source = graph.by_id[ref.identifier]
+    source_schema = schemas.get(source.node_name)
+    if source_schema is None:
+        return None, ""
+    one = source_schema.output_types.get(ref.field)
+    listed = f" ({ref.placeholder}: the list of {fieldtypes.describe(one)} values"
+    if node.unites is not None:
+        target = node.unites.identifier
+        if ref.identifier != target and ref.identifier in _between(graph, target, node):
+            return fieldtypes.ARRAY, f"{listed} of every branch of {target!r})"
+        if ref.identifier == target and source_schema.returns == RETURNS_MANY:
+            return fieldtypes.ARRAY, f"{listed} of {target!r}'s fan-out)"
+        if ref.identifier == target and source_schema.returns == RETURNS_EITHER:
+            return None, ""  # a list or one value, as `execute` returns at run time
+    return one, f" ({ref.placeholder})"
+
+
+def _between(graph: _Graph, target: str, unite: GraphNodeModel) -> set[str]:
+    """Nodes on a path from `target` to the uniting node, both excluded: a uniting node
+    receives their values as lists (one per branch)."""
+    below = _reachable(graph, graph.children.get(target, ()))
+    above: set[str] = set()
+    todo = [unite.identifier]
+    while todo:
+        for parent in graph.parents.get(todo.pop(), ()):
+            if parent not in above:
+                above.add(parent)
+                todo.append(parent)
+    return (below & above) - {target, unite.identifier}
 
 
 def _reachable(graph: _Graph, roots: Iterable[str]) -> set[str]:

@@ -12,6 +12,14 @@ writes as `StateManager.trigger`, in the same script). The marker lives `marker_
 longer than any fire time is still attempted (`grace_s`), so a late scheduler never fires
 a time again.
 
+One clock: Redis's. The script fires a time only when it is due and at most
+`marker_ttl_s - 60` late by Redis's clock (TIME), so a host whose clock is off can neither
+fire early, nor fire a time in the future, nor fire one whose marker expired. Each
+scheduler also reads Redis's clock whenever it reloads graphs (and before it skips fire
+times as too late) and schedules by it (its host clock + the measured offset), and logs a
+warning (at most once an hour) when its host's clock is more than `max_skew_s` off
+Redis's. Triggers count from the version's `updated_ms`, Redis's clock too.
+
 Missed fire times: a trigger counts from when its graph version was upserted or the
 scheduler started, whichever is later. A fire time is fired if some scheduler is running
 within `grace_s` (60 s) after it; fire times that pass while no Runtime runs are NOT
@@ -22,6 +30,7 @@ caught up (a restart never causes a burst of runs), and neither are those more t
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import time
@@ -35,10 +44,22 @@ from exospherehost.errors import ShutdownAbandoned
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.cron import CronExpressionError, check_expression, next_fire
 from exospherehost.graph.runplan import plan_run, run_store
-from exospherehost.graphstore import GraphStore, compile_doc
+from exospherehost.graphstore import SECRETS_SWEEP_S, GraphStore, compile_doc
 from exospherehost.runtime.resilience import OutageLog, Retrier, pause
 
 log = logging.getLogger("exospherehost.runtime.cron")
+
+MARKER_MARGIN_S = 60
+"""A fire marker outlives the latest time its fire time may be fired by this much."""
+
+SKEW_LOG_EVERY_S = 3600.0
+"""A host clock off Redis's is warned about at most this often (per scheduler)."""
+
+
+class _Fire(enum.Enum):
+    FIRED = "fired"
+    DONE = "done"  # fired by another, too late, or impossible
+    EARLY = "early"  # not due by Redis's clock
 
 
 @dataclass
@@ -61,13 +82,16 @@ class CronStats:
     fired: int = 0  # runs this scheduler started
     duplicates: int = 0  # fire times another scheduler had already fired
     skipped: int = 0  # fire times given up (too late, or the run could not be planned)
+    early: int = 0  # fires Redis refused as not due yet by its clock (then re-synced)
     errors: list[str] = field(default_factory=list)  # the last few problems, newest last
 
 
 class CronScheduler:
-    """Fires the cron triggers of every graph of a namespace. `clock` (epoch seconds) is
-    injectable for tests; `tick(now)` does one round without sleeping. `run()` loops until
-    `stop()` (cooperatively: redis-py can swallow a cancellation into a retry)."""
+    """Fires the cron triggers of every graph of a namespace. `clock` (the host's clock,
+    epoch seconds) is injectable for tests; the scheduler runs on Redis's clock, estimated
+    as `clock()` + the offset measured at each reload. `tick(now)` does one round without
+    sleeping (`now`: Redis's time). `run()` loops until `stop()` (cooperatively: redis-py
+    can swallow a cancellation into a retry)."""
 
     def __init__(
         self,
@@ -78,6 +102,7 @@ class CronScheduler:
         reload_s: float = 2.0,
         grace_s: float = 60.0,
         marker_ttl_s: int | None = None,
+        max_skew_s: float = 2.0,
         outage: OutageLog | None = None,
     ) -> None:
         self.broker = broker
@@ -87,12 +112,24 @@ class CronScheduler:
         self._stop = asyncio.Event()
         self.reload_s = reload_s
         self.grace_s = grace_s
-        self.marker_ttl_s = marker_ttl_s or int(grace_s) + 600
+        self.marker_ttl_s = marker_ttl_s or math.ceil(grace_s) + 600
+        if self.marker_ttl_s < grace_s + 2 * MARKER_MARGIN_S:
+            raise ValueError(
+                f"marker_ttl_s ({self.marker_ttl_s}) must exceed grace_s ({grace_s:g}) by "
+                f"at least {2 * MARKER_MARGIN_S} s"
+            )
+        # The script refuses fire times later than this by Redis's clock: a marker set at
+        # or after its fire time (Redis's clock again) still lives then.
+        self.late_bound_s = self.marker_ttl_s - MARKER_MARGIN_S
+        self.max_skew_s = max_skew_s
+        self.offset: float | None = None  # Redis's clock - the host's, as last measured
+        self._skew_logged: float | None = None  # monotonic time of the last skew warning
         self.stats = CronStats()
         self.outage = outage or OutageLog()  # the Runtime shares its own (and its worker's)
         self._retry = Retrier(self.outage, self._stop)  # a stop ends an outage's retries
         self._started: float | None = None
         self._reload_due = 0.0
+        self._sweep_due = 0.0  # the secrets sweep rides on this loop, which every Runtime runs
         self._loaded: dict[str, _Graph] = {}
         self._triggers: dict[tuple[str, str], _Trigger] = {}
 
@@ -107,6 +144,30 @@ class CronScheduler:
     async def _pause(self, seconds: float) -> None:
         await pause(seconds, self._stop)
 
+    def now(self) -> float:
+        """Redis's clock as this scheduler estimates it (epoch seconds)."""
+        return self.clock() + (self.offset or 0.0)
+
+    async def sync_clock(self) -> float:
+        """Measure Redis's clock against the host's (`clock`); warn when they differ by
+        more than `max_skew_s`. Returns the offset (Redis - host, seconds)."""
+        before = self.clock()
+        seconds, micros = await self.graphs.records.clock()
+        after = self.clock()
+        self.offset = seconds + micros / 1e6 - (before + after) / 2
+        if abs(self.offset) > self.max_skew_s:
+            now = time.monotonic()
+            if self._skew_logged is None or now - self._skew_logged >= SKEW_LOG_EVERY_S:
+                self._skew_logged = now
+                log.warning(
+                    "this host's clock is %.1f s %s Redis's (more than %g s): cron fire "
+                    "times follow Redis's clock; fix the host's time sync (e.g. NTP)",
+                    abs(self.offset),
+                    "behind" if self.offset > 0 else "ahead of",
+                    self.max_skew_s,
+                )
+        return self.offset
+
     async def run(self) -> None:
         """Schedule until `stop()`; Redis outages are ridden out with capped backoff."""
         while not self._stop.is_set():
@@ -120,11 +181,19 @@ class CronScheduler:
                 await self._pause(1.0)
                 continue
             wake = min([t.next_ts for t in self._triggers.values()] + [self._reload_due])
-            await self._pause(min(max(wake - self.clock(), 0.005), self.reload_s))
+            await self._pause(min(max(wake - self.now(), 0.005), self.reload_s))
 
     async def tick(self, now: float | None = None) -> int:
-        """Reload graphs when due, fire every due fire time; returns runs started."""
-        now = self.clock() if now is None else now
+        """Reload graphs when due, fire every due fire time; returns runs started. `now`
+        (Redis's time) defaults to this scheduler's estimate, re-measured when a reload
+        is due."""
+        estimated = now is None
+        synced = False
+        if now is None:
+            if self.offset is None or self.now() >= self._reload_due:
+                await self.sync_clock()
+                synced = True
+            now = self.now()
         if self._started is None:
             self._started = now
         if now >= self._reload_due:
@@ -133,6 +202,10 @@ class CronScheduler:
         for key, trig in list(self._triggers.items()):
             while trig.next_ts <= now and self._triggers.get(key) is trig:
                 if now - trig.next_ts > self.grace_s:
+                    if estimated and not synced:  # a jump of the host's clock? Ask Redis
+                        await self.sync_clock()
+                        synced, now = True, self.now()
+                        continue
                     resume = next_fire(trig.expression, math.ceil(now - self.grace_s) - 1)
                     self.stats.skipped += 1
                     self._note(
@@ -142,8 +215,18 @@ class CronScheduler:
                     )
                     trig.next_ts = resume
                     continue
-                fired += await self._fire(trig, now)
+                outcome = await self._fire(trig, now)
+                if outcome is _Fire.EARLY:  # not due by Redis's clock (it re-synced)
+                    if estimated:
+                        synced, now = True, self.now()
+                    break  # try it again when due by the re-synced clock
+                fired += outcome is _Fire.FIRED
                 trig.next_ts = next_fire(trig.expression, trig.next_ts)
+        if now >= self._sweep_due:  # after the fires: never delays one
+            self._sweep_due = now + SECRETS_SWEEP_S
+            kept = await self.graphs.keep_live_secrets()
+            if kept:
+                log.info("kept the secrets of replaced graph versions with runs: %s", kept)
         return fired
 
     async def reload(self, now: float) -> None:
@@ -192,14 +275,15 @@ class CronScheduler:
                 del self._triggers[key]
                 log.info("graph %r: cron %r no longer scheduled", *key)
 
-    async def _fire(self, trig: _Trigger, now: float) -> int:
-        """Try to start the run of `trig` for its current fire time: 1 when this scheduler
-        started it, 0 when another had (or it cannot be started)."""
+    async def _fire(self, trig: _Trigger, now: float) -> _Fire:
+        """Try to start the run of `trig` for its current fire time: FIRED when this
+        scheduler started it, EARLY when Redis's clock says it is not due yet, else DONE
+        (another had fired it, it is too late, or it cannot be started)."""
         fire_ts = trig.next_ts
         for _ in range(3):
             g = self._loaded.get(trig.graph)
             if g is None or g.compiled is None or trig.expression not in g.expressions:
-                return 0  # the graph or this trigger was removed meanwhile
+                return _Fire.DONE  # the graph or this trigger was removed meanwhile
             try:
                 graph = g.compiled
                 start = plan_run(
@@ -218,17 +302,30 @@ class CronScheduler:
             except (ValueError, TypeError) as exc:
                 self.stats.skipped += 1
                 self._note(f"graph {trig.graph!r} cron fire {_iso(fire_ts)} skipped: {exc}")
-                return 0
-            result = await self.broker.cron_fire(start, g.version, fire_ts, self.marker_ttl_s)
+                return _Fire.DONE
+            result = await self.broker.cron_fire(
+                start, g.version, fire_ts, self.marker_ttl_s, self.late_bound_s
+            )
             if result == 1:
                 self.stats.fired += 1
                 log.debug("graph %r: cron run %s for %s", trig.graph, start.run_id, _iso(fire_ts))
-                return 1
+                return _Fire.FIRED
             if result == 0:
                 self.stats.duplicates += 1
-                return 0
+                return _Fire.DONE
+            if result == -2:
+                self.stats.early += 1
+                await self.sync_clock()
+                return _Fire.EARLY
+            if result == -3:
+                self.stats.skipped += 1
+                self._note(
+                    f"graph {trig.graph!r} cron fire {_iso(fire_ts)} is more than "
+                    f"{self.late_bound_s}s late by Redis's clock; skipped"
+                )
+                return _Fire.DONE
             await self.reload(now)  # -1: upserted meanwhile; fire with the current version
-        return 0
+        return _Fire.DONE
 
     def _note(self, message: str) -> None:
         log.warning("%s", message)

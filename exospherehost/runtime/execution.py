@@ -143,7 +143,9 @@ class NodeSpec:
         if isinstance(result, out_cls):
             return Completed(job, [result.__pydantic_serializer__.to_python(result)], False)
         if result is None:
-            return Completed(job, [], fanout=True)
+            # As the original SDK: the state succeeds with empty outputs and its next
+            # nodes run (a `[]` is a fan-out into no branches: the branch ends).
+            return Completed(job, [{}], False)
         if isinstance(result, list) and all(isinstance(r, out_cls) for r in result):
             dumped = [r.__pydantic_serializer__.to_python(r) for r in result]
             return Completed(job, dumped, fanout=True)
@@ -192,22 +194,27 @@ async def execute(
     if env.run_id is not None:
         if graph is None:
             reason = f"graph {env.graph!r} version {env.graph_version} not found"
-            return Failed(job, reason, "", permanent=True)
+            return Failed(job, reason, "", permanent=True, started=False)
         if env.identifier not in graph.nodes:
             reason = f"graph {env.graph!r} has no node {env.identifier!r}"
-            return Failed(job, reason, "", permanent=True)
+            return Failed(job, reason, "", permanent=True, started=False)
     try:
         inputs = spec.parse_inputs(env.inputs, env.foreign)
     except ValidationError as exc:
-        return Failed(job, f"invalid inputs for {spec.name}: {_short(exc)}", "", permanent=True)
+        reason = f"invalid inputs for {spec.name}: {_short(exc)}"
+        return Failed(job, reason, "", permanent=True, started=False)
     except InputError as exc:
-        return Failed(job, f"invalid inputs for {spec.name}: {exc}", "", permanent=True)
+        return Failed(
+            job, f"invalid inputs for {spec.name}: {exc}", "", permanent=True, started=False
+        )
     except BaseException as exc:  # a validator raising anything else: still bad inputs
         reason = f"invalid inputs for {spec.name}: {describe(exc)}"
-        return Failed(job, reason, format_traceback(exc), permanent=True)
+        return Failed(job, reason, format_traceback(exc), permanent=True, started=False)
     if isinstance(secrets, SecretsError):
         if spec.cls.Secrets.model_fields:
-            return Failed(job, f"secrets for {spec.name}: {secrets}", "", permanent=True)
+            return Failed(
+                job, f"secrets for {spec.name}: {secrets}", "", permanent=True, started=False
+            )
         secrets = {}
     secret_model: BaseModel
     if spec.empty_secrets is not None:
@@ -217,10 +224,10 @@ async def execute(
             secret_model = spec.cls.Secrets.model_validate(secrets)
         except ValidationError as exc:
             reason = f"missing secrets for {spec.name}: {_short(exc)}"
-            return Failed(job, reason, "", permanent=True)
+            return Failed(job, reason, "", permanent=True, started=False)
         except BaseException as exc:
             reason = f"invalid secrets for {spec.name}: {describe(exc)}"
-            return Failed(job, reason, format_traceback(exc), permanent=True)
+            return Failed(job, reason, format_traceback(exc), permanent=True, started=False)
     # The smaller of the job's and the node's bound; None (the usual case) costs nothing.
     limit = spec.timeout
     if job.timeout is not None and (limit is None or job.timeout < limit):

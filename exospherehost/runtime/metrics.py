@@ -15,8 +15,17 @@ Series (labels ``namespace``, ``node``):
 - ``exosphere_node_settled_total``, ``exosphere_node_late_settles_total``,
   ``exosphere_node_malformed_total``
 - ``exosphere_node_execution_seconds`` (histogram, buckets ``stats.BUCKETS``)
-- ``exosphere_node_backlog``, ``exosphere_node_pending``, ``exosphere_node_delayed``
-  (gauges, refreshed every ``GAUGE_REFRESH_S``)
+- ``exosphere_node_backlog``, ``exosphere_node_pending``, ``exosphere_node_delayed``,
+  ``exosphere_node_consumers`` (live workers reading the node's stream: see
+  broker.queues.LIVE_IDLE_MS), ``exosphere_node_oldest_pending_seconds`` (age of the
+  oldest state handed out and not settled; 0 when none) (gauges, refreshed every
+  ``GAUGE_REFRESH_S``)
+- ``exosphere_dead_letters`` (label ``namespace``: the dead stream's length, XLEN) and
+  ``exosphere_runs_running`` (labels ``namespace``, ``graph``: RUNNING runs among each
+  graph's newest ``RUNS_SCANNED``) (gauges, same refresh)
+
+The execution histogram counts executions only: a state refused before ``execute()`` ran
+(invalid inputs, missing secrets) is a failure but has no execution time.
 
 plus the standard ``process_*``, ``python_gc_*`` and ``python_info`` series.
 """
@@ -29,6 +38,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
@@ -49,6 +59,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from exospherehost.broker.client import Redis
+from exospherehost.broker.graphs import GraphRecords
 from exospherehost.broker.streams import Broker
 from exospherehost.errors import MetricsPortError as MetricsPortError  # old import path
 from exospherehost.runtime.stats import BUCKETS, RuntimeStats
@@ -61,15 +72,41 @@ log = logging.getLogger("exospherehost.runtime.metrics")
 GAUGE_REFRESH_S = 5.0
 """Seconds between two reads of the queue gauges from Redis."""
 
+RUNS_SCANNED = 1000
+"""Newest runs of each graph whose status the runs-running gauge reads (one pipelined
+HGET each per refresh); an older run still RUNNING is not counted."""
+
 OUTCOMES = ("succeeded", "failed", "pruned", "requeued")
 LABELS = ["namespace", "node"]
-Gauges = Mapping[str, Mapping[str, int]]
-"""node -> {"backlog", "pending", "delayed"}"""
+Gauges = Mapping[str, Mapping[str, float]]
+"""node -> {"backlog", "pending", "delayed", "consumers", "oldest_pending_seconds"}"""
+
+NODE_GAUGES = (
+    ("backlog", "States on the node's stream not yet handed to a worker."),
+    ("pending", "States handed to a worker and not yet settled."),
+    ("delayed", "States waiting for their due time (retries, delays, requeues)."),
+    (
+        "consumers",
+        "Live workers reading the node's stream (a killed worker's consumer is not counted).",
+    ),
+    (
+        "oldest_pending_seconds",
+        "Age of the oldest state handed to a worker and not yet settled (0: none).",
+    ),
+)
 
 
 def _le(bound: float) -> str:
     # The text format's bucket label: Go's float formatting ("+Inf", "0.5", "10.0").
     return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Namespace-wide gauges, read with the node gauges."""
+
+    dead_letters: int
+    runs_running: Mapping[str, int]  # graph -> RUNNING runs
 
 
 class RuntimeCollector(Collector):
@@ -80,19 +117,23 @@ class RuntimeCollector(Collector):
         namespace: str,
         stats: Callable[[], RuntimeStats | None],
         gauges: Callable[[], Gauges],
+        totals: Callable[[], Totals | None] = lambda: None,
     ) -> None:
         self.namespace = namespace
         self._stats = stats
         self._gauges = gauges
+        self._totals = totals
 
     def describe(self) -> Iterable[Metric]:
         # Names without samples: registering then does not run a full collect.
-        return list(self._families(None, {}))
+        return list(self._families(None, {}, None))
 
     def collect(self) -> Iterable[Metric]:
-        return list(self._families(self._stats(), self._gauges()))
+        return list(self._families(self._stats(), self._gauges(), self._totals()))
 
-    def _families(self, stats: RuntimeStats | None, gauges: Gauges) -> Iterator[Metric]:
+    def _families(
+        self, stats: RuntimeStats | None, gauges: Gauges, totals: Totals | None
+    ) -> Iterator[Metric]:
         ns = self.namespace
         executions = CounterMetricFamily(
             "exosphere_node_executions",
@@ -146,15 +187,27 @@ class RuntimeCollector(Collector):
         yield executions
         yield from simple.values()
         yield seconds
-        for kind, doc in (
-            ("backlog", "States on the node's stream not yet handed to a worker."),
-            ("pending", "States handed to a worker and not yet settled."),
-            ("delayed", "States waiting for their due time (retries, delays, requeues)."),
-        ):
+        for kind, doc in NODE_GAUGES:
             gauge = GaugeMetricFamily(f"exosphere_node_{kind}", doc, labels=LABELS)
             for node, values in gauges.items():
                 gauge.add_metric([ns, node], values[kind])
             yield gauge
+        dead = GaugeMetricFamily(
+            "exosphere_dead_letters",
+            "Dead letters in the namespace's dead-letter stream (XLEN).",
+            labels=["namespace"],
+        )
+        running = GaugeMetricFamily(
+            "exosphere_runs_running",
+            f"Graph runs RUNNING (among each graph's newest {RUNS_SCANNED}).",
+            labels=["namespace", "graph"],
+        )
+        if totals is not None:
+            dead.add_metric([ns], totals.dead_letters)
+            for graph, n in totals.runs_running.items():
+                running.add_metric([ns, graph], n)
+        yield dead
+        yield running
 
 
 class MetricsExporter:
@@ -174,11 +227,17 @@ class MetricsExporter:
         self.refresh_s = GAUGE_REFRESH_S if refresh_s is None else refresh_s
         # Replaced whole by the refresher, read by the scrape thread: no lock needed.
         self.gauges: Gauges = {}
+        self.totals: Totals | None = None
         # A registry of our own: several Runtimes in one process must not collide in
         # the global one, and nothing else registered there is ours to expose.
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(
-            RuntimeCollector(runtime.namespace, lambda: runtime.stats, lambda: self.gauges)
+            RuntimeCollector(
+                runtime.namespace,
+                lambda: runtime.stats,
+                lambda: self.gauges,
+                lambda: self.totals,
+            )
         )
         for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(standard)
@@ -224,11 +283,13 @@ class MetricsExporter:
                 # Registered nodes only, as `exosphere status` shows them.
                 names = [n for n in await broker.registry.names() if n in ours]
                 stats = {n: await broker.queues.stats(n) for n in names}
+                totals = await read_totals(broker)
             except (RedisError, OSError) as exc:
                 if not failing:
                     log.warning("cannot read queue gauges from Redis (%s); retrying", exc)
                 failing = True
                 self.gauges = {}  # absent beats stale: an outage must not look like a calm
+                self.totals = None
             else:
                 failing = False
                 self.gauges = {
@@ -237,7 +298,21 @@ class MetricsExporter:
                         "backlog": max(0, s.length - s.pending),
                         "pending": s.pending,
                         "delayed": s.delayed,
+                        "consumers": s.consumers,
+                        "oldest_pending_seconds": s.oldest_pending_ms / 1000 if s.pending else 0.0,
                     }
                     for node, s in stats.items()
                 }
+                self.totals = totals
             await asyncio.sleep(self.refresh_s)
+
+
+async def read_totals(broker: Broker) -> Totals:
+    """The dead-letter count and the RUNNING runs per graph (of each graph's newest
+    RUNS_SCANNED runs), in a round trip per graph."""
+    running: dict[str, int] = {}
+    for graph in await GraphRecords(broker.client, broker.keys).names():
+        ids = await broker.runs.run_ids(graph, 0, RUNS_SCANNED)
+        statuses = await broker.runs.statuses(ids) if ids else []
+        running[graph] = sum(1 for st in statuses if st == "RUNNING")
+    return Totals(await broker.dead_letters.count(), running)

@@ -58,6 +58,9 @@ class Failed:
     permanent: bool = False  # bad inputs or graph: retrying cannot help
     # Not from an execution (a reclaimed poison message): not counted as one in the stats.
     executed: bool = True
+    # False: refused before execute() ran (invalid inputs, missing secrets, unknown graph
+    # node): a failure, but no execution time to put in the histogram.
+    started: bool = field(default=True, compare=False)
     # What settle planning decided for it (None until planned): the stats and the failure
     # log read this, so retry or dead letter is decided once, where it is written.
     fate: Fate | None = field(default=None, compare=False)

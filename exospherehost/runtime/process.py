@@ -18,9 +18,9 @@ from datetime import timedelta
 from redis.exceptions import RedisError
 
 from exospherehost.broker.keys import check_name
-from exospherehost.broker.serverinfo import eviction_problem, memory
+from exospherehost.broker.serverinfo import eviction_problem, memory_of
 from exospherehost.broker.streams import Broker
-from exospherehost.config import ConfigError, resolve
+from exospherehost.config import ConfigError, legacy_arguments, resolve
 from exospherehost.errors import InvalidArgument, ShutdownAbandoned
 from exospherehost.graphstore import GraphCache, GraphStore
 from exospherehost.logs import setup_logging
@@ -29,9 +29,12 @@ from exospherehost.node import BaseNode, node_schema, validate_nodes
 from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
-from exospherehost.runtime.resilience import Retrier, is_outage, pause
+from exospherehost.runtime.lanes import LaneWorkers
+from exospherehost.runtime.loopwatch import LoopWatch
+from exospherehost.runtime.resilience import Retrier, is_outage, pause, supervised
 from exospherehost.runtime.settle import SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
+from exospherehost.runtime.upkeep.report import Reporter
 from exospherehost.runtime.worker import Worker
 from exospherehost.secrets import SecretsCipher, check_namespace_secrets
 
@@ -54,6 +57,9 @@ def _positive(name: str, value: float) -> None:
 
 
 class Runtime:
+    loop_block_warn_s: float = 1.0
+    """Seconds the event loop may be held by one piece of code (a node calling blocking
+    code in `execute`) before a WARNING names it (exospherehost/runtime/loopwatch.py)."""
     registry_check_s: float = 5.0
     """Seconds between checks that this Runtime's nodes are still in the namespace's node
     registry (graphs are validated against it); a Redis that lost its data lost it too."""
@@ -71,6 +77,7 @@ class Runtime:
         block_ms: int = 1000,
         default_retry_policy: RetryPolicyModel | None = None,
         output_maxlen: int = 100_000,
+        dead_letters_maxlen: int = 100_000,
         run_retention: timedelta = timedelta(days=1),
         grace_period: float = 30.0,
         visibility_timeout: float = 30.0,
@@ -78,7 +85,17 @@ class Runtime:
         consumer_idle_timeout: float | None = None,
         metrics_port: int | None = None,
         tune_gc: bool | None = None,
+        prefetch: int | None = None,
+        # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
+        state_manager_uri: str | None = None,
+        state_manage_version: str | None = None,
+        poll_interval: float | None = None,
     ) -> None:
+        redis_url = legacy_arguments(
+            redis_url, state_manager_uri, state_manage_version, "state_manage_version"
+        )
+        if poll_interval is not None:  # reads block until states come: nothing polls
+            _positive("poll_interval", poll_interval)
         self.namespace = check_name("namespace", namespace)
         self.name = check_name("name", name)
         self.nodes = validate_nodes(nodes)
@@ -101,6 +118,14 @@ class Runtime:
             raise InvalidArgument(
                 f"output_maxlen must be an int >= 0 (0 = keep no results), got {output_maxlen!r}"
             )
+        if (
+            isinstance(dead_letters_maxlen, bool)
+            or not isinstance(dead_letters_maxlen, int)
+            or dead_letters_maxlen < 0
+        ):
+            raise InvalidArgument(
+                f"dead_letters_maxlen must be an int >= 0 (0 = no cap), got {dead_letters_maxlen!r}"
+            )
         if block_ms > 5000:
             raise InvalidArgument(
                 f"block_ms must be at most 5000 (the socket timeout is 10 s), got {block_ms}"
@@ -114,6 +139,15 @@ class Runtime:
                 f"metrics_port must be a port number (1-65535), got {metrics_port!r}"
             )
         self.metrics_port = metrics_port
+        if prefetch is not None and (
+            isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
+        ):
+            raise InvalidArgument(
+                f"prefetch must be None (adapt to execution times) or an int >= 0 (states "
+                f"read ahead beyond the workers), got {prefetch!r}"
+            )
+        # None: read ahead per node by its execution times (exospherehost.runtime.prefetch).
+        self.prefetch = prefetch
         if tune_gc is not None and not isinstance(tune_gc, bool):
             raise InvalidArgument(f"tune_gc must be True, False or None, got {tune_gc!r}")
         # None: tune the collector (exospherehost.runtime.gctune) only when start() owns the
@@ -123,6 +157,9 @@ class Runtime:
         self.batch_size, self.workers, self.block_ms = batch_size, workers, block_ms
         self.default_retry_policy = default_retry_policy or RetryPolicyModel()
         self.output_maxlen = output_maxlen
+        # The namespace's dead-letter stream is capped near this at each dead letter this
+        # process writes (XADD MAXLEN ~, oldest first); 0: no cap.
+        self.dead_letters_maxlen = dead_letters_maxlen
         self.run_retention_s = int(run_retention.total_seconds())
         self.grace_period = grace_period
         self.visibility_ms = int(visibility_timeout * 1000)
@@ -133,11 +170,12 @@ class Runtime:
         )
         # Replicas share `name`; host, pid and a random part keep consumers apart.
         self.consumer = f"{name}:{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self._worker: Worker | None = None
+        self._worker: LaneWorkers | None = None  # one Worker per lane
         self._cron: CronScheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
         self.started = asyncio.Event()
+        self._reporter: Reporter | None = None  # writes this worker's record (dashboards)
         self.registry_checks = 0  # completed registry checks (tests wait on it)
 
     @property
@@ -199,11 +237,12 @@ class Runtime:
                 default_retry=self.default_retry_policy,
                 output_maxlen=self.output_maxlen,
                 run_retention_s=self.run_retention_s,
+                dead_maxlen=self.dead_letters_maxlen,
             )
             specs = [NodeSpec.of(n) for n in self.nodes]
             # One for the worker and our own start-up calls: one outage log, one stop.
             retry = Retrier()
-            self._worker = Worker(
+            self._worker = LaneWorkers(
                 broker,
                 specs,
                 self.consumer,
@@ -218,6 +257,8 @@ class Runtime:
                 consumer_idle_ms=self.consumer_idle_ms,
                 retry=retry,
                 ready=self.started,  # set once its consumers joined the groups
+                prefetch=self.prefetch,
+                factory=Worker,  # looked up here: tests give Workers options through it
             )
             if self.metrics_port is not None:
                 # Imported on use: only Runtimes that export load prometheus_client.
@@ -248,19 +289,31 @@ class Runtime:
             registry_task = asyncio.create_task(
                 self._keep_registered(broker, registry_stop), name="exo-registry"
             )
+            watch = LoopWatch(self.loop_block_warn_s)
+            watch_task = asyncio.create_task(watch.run(), name="exo-loopwatch")
+            # Who this worker is and what it did, for dashboards: every 5 s, off the hot path.
+            self._reporter = self._make_reporter(broker, self._worker)
+            reporter = self._reporter
+            report_task = asyncio.create_task(
+                supervised("reporter", lambda: reporter.run(registry_stop), registry_stop),
+                name="exo-reporter",
+            )
             if tune_gc:
                 tune_for_throughput()  # set up: what exists now lives as long as we serve
             try:
                 await self._worker.run()
             finally:
+                watch_task.cancel()  # it only sleeps and stamps the time
                 # Cooperative stops; cancel only a loop stuck in a Redis call.
                 self._cron.stop()
                 registry_stop.set()
-                loops = [cron_task, registry_task]
+                loops = [cron_task, registry_task, report_task]
                 _, stuck = await asyncio.wait(loops, timeout=5)
                 for task in stuck:
                     task.cancel()
-                await asyncio.gather(*loops, return_exceptions=True)
+                await asyncio.gather(*loops, watch_task, return_exceptions=True)
+                if retry.outage.since is None:  # in an outage it would only time out
+                    await self._reporter.stopped()
         finally:
             if exporter is not None:
                 await exporter.aclose()
@@ -269,10 +322,22 @@ class Runtime:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
 
+    def _make_reporter(self, broker: Broker, worker: LaneWorkers) -> Reporter:
+        def live() -> dict[str, int]:
+            return {"inflight": worker.inflight, "executing": worker.executing}
+
+        static = {
+            "concurrency": self.workers,
+            "batch_size": self.batch_size,
+            "max_inflight": worker.max_inflight,
+            "visibility_ms": self.visibility_ms,
+        }
+        return Reporter(broker.workers, self.consumer, self.name, worker.stats, live, static)
+
     async def _check_server(self, broker: Broker) -> None:
         """Refuse a Redis that evicts any key (allkeys-*: queued states and runs would vanish
         without a trace), unless EXOSPHERE_ALLOW_EVICTION is set; warn on volatile-*."""
-        verdict = eviction_problem((await memory(broker.client)).policy)
+        verdict = eviction_problem((await memory_of(broker.client, broker.keys.nodes())).policy)
         if verdict is None:
             return
         fatal, why = verdict
@@ -282,7 +347,7 @@ class Runtime:
 
     async def _check_secrets(self, store: GraphStore, cipher: SecretsCipher | None) -> None:
         """Refuse to start without EXOSPHERE_SECRETS_KEY when a graph has secrets."""
-        check_namespace_secrets(await store.stored_secrets_of(await store.names()), cipher)
+        check_namespace_secrets(await store.current_secrets(), cipher)
 
     async def _register(self, broker: Broker, nodes: Sequence[type[BaseNode]] = ()) -> None:
         """Record the schemas of `nodes` (default: all of ours) so graphs can be validated

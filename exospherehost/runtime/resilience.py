@@ -15,15 +15,19 @@ from typing import TypeVar
 
 from redis.exceptions import (
     ClusterDownError,
+    ClusterError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from exospherehost.broker.connection import setup_failure
 from exospherehost.broker.lane import transport_closed
 from exospherehost.errors import ShutdownAbandoned
 
@@ -50,9 +54,12 @@ _SCRIPT_OOM = "OOM command not allowed"
 
 def is_outage(exc: BaseException) -> bool:
     """Whether `exc` means Redis cannot serve now (retry the same call later), as opposed
-    to an answer about the call itself (a wrong type, a script's own error)."""
-    if isinstance(exc, TRANSIENT):
-        return True
+    to an answer about the call itself (a wrong type, a script's own error). A connection
+    that cannot be set up (credentials or TLS refused: broker.connection.setup_failure) is
+    no outage: redis-py raises it as a ConnectionError, and retrying it hid a wrong
+    password behind an endless "Redis unavailable" (issue 14)."""
+    if isinstance(exc, TRANSIENT) or _cluster_unreachable(exc):
+        return setup_failure(exc) is None
     if isinstance(exc, ResponseError):
         text = str(exc)
         # redis-py strips the code of errors it has a class for (OutOfMemoryError,
@@ -66,6 +73,23 @@ def is_outage(exc: BaseException) -> bool:
         )
     # uvloop's answer to a write on a connection the peer reset (see broker/lane.py).
     return transport_closed(exc)
+
+
+def _cluster_unreachable(exc: BaseException) -> bool:
+    # A cluster client that reaches no node, or finds slots unserved, says so with a
+    # RedisClusterException (not a ConnectionError); others of its kind are answers (a
+    # command whose keys span slots).
+    # "TTL exhausted": the cluster client followed redirects and TRYAGAIN replies (a slot
+    # migrating under a multi-key script) as often as it allows.
+    text = str(exc)
+    return (
+        isinstance(exc, SlotNotCoveredError)
+        or (
+            isinstance(exc, RedisClusterException)
+            and ("cannot be connected" in text or "not covered" in text)
+        )
+        or (isinstance(exc, ClusterError) and "TTL exhausted" in text)
+    )
 
 
 FIRST_DELAY_S = 0.05  # backoff between attempts: doubled after each failure, up to

@@ -43,6 +43,7 @@ class SettleConfig:
     default_retry: RetryPolicyModel = field(default_factory=RetryPolicyModel)
     output_maxlen: int = 100_000
     run_retention_s: int = 86_400
+    dead_maxlen: int = 100_000  # cap of the dead-letter stream (MAXLEN ~); 0: none
     clock: Callable[[], float] = time.time
 
 
@@ -135,11 +136,13 @@ def plan_dead_letters(
     for outcome, reason in failures:
         if isinstance(outcome, Malformed):
             plan.entry(outcome.stream, outcome.entry_id, ack=not acked)
-            plan.dead_letter(cfg.keys.dead(), planner.malformed_letter(outcome, reason))
+            plan.dead_letter(
+                cfg.keys.dead(), planner.malformed_letter(outcome, reason), cfg.dead_maxlen
+            )
         else:
             job = outcome.job
             plan.entry(job.stream, job.entry_id, ack=not acked)
-            plan.dead_letter(cfg.keys.dead(), planner.job_letter(job, reason, ""))
+            plan.dead_letter(cfg.keys.dead(), planner.job_letter(job, reason, ""), cfg.dead_maxlen)
     return plan
 
 
@@ -163,7 +166,11 @@ class _Planner:
         plan = self.plan
         if isinstance(outcome, Malformed):
             plan.entry(outcome.stream, outcome.entry_id)
-            plan.dead_letter(self.keys.dead(), self.malformed_letter(outcome, outcome.reason))
+            plan.dead_letter(
+                self.keys.dead(),
+                self.malformed_letter(outcome, outcome.reason),
+                self.cfg.dead_maxlen,
+            )
             return
         job = outcome.job
         plan.entry(job.stream, job.entry_id)
@@ -291,7 +298,9 @@ class _Planner:
             failed.fate = Retry(env.attempt + 2, policy.max_retries + 1, delay)
             return
         self.plan.dead_letter(
-            self.keys.dead(), self.job_letter(job, failed.error, failed.traceback)
+            self.keys.dead(),
+            self.job_letter(job, failed.error, failed.traceback),
+            self.cfg.dead_maxlen,
         )
         if env.run_id is None:
             self.output(job, f.FAILED, f.OUT_ERROR, failed.error)

@@ -58,10 +58,14 @@ class RuntimeStats:
     def executed(self, node: str, outcome: Outcome, seconds: float) -> None:
         s = self.nodes[node]
         s.executed += 1
-        s.observe(seconds)
         if isinstance(outcome, Completed):
+            s.observe(seconds)
             s.succeeded += 1
-        elif isinstance(outcome, Failed):
+            return
+        if not isinstance(outcome, Failed) or outcome.started:
+            # Refused before execute() ran (invalid inputs): not an execution time.
+            s.observe(seconds)
+        if isinstance(outcome, Failed):
             s.failed += 1  # retried or dead-lettered: counted once settled (`decided`)
         elif isinstance(outcome, Pruned):
             s.pruned += 1

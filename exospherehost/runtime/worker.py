@@ -36,7 +36,16 @@ from exospherehost.runtime.execution import (
 )
 from exospherehost.runtime.failurelog import FailureLog
 from exospherehost.runtime.jobqueue import JobQueue
-from exospherehost.runtime.outcomes import Failed, Job, Malformed, Outcome, Released, source
+from exospherehost.runtime.outcomes import (
+    Completed,
+    Failed,
+    Job,
+    Malformed,
+    Outcome,
+    Released,
+    source,
+)
+from exospherehost.runtime.prefetch import Prefetch
 from exospherehost.runtime.resilience import Retrier, supervised
 from exospherehost.runtime.settle import (
     SettleConfig,
@@ -45,6 +54,7 @@ from exospherehost.runtime.settle import (
     plan_settle,
 )
 from exospherehost.runtime.stats import RuntimeStats
+from exospherehost.runtime.upkeep.cancelled import CancelledRuns
 from exospherehost.runtime.upkeep.heartbeat import heartbeat
 from exospherehost.runtime.upkeep.holdings import Holdings
 from exospherehost.runtime.upkeep.promote import promote
@@ -83,6 +93,7 @@ class Worker:
         consumer_idle_ms: int | None = None,
         retry: Retrier | None = None,
         ready: asyncio.Event | None = None,
+        prefetch: int | None = None,
     ) -> None:
         self.broker = broker
         self.specs = {s.name: s for s in specs}
@@ -95,9 +106,10 @@ class Worker:
         self.grace_s = grace_s
         self.visibility_ms = visibility_ms
         self.max_deliveries = max_deliveries
-        # Room for ~4 batches: reads go on while a settle is in flight. With 2 the worker
-        # sat idle ~14% of the time waiting for settles (W1: 0.86 -> 0.97 core busy).
-        self.holdings = Holdings(self.specs, batch_size * 4 + concurrency)
+        # How many to read per node: full batches for short executions (runtime/prefetch).
+        window = Prefetch.window(concurrency, batch_size, prefetch)
+        self.prefetch = Prefetch(list(self.specs), concurrency, batch_size, window, prefetch)
+        self.holdings = Holdings(self.specs, window)
         # The hot path's own references (the settles release and wake per state).
         self._held, self._watch = self.holdings.held, self.holdings.watch
         self.settled = 0
@@ -120,6 +132,8 @@ class Worker:
         # A connection each for the reader's and the settles' one-call-per-batch loops.
         self._read_lane = Lane(broker.client)
         self._settle_lanes = [Lane(broker.client) for _ in range(SETTLES_IN_FLIGHT)]
+        # Runs cancelled lately: their states are settled without being executed.
+        self.cancelled = CancelledRuns()
         nodes = list(self.specs)
         idle_ms = consumer_idle_bound(consumer_idle_ms, visibility_ms)
         self._reclaimer = Reclaimer(
@@ -187,6 +201,10 @@ class Worker:
         try:
             await until_ok(lambda: self.broker.ensure_groups(nodes))
             await until_ok(lambda: self.broker.join(self.consumer, nodes))
+            # Known before the first read: queued states of cancelled runs are not run.
+            self.cancelled.add(
+                await until_ok(lambda: self.broker.cancelled_since(0)), int(time.time() * 1000)
+            )
             for lane in self._settle_lanes:
                 # Connected up front: settles then reach Redis in the order they were sent
                 # (a lane connecting lazily would let a later batch overtake).
@@ -217,8 +235,12 @@ class Worker:
             ),
             # The heartbeat goes on while stopping (claims in the grace period), to `done`.
             asyncio.create_task(supervised("heartbeat", beat, self._done), name="exo-heartbeat"),
+            asyncio.create_task(
+                supervised("cancelled", lambda: self.cancelled.watch(self.broker, retry), stopping),
+                name="exo-cancelled",
+            ),
         ]
-        retry.serve(upkeep[:2])  # the heartbeat keeps claims in the grace period
+        retry.serve(upkeep[:2] + upkeep[3:])  # the heartbeat keeps claims in the grace period
         return upkeep
 
     async def _shut_down(
@@ -257,26 +279,28 @@ class Worker:
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
-        nodes = list(self.specs)
-        holdings = self.holdings
+        holdings, plan, stats = self.holdings, self.prefetch.plan, self.stats.nodes
+        dry = False  # the last round of reads returned nothing
         while not self._stopping.is_set():
-            room = holdings.free()
-            if room < self.batch_size // 2 + 1:
+            # Per node, how many to read (runtime/prefetch.py): the room shared between the
+            # streams (COUNT applies per stream), so a read never overshoots the window.
+            reads = plan(stats, holdings.free(), self.executing, len(self._queue), dry)
+            if not reads:
                 holdings.room.clear()
                 # One event, set by settles and by stop(): waiting on two would cost two
                 # tasks per wait, and the reader waits here about once per batch.
                 await holdings.room.wait()
                 continue
-            # XREADGROUP's COUNT applies per stream: share the room between the streams so
-            # a read never overshoots what may be in flight (a read then overlaps settles).
-            count = max(1, min(self.batch_size, room) // len(nodes))
-            batches = await self._retry.until_ok(
-                partial(
-                    self.broker.read, self.consumer, nodes, count, self.block_ms, self._read_lane
+            block = self.block_ms if len(reads) == 1 else None
+            got = 0
+            for nodes, count in reads:
+                batches = await self._retry.until_ok(
+                    partial(self.broker.read, self.consumer, nodes, count, block, self._read_lane)
                 )
-            )
-            for node, entries in batches:
-                self._accept(node, entries)
+                for node, entries in batches:
+                    got += len(entries)
+                    self._accept(node, entries)
+            dry = not got
 
     def _accept(
         self,
@@ -294,6 +318,7 @@ class Worker:
         now = time.monotonic()
         stream = self.broker.keys.queue(node)
         put = self._queue.put
+        cancelled = self.cancelled.ids
         for entry_id, fields in entries:
             held[entry_id] = now
             try:
@@ -308,6 +333,9 @@ class Worker:
             job = Job(node, stream, entry_id, fields, env, deliveries, timeout)
             if poison is not None:
                 self._finish(Failed(job, poison, "", permanent=True, executed=False))
+            elif cancelled and env.run_id in cancelled:
+                # Not executed: the settle drops it (its run is cancelled: settle.lua).
+                self._finish(Completed(job, [], fanout=True))
             else:
                 put(job)
 
@@ -433,6 +461,7 @@ class Worker:
                 continue
             await slots.acquire()  # outcomes keep gathering meanwhile: a bigger batch
             batch, self._outcomes = self._outcomes, []
+            self.holdings.room.set()  # their executors are free: slow nodes read (prefetch)
             task = asyncio.create_task(self._settle_batch(batch, lanes.pop(), lanes, slots))
             running.add(task)
             task.add_done_callback(running.discard)

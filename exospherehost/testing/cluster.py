@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -19,6 +20,10 @@ from exospherehost.testing.server import HOST, PrivateServer, ServerInfo
 
 SLOTS = 16384
 _BUS_OFFSET = 10000
+
+
+def _text(raw: object) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _free(port: int) -> bool:
@@ -109,6 +114,63 @@ class PrivateCluster:
         state = info.get("cluster_state") if isinstance(info, dict) else None
         known = int(info.get("cluster_known_nodes", 0)) if isinstance(info, dict) else 0
         return state == "ok" and known == self.masters
+
+    def owner(self, slot: int) -> int:
+        """Index (in `servers`) of the master serving `slot`, as the masters agree."""
+        by_port = {i.port: n for n, i in enumerate(self.infos)}
+        with redis.Redis(host=HOST, port=self.infos[0].port) as client:
+            for first, last, primary, *_ in client.cluster("SLOTS"):
+                if int(first) <= slot <= int(last):
+                    return by_port[int(primary[1])]
+        raise RuntimeError(f"slot {slot} is served by no master")
+
+    def migrate_slot(
+        self,
+        slot: int,
+        to: int,
+        batch: int = 10,
+        between: Callable[[], None] | None = None,
+        timeout_ms: int = 5000,
+        first: Sequence[str] = (),
+    ) -> int:
+        """Move `slot` to master `to` as redis-cli --cluster reshard does, while clients
+        keep using it: the target IMPORTING, the source MIGRATING, the keys moved `batch` at
+        a time with MIGRATE (calling `between` after each batch; the keys `first` before
+        the others), then every master told the new owner (SETSLOT NODE). Returns how many
+        keys moved."""
+        source = self.owner(slot)
+        if source == to:
+            raise ValueError(f"slot {slot} is on master {to} already")
+        src, dst = (redis.Redis(host=HOST, port=self.infos[i].port) for i in (source, to))
+        others = [
+            redis.Redis(host=HOST, port=i.port)
+            for n, i in enumerate(self.infos)
+            if n not in (source, to)
+        ]
+        try:
+            src_id = _text(src.cluster("MYID"))
+            dst_id = _text(dst.cluster("MYID"))
+            dst.cluster("SETSLOT", slot, "IMPORTING", src_id)
+            src.cluster("SETSLOT", slot, "MIGRATING", dst_id)
+            moved, failed = 0, None
+            early = [list(first[i : i + batch]) for i in range(0, len(first), batch)]
+            while keys := (early.pop(0) if early else src.cluster("GETKEYSINSLOT", slot, batch)):
+                src.migrate(HOST, self.infos[to].port, keys, 0, timeout_ms)
+                moved += len(keys)
+                if between is not None and failed is None:
+                    try:
+                        between()
+                    except Exception as exc:  # finish the move (the slot must not stay
+                        failed = exc  # half-migrated), then raise it
+            # The target first (it then serves the slot for good), as redis-cli does.
+            for client in (dst, src, *others):
+                client.cluster("SETSLOT", slot, "NODE", dst_id)
+            if failed is not None:
+                raise failed
+            return moved
+        finally:
+            for client in (src, dst, *others):
+                client.close()
 
     def stop(self) -> None:
         for server in self.servers:

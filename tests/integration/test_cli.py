@@ -100,12 +100,14 @@ def test_help_lists_every_command_in_order() -> None:
         "dev",
         "worker",
         "graphs",
+        "nodes",
         "enqueue",
         "trigger",
         "results",
         "status",
         "runs",
         "dead",
+        "lanes",
         "bench",
         "dashboard",
     ]
@@ -120,6 +122,8 @@ def test_help_lists_every_command_in_order() -> None:
         ["dead", "list"],
         ["dead", "show"],
         ["dead", "redrive"],
+        ["lanes", "show"],
+        ["lanes", "set"],
         ["dashboard"],
     ):
         sub = CliRunner().invoke(cli, [*command, "--help"])
@@ -288,13 +292,15 @@ async def test_trigger_wait_shows_progress_then_results_and_runs_show_it(
 
     listed = await arun(redis_url, namespace, "runs", "list", "squares")
     assert listed.exit_code == 0, listed.output
-    lines = listed.stdout.splitlines()
-    assert lines[0].split() == ["RUN", "STATUS", "CREATED", "TOOK", "STATES", "FAILED"]
+    *lines, footer = listed.stdout.splitlines()
+    assert lines[0].split() == ["RUN", "GRAPH", "STATUS", "CREATED", "TOOK", "STATES", "FAILED"]
     assert [line.split()[0] for line in lines[1:]] == [second, payload["run_id"]]  # newest first
     assert "SUCCEEDED" in lines[1] and "5/5" in lines[1] and "7/7" in lines[2]
+    assert footer == "runs of 'squares' 1-2 of 2"
     page = json.loads((await arun(redis_url, namespace, "runs", "list", "squares", "--json",
                                   "--offset", "1", "--count", "5")).stdout)  # fmt: skip
-    assert [r["run_id"] for r in page] == [payload["run_id"]]
+    assert [r["run_id"] for r in page["runs"]] == [payload["run_id"]]
+    assert page["total"] == 2 and page["offset"] == 1
 
     shown = await arun(redis_url, namespace, "runs", "show", payload["run_id"])
     assert shown.exit_code == 0, shown.output
@@ -367,7 +373,9 @@ async def test_trigger_and_runs_errors_are_one_line(
         await arun(redis_url, namespace, "runs", "show", "nope")
     )
     empty = await arun(redis_url, namespace, "runs", "list", "squares", "--offset", "5")
-    assert empty.exit_code == 0 and "no runs of 'squares' after the newest 5" in empty.stdout
+    assert (
+        empty.exit_code == 0 and "no runs of 'squares' after the first 5 (1 match)" in empty.stdout
+    )
 
 
 # -- status -------------------------------------------------------------------------------
@@ -408,8 +416,10 @@ async def test_status_reports_queue_figures(
         "DELAYED",
         "IN/S",
         "DONE/S",
+        "NOTE",
     ]
-    assert lines[2].split() == ["SampleNode", "5", "0", "0", "-", "-", "0", "0.0", "0.0"]
+    assert lines[2].split()[:9] == ["SampleNode", "5", "0", "0", "-", "-", "0", "0.0", "0.0"]
+    assert lines[2].endswith("no worker serves this (no live worker)")  # 5 wait, nobody reads
 
     # Without a namespace: every namespace with registered nodes, ours among them.
     everything = await arun(redis_url, None, "status", "--json", "--interval", "0.1")
@@ -477,9 +487,12 @@ async def test_dead_letters_list_show_and_redrive(
     assert listed.exit_code == 0, listed.output
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["ID", "NODE", "STATE", "RUN", "TRIES", "WHEN", "ERROR"]
-    assert len(lines) == 4 and all(" Square " in line for line in lines[1:])
+    assert len(lines) == 5 and all(" Square " in line for line in lines[1:4])
     assert "invalid inputs for Square" in lines[1]
-    letters = json.loads((await arun(redis_url, namespace, "dead", "list", "--json")).stdout)
+    assert lines[4] == "(3 shown of 3 dead letters, newest first)"
+    listing = json.loads((await arun(redis_url, namespace, "dead", "list", "--json")).stdout)
+    assert (listing["count"], listing["cursor"]) == (3, None)
+    letters = listing["dead"][::-1]  # newest first: oldest first from here on
     first, second, third = (d["id"] for d in letters)
     # Listed in settle order; settles of different batches may overtake each other.
     assert sorted(d["inputs"]["value"] for d in letters) == ["abc", "def", "ghi"]
@@ -728,6 +741,8 @@ def test_dashboard_calls_serve(monkeypatch: pytest.MonkeyPatch) -> None:
             "redis_url": "redis://h:1/0",
             "key": "secret",
             "namespace": "ns",
+            "token": None,  # serve() refuses 0.0.0.0 without one (not called here)
+            "insecure": False,
         }
     ]
 

@@ -21,6 +21,8 @@ from exospherehost import (
     StateManager,
     StoreConfigModel,
 )
+from exospherehost.broker.codec import pack
+from exospherehost.broker.keys import Keys
 from exospherehost.broker.runstart import RunStart
 from exospherehost.broker.streams import Broker
 from exospherehost.client.statemanager import GraphValidationError
@@ -164,6 +166,16 @@ async def test_two_runtimes_fire_each_second_exactly_once(
     assert results and all(r[0]["outputs"] == {"label": "scheduled"} for r in results)
 
 
+async def backdate(redis: Redis, ns: str, graph: str, updated_s: int) -> None:
+    """Rewrite the current version of `graph` as if upserted at `updated_s` (Redis's clock;
+    its triggers count from then)."""
+    store = GraphStore(redis, Keys(ns))
+    doc = await store.current(graph)
+    assert doc is not None
+    doc["updated_ms"] = updated_s * 1000
+    await redis.set(f"exo:{{{ns}}}:graph:{graph}:{doc['version']}", pack(doc))
+
+
 async def test_scheduler_with_an_injected_clock(
     redis_url: str, namespace: str, sm: StateManager, redis: Redis
 ) -> None:
@@ -175,37 +187,30 @@ async def test_scheduler_with_an_injected_clock(
         store_config=STORE,
         triggers=[CronTrigger(expression=EVERY_SECOND)],
     )
-    t0 = math.floor(time.time()) + 1000  # a fake "now", after the upsert
-    now = [float(t0)]
+    # Fake times passed to tick (Redis's clock as the scheduler would estimate it), in the
+    # past: the cron_fire script fires nothing that is not due by Redis's own clock.
+    t0 = math.floor(time.time()) - 1000
+    await backdate(redis, namespace, "c", t0 - 10)
 
     def scheduler() -> CronScheduler:
         broker = Broker(redis, namespace)
         return CronScheduler(
-            broker,
-            GraphStore(redis, broker.keys),
-            clock=lambda: now[0],
-            reload_s=1e9,
-            grace_s=5,
+            broker, GraphStore(redis, broker.keys), reload_s=1e9, grace_s=5, marker_ttl_s=100_000
         )
 
     a, b = scheduler(), scheduler()
-    assert await a.tick() == 0 and await b.tick() == 0  # start: nothing is due yet
+    assert await a.tick(t0) == 0 and await b.tick(t0) == 0  # start: nothing is due yet
     assert a.triggers == {("c", EVERY_SECOND): t0 + 1}
-    now[0] = t0 + 3.5
-    assert await a.tick() == 3  # t0+1, t0+2, t0+3
-    assert await b.tick() == 0 and b.stats.duplicates == 3
-    now[0] = t0 + 4.0
-    assert await b.tick() == 1 and await a.tick() == 0
+    assert await a.tick(t0 + 3.5) == 3  # t0+1, t0+2, t0+3
+    assert await b.tick(t0 + 3.5) == 0 and b.stats.duplicates == 3
+    assert await b.tick(t0 + 4.0) == 1 and await a.tick(t0 + 4.0) == 0
     # A stall longer than the grace period: only fire times at most 5 s late are fired.
-    now[0] = t0 + 200.2
-    assert await a.tick() == 5  # t0+196 .. t0+200
+    assert await a.tick(t0 + 200.2) == 5  # t0+196 .. t0+200
     assert a.stats.skipped == 1 and "more than 5s late" in a.stats.errors[-1]
     # A scheduler starting later does not catch up fire times it was not running for.
-    now[0] = t0 + 500.5
     c = scheduler()
-    assert await c.tick() == 0
-    now[0] = t0 + 501.0
-    assert await c.tick() == 1
+    assert await c.tick(t0 + 500.5) == 0
+    assert await c.tick(t0 + 501.0) == 1
     expected = [t0 + k for k in (1, 2, 3, 4, 196, 197, 198, 199, 200, 501)]
     assert sorted((await fire_times(redis, namespace, "c")).values()) == expected
     assert await redis.xlen(f"exo:{{{namespace}}}:q:Tick") == len(expected)
@@ -220,18 +225,16 @@ async def test_scheduler_with_an_injected_clock(
         store_config=STORE,
         triggers=[CronTrigger(expression=EVERY_SECOND)],
     )
-    now[0] = t0 + 502.0
-    assert await c.tick() == 1
+    assert await c.tick(t0 + 502.0) == 1
     by_ts = {ts: run for run, ts in (await fire_times(redis, namespace, "c")).items()}
     assert (await redis.hget(f"exo:{{{namespace}}}:run:{by_ts[t0 + 502]}", "version")) == str(
         upserted["version"]
     ).encode()
     # Triggers removed: nothing is scheduled any more.
     await sm.upsert_graph("c", tick_graph(namespace), store_config=STORE, triggers=[])
-    now[0] = t0 + 503.0
-    await c.reload(now[0])
+    await c.reload(t0 + 503.0)
     assert c.triggers == {}
-    assert await c.tick() == 0
+    assert await c.tick(t0 + 503.0) == 0
 
 
 async def test_scheduler_survives_a_graph_it_cannot_fire(
@@ -253,9 +256,10 @@ async def test_scheduler_survives_a_graph_it_cannot_fire(
     doc["triggers"] = [{"type": "CRON", "expression": "nonsense"}, *doc["triggers"]]
     doc["version"] = await store.next_version("c")
     await store.save(doc, None)
-    t0 = math.floor(time.time()) + 1000
-    sched = CronScheduler(broker, store, clock=lambda: t0 + 0.0, reload_s=1e9)
-    await sched.tick()
+    t0 = math.floor(time.time()) - 100  # a fake "now" in the past (Redis's clock)
+    await backdate(redis, namespace, "c", t0 - 10)
+    sched = CronScheduler(broker, store, reload_s=1e9)
+    await sched.tick(t0)
     assert any("'nonsense'" in e for e in sched.stats.errors)
     assert list(sched.triggers) == [("c", EVERY_SECOND)]
     assert await sched.tick(t0 + 1.0) == 1
@@ -293,6 +297,7 @@ async def test_cron_fire_writes_exactly_what_trigger_writes(
 
     by_trigger, by_cron = plan(), plan()
     await broker.start_run(by_trigger)
+    before_ms = int(time.time() * 1000) - 1000
     assert await broker.cron_fire(by_cron, graph.version, 123, 60) == 1
     assert await broker.cron_fire(plan(), graph.version, 123, 60) == 0  # marker taken
     assert await broker.cron_fire(plan(), graph.version + 1, 124, 60) == -1  # stale version
@@ -305,7 +310,13 @@ async def test_cron_fire_writes_exactly_what_trigger_writes(
             await redis.ttl(start.run_key),
         )
 
-    assert await written(by_trigger) == await written(by_cron)
+    # The same writes, but a cron run's creation time is Redis's clock when it was fired.
+    trig, cron = await written(by_trigger), await written(by_cron)
+    assert trig[0][b"created_ms"] == b"5" and trig[2] == 5
+    cron_created = int(cron[0][b"created_ms"])
+    assert cron_created > before_ms and cron[2] == cron_created
+    assert {**trig[0], b"created_ms": b""} == {**cron[0], b"created_ms": b""}
+    assert trig[1] == cron[1] and trig[3] == cron[3]
     entries = await redis.xrange(f"exo:{{{namespace}}}:q:Tick")
     assert [e[1] for e in entries] == [
         {b"_exo": by_trigger.envelope},

@@ -266,7 +266,7 @@ async def test_dashboard_shows_runs_and_redrives_dead_letters(
             [arc] = await page.css('svg.dag[data-graph="fanin"] path.edge.unites')
             dash = await asyncio.to_thread(arc.value_of_css_property, "stroke-dasharray")
             assert dash not in ("", "none"), dash
-            await page.text_of('tr[data-node="Square"]', "Δ")  # per-node figures listed
+            await page.text_of('#nodes tr[data-node="Square"] td.done-rate', "/s")  # per node
 
             # A run triggered through the SDK appears on the graph page, then SUCCEEDED.
             await page.click('.card.graph[data-graph="squares"] h3 a')
@@ -275,11 +275,13 @@ async def test_dashboard_shows_runs_and_redrives_dead_letters(
             row = f'tr[data-run="{run}"]'
             await page.css(row)
             await page.text_of(f"{row} td.status", "SUCCEEDED")
-            # Live queue figures from node_stats: having handed the Runtime entries, Redis lists
-            # it as a consumer of the stream (an idle, never-fed reader is not listed).
-            split_box = 'svg.dag g[data-identifier="split"]'
-            await page.text_of(split_box, "consumers 1")
-            await page.text_of(split_box, "queue 0 · pend 0 · delay 0")
+            # Live queue figures from node_stats, once per node type in the Nodes table: the
+            # Runtime joined the groups at start, so Redis lists it as a consumer.
+            split_row = '#nodes tr[data-node="Split"]'
+            await page.text_of(split_row, "Split")
+            cells = await page.css(f"{split_row} td.num", 5)
+            figures = [await asyncio.to_thread(c.get_attribute, "textContent") for c in cells[:4]]
+            assert figures == ["0", "0", "0", "1"], figures  # queue, pending, delayed, consumers
             # Its page: every state (1 split + 3 squares + 3 labels) and the 3 results.
             await page.click(f"{row} a")
             await page.text_of("#run-status", "SUCCEEDED")
@@ -337,7 +339,10 @@ def _call(url: str, method: str = "GET", headers: dict[str, str] | None = None) 
         return err.code, json.loads(err.read())
 
 
-async def test_api_errors_csrf_and_pinned_namespace(redis_url: str, namespace: str) -> None:
+async def test_api_errors_csrf_and_pinned_namespace(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    await sm.broker.registry.register({"Square": "{}"})  # a namespace a Runtime served
     with dashboard_server(create_app(redis_url, None, namespace=namespace)) as url:
         api = f"{url}api/ns/{namespace}"
         calls = [

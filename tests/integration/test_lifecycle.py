@@ -160,7 +160,11 @@ async def test_stopping_hands_back_read_but_not_started_states_at_once(
     """States read ahead but not started when the stop comes go straight back to the stream
     (another worker can run them now) instead of being run during the grace period; only
     the ones in flight are finished. It says so in the log."""
-    rt = Runtime(namespace=namespace, name="t", nodes=[Gated], redis_url=redis_url, workers=2)
+    # prefetch=400: the read-ahead of a fast node (4 x batch_size), so states are queued
+    # behind the running ones (an unknown node's adaptive read-ahead is a quarter executor).
+    rt = Runtime(
+        namespace=namespace, name="t", nodes=[Gated], redis_url=redis_url, workers=2, prefetch=400
+    )
     ids = await sm.enqueue_many("Gated", [{"i": i} for i in range(6)])
     with caplog.at_level(logging.INFO, logger="exospherehost.runtime.worker"):
         task = rt.start()

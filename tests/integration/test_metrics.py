@@ -154,9 +154,16 @@ async def test_queue_gauges_are_refreshed_from_redis(
     monkeypatch.setattr("exospherehost.runtime.metrics.GAUGE_REFRESH_S", 0.1)
     Gate.opened = asyncio.Event()
     port = free_port()
-    # At most batch_size*4 + workers = 5 states in flight: the other 5 stay in the backlog.
+    # At most workers + prefetch = 5 states in flight: the other 5 stay in the backlog.
     rt = Runtime(
-        namespace, "gauges", [Gate], redis_url=redis_url, metrics_port=port, batch_size=1, workers=1
+        namespace,
+        "gauges",
+        [Gate],
+        redis_url=redis_url,
+        metrics_port=port,
+        batch_size=1,
+        workers=1,
+        prefetch=4,
     )
     async with running(rt), StateManager(namespace, redis_url) as sm:
         await sm.enqueue_many("Gate", [{"i": i} for i in range(10)])

@@ -370,6 +370,7 @@ async def test_reclaim_rounds_keep_the_worker_within_its_in_flight_bound(
         workers=1,
         visibility_timeout=0.2,  # a reclaim round every 0.1 s
         grace_period=0.5,
+        prefetch=4,  # the window batch_size * 4 + workers, held by hanging executions too
     )
     async with running(rt):
         await until(lambda: _held_by(redis, stream, 5), "the worker fills its room")
@@ -474,6 +475,7 @@ async def test_a_claim_returning_an_entry_already_held_still_takes_the_rest(
         workers=1,
         visibility_timeout=1.0,
         grace_period=0.5,
+        prefetch=80,  # the window batch_size * 4 + workers, held by hanging executions too
     )
     async with running(rt):
         await until(lambda: _count_held(redis, stream, rt.consumer, 75), "the reader fills up")

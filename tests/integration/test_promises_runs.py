@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import ClassVar
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from exospherehost import (
@@ -122,14 +122,16 @@ class Gather(BaseNode):
     runs: ClassVar[int] = 0
 
     class Inputs(BaseModel):
-        values: int  # a list arrives for a field typed int: the inputs cannot be built
+        # Two branches' squares arrive for a list of at most one: the inputs cannot be
+        # built. (A list into an `int` would be refused by upsert_graph's type check.)
+        values: list[int] = Field(max_length=1)
 
     class Outputs(BaseModel):
         n: int
 
     async def execute(self) -> Outputs:
         Gather.runs += 1
-        return self.Outputs(n=self.inputs.values)
+        return self.Outputs(n=sum(self.inputs.values))
 
 
 class UsesStore(BaseNode):
@@ -422,7 +424,7 @@ async def test_a_uniting_node_whose_collected_inputs_are_invalid_fails_without_r
             unites=UnitesModel(identifier="fan", strategy=UnitesStrategyEnum.ALL_DONE),
         ),
     ]
-    # Gather.values is an int: the unite's list of squares fails its validation. A unite
+    # Gather.values takes one square: the unite's list of two fails its validation. A unite
     # that cannot be rendered at all (every branch pruned, nothing to list) is the other
     # way to get here; both are the same permanent failure.
     rt = Runtime(namespace=ns, name="p", nodes=[Split, Square, Gather], redis_url=redis_url)

@@ -186,7 +186,8 @@ async def test_secrets_never_appear_in_plaintext_anywhere(
     for record in [repr(h) for h in history] + [repr(dead), caplog.text]:
         assert plaintext not in record
     # The encrypted form is what the secrets hash holds.
-    token = await redis.hget(f"exo:{{{namespace}}}:secrets:g", "api_token")
+    version = (await sm.get_graph("g"))["version"]
+    token = await redis.hget(f"exo:{{{namespace}}}:secrets:g:{version}", "api_token")
     assert token is not None and token != secret and token.startswith(b"gAAAAA")
     assert Fernet(fernet_key.encode()).decrypt(token) == secret
     # CallApi really had the plaintext: Reject's inputs (in the dead letter) hold its digest.

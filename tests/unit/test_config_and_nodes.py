@@ -35,7 +35,8 @@ def test_missing_redis_config_names_the_variable(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize(
     ("url", "match"),
     [
-        ("http://localhost:6379", "not a Redis URL"),
+        ("http://localhost:6379", "not a Redis URL: it looks like the original SDK.s"),
+        ("tcp://localhost:6379", "not a Redis URL"),
         ("redis://:6379", "no host"),
         ("redis://h:notaport", "invalid port"),
     ],

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 import exospherehost
 from exospherehost import BaseNode, ReQueueAfterSignal, Runtime, StateManager, errors
@@ -31,6 +31,8 @@ NOWHERE = "redis://127.0.0.1:1"  # never connected to: these calls fail before a
 # Each error and the base it had before the tree (user code may catch that).
 OLD_BASE: dict[str, type[BaseException]] = {
     "ConfigError": ValueError,
+    "ConnectionSetupError": ValueError,  # new (issue 14): was an endless outage retry
+    "PermissionRefused": NoPermissionError,  # new (issue 14): redis-py's bare refusal
     "CronExpressionError": ValueError,
     "GraphNotFound": KeyError,  # get_graph / trigger raised a bare KeyError
     "GraphValidationError": ValueError,

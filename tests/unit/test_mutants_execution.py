@@ -244,7 +244,8 @@ def test_internal_errors_are_logged_once_then_at_most_once_per_period_with_a_cou
 
 
 class Returns(BaseNode):
-    """README: `execute` returns `Outputs`, a list of them (fan-out), or None (no outputs)."""
+    """README: `execute` returns `Outputs`, a list of them (fan-out), or None (empty
+    outputs; the next nodes run, as in the original SDK)."""
 
     class Inputs(BaseModel):
         n: int  # -1: None, 0..: a list of n, else one Outputs
@@ -262,9 +263,9 @@ class Returns(BaseNode):
 
 @pytest.mark.parametrize(
     ("n", "outputs", "fanout"),
-    [(-1, [], True), (0, [], True), (1, [{"i": 0}], True), (2, [{"i": 0}, {"i": 1}], True)],
+    [(-1, [{}], False), (0, [], True), (1, [{"i": 0}], True), (2, [{"i": 0}, {"i": 1}], True)],
 )
-async def test_none_or_a_list_of_outputs_is_a_fanout_of_this_state(
+async def test_a_list_of_outputs_is_a_fanout_and_none_one_empty_output(
     n: int, outputs: list[dict[str, int]], fanout: bool
 ) -> None:
     job = Job("Returns", "q:Returns", b"1-1", {}, Envelope("s1", {"n": n}))

@@ -195,3 +195,13 @@ def test_every_constant_is_checked_and_no_field_is_a_bare_number() -> None:
     text = SCRIPT.read_text()
     body = text[text.index("local group = ARGV[1]") :]
     assert re.findall(r"\b(?:op|item)\[\d+\]|unpack\(op, \d+\)", body) == []
+
+
+def test_the_cancelled_run_threshold_agrees_with_cancel_run() -> None:
+    """cancel_run.lua lowers `open` by CANCELLED_OPEN; settle.lua takes a count below half
+    of it for a cancelled run: one number in two places."""
+    from exospherehost.broker.fields import CANCELLED_OPEN
+
+    [below] = re.findall(r"local CANCELLED_BELOW = (-?\d+)", SCRIPT.read_text())
+    assert int(below) == CANCELLED_OPEN // 2
+    assert CANCELLED_OPEN < -(2**40), "far below any real open count"

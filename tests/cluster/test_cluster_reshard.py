@@ -1,0 +1,118 @@
+"""Issue 14: a namespace's slot moved to another master while its states flow (as
+`redis-cli --cluster reshard` moves it: IMPORTING / MIGRATING, MIGRATE batches, SETSLOT
+NODE), and a worker killed with SIGKILL on the cluster: every run completes, each leaf
+once, nothing left pending."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.crc import key_slot
+
+from exospherehost import GraphNodeModel, Runtime, StateManager
+from exospherehost.testing.cluster import PrivateCluster
+from tests.cluster.conftest import namespace_on
+from tests.integration.apps.nodes import Label, Split, Square
+from tests.integration.helpers import running, squares_graph, start_worker, stop_processes
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+RUNS = 400
+ITEMS = 3
+
+
+async def test_moving_the_namespace_slot_under_load_loses_and_doubles_nothing(
+    cluster: PrivateCluster,
+) -> None:
+    ns = namespace_on(0)
+    slot = key_slot(ns.encode())
+    assert cluster.owner(slot) == 0
+    url = cluster.url
+    rt = Runtime(
+        namespace=ns, name="reshard", nodes=[Split, Square, Label], redis_url=url, workers=4
+    )
+    async with running(rt), StateManager(ns, redis_url=url) as sm:
+        await sm.upsert_graph("g", squares_graph(ns, items=ITEMS), secrets={})
+        runs = await sm.trigger_many("g", [{"base": k} for k in range(RUNS)])
+        loop = asyncio.get_running_loop()
+        finished_during: list[int] = []
+
+        def between() -> None:  # after each MIGRATE batch, from the migrating thread
+            if not finished_during:  # how far the runs were when the first keys had moved
+                done = asyncio.run_coroutine_threadsafe(_finished(sm, runs), loop).result(10)
+                finished_during.append(done)
+
+        # The node streams first: from then on to the end of the move, every read and
+        # settle (keys in the slot on both masters) is refused with TRYAGAIN, then MOVED.
+        streams = [sm.keys.queue(n) for n in ("Split", "Square", "Label")]
+        moved = await asyncio.to_thread(
+            cluster.migrate_slot, slot, 2, batch=5, between=between, first=streams
+        )
+        statuses = await sm.wait_all(runs, timeout=60)
+        assert cluster.owner(slot) == 2
+        assert moved > RUNS, f"only {moved} keys moved"
+        assert finished_during and finished_during[0] < RUNS, (
+            f"the runs were finished before the slot moved: {finished_during[:3]}"
+        )
+        assert {s.status for s in statuses.values()} == {"SUCCEEDED"}
+        for k, run in enumerate(runs):
+            nodes = statuses[run].nodes
+            counts = {i: (c.succeeded, c.pending, c.failed) for i, c in nodes.items()}
+            assert counts == {
+                "split": (1, 0, 0),
+                "square": (ITEMS, 0, 0),
+                "label": (ITEMS, 0, 0),
+            }, (k, counts)
+            leaves = sorted(r["outputs"]["square"] for r in await sm.results(run))
+            assert leaves == sorted((k + i) ** 2 for i in range(ITEMS)), (k, leaves)
+        for node in ("Split", "Square", "Label"):
+            assert await sm.pending(node) == {"length": 0, "pending": 0, "delayed": 0}
+
+
+async def _finished(sm: StateManager, runs: list[str]) -> int:
+    done = 0
+    for run in runs:
+        done += (await sm.status(run)).status == "SUCCEEDED"
+    return done
+
+
+async def test_a_worker_killed_mid_batch_on_the_cluster_loses_nothing(
+    cluster: PrivateCluster,
+) -> None:
+    ns = namespace_on(1)
+    n = 1000
+    graph = [
+        GraphNodeModel(
+            node_name="Step1", namespace=ns, identifier="one", inputs={"i": 0}, next_nodes=["two"]
+        ),
+        GraphNodeModel(
+            node_name="Step2", namespace=ns, identifier="two", inputs={"i": "${{ one.outputs.i }}"}
+        ),
+    ]
+    env = {"EXO_TEST_NODES": "Step1,Step2", "EXO_TEST_VISIBILITY": "1"}
+    # Through another master's URL: any node of the cluster will do.
+    url = cluster.infos[2].url
+    victim = start_worker(url, ns, EXO_TEST_CRASH_AFTER=str(n // 2), **env)
+    async with StateManager(ns, redis_url=url) as sm:
+        try:
+            await sm.upsert_graph("crash", graph, secrets={}, validation_timeout=30)
+            runs = await sm.trigger_many("crash", [{"i": k} for k in range(n)])
+            code = await asyncio.wait_for(asyncio.to_thread(victim.wait), 60)
+            assert code == -9, stop_processes([victim])
+            survivor = start_worker(url, ns, **env)
+            try:
+                statuses = await sm.wait_all(runs, timeout=90)
+            finally:
+                outs = stop_processes([survivor])
+            assert survivor.returncode == 0, outs
+        finally:
+            stop_processes([victim])
+        assert {s.status for s in statuses.values()} == {"SUCCEEDED"}
+        for k, run in enumerate(runs):
+            st = statuses[run].nodes
+            assert (st["one"].succeeded, st["two"].succeeded, st["two"].pending) == (1, 1, 0), k
+        results = await asyncio.gather(*(sm.results(r) for r in runs))
+        assert [[x["outputs"]["i"] for x in res] for res in results] == [[k] for k in range(n)]
+        for node in ("Step1", "Step2"):
+            assert await sm.pending(node) == {"length": 0, "pending": 0, "delayed": 0}

@@ -1,0 +1,39 @@
+"""W4's figures (benchmarks/fairness.py): the ideal makespans its efficiency is measured
+against, and the options of `--workload w4`."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.bench import parse_args
+from benchmarks.fairness import fifo_ideal_s, ideal_s, scenarios
+
+
+def test_the_ideal_adds_up_the_slots_of_the_workers_joined_so_far() -> None:
+    assert ideal_s([100] * 2000, 4, 32, 0.0) == pytest.approx(1.5625)
+    # 600 x 1 s, 4 x 8 slots joining 2 s apart: 32 T - 8 (0 + 2 + 4 + 6) = 600.
+    assert ideal_s([1000] * 600, 4, 8, 2.0) == pytest.approx(21.75)
+    # Done before the later workers join: they do not count.
+    assert ideal_s([1000] * 16, 4, 8, 10.0) == pytest.approx(2.0)
+    assert ideal_s([5000], 4, 32, 0.0) == pytest.approx(5.0)  # never below the longest
+
+
+def test_the_fifo_ideal_is_a_perfect_dispatcher_in_stream_order() -> None:
+    assert fifo_ideal_s([100] * 2000, 4, 32, 0.0) == pytest.approx(1.6)  # 16 rounds
+    assert fifo_ideal_s([1000] * 600, 4, 8, 2.0) == pytest.approx(22.0)
+    # A long state last: its tail cannot be avoided by any FIFO queue.
+    assert fifo_ideal_s([10] * 99 + [1000], 1, 10, 0.0) == pytest.approx(0.09 + 1.0)
+
+
+def test_the_w4_table_and_its_options() -> None:
+    kinds = [(s.kind, s.processes) for s in scenarios([1, 2, 4])]
+    assert kinds[:3] == [("fixed", 1), ("fixed", 2), ("fixed", 4)]
+    assert ("slow-stagger", 4) in kinds and ("wide", 1) in kinds
+    mixed = next(s for s in scenarios([1]) if s.kind == "mixed").durations_ms()
+    assert sorted(set(mixed)) == [10, 1000] and mixed.count(1000) == 400
+    args = parse_args(
+        ["--workload", "w4", "--w4-prefetch", "adaptive,400", "--w4-scenarios", "wide"]
+    )
+    assert (args.workload, args.w4_prefetch, args.w4_scenarios) == (["w4"], [None, 400], ["wide"])
+    with pytest.raises(SystemExit):
+        parse_args(["--w4-prefetch", "lots"])
