@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from benchmarks.nodes import Noop
 from exospherehost import BaseNode
-from exospherehost.broker.codec import Envelope, encode
+from exospherehost.broker.codec import Envelope, MalformedEntry, decode, encode
 from exospherehost.broker.keys import ENVELOPE_FIELD, Keys
 from exospherehost.broker.plan import SettleFlags, SettlePlan
 from exospherehost.broker.streams import Broker
@@ -553,3 +553,47 @@ async def test_a_run_state_whose_graph_is_gone_fails_for_good_saying_so() -> Non
     outcome = await worker._execute(Job("Noop", KEYS.queue("Noop"), b"1-0", {}, env))
     assert isinstance(outcome, Failed) and outcome.permanent, outcome
     assert outcome.error == "graph 'gone' version 3 not found", outcome.error
+
+
+async def test_a_uniting_state_whose_inputs_cannot_be_built_fails_for_good_with_the_traceback() -> (
+    None
+):
+    """A fired unite whose inputs cannot be rendered from what its branches left: the
+    uniting state fails for good, its reason naming the node and the error, its traceback
+    the error's. Bugs: the traceback formatted from None, the failure not permanent."""
+
+    class Graph:
+        unites = {"u": object()}
+
+        def unite_inputs(self, ident: str, ctx: Any, collected: Any) -> Any:
+            raise ValueError("boom")
+
+    class Collecting(StubBroker):
+        async def collected(self, run_id: str, ident: str, unite: str) -> list[Any]:
+            assert (run_id, ident, unite) == ("r1", "u", "t1")
+            return []
+
+    graphs = SimpleNamespace(compiled={("g", 1): Graph()}, secrets=lambda name, version: {})
+    cfg = SettleConfig(keys=KEYS, graphs={})
+    worker = Worker(cast(Broker, Collecting()), [NodeSpec.of(Noop)], "c",
+                    cast(GraphCache, graphs), cfg)  # fmt: skip
+    env = Envelope("s", {}, run_id="r1", graph="g", graph_version=1, identifier="u", unite="t1")
+    outcome = await worker._execute(Job("Noop", KEYS.queue("Noop"), b"1-0", {}, env))
+    assert isinstance(outcome, Failed) and outcome.permanent is True, outcome
+    assert outcome.error == "cannot build the inputs of uniting node 'u': boom", outcome.error
+    assert "Traceback" in outcome.traceback and "ValueError: boom" in outcome.traceback
+
+
+def test_an_undecodable_entry_is_dead_lettered_for_what_the_codec_says() -> None:
+    """A malformed envelope's reason is the codec's own message (MalformedEntry), as is;
+    only an unforeseen codec error is wrapped as "cannot decode: ...". Bug: every error
+    wrapped (`and False`)."""
+    worker = make_worker(StubBroker())
+    fields = {ENV: b"\xc1"}
+    try:
+        decode(b"1-0", fields)
+    except MalformedEntry as exc:
+        expected = str(exc)
+    worker._accept("Noop", [(b"1-0", fields)])
+    [bad] = worker._outcomes
+    assert isinstance(bad, Malformed) and bad.reason == expected, bad.reason
