@@ -85,7 +85,7 @@ class SettlePlan:
     to settle, `[source stream's KEYS index, entry id, ops]`. `entry` begins an item; the
     op methods after it add to that item, in the order the script runs them."""
 
-    __slots__ = ("_index", "_ops", "_run_from", "items", "keys")
+    __slots__ = ("_index", "_ops", "_run_from", "items", "keys", "size")
 
     def __init__(self) -> None:
         self.keys: list[str] = []
@@ -93,6 +93,7 @@ class SettlePlan:
         self.items: list[list[Any]] = []
         self._ops: list[list[Any]] = []  # the ops of the item begun last
         self._run_from = 0  # where its run ops start (see run_ops_start_here)
+        self.size = 0  # bytes of envelopes and results planned (the planner counts them)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -15,6 +15,7 @@ from exospherehost.errors import (
     RedriveRefused,
     RunNotFound,
     SecretsError,
+    SizeLimitExceeded,
     StoreUnavailable,
     WaitTimedOut,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "RunNotFound",
     "Runtime",
     "SecretsError",
+    "SizeLimitExceeded",
     "StateManager",
     "StoreConfigModel",
     "StoreUnavailable",

@@ -21,6 +21,7 @@ Each class also keeps its builtin (or redis-py) base, in brackets, so code that 
         StoreConflict [TimeoutError]   store.modify lost to other writers too often
         MetricsPortError [OSError]     the metrics port cannot be bound
         TemplateError [ValueError]     a bad or unresolvable ${{ ... }} placeholder
+        SizeLimitExceeded [ValueError] a state, result or store value over its size limit
         CronExpressionError [ValueError]   a cron expression croniter cannot use
         PrivateServerError [RuntimeError]  exospherehost.testing's redis-server will not run
         MalformedEntry [ValueError]    a stream entry that cannot be decoded (dead-lettered)
@@ -75,6 +76,7 @@ __all__ = [
     "RunNotFound",
     "SecretsError",
     "ShutdownAbandoned",
+    "SizeLimitExceeded",
     "StoreConflict",
     "StoreUnavailable",
     "TemplateError",
@@ -107,6 +109,16 @@ class TemplateError(ExosphereError, ValueError):
     def __init__(self, message: str, text: str = "") -> None:
         super().__init__(message)
         self.text = text
+
+
+class SizeLimitExceeded(ExosphereError, ValueError):
+    """A state envelope, a result or a run-store value is bigger than its limit
+    (exospherehost.limits.SizeLimits). The message names it, its size and the limit;
+    `what`, `name`, `size` and `limit` (bytes) say the same for code."""
+
+    def __init__(self, message: str, *, what: str, name: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.what, self.name, self.size, self.limit = what, name, size, limit
 
 
 class CronExpressionError(ExosphereError, ValueError):

@@ -20,6 +20,8 @@ from exospherehost.graph.storevalues import MAX_KEY_LENGTH as MAX_KEY_LENGTH
 from exospherehost.graph.storevalues import check_store_key as check_store_key
 from exospherehost.graph.storevalues import encode_store as encode_store
 from exospherehost.graph.storevalues import encode_value as encode_value
+from exospherehost.limits import SizeLimits
+from exospherehost.limits import current as current_limits
 
 if TYPE_CHECKING:
     from exospherehost.broker.streams import Broker
@@ -38,13 +40,22 @@ class RunStore:
     followed by a `set` is not: concurrent states can overwrite each other's value.
     Execution is at-least-once: a state run twice writes twice, so an `incr` of a state
     that is retried or reclaimed counts twice; make writes idempotent where that
-    matters (e.g. `set` a per-state key)."""
+    matters (e.g. `set` a per-state key).
 
-    __slots__ = ("_broker", "run_id")
+    A value whose encoding is over `SizeLimits.store_value_bytes` (4 MiB; `limits`, else
+    the running Runtime's `size_limits`, else EXOSPHERE_MAX_STORE_VALUE_BYTES) is refused
+    with SizeLimitExceeded naming the key."""
 
-    def __init__(self, broker: Broker, run_id: str) -> None:
+    __slots__ = ("_broker", "_limits", "run_id")
+
+    def __init__(self, broker: Broker, run_id: str, limits: SizeLimits | None = None) -> None:
         self._broker = broker
         self.run_id = run_id
+        self._limits = limits
+
+    @property
+    def limits(self) -> SizeLimits:
+        return self._limits if self._limits is not None else current_limits()
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value of `key`, or `default` when the store has no such key."""
@@ -62,7 +73,7 @@ class RunStore:
 
     async def update(self, values: Mapping[str, Any]) -> None:
         """Set several keys at once (atomically)."""
-        encoded = encode_store(values)
+        encoded = encode_store(values, self.limits)
         if not encoded:
             return
         if not await self._broker.store_set(self.run_id, encoded):
@@ -85,7 +96,7 @@ class RunStore:
         value; `expected=None` matches a missing key and one holding None). True when
         written."""
         key = check_store_key(key)
-        new = encode_value(key, value)
+        new = encode_value(key, value, self.limits)
         written = await self._broker.store_cas(
             self.run_id, key, None if expected is None else encode_value(key, expected), new
         )
@@ -103,10 +114,13 @@ class RunStore:
         change, compare-and-set, again on a conflict (up to `attempts`); returns the value
         written. `change` may run more than once, so it must be pure."""
         key = check_store_key(key)
+        limits = self.limits
         for _ in range(attempts):
             raw = await self._broker.store_get(self.run_id, key)
             new = change(default if raw is None else unpack(raw))
-            written = await self._broker.store_cas(self.run_id, key, raw, encode_value(key, new))
+            written = await self._broker.store_cas(
+                self.run_id, key, raw, encode_value(key, new, limits)
+            )
             if written == 1:
                 return new
             if written < 0:

@@ -36,9 +36,11 @@ from exospherehost.errors import GraphValidationError as GraphValidationError  #
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.cron import CronExpressionError, check_expression
 from exospherehost.graph.runplan import plan_run, run_store
+from exospherehost.graph.storevalues import encode_store
 from exospherehost.graph.validation import NodeSchema, validate_graph
 from exospherehost.graphstore import GraphDoc, GraphStore, compile_doc
 from exospherehost.ids import new_id
+from exospherehost.limits import SizeLimits, biggest
 from exospherehost.models import (
     CronTrigger,
     GraphNodeModel,
@@ -125,11 +127,18 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
         state_manager_uri: str | None = None,
         state_manager_version: str | None = None,
+        size_limits: SizeLimits | None = None,
     ) -> None:
         redis_url = legacy_arguments(
             redis_url, state_manager_uri, state_manager_version, "state_manager_version"
         )
         self.namespace = check_name("namespace", namespace)
+        # What enqueue and trigger refuse (SizeLimitExceeded); default: the environment.
+        if size_limits is not None and not isinstance(size_limits, SizeLimits):
+            raise InvalidArgument(
+                f"size_limits must be an exospherehost.limits.SizeLimits, got {size_limits!r}"
+            )
+        self.size_limits = size_limits if size_limits is not None else SizeLimits.from_env()
         self.config = resolve(redis_url, key)
         # The connection, for closing (and for tests that poke Redis directly); every
         # command goes through the broker and its readers.
@@ -185,10 +194,21 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         _check_delay("delay_ms", delay_ms)
         ids: list[str] = []
         envelopes: list[bytes] = []
+        limit = self.size_limits.state_bytes
         for i, item in enumerate(inputs):
             state_id = new_id()
             ids.append(state_id)
-            envelopes.append(encode(Envelope(state_id, _inputs_dict(item, f"inputs[{i}]"))))
+            values = _inputs_dict(item, f"inputs[{i}]")
+            envelope = encode(Envelope(state_id, values))
+            if len(envelope) > limit:
+                raise self.size_limits.exceeded(
+                    "a state of node",
+                    f"{node_name} (inputs[{i}])",
+                    len(envelope),
+                    "state_bytes",
+                    "biggest: " + biggest([("inputs", values)]),
+                )
+            envelopes.append(envelope)
         await self._check_server()  # after the arguments: a bad one is refused without Redis
         if delay_ms:
             due = int(time.time() * 1000) + delay_ms
@@ -273,6 +293,8 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         errors += trigger_errors
         if errors:
             raise GraphValidationError(graph_name, errors)
+        if store_config is not None:  # a default over its limit would fail every trigger
+            encode_store(store_config.default_values, self.size_limits)
         deadline = time.monotonic() + validation_timeout
         while True:
             schemas = await self._schemas()
@@ -363,6 +385,7 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
         _check_delay("start_delay", start_delay)
         graph = await self._compiled_current(graph_name)
         full_store = run_store(graph, _inputs_dict(store or {}, "store"))
+        encoded = encode_store(full_store, self.size_limits)  # once for all the runs
         now = int(time.time() * 1000)
         given = [_inputs_dict(item or {}, f"inputs[{i}]") for i, item in enumerate(inputs)]
         lanes = await self._lanes_for(len(given))
@@ -374,6 +397,8 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
                 store=full_store,
                 start_delay_ms=start_delay,
                 now_ms=now,
+                limits=self.size_limits,
+                encoded_store=encoded,
             )
             for lane, item in zip(lanes, given, strict=True)
         ]

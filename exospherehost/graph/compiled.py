@@ -8,7 +8,13 @@ descending from it — except U and what follows U — has settled. Those states
 *group* for U; each carries the group id (X's state id) in `grp`, and every settle
 adjusts the group's open count in the same script. Branches reaching U leave the values
 U references (`collected`); U's inputs are rendered when it runs, from X's context plus,
-for nodes between X and U, the list of values of every branch in branch order."""
+for nodes between X and U, the list of values of every branch in branch order.
+
+Store values too big to copy into every envelope (over `SizeLimits.store_inline_bytes`)
+travel by name only: the ctx lists them under `REFS`, and a state whose own template
+references one is not rendered at its parent's settle but when it runs (`needs_store`,
+`render_deferred`), from its ctx and the values the executing worker read from the run
+store. So a 20 MB value in a fan-out of 30 is read 30 times, never copied 30 times."""
 
 from __future__ import annotations
 
@@ -27,6 +33,9 @@ from exospherehost.models import (
 
 STORE = "store"
 """ctx key holding store values (`store` is a reserved identifier)."""
+REFS = "$refs"
+"""ctx key listing store keys whose values stay in the run store (no identifier starts
+with `$`): the ones this state's template or its descendants' need."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +48,8 @@ class CompiledNode:
     carry_outputs: tuple[tuple[str, tuple[str, ...]], ...]
     carry_store: tuple[str, ...]
     groups: tuple[str, ...]  # uniting nodes whose groups this node's states belong to
+    # Store keys this node's own template references (empty for most nodes).
+    store_keys: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +158,9 @@ class CompiledGraph:
                 carry_outputs=tuple((i, tuple(sorted(f))) for i, f in sorted(outputs.items())),
                 carry_store=tuple(sorted(r.key for r in refs if isinstance(r, StoreRef))),
                 groups=tuple(sorted(u for u, un in unites.items() if n.identifier in un.members)),
+                store_keys=frozenset(
+                    r.key for r in templates[n.identifier].refs if isinstance(r, StoreRef)
+                ),
             )
         targets: dict[str, list[str]] = {}
         for u, un in sorted(unites.items()):
@@ -162,14 +176,49 @@ class CompiledGraph:
             targets={k: tuple(v) for k, v in targets.items()},
         )
 
-    def root_state(self, store: Mapping[str, Any], inputs: Mapping[str, Any] | None) -> Successor:
+    def root_state(
+        self,
+        store: Mapping[str, Any],
+        inputs: Mapping[str, Any] | None,
+        refs: frozenset[str] = frozenset(),
+    ) -> Successor:
         """The first state of a run: root template rendered against the store, overridden
-        by the trigger's explicit inputs."""
+        by the trigger's explicit inputs. `store` holds the values that travel inline;
+        `refs` names the keys that stay in the run store (see the module's docstring): a
+        root referencing one is rendered when it runs, its explicit inputs kept as given."""
         root = self.nodes[self.root]
+        full: dict[str, Any] = {STORE: dict(store)}
+        if refs:
+            full[REFS] = sorted(refs)
+            if not root.store_keys.isdisjoint(refs):
+                return Successor(root, dict(inputs or {}), _carry_deferred(root, full, refs))
         rendered = root.template.render({}, store)
         if inputs:
             rendered = {**rendered, **inputs}
-        return Successor(root, rendered, _carry(root, {STORE: dict(store)}))
+        return Successor(root, rendered, _carry(root, full))
+
+    def needs_store(self, identifier: str, ctx: Mapping[str, Any]) -> list[str]:
+        """Store keys a state of `identifier` must read from the run store before it runs
+        (its template references them and they did not travel inline); [] for almost all."""
+        refs = ctx.get(REFS)
+        if not refs:
+            return []
+        own = self.nodes[identifier].store_keys
+        return [k for k in refs if k in own]
+
+    def render_deferred(
+        self,
+        identifier: str,
+        ctx: Mapping[str, Any],
+        read: Mapping[str, Any],
+        explicit: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Inputs of a state whose rendering waited for store values (`needs_store`):
+        its template over its ctx, with `read` (key -> value read from the run store) added
+        to the inline store values; `explicit` (a root's trigger inputs) override."""
+        store = {**(ctx.get(STORE) or {}), **read}
+        rendered = self.nodes[identifier].template.render(ctx, store)
+        return {**rendered, **explicit} if explicit else dict(rendered)
 
     def complete(
         self,
@@ -201,6 +250,7 @@ class CompiledGraph:
                 outer={o: (grp.get(o) or state_id) for o in unite.groups},
             )
         succs: list[tuple[Successor, dict[str, str]]] = []
+        refs = ctx.get(REFS) if ctx else None  # store keys that stay in the run store
         for idx, out in enumerate(outputs):
             full = {**ctx, identifier: out}
             store = full.get(STORE) or {}
@@ -220,15 +270,26 @@ class CompiledGraph:
                     child_grp[u] = steps[u].xid if u in steps else grp[u]
                     if u in steps:
                         steps[u].open_delta += 1
+                if refs and not child.store_keys.isdisjoint(refs):
+                    # Its template needs a store value that stays in the run store: it is
+                    # rendered when it runs (render_deferred), not copied in here.
+                    deferred = _carry_deferred(child, full, refs)
+                    succs.append((Successor(child, {}, deferred, child_path), child_grp))
+                    continue
                 inputs = child.template.render(full, store)
                 succs.append((Successor(child, inputs, _carry(child, full), child_path), child_grp))
         return Completion(succs, list(steps.values()), leaf=not node.children)
 
     def unite_inputs(
-        self, identifier: str, ctx: Mapping[str, Any], collected: Sequence[Mapping[str, Any]]
+        self,
+        identifier: str,
+        ctx: Mapping[str, Any],
+        collected: Sequence[Mapping[str, Any]],
+        read: Mapping[str, Any] | None = None,
     ) -> Any:
         """Inputs of a fired uniting node: its template over the target's context, where a
-        node between target and U stands for the list of its values over all branches."""
+        node between target and U stands for the list of its values over all branches.
+        `read`: store values read from the run store (`needs_store`)."""
         un = self.unites[identifier]
         ordered = sorted(collected, key=lambda c: list(c.get("p") or []))
         full: dict[str, Any] = dict(ctx)
@@ -239,7 +300,10 @@ class CompiledGraph:
                 for f, v in values.items():
                     fields.setdefault(f, []).append(v)
             full[ident] = fields
-        return self.nodes[identifier].template.render(full, full.get(STORE) or {})
+        store = full.get(STORE) or {}
+        if read:
+            store = {**store, **read}
+        return self.nodes[identifier].template.render(full, store)
 
 
 def _merge_outputs(outputs: Sequence[Mapping[str, Any]], fanout: bool) -> dict[str, Any]:
@@ -283,6 +347,8 @@ def _carry_for(unite: CompiledNode, full: Mapping[str, Any], un: Unite) -> dict[
     if store_keys:
         store = full.get(STORE) or {}
         ctx[STORE] = {k: store[k] for k in store_keys if k in store}
+        if (refs := full.get(REFS)) and (kept := [k for k in refs if k in store_keys]):
+            ctx[REFS] = kept
     return ctx
 
 
@@ -295,4 +361,25 @@ def _carry(node: CompiledNode, full: Mapping[str, Any]) -> dict[str, Any]:
     if node.carry_store:
         store = full.get(STORE) or {}
         ctx[STORE] = {k: store[k] for k in node.carry_store if k in store}
+        if (refs := full.get(REFS)) and (kept := [k for k in refs if k in node.carry_store]):
+            ctx[REFS] = kept
+    return ctx
+
+
+def _carry_deferred(
+    node: CompiledNode, full: Mapping[str, Any], refs: Sequence[str] | frozenset[str]
+) -> dict[str, Any]:
+    """ctx of a state rendered when it runs: what its descendants need (`_carry`) plus
+    what its own template references (outputs, inline store values, store keys to read)."""
+    ctx = _carry(node, full)
+    for ref in node.template.refs:
+        if isinstance(ref, OutputRef):
+            produced = full.get(ref.identifier)
+            if isinstance(produced, Mapping) and ref.field in produced:
+                ctx.setdefault(ref.identifier, {})[ref.field] = produced[ref.field]
+    store = full.get(STORE) or {}
+    inline = {k: store[k] for k in node.store_keys if k in store}
+    if inline:
+        ctx[STORE] = {**(ctx.get(STORE) or {}), **inline}
+    ctx[REFS] = sorted(set(ctx.get(REFS) or ()) | (node.store_keys & set(refs)))
     return ctx

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from exospherehost.errors import InputError as InputError  # old import path
+from exospherehost.errors import SizeLimitExceeded
 from exospherehost.errors import TimedOut as TimedOut  # old import path
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.node import BaseNode
@@ -187,9 +188,11 @@ async def execute(
     graph: CompiledGraph | None,
     secrets: Mapping[str, str] | SecretsError,
     broker: Broker | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> Outcome:
     """`secrets`: the graph's decrypted secrets, or why they cannot be had (which fails
-    only nodes that declare secrets). `broker`: backs `self.store` (created on first use)."""
+    only nodes that declare secrets). `broker`: backs `self.store` (created on first use).
+    `inputs`: rendered by the worker (store values read for it), instead of the envelope's."""
     env = job.env
     if env.run_id is not None:
         if graph is None:
@@ -199,7 +202,7 @@ async def execute(
             reason = f"graph {env.graph!r} has no node {env.identifier!r}"
             return Failed(job, reason, "", permanent=True, started=False)
     try:
-        inputs = spec.parse_inputs(env.inputs, env.foreign)
+        model = spec.parse_inputs(env.inputs if inputs is None else inputs, env.foreign)
     except ValidationError as exc:
         reason = f"invalid inputs for {spec.name}: {_short(exc)}"
         return Failed(job, reason, "", permanent=True, started=False)
@@ -237,7 +240,7 @@ async def execute(
         node.state_id = env.state_id
         node.run_id = env.run_id
         node._broker = broker
-        node.inputs = inputs
+        node.inputs = model
         node.secrets = secret_model
         if limit is None:
             result = await node.execute()
@@ -249,6 +252,8 @@ async def execute(
         return Requeued(job, int(sig.delay.total_seconds() * 1000))
     except StoreUnavailable as exc:  # no store for this state: a retry cannot help
         return Failed(job, f"StoreUnavailable: {exc}", format_traceback(exc), permanent=True)
+    except SizeLimitExceeded as exc:  # e.g. a self.store write over its limit: deterministic
+        return Failed(job, describe(exc), format_traceback(exc), permanent=True)
     except TimedOut as exc:
         return Failed(job, f"{spec.name}.execute {exc}", format_traceback(exc))
     except BaseException as exc:

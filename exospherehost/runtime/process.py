@@ -23,6 +23,8 @@ from exospherehost.broker.streams import Broker
 from exospherehost.config import ConfigError, legacy_arguments, resolve
 from exospherehost.errors import InvalidArgument, ShutdownAbandoned
 from exospherehost.graphstore import GraphCache, GraphStore
+from exospherehost.limits import SizeLimits
+from exospherehost.limits import use as use_limits
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
 from exospherehost.node import BaseNode, node_schema, validate_nodes
@@ -91,6 +93,7 @@ class Runtime:
         state_manager_uri: str | None = None,
         state_manage_version: str | None = None,
         poll_interval: float | None = None,
+        size_limits: SizeLimits | None = None,
     ) -> None:
         redis_url = legacy_arguments(
             redis_url, state_manager_uri, state_manage_version, "state_manage_version"
@@ -169,6 +172,12 @@ class Runtime:
         # The namespace's dead-letter stream is capped near this at each dead letter this
         # process writes (XADD MAXLEN ~, oldest first); 0: no cap.
         self.dead_letters_maxlen = dead_letters_maxlen
+        # What one state may carry (exospherehost.limits); default: the environment.
+        if size_limits is not None and not isinstance(size_limits, SizeLimits):
+            raise InvalidArgument(
+                f"size_limits must be an exospherehost.limits.SizeLimits, got {size_limits!r}"
+            )
+        self.size_limits = size_limits if size_limits is not None else SizeLimits.from_env()
         self.run_retention_s = int(run_retention.total_seconds())
         self.grace_period = grace_period
         self.visibility_ms = int(visibility_timeout * 1000)
@@ -229,6 +238,8 @@ class Runtime:
 
     async def _main(self, install_signals: bool, tune_gc: bool) -> None:
         self._loop = asyncio.get_running_loop()
+        # Its own task: node code's self.store checks against this Runtime's limits.
+        use_limits(self.size_limits)
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self.stop)
@@ -245,6 +256,7 @@ class Runtime:
                 graphs=cache.compiled,
                 default_retry=self.default_retry_policy,
                 output_maxlen=self.output_maxlen,
+                limits=self.size_limits,
                 run_retention_s=self.run_retention_s,
                 dead_maxlen=self.dead_letters_maxlen,
                 worker=self.consumer,

@@ -19,9 +19,11 @@ from exospherehost.broker import runs as rec
 from exospherehost.broker.codec import Envelope, decode, encode, pack
 from exospherehost.broker.keys import Keys
 from exospherehost.broker.plan import DeadLetterRecord, SettlePlan
+from exospherehost.errors import SizeLimitExceeded
 from exospherehost.graph.compiled import CompiledGraph
 from exospherehost.graph.retry import retry_delay_ms
 from exospherehost.ids import new_id
+from exospherehost.limits import SizeLimits, biggest, envelope_parts
 from exospherehost.models import RetryPolicyModel
 from exospherehost.runtime.outcomes import (
     Completed,
@@ -59,6 +61,7 @@ class SettleConfig:
     state_records: str = "full"  # STATE_RECORD_LEVELS
     record_field_max: int = RECORD_FIELD_MAX
     clock: Callable[[], float] = time.time
+    limits: SizeLimits = field(default_factory=SizeLimits.from_env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,10 @@ def plan_settle(
             plan.rollback(mark)
             if isinstance(outcome, Malformed):
                 raise
-            reason = f"cannot settle {type(outcome).__name__}: {exc}"
+            if isinstance(exc, SizeLimitExceeded):
+                reason = str(exc)  # names the state, the field and the sizes already
+            else:
+                reason = f"cannot settle {type(outcome).__name__}: {exc}"
             instead = Failed(outcome.job, reason, tb.format_exc(), permanent=True)
             planner.outcome(instead)
             if isinstance(outcome, Failed):
@@ -198,12 +204,13 @@ class _Planner:
     """Plans outcomes into one SettlePlan under one config: the config and the plan are
     what every step shares, so they live here instead of in each step's parameters."""
 
-    __slots__ = ("cfg", "keys", "plan")
+    __slots__ = ("cfg", "keys", "plan", "state_limit")
 
     def __init__(self, cfg: SettleConfig) -> None:
         self.cfg = cfg
         self.keys = cfg.keys
         self.plan = SettlePlan()
+        self.state_limit = cfg.limits.state_bytes  # looked up once per plan, not per state
 
     def outcome(self, outcome: Outcome) -> None:
         plan = self.plan
@@ -224,7 +231,10 @@ class _Planner:
             self.failed(outcome)
         elif isinstance(outcome, Pruned):
             if env.run_id is None:
-                self.output(job, f.PRUNED, f.OUT_DATA, pack(outcome.data))
+                data = pack(outcome.data)
+                if len(data) > self.state_limit:
+                    raise self.too_big(job, "its prune data", len(data), [("data", outcome.data)])
+                self.output(job, f.PRUNED, f.OUT_DATA, data)
             else:
                 self.ended(job, _PRUNED, str(outcome.data), pruned=outcome.data)
         elif isinstance(outcome, Requeued):
@@ -238,8 +248,15 @@ class _Planner:
         job, env, keys, plan = done.job, done.job.env, self.keys, self.plan
         outputs: Any = done.outputs if done.fanout else done.outputs[0]
         if env.run_id is None:
-            self.output(job, f.SUCCEEDED, f.OUT_OUTPUTS, pack(outputs))
+            data = pack(outputs)
+            size = len(data)
+            if size > self.state_limit:
+                raise self.too_big(job, "what it returned", size, _output_parts(done.outputs))
+            self.output(job, f.SUCCEEDED, f.OUT_OUTPUTS, data)
+            plan.size += size
             return
+        state_limit = self.state_limit
+        emitted = 0  # bytes of envelopes and results this state emits: at most settle_bytes
         graph = self.cfg.graphs[(env.graph or "", env.graph_version)]
         ident = env.identifier or ""
         completion = graph.complete(
@@ -262,7 +279,18 @@ class _Planner:
                 grp,
                 list(succ.path),
             )
-            plan.queue(keys.queue(child.node_name), encode(nxt))
+            data = encode(nxt)
+            size = len(data)
+            emitted += size
+            if size > state_limit:
+                raise self.too_big(
+                    job,
+                    f"the state it emits for node {child.node_name} (identifier "
+                    f"{child.identifier})",
+                    size,
+                    envelope_parts(nxt.inputs, nxt.ctx),
+                )
+            plan.queue(keys.queue(child.node_name), data)
             children.append(nxt)
             created = f.CREATED + child.identifier
             counters[created] = counters.get(created, 0) + 1
@@ -284,7 +312,16 @@ class _Planner:
                     unite=step.xid,
                 )
                 strategy = graph.unites[step.unite].strategy.value
-                plan.group_init(gkey, 0, strategy, encode(u_env), step.unite)
+                data = encode(u_env)
+                emitted += len(data)
+                if len(data) > state_limit:
+                    raise self.too_big(
+                        job,
+                        f"the uniting state it opens ({step.unite})",
+                        len(data),
+                        envelope_parts({}, u_env.ctx),
+                    )
+                plan.group_init(gkey, 0, strategy, data, step.unite)
             plan.group_step(
                 group_key=gkey,
                 collected_key=keys.collected(env.run_id, step.unite, step.xid),
@@ -294,8 +331,9 @@ class _Planner:
                 bad_delta=0,
                 retention_s=self.cfg.run_retention_s,
                 outer_groups=[keys.group(env.run_id, o, x) for o, x in step.outer.items()],
-                collected=[pack(c) for c in step.collected],
+                collected=(collected := [pack(c) for c in step.collected]),
             )
+            emitted += sum(map(len, collected))
         if self.cfg.state_records != "off":
             self.record(
                 job, f.SUCCEEDED, {rec.REC_OUTPUTS: outputs}, [n.state_id for n in children]
@@ -306,12 +344,47 @@ class _Planner:
                 f.RESULT_STATE: env.state_id,
                 f.RESULT_OUTPUTS: outputs,
             }
-            plan.rpush(keys.run_results(env.run_id), pack(result))
+            data = pack(result)
+            size = len(data)
+            emitted += size
+            if size > state_limit:
+                raise self.too_big(job, "its result", size, _output_parts(done.outputs))
+            plan.rpush(keys.run_results(env.run_id), data)
+        if emitted > self.cfg.limits.settle_bytes:
+            raise self.too_big(
+                job,
+                f"everything it emits ({len(completion.successors)} states)",
+                emitted,
+                _output_parts(done.outputs),
+                "settle_bytes",
+            )
+        plan.size += emitted
         self.run_step(
             env,
             open_delta=len(completion.successors) - 1,
             counters=counters,
             history=self.history(job, f.SUCCEEDED),
+        )
+
+    def too_big(
+        self,
+        job: Job,
+        what: str,
+        size: int,
+        parts: list[tuple[str, Any]],
+        attr: str = "state_bytes",
+    ) -> SizeLimitExceeded:
+        """The error failing a state whose outputs do not fit (deterministic: the state
+        is dead-lettered without retries, its run ends FAILED); it names the state, what
+        does not fit, the sizes and the biggest fields."""
+        env = job.env
+        ident = f", identifier {env.identifier}" if env.identifier else ""
+        return self.cfg.limits.exceeded(
+            f"node {job.node} (state {env.state_id}{ident}):",
+            what,
+            size,
+            attr,
+            "biggest: " + biggest(parts),
         )
 
     def failed(self, failed: Failed) -> None:
@@ -435,11 +508,15 @@ class _Planner:
             record[rec.REC_GROUPS] = env.groups
         if env.unite is not None:
             record[rec.REC_UNITE] = env.unite
-        pairs: list[Any] = [env.state_id, _capped(record, cfg.record_field_max)]
+        packed = _capped(record, cfg.record_field_max)
+        pairs: list[Any] = [env.state_id, packed]
+        size = len(packed)
         if children:
             pointer = pack([env.state_id, now])
             for child in children:
                 pairs += (rec.REC_PARENT_PREFIX + child, pointer)
+            size += len(children) * (len(pointer) + 24)
+        self.plan.size += size  # counted towards settle_bytes (the worker splits a call)
         self.plan.hset_pairs(self.keys.run_states(env.run_id or ""), pairs)
 
     def history(self, job: Job, status: str, error: str = "") -> bytes:
@@ -525,3 +602,9 @@ class _Planner:
             entry=malformed.entry_id,
             original=pack(malformed.fields),
         )
+
+
+def _output_parts(outputs: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    if len(outputs) == 1:
+        return [("outputs", outputs[0])]
+    return [(f"outputs[{i}]", out) for i, out in enumerate(outputs[:100])]

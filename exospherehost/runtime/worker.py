@@ -18,15 +18,18 @@ import logging
 import time
 from collections.abc import Awaitable, Sequence
 from functools import partial
+from typing import Any
 
 from redis.exceptions import ResponseError
 
-from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
+from exospherehost.broker.codec import MalformedEntry, decode, printable_fields, unpack
 from exospherehost.broker.lane import Lane
 from exospherehost.broker.plan import APPLIED, FAILED, REFUSED
 from exospherehost.broker.streams import Broker
 from exospherehost.errors import ShutdownAbandoned as ShutdownAbandoned  # old import path
+from exospherehost.graph.compiled import REFS
 from exospherehost.graphstore import GraphCache
+from exospherehost.limits import human
 from exospherehost.runtime.execution import (
     InternalErrors,
     NodeSpec,
@@ -388,6 +391,7 @@ class Worker:
         env = job.env
         graph = None
         secrets: dict[str, str] | SecretsError = {}
+        inputs = None  # rendered here, not kept in the envelope (a retry renders again)
         if env.run_id is not None and env.graph is not None:
             graph = self.graphs.compiled.get((env.graph, env.graph_version))  # cached: no await
             if graph is None:  # first state of this graph version here: load it
@@ -396,17 +400,59 @@ class Worker:
                 )
             secrets = self.graphs.secrets(env.graph, env.graph_version)
             ident = env.identifier or ""
+            read: dict[str, Any] = {}
+            if graph is not None and REFS in env.ctx and ident in graph.nodes:
+                # Store values too big to travel in envelopes, read now (graph.compiled).
+                got = await self._read_store(job, graph.needs_store(ident, env.ctx))
+                if isinstance(got, Failed):
+                    return got
+                read = got
             if graph is not None and env.unite is not None and ident in graph.unites:
                 # A fired fan-in: its inputs come from what every branch left behind.
                 collected = await self._retry.until_ok(
                     partial(self.broker.collected, env.run_id, ident, env.unite)
                 )
                 try:
-                    env.inputs = graph.unite_inputs(ident, env.ctx, collected)
+                    if read:
+                        inputs = graph.unite_inputs(ident, env.ctx, collected, read)
+                    else:
+                        env.inputs = graph.unite_inputs(ident, env.ctx, collected)
                 except Exception as exc:
                     reason = f"cannot build the inputs of uniting node {ident!r}: {exc}"
                     return Failed(job, reason, format_traceback(exc), permanent=True)
-        return await execute(self.specs[job.node], job, graph, secrets, self.broker)
+            elif read and graph is not None:
+                try:
+                    inputs = graph.render_deferred(ident, env.ctx, read, env.inputs)
+                except Exception as exc:
+                    reason = f"cannot build the inputs of node {ident!r}: {exc}"
+                    return Failed(job, reason, format_traceback(exc), permanent=True)
+        return await execute(self.specs[job.node], job, graph, secrets, self.broker, inputs)
+
+    async def _read_store(self, job: Job, keys: list[str]) -> dict[str, Any] | Failed:
+        """The run-store values `keys` for a state's inputs; a missing or oversized one
+        fails the state for good (deterministic), naming the key and its size."""
+        env, limits = job.env, self.settle_cfg.limits
+        read: dict[str, Any] = {}
+        total = 0
+        for key in keys:
+            raw = await self._retry.until_ok(partial(self.broker.store_get, env.run_id or "", key))
+            if raw is None:
+                reason = (
+                    f"input references ${{{{ store.{key} }}}} but the run store has no key "
+                    f"{key!r} (deleted, or the run expired)"
+                )
+                return Failed(job, reason, "", permanent=True)
+            total += len(raw)
+            if total > limits.state_bytes:
+                exc = limits.exceeded(
+                    f"node {job.node} (state {env.state_id}, identifier {env.identifier}):",
+                    f"the inputs read from the run store (key {key!r} {human(len(raw))})",
+                    total,
+                    "state_bytes",
+                )
+                return Failed(job, str(exc), "", permanent=True)
+            read[key] = unpack(raw)
+        return read
 
     def _finish(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
@@ -520,6 +566,11 @@ class Worker:
         script refused or could not finish are dead-lettered here (`_rescue`), so the
         flags come back as 1, 2, 0 or _UNSETTLED."""
         plan = plan_settle(batch, self.settle_cfg, self.max_deliveries)
+        if plan.size > self.settle_cfg.limits.settle_bytes and len(batch) > 1:
+            # Too much for one call (Redis refuses an argument over proto-max-bulk-len):
+            # halves, each planned again (a state's own emissions are within the limit).
+            half = len(batch) // 2
+            return await self._settle(batch[:half], lane) + await self._settle(batch[half:], lane)
         flags = await self._retry.until_ok(lambda: self.broker.settle(plan, lane))
         if not flags.errors:
             return flags

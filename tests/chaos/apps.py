@@ -269,6 +269,7 @@ class WorkerConfig:
     grace: float = 5.0
     retries: int = 1
     consumer_idle: float | None = None  # None: the Runtime's default (minutes)
+    prefetch: int | None = None  # None: the Runtime's adaptive read-ahead
 
     def env(self) -> dict[str, str]:
         return {
@@ -281,6 +282,7 @@ class WorkerConfig:
             "EXO_CHAOS_CONSUMER_IDLE": ""
             if self.consumer_idle is None
             else str(self.consumer_idle),
+            "EXO_CHAOS_PREFETCH": "" if self.prefetch is None else str(self.prefetch),
         }
 
     @classmethod
@@ -294,6 +296,7 @@ class WorkerConfig:
             grace=float(e["EXO_CHAOS_GRACE"]),
             retries=int(e["EXO_CHAOS_RETRIES"]),
             consumer_idle=float(e["EXO_CHAOS_CONSUMER_IDLE"] or 0) or None,
+            prefetch=int(e["EXO_CHAOS_PREFETCH"]) if e.get("EXO_CHAOS_PREFETCH") else None,
         )
 
 
@@ -316,6 +319,7 @@ def runtime(url: str, namespace: str, cfg: WorkerConfig) -> Runtime:
         grace_period=cfg.grace,
         default_retry_policy=quick_retries(cfg.retries),
         consumer_idle_timeout=cfg.consumer_idle,
+        prefetch=cfg.prefetch,
     )
 
 

@@ -37,7 +37,10 @@ async def test_frozen_worker_settles_late_and_emits_nothing(
 ) -> None:
     nodes = ("Nap", "Leaf")
     n = 40  # more than the 32 executions in flight: some wait in the frozen queue too
-    async with fleet(redis_url, namespace, WorkerConfig(nodes=nodes), tmp_path) as f:
+    # A read-ahead of 16 beyond the executors (the adaptive one holds a slow node's states
+    # to about the executors): the frozen worker holds all 40, 8 of them not started.
+    cfg = WorkerConfig(nodes=nodes, prefetch=16)
+    async with fleet(redis_url, namespace, cfg, tmp_path) as f:
         [frozen] = await f.start_ready(redis)
         await sm.upsert_graph("chain", chain_graph(namespace, 200), validation_timeout=30)
         runs = await sm.trigger_many("chain", [{"i": k, "ms": 200} for k in range(n)])

@@ -609,3 +609,85 @@ async def test_an_execution_running_past_the_grace_period_is_cut_off_at_its_end(
     assert await sm.pending("Held") == {"length": 1, "pending": 0, "delayed": 0}
     [(_, [(_, fields)])] = await sm.client.xread({sm.keys.queue("Held"): "0"})
     assert decode(b"0-0", fields).state_id == state
+
+
+class Hang(BaseNode):
+    """Runs until cancelled; `swallow`: answers the cancellation with an error of its own
+    (cleanup code that raises), so the worker gets a failure instead of CancelledError."""
+
+    started: ClassVar[int] = 0
+    want: ClassVar[asyncio.Event]
+    wanted: ClassVar[int] = 1
+    swallow: ClassVar[bool] = False
+
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> Outputs:
+        Hang.started += 1
+        if Hang.started >= Hang.wanted:
+            Hang.want.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if Hang.swallow:
+                raise RuntimeError("cleanup failed") from None
+            raise
+        return self.Outputs(x=self.inputs.x)
+
+
+def _hang(wanted: int, swallow: bool = False) -> None:
+    Hang.started, Hang.wanted, Hang.swallow = 0, wanted, swallow
+    Hang.want = asyncio.Event()
+
+
+def _infos(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == WORKER_LOG]
+
+
+async def test_the_stop_log_counts_what_ran_on_and_what_was_cut_short(
+    redis_url: str, namespace: str, sm: StateManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One state done earlier, two running when the grace period (0.1 s) ends: the stop
+    log says 2 in flight, 0 finished and 2 cut short, and both go back to their stream
+    (README, Guarantees: "the log says how many of each"). Bugs: the running count set
+    to 1, stepped by 2, or not given back (`+= 1` / `-= 2` / `= 1` when one ends); the
+    cut-short count set, stepped down or by 2."""
+    _hang(2)
+    caplog.set_level(logging.INFO, WORKER_LOG)
+    rt = Runtime(namespace=namespace, name="m", nodes=[Echo, Hang], redis_url=redis_url,
+                 grace_period=0.1, block_ms=50, default_retry_policy=NO_RETRY)  # fmt: skip
+    async with running(rt):
+        first = await sm.enqueue("Echo", {"x": 1})
+        await sm.wait_for_states("Echo", [first], timeout=10)
+        await sm.enqueue_many("Hang", [{"x": 1}, {"x": 2}])
+        await asyncio.wait_for(Hang.want.wait(), 10)
+    messages = _infos(caplog)
+    assert any("handed back; finishing 2 in-flight" in m for m in messages), messages
+    assert any("0 in-flight states finished, 2 cut short" in m for m in messages), messages
+    assert await sm.pending("Hang") == {"length": 2, "pending": 0, "delayed": 0}
+
+
+async def test_executions_failing_as_the_grace_period_cuts_them_off_are_handed_back(
+    redis_url: str, namespace: str, sm: StateManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node code that answers the end-of-grace cancellation with an error of its own (two
+    states): each is handed back (released, its failure not settled: it did not fail, it
+    was cut off) and counted as cut short. Bugs: the count set, stepped down or by 2, or
+    the release replaced by nothing / a release of no job (the settler dies)."""
+    _hang(2, swallow=True)
+    caplog.set_level(logging.INFO, WORKER_LOG)
+    rt = Runtime(namespace=namespace, name="m", nodes=[Hang], redis_url=redis_url,
+                 grace_period=0.1, block_ms=50, default_retry_policy=NO_RETRY)  # fmt: skip
+    async with running(rt):
+        states = await sm.enqueue_many("Hang", [{"x": 1}, {"x": 2}])
+        await asyncio.wait_for(Hang.want.wait(), 10)
+    messages = _infos(caplog)
+    assert any("0 in-flight states finished, 2 cut short" in m for m in messages), messages
+    assert not await sm.dead_letters()
+    assert await sm.pending("Hang") == {"length": 2, "pending": 0, "delayed": 0}
+    [(_, entries)] = await sm.client.xread({sm.keys.queue("Hang"): "0"})
+    assert {decode(b"0-0", fields).state_id for _, fields in entries} == set(states)

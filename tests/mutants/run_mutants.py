@@ -8,7 +8,8 @@ LIST defaults to tests/mutants/lua_mutants.txt. Each non-blank, non-# line of a 
     id || path || original line || replacement line || pytest arguments
 
 `original` must match exactly one line of `path` (compared without surrounding
-whitespace); the replacement takes that line's indentation. A mutant is KILLED when
+whitespace), or `path#N` names the Nth of several matching lines; the replacement takes
+that line's indentation. A mutant is KILLED when
 pytest fails, SURVIVED when it passes (the tests do not notice the bug), ERROR when the
 line is not found or pytest could not run the selection (exit 4/5). Exit status: 1 if
 any survived or errored. The scratch copy holds the work tree's files (tracked and
@@ -83,9 +84,18 @@ def scratch_copy() -> Path:
     return dest
 
 
+def target_path(m: Mutant) -> str:
+    return m.path.partition("#")[0]
+
+
 def mutate(text: str, m: Mutant) -> str | None:
     lines = text.splitlines(keepends=True)
     hits = [i for i, line in enumerate(lines) if line.strip() == m.original]
+    _, _, nth = m.path.partition("#")
+    if nth:
+        if not nth.isdigit() or not 1 <= int(nth) <= len(hits):
+            return None
+        hits = [hits[int(nth) - 1]]
     if len(hits) != 1:
         return None
     i = hits[0]
@@ -134,7 +144,7 @@ def main() -> int:
     try:
         check_imports(scratch, python, env)
         for m in mutants:
-            target = scratch / m.path
+            target = scratch / target_path(m)
             original = target.read_text()
             mutated = mutate(original, m)
             if mutated is None:

@@ -32,6 +32,7 @@ from run_mutants import ROOT, scratch_copy
 # The worker's selection (about 95 s per surviving mutant).
 WORKER_TESTS: list[str] = [
     "tests/unit/test_settler.py",
+    "tests/unit/test_mutants_worker_unit.py",
     "tests/unit/test_script_planning.py",
     "tests/unit/test_jobqueue.py",
     "tests/unit/test_reclaim_rules.py",
@@ -51,6 +52,16 @@ WORKER_TESTS: list[str] = [
     "tests/integration/test_bad_nodes.py",
     "tests/integration/test_script_failures.py",
     "tests/integration/test_mutants_worker.py",
+    # _execute's graph paths (~4 s): a node reading its secrets, a fired unite's collected
+    # inputs, and a uniting node whose inputs cannot be rendered.
+    "tests/integration/test_secrets.py::test_secrets_never_appear_in_plaintext_anywhere",
+    *(
+        f"tests/integration/test_promises_runs.py::{t}"
+        for t in (
+            "test_a_fired_unite_reopens_the_run_until_the_uniting_state_settles",
+            "test_a_unite_with_every_branch_pruned_and_unrenderable_inputs_fails_without_retries",
+        )
+    ),
 ]
 
 

@@ -48,6 +48,7 @@ OLD_BASE: dict[str, type[BaseException]] = {
     "RunNotFound": KeyError,
     "SecretsError": RuntimeError,
     "ShutdownAbandoned": RedisConnectionError,
+    "SizeLimitExceeded": ValueError,  # new (issue 17.6): a ValueError like other bad input
     "StoreUnavailable": RuntimeError,
     "StoreConflict": TimeoutError,
     "TemplateError": ValueError,

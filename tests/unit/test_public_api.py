@@ -33,6 +33,7 @@ ERRORS = {
     "RedriveRefused",
     "RunNotFound",
     "SecretsError",
+    "SizeLimitExceeded",
     "StoreUnavailable",
     "WaitTimedOut",
 }
