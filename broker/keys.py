@@ -258,6 +258,12 @@ class Keys:
         """List of msgpack records, one per settled outcome of the run's states."""
         return f"{self.lane_base}:run:{run_id}:history"
 
+    def run_states(self, run_id: str) -> str:
+        """Hash of the run's per-state records (StateManager.state / run_graph): field
+        `<state id>` -> msgpack record of its last settle; field `^<state id>` -> msgpack
+        [parent state id, created ms], written by the parent's settle. Expires with the run."""
+        return f"{self.lane_base}:run:{run_id}:states"
+
     def run_store(self, run_id: str) -> str:
         """Hash store key -> msgpack value: the run's key-value store (nodes read and write
         it through `BaseNode.store`); expires with the run."""

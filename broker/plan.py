@@ -18,7 +18,7 @@ from exospherehost.broker.keys import ENVELOPE_FIELD
 # strings hold byte for byte.
 _pack_plan = packer(use_bin_type=False)
 # Op codes: settle.lua's OP_* constants (tests/unit/test_plan_wire.py holds them equal).
-XADD, ZADD_DELAYED, RPUSH, RUN_STEP, GROUP_INIT, GROUP_STEP, RUN_OPEN = 1, 2, 3, 4, 5, 6, 7
+XADD, ZADD_DELAYED, RPUSH, RUN_STEP, GROUP_INIT, GROUP_STEP, RUN_OPEN, HSET = 1, 2, 3, 4, 5, 6, 7, 8
 MAX_XADD_FIELDS = 3000
 """Most fields one script XADD can take: Lua's `unpack` fits ~8000 values on its C stack.
 Plans only ever XADD a handful (entries travel as one `_exo` envelope field); the settle
@@ -142,6 +142,11 @@ class SettlePlan:
 
     def rpush(self, key: str, value: bytes) -> None:
         self._ops.append([RPUSH, self.key(key), value])
+
+    def hset_pairs(self, key: str, pairs: Sequence[Any]) -> None:
+        """HSET KEYS[key] f1 v1 ... (the per-state records of a run); the script chunks
+        long ones. Among the run ops: skipped if the run does not exist."""
+        self._ops.append([HSET, self.key(key), *pairs])
 
     def run_ops_start_here(self) -> None:
         """The item's ops added from now on need its run; those before (a dead letter)

@@ -108,6 +108,29 @@ class HistoryRecord:
         )
 
 
+# -- a per-state record (Keys.run_states field `<state id>`), msgpack map keys -----------
+REC_NODE = "n"
+REC_IDENTIFIER = "id"
+REC_STATUS = "s"  # SUCCEEDED | FAILED | PRUNED | RETRYING
+REC_ATTEMPT = "a"  # 1-based
+REC_INPUTS = "in"
+REC_OUTPUTS = "out"  # a map, or a list of maps (a fan-out)
+REC_ERROR = "err"
+REC_PRUNED = "pr"  # the data the node pruned with
+REC_QUEUED_MS = "q"  # when this attempt's entry was queued (its stream entry id)
+REC_STARTED_MS = "st"  # 0: never executed
+REC_FINISHED_MS = "fin"
+REC_WORKER = "w"  # the Runtime consumer that settled it
+REC_GROUPS = "gr"  # fan-in groups it is a member of: uniting identifier -> target state
+REC_UNITE = "u"  # a uniting state: the target state of its group
+REC_PARENT_PREFIX = "^"  # field `^<state id>` -> msgpack [parent state id, created ms]
+TRUNCATED = "__truncated__"
+"""A field whose msgpack was over the per-field cap is stored as
+{TRUNCATED: its size in bytes, "preview": the start of its text}."""
+RECORD_FIELDS = (REC_INPUTS, REC_OUTPUTS, REC_ERROR, REC_PRUNED)
+"""The fields the per-field cap applies to (the others are small by construction)."""
+
+
 LaneKeys = Callable[[], Awaitable[list[Keys]]]
 """The keys of every lane of a namespace in use (Broker.lane_keys)."""
 
@@ -163,6 +186,41 @@ class RunsReader:
     async def history(self, run_id: str) -> list[HistoryRecord]:
         raw = await self._client.lrange(self.keys.for_run(run_id).run_history(run_id), 0, -1)
         return [HistoryRecord.parse(r) for r in raw]
+
+    async def state_record(
+        self, run_id: str, state_id: str
+    ) -> tuple[dict[str, Any] | None, list[Any] | None]:
+        """The record of a state of a run and its parent pointer ([parent, created ms]),
+        each None when absent; one round trip."""
+        key = self.keys.for_run(run_id).run_states(run_id)
+        rec, ptr = await self._client.execute_command(
+            "HMGET", key, state_id, REC_PARENT_PREFIX + state_id
+        )
+        return (
+            None if rec is None else unpack(rec),
+            None if ptr is None else unpack(ptr),
+        )
+
+    async def state_records(
+        self, run_id: str
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
+        """Every record of the run's states and every parent pointer (child -> [parent,
+        created ms]), read in HSCAN pages (a large run does not block Redis in one call)."""
+        key = self.keys.for_run(run_id).run_states(run_id)
+        records: dict[str, dict[str, Any]] = {}
+        parents: dict[str, list[Any]] = {}
+        cursor = 0
+        while True:
+            cursor, page = await self._client.execute_command("HSCAN", key, cursor, "COUNT", 1000)
+            cursor = int(cursor)
+            for field, value in page.items():
+                name = field.decode()
+                if name.startswith(REC_PARENT_PREFIX):
+                    parents[name[len(REC_PARENT_PREFIX) :]] = unpack(value)
+                else:
+                    records[name] = unpack(value)
+            if cursor == 0:
+                return records, parents
 
     async def run_ids(self, graph: str, offset: int, count: int) -> list[str]:
         """Run ids of `graph`, newest first (over every lane: the newest offset + count of

@@ -424,6 +424,7 @@ class Broker:
                 k.run_history(run_id),
                 k.run_results(run_id),
                 k.run_store(run_id),
+                k.run_states(run_id),
             ],
             args=[run_id, retention_s, f.CANCELLED_OPEN],
         )

@@ -7,7 +7,7 @@
 -- emitting anything (no successors, retries, results, history; no unite fires; the run is
 -- never finished again). One extra HINCRBY here instead of a status read per settled state.
 --
--- KEYS: run hash, events stream, history, results, store.
+-- KEYS: run hash, events stream, history, results, store, states (per-state records).
 -- ARGV: run id, retention s (0: keep), CANCELLED_OPEN.
 -- Returns the run's status after the call: 'CANCELLED' (now or before), 'SUCCEEDED' /
 -- 'FAILED' (it had finished: nothing changed), or 'MISSING'.
@@ -30,7 +30,7 @@ redis.call('HINCRBY', run, 'open', ARGV[3])
 redis.call('XADD', events, 'MAXLEN', '~', 10000, '*', 'run', ARGV[1], 'status', 'CANCELLED')
 local retention = tonumber(ARGV[2])
 if retention > 0 then
-  for i = 1, 5 do
+  for i = 1, #KEYS do
     if i ~= 2 then redis.call('EXPIRE', KEYS[i], retention) end
   end
 end

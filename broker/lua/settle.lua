@@ -33,13 +33,15 @@
 local ITEM_SOURCE, ITEM_ENTRY_ID, ITEM_OPS = 1, 2, 3
 local OP_CODE = 1
 local OP_XADD, OP_ZADD_DELAYED, OP_RPUSH, OP_RUN_STEP, OP_GROUP_INIT, OP_GROUP_STEP,
-      OP_RUN_OPEN = 1, 2, 3, 4, 5, 6, 7
+      OP_RUN_OPEN, OP_HSET = 1, 2, 3, 4, 5, 6, 7, 8
 -- OP_XADD: XADD KEYS[stream] [MAXLEN ~ maxlen (if > 0)] * f1 v1 ... (the pairs, to the end)
 local XADD_STREAM, XADD_MAXLEN, XADD_PAIRS = 2, 3, 4
 -- OP_ZADD_DELAYED: ZADD KEYS[zset] (now + delay_ms) member
 local ZADD_ZSET, ZADD_DELAY_MS, ZADD_MEMBER = 2, 3, 4
 -- OP_RPUSH: RPUSH KEYS[key] value
 local RPUSH_KEY, RPUSH_VALUE = 2, 3
+-- OP_HSET: HSET KEYS[key] f1 v1 ... (the pairs, to the end; per-state records of a run)
+local HSET_KEY, HSET_PAIRS = 2, 3
 -- OP_RUN_OPEN: a graph state's change to its run's open count, before its other run ops;
 -- if the run does not exist (expired, or a forged entry) the entry's remaining ops are
 -- skipped (flag 2); ops before it (a dead letter) stay.
@@ -75,7 +77,7 @@ local MAX_VALUES = 7000  -- per unpack: Lua's C stack holds ~8000 values
 -- output, a dead letter, the run-finished event, a fired unite) that holds another type
 -- or has used up its ids; a delayed zset of another type; an XADD with more fields than
 -- one script call can pass. The plan itself is the SDK's own (exospherehost.broker.plan), so its shape
--- is not re-checked here. Keys only the SDK writes, one per run (run hash, history,
+-- is not re-checked here. Keys only the SDK writes, one per run (run hash, history, states,
 -- results, fan-in groups), are not checked either (a TYPE each would cost ~30 % of a
 -- graph state's Redis time): should a foreign client have broken one, the pcall below
 -- stops that entry and the worker dead-letters it; that run was broken already.
@@ -256,6 +258,11 @@ local function apply(ops)
       redis.call('ZADD', KEYS[op[ZADD_ZSET]], now + op[ZADD_DELAY_MS], op[ZADD_MEMBER])
     elseif code == OP_RPUSH then
       redis.call('RPUSH', KEYS[op[RPUSH_KEY]], op[RPUSH_VALUE])
+    elseif code == OP_HSET then
+      local key, last = KEYS[op[HSET_KEY]], #op
+      for i = HSET_PAIRS, last, 2000 do  -- bounded unpack (a wide fan-out's pointers)
+        redis.call('HSET', key, unpack(op, i, math.min(i + 1999, last)))
+      end
     elseif code == OP_RUN_STEP then
       run_step(op)
     elseif code == OP_GROUP_INIT then

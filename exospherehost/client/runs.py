@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from exospherehost.broker import runs as rec
 from exospherehost.broker.fields import CANCELLED_OPEN, RUN_STATUSES, RUNNING
 from exospherehost.broker.keys import check_name
 from exospherehost.broker.runs import RunRecord, RunsReader
@@ -66,6 +67,112 @@ class StateRecord:
     attempt: int
     error: str
     time_ms: int
+
+
+@dataclass
+class StateDetail:
+    """The record of one state of a run (StateManager.state / run_graph): what its last
+    settle wrote, or PENDING for a state created but not settled yet (then only its
+    parents, created time, node and identifier... as far as known). A field whose msgpack
+    was over the per-field cap holds {"__truncated__": its size in bytes, "preview": the
+    start of its text}; `truncated` names those fields."""
+
+    state_id: str
+    run_id: str
+    node: str
+    identifier: str
+    status: str  # SUCCEEDED | FAILED | PRUNED | RETRYING | PENDING
+    attempt: int  # 1-based; 0 while PENDING
+    inputs: dict[str, Any] | None
+    outputs: Any  # a map, or a list of maps (a fan-out); None unless SUCCEEDED
+    error: str | None  # FAILED, or RETRYING: the failed attempt's error
+    pruned: dict[str, Any] | None  # PRUNED: the data the node pruned with
+    parents: list[str]
+    created_ms: int | None  # when its parent's settle (or the run's start) created it
+    queued_ms: int | None  # when this attempt was queued
+    started_ms: int | None  # when this attempt's execution began (None: never executed)
+    finished_ms: int | None
+    worker: str  # the Runtime consumer that settled it
+    truncated: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunGraph:
+    """Every state of a run (state id -> detail) and the edges parent -> child."""
+
+    run_id: str
+    states: dict[str, StateDetail]
+    edges: list[tuple[str, str]]
+
+
+_REC_NAMES = {
+    rec.REC_INPUTS: "inputs",
+    rec.REC_OUTPUTS: "outputs",
+    rec.REC_ERROR: "error",
+    rec.REC_PRUNED: "pruned",
+}
+
+
+def _detail(
+    run_id: str,
+    state_id: str,
+    record: dict[str, Any] | None,
+    pointer: list[Any] | None,
+    parents: list[str],
+    run_created_ms: int | None,
+) -> StateDetail:
+    if pointer is not None:
+        created: int | None = int(pointer[1])
+    elif record is not None and record.get(rec.REC_UNITE) is None and not parents:
+        created = run_created_ms  # a root state: created by the run's start
+    elif record is not None and record.get(rec.REC_ATTEMPT) == 1:
+        created = record.get(rec.REC_QUEUED_MS)  # a unite: created when it fired
+    else:
+        created = None
+    if record is None:
+        return StateDetail(
+            state_id, run_id, "", "", "PENDING", 0, None, None, None, None,
+            parents, created, None, None, None, "",
+        )  # fmt: skip
+    truncated = [
+        name
+        for key, name in _REC_NAMES.items()
+        if isinstance(record.get(key), dict) and rec.TRUNCATED in record[key]
+    ]
+    started = record.get(rec.REC_STARTED_MS) or None
+    return StateDetail(
+        state_id,
+        run_id,
+        record.get(rec.REC_NODE, ""),
+        record.get(rec.REC_IDENTIFIER) or "",
+        record.get(rec.REC_STATUS, ""),
+        int(record.get(rec.REC_ATTEMPT, 0)),
+        record.get(rec.REC_INPUTS),
+        record.get(rec.REC_OUTPUTS),
+        record.get(rec.REC_ERROR),
+        record.get(rec.REC_PRUNED),
+        parents,
+        created,
+        record.get(rec.REC_QUEUED_MS),
+        started,
+        record.get(rec.REC_FINISHED_MS),
+        record.get(rec.REC_WORKER, ""),
+        truncated,
+    )
+
+
+def _unite_parents(
+    unite: str, target: str, records: dict[str, dict[str, Any]], pointers: dict[str, list[Any]]
+) -> list[str]:
+    """The parents of a uniting state: the last state of each branch of its fan-in group
+    (members with no child), or the target itself when the fan-out had no branch."""
+    has_child = {p[0] for p in pointers.values()}
+    ends = sorted(
+        sid
+        for sid, r in records.items()
+        if (r.get(rec.REC_GROUPS) or {}).get(unite) == target and sid not in has_child
+    )
+    return ends or [target]
 
 
 DAY = timedelta(days=1)
@@ -319,3 +426,56 @@ class RunsMixin:
             StateRecord(h.state_id, h.identifier, h.node, h.status, h.attempt, h.error, h.time_ms)
             for h in history
         ]
+
+    async def state(self, run_id: str, state_id: str) -> StateDetail:
+        """The record of one state of a run: node, identifier, status, attempt, inputs,
+        outputs / error / prune data, parents, times, worker (see StateDetail). Raises
+        RunNotFound when the run or the state is not known (or expired with the run)."""
+        check_name("run id", run_id)
+        if not isinstance(state_id, str) or not state_id:
+            raise InvalidArgument(f"state_id must be a non-empty string, got {state_id!r}")
+        record, pointer = await self._runs.state_record(run_id, state_id)
+        if record is None and pointer is None:
+            if await self._runs.run(run_id) is None:
+                raise _not_found(run_id)
+            raise RunNotFound(
+                f"state {state_id!r} of run {run_id!r} has no record (not a state of this run, "
+                f"or the run's Runtimes keep none: Runtime(state_records='off'))"
+            )
+        if record is not None and record.get(rec.REC_UNITE) is not None:
+            records, pointers = await self._runs.state_records(run_id)
+            parents = _unite_parents(
+                record.get(rec.REC_IDENTIFIER) or "", record[rec.REC_UNITE], records, pointers
+            )
+        else:
+            parents = [] if pointer is None else [pointer[0]]
+        created = None
+        if pointer is None and not parents:
+            run = await self._runs.run(run_id)
+            created = None if run is None else run.created_ms
+        return _detail(run_id, state_id, record, pointer, parents, created)
+
+    async def run_graph(self, run_id: str) -> RunGraph:
+        """Every state of a run with its record (PENDING: created, not settled yet) and
+        the edges parent -> child: a successor's parent is the state whose settle created
+        it; a uniting state's parents are the last states of its group's branches."""
+        check_name("run id", run_id)
+        run = await self._runs.run(run_id)
+        if run is None:
+            raise _not_found(run_id)
+        records, pointers = await self._runs.state_records(run_id)
+        parents: dict[str, list[str]] = {}
+        for sid in records.keys() | pointers.keys():
+            r = records.get(sid)
+            if r is not None and r.get(rec.REC_UNITE) is not None:
+                parents[sid] = _unite_parents(
+                    r.get(rec.REC_IDENTIFIER) or "", r[rec.REC_UNITE], records, pointers
+                )
+            else:
+                parents[sid] = [pointers[sid][0]] if sid in pointers else []
+        states = {
+            sid: _detail(run_id, sid, records.get(sid), pointers.get(sid), ps, run.created_ms)
+            for sid, ps in parents.items()
+        }
+        edges = sorted((p, sid) for sid, ps in parents.items() for p in ps)
+        return RunGraph(run_id, states, edges)

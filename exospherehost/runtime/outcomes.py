@@ -21,6 +21,7 @@ class Job:
     env: Envelope
     deliveries: int = 1  # times Redis handed this entry to a worker (reclaims add one)
     timeout: float | None = None  # bound on this execution (s), else the node's own
+    started: float = 0.0  # when execution began (time.time()); 0: never started
 
 
 @dataclass(slots=True)

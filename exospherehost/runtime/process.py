@@ -34,7 +34,7 @@ from exospherehost.runtime.gctune import tune_for_throughput
 from exospherehost.runtime.lanes import LaneWorkers
 from exospherehost.runtime.loopwatch import LoopWatch
 from exospherehost.runtime.resilience import Retrier, is_outage, pause, supervised
-from exospherehost.runtime.settle import SettleConfig
+from exospherehost.runtime.settle import STATE_RECORD_LEVELS, SettleConfig
 from exospherehost.runtime.stats import RuntimeStats
 from exospherehost.runtime.upkeep.report import Reporter
 from exospherehost.runtime.worker import Worker
@@ -88,6 +88,7 @@ class Runtime:
         metrics_port: int | None = None,
         tune_gc: bool | None = None,
         prefetch: int | None = None,
+        state_records: str = "full",
         # The original SDK's arguments, accepted where they cost nothing (README: Migrating).
         state_manager_uri: str | None = None,
         state_manage_version: str | None = None,
@@ -142,6 +143,14 @@ class Runtime:
                 f"metrics_port must be a port number (1-65535), got {metrics_port!r}"
             )
         self.metrics_port = metrics_port
+        if state_records not in STATE_RECORD_LEVELS:
+            raise InvalidArgument(
+                f"state_records must be one of {', '.join(map(repr, STATE_RECORD_LEVELS))}, "
+                f"got {state_records!r}"
+            )
+        # "full": every settle of a graph state writes its record (StateManager.state);
+        # "off": none (the run history, counters and results are kept either way).
+        self.state_records = state_records
         if prefetch is not None and (
             isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0
         ):
@@ -250,6 +259,8 @@ class Runtime:
                 limits=self.size_limits,
                 run_retention_s=self.run_retention_s,
                 dead_maxlen=self.dead_letters_maxlen,
+                worker=self.consumer,
+                state_records=self.state_records,
             )
             specs = [NodeSpec.of(n) for n in self.nodes]
             # One for the worker and our own start-up calls: one outage log, one stop.

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback as tb
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from exospherehost.broker import fields as f
+from exospherehost.broker import runs as rec
 from exospherehost.broker.codec import Envelope, decode, encode, pack
 from exospherehost.broker.keys import Keys
 from exospherehost.broker.plan import DeadLetterRecord, SettlePlan
@@ -37,6 +38,16 @@ from exospherehost.runtime.outcomes import (
     Retry,
 )
 
+STATE_RECORD_LEVELS = ("full", "off")
+"""Runtime(state_records=...): "full" writes a record of every settle of a graph state
+(StateManager.state / run_graph); "off" writes none."""
+
+RECORD_FIELD_MAX = 16_384
+"""Bytes of msgpack one field of a state record (inputs, outputs, error, prune data) may
+take; a larger one is stored as a truncation marker (broker/runs.py TRUNCATED)."""
+
+_PREVIEW_CHARS = 200
+
 
 @dataclass(slots=True)
 class SettleConfig:
@@ -46,6 +57,9 @@ class SettleConfig:
     output_maxlen: int = 100_000
     run_retention_s: int = 86_400
     dead_maxlen: int = 100_000  # cap of the dead-letter stream (MAXLEN ~); 0: none
+    worker: str = ""  # the consumer name, in state records
+    state_records: str = "full"  # STATE_RECORD_LEVELS
+    record_field_max: int = RECORD_FIELD_MAX
     clock: Callable[[], float] = time.time
     limits: SizeLimits = field(default_factory=SizeLimits.from_env)
 
@@ -152,6 +166,35 @@ def plan_dead_letters(
     return plan
 
 
+def _entry_ms(entry_id: bytes) -> int:
+    """The ms part of a stream entry id (when it was added)."""
+    ms, _, _ = entry_id.partition(b"-")
+    return int(ms) if ms.isdigit() else 0
+
+
+def _capped(record: dict[str, Any], cap: int) -> bytes:
+    """msgpack of `record`, any of its RECORD_FIELDS over `cap` bytes (or that msgpack
+    cannot carry) replaced by a marker {TRUNCATED: its size in bytes (0: not packable),
+    "preview": its first characters}. One pack when the whole record fits (the usual case)."""
+    try:
+        packed = pack(record)
+    except TypeError:
+        packed = b""
+    if packed and len(packed) <= cap:
+        return packed
+    for name in rec.RECORD_FIELDS:
+        if name in record:
+            value = record[name]
+            try:
+                size = len(pack(value))
+            except TypeError:
+                size = 0
+            if size == 0 or size > cap:
+                text = value if isinstance(value, str) else repr(value)
+                record[name] = {rec.TRUNCATED: size, "preview": text[:_PREVIEW_CHARS]}
+    return pack(record)
+
+
 def _policy(env: Envelope, cfg: SettleConfig) -> RetryPolicyModel:
     graph = cfg.graphs.get((env.graph or "", env.graph_version)) if env.run_id else None
     return graph.retry_policy if graph is not None else cfg.default_retry
@@ -193,7 +236,7 @@ class _Planner:
                     raise self.too_big(job, "its prune data", len(data), [("data", outcome.data)])
                 self.output(job, f.PRUNED, f.OUT_DATA, data)
             else:
-                self.ended(job, _PRUNED, str(outcome.data))
+                self.ended(job, _PRUNED, str(outcome.data), pruned=outcome.data)
         elif isinstance(outcome, Requeued):
             # Settled: deliveries carried from earlier releases start afresh.
             member = encode(dataclasses.replace(env, deliveries=0) if env.deliveries else env)
@@ -220,6 +263,7 @@ class _Planner:
             ident, env.state_id, env.ctx, env.groups, env.path, done.outputs, done.fanout
         )
         counters: dict[str, int] = {f.SUCCEEDED_COUNT + ident: 1}
+        children: list[Envelope] = []
         for succ, grp in completion.successors:
             child = succ.node
             nxt = Envelope(
@@ -247,6 +291,7 @@ class _Planner:
                     envelope_parts(nxt.inputs, nxt.ctx),
                 )
             plan.queue(keys.queue(child.node_name), data)
+            children.append(nxt)
             created = f.CREATED + child.identifier
             counters[created] = counters.get(created, 0) + 1
         for step in completion.groups:
@@ -289,6 +334,10 @@ class _Planner:
                 collected=(collected := [pack(c) for c in step.collected]),
             )
             emitted += sum(map(len, collected))
+        if self.cfg.state_records != "off":
+            self.record(
+                job, f.SUCCEEDED, {rec.REC_OUTPUTS: outputs}, [n.state_id for n in children]
+            )
         if completion.leaf:
             result = {
                 f.RESULT_IDENTIFIER: ident,
@@ -362,6 +411,8 @@ class _Planner:
             delay = retry_delay_ms(policy, env.attempt + 1)
             self.plan.delay(self.keys.delayed(job.node), delay, encode(env2))
             if env.run_id is not None:
+                if self.cfg.state_records != "off":
+                    self.record(job, "RETRYING", {rec.REC_ERROR: failed.error})
                 self.run_step(
                     env,
                     open_delta=0,
@@ -378,16 +429,29 @@ class _Planner:
         if env.run_id is None:
             self.output(job, f.FAILED, f.OUT_ERROR, failed.error)
         else:
-            self.ended(job, _FAILED, failed.error)
+            self.ended(job, _FAILED, failed.error, error=failed.error)
         failed.fate = DeadLettered.PERMANENT if failed.permanent else DeadLettered.RETRIES_SPENT
 
-    def ended(self, job: Job, end: _End, note: str) -> None:
+    def ended(
+        self,
+        job: Job,
+        end: _End,
+        note: str,
+        *,
+        error: str = "",
+        pruned: dict[str, Any] | None = None,
+    ) -> None:
         """A graph state ended without success (pruned, or failed for good): its fan-in
         groups lose a member and the run one open state. A dead letter already in the
         entry is written even if the run no longer exists (the run's ops start after it)."""
         env = job.env
         self.plan.run_ops_start_here()
         self.ended_in_groups(env)
+        if self.cfg.state_records != "off":
+            detail: dict[str, Any] = (
+                {rec.REC_PRUNED: pruned} if pruned is not None else {rec.REC_ERROR: error}
+            )
+            self.record(job, end.status, detail)
         self.run_step(
             env,
             open_delta=-1,
@@ -419,6 +483,41 @@ class _Planner:
                 ],
                 collected=[],
             )
+
+    def record(
+        self, job: Job, status: str, detail: dict[str, Any], children: Sequence[str] = ()
+    ) -> None:
+        """The state's record (field `<state id>` of the run's states hash), and a parent
+        pointer for each successor it created; one HSET among the entry's run ops, so it
+        is written only if the run exists. `detail`: outputs, error or prune data."""
+        env, cfg = job.env, self.cfg
+        now = int(cfg.clock() * 1000)
+        record: dict[str, Any] = {
+            rec.REC_NODE: job.node,
+            rec.REC_IDENTIFIER: env.identifier,
+            rec.REC_STATUS: status,
+            rec.REC_ATTEMPT: env.attempt + 1,
+            rec.REC_INPUTS: env.inputs,
+            rec.REC_QUEUED_MS: _entry_ms(job.entry_id),
+            rec.REC_STARTED_MS: int(job.started * 1000),
+            rec.REC_FINISHED_MS: now,
+            rec.REC_WORKER: cfg.worker,
+            **detail,
+        }
+        if env.groups:
+            record[rec.REC_GROUPS] = env.groups
+        if env.unite is not None:
+            record[rec.REC_UNITE] = env.unite
+        packed = _capped(record, cfg.record_field_max)
+        pairs: list[Any] = [env.state_id, packed]
+        size = len(packed)
+        if children:
+            pointer = pack([env.state_id, now])
+            for child in children:
+                pairs += (rec.REC_PARENT_PREFIX + child, pointer)
+            size += len(children) * (len(pointer) + 24)
+        self.plan.size += size  # counted towards settle_bytes (the worker splits a call)
+        self.plan.hset_pairs(self.keys.run_states(env.run_id or ""), pairs)
 
     def history(self, job: Job, status: str, error: str = "") -> bytes:
         """One line of the run's history (the run step appends it only if the run exists)."""
@@ -456,7 +555,9 @@ class _Planner:
             # Only a step closing more states than it opens can end the run; the others
             # leave these KEYS out (fewer keys per settle call to send and to look up).
             expire_with_run=(
-                [keys.run_results(run_id), keys.run_store(run_id)] if open_delta < 0 else []
+                [keys.run_results(run_id), keys.run_store(run_id), keys.run_states(run_id)]
+                if open_delta < 0
+                else []
             ),
             counters=counters,
         )

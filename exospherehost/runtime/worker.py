@@ -351,8 +351,10 @@ class Worker:
         clock = time.perf_counter
         me = asyncio.current_task()
         assert me is not None
+        wall = time.time
         while (job := await queue.get()) is not None:
             started = clock()
+            job.started = wall()  # the state's record (settle.py)
             self.executing += 1
             try:
                 outcome = await self._execute(job)

@@ -79,6 +79,11 @@ OPS: dict[str, Op] = {
     "RPUSH": Op(
         wire.RPUSH, lambda p: p.rpush("k:list", b"value"), {"key": Key("k:list"), "value": b"value"}
     ),
+    "HSET": Op(
+        wire.HSET,
+        lambda p: p.hset_pairs("k:hash", ("f1", b"v1", "f2", b"v2")),
+        {"key": Key("k:hash"), "pairs": Tail(("f1", b"v1", "f2", b"v2"))},
+    ),
     "RO": Op(
         wire.RUN_OPEN,
         lambda p: p.run_step(**RUN_STEP),
