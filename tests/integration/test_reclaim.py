@@ -164,7 +164,10 @@ async def test_many_orphaned_states_clear_in_bounded_time_within_the_room(
         limit = rt._worker.max_inflight
     assert {r.status for r in done.values()} == {"SUCCEEDED"}
     assert len(await sm.outputs("Nap", count=n + fresh + 1)) == n + fresh  # each once
-    assert rt.settled == n + fresh
+    # Settle calls, late duplicates included: with a 0.5 s visibility timeout on a loaded
+    # machine a state may be claimed and run twice (execution is at-least-once); its second
+    # settle emits nothing (the outputs above are each once) but is counted here.
+    assert n + fresh <= rt.settled <= n + fresh + 10
     # A claim reserves its room; a read already on its way may overshoot by its count.
     assert 0 < peak <= limit + rt.batch_size, (peak, limit)
     await _all_clear(sm, "Nap")
