@@ -67,11 +67,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--prefetch", type=int, default=None, help="Runtime(prefetch=...) (default: adaptive)"
     )
     p.add_argument("--register-only", action="store_true")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="--url is a node of a Redis Cluster (the handshake's client routes by slot; "
+        "the Runtime finds out by itself)",
+    )
     return p.parse_args(argv)
 
 
-def _wait_for_go(url: str, namespace: str, index: int, timeout: float) -> bool:
-    client = redis.Redis.from_url(url)
+def _wait_for_go(
+    url: str, namespace: str, index: int, timeout: float, cluster: bool = False
+) -> bool:
+    client = redis.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
     try:
         client.rpush(ready_key(namespace), json.dumps({"index": index, "pid": os.getpid()}))
         parent = os.getppid()
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.register_only:
         asyncio.run(_register_only(runtime))
         return 0
-    if not _wait_for_go(args.url, args.namespace, args.index, args.go_timeout):
+    if not _wait_for_go(args.url, args.namespace, args.index, args.go_timeout, args.cluster):
         print(json.dumps({"index": args.index, "error": "no go signal"}), flush=True)
         return 1
     factory = None
