@@ -134,11 +134,35 @@ async def _serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGUSR1, _dump, runtime)
     task = runtime.start()
     assert task is not None
     await _started(runtime, task)
     report["started_at"] = time.monotonic()
     await task
+
+
+def _dump(runtime: Runtime) -> None:
+    """SIGUSR1: log where each lane's Worker holds its states (a diagnostic of a stalled
+    measurement; reads the Runtime's private state, nothing is changed)."""
+    lanes = getattr(runtime, "_worker", None)
+    for tag, worker in sorted(getattr(lanes, "workers", {}).items()):
+        queue = worker._queue
+        held = {node: len(ids) for node, ids in worker.holdings.held.items() if ids}
+        logging.warning(
+            "lane %s: held %s (count %d of %d), job queue %d (waking %d, waiters %d), "
+            "executing %d, outcomes waiting %d, settled %d",
+            tag,
+            held,
+            worker.holdings.count,
+            worker.holdings.limit,
+            len(queue),
+            queue._waking,
+            len(queue._waiters),
+            worker.executing,
+            len(worker._outcomes),
+            worker.settled,
+        )
 
 
 def _stuck(exit_timeout: float) -> None:
