@@ -285,6 +285,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                     unavailable[system] = why
                     log(f"peer {system} skipped: {why}")
         rows: list[dict[str, Any]] = []
+        failures: list[dict[str, str]] = []  # measurements that raised
         w4_rows: list[dict[str, Any]] = []
         for name in args.workload:
             if name == "w4":
@@ -318,12 +319,19 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                             label = f"{name}-p{procs}-r{rep}"
                             if len(lane_counts) > 1 or k != 1:
                                 label = f"{name}-p{procs}-k{k}-r{rep}"
-                            if system == "exospherehost":
-                                ctx.lanes = k
-                                result = await WORKLOADS[name](ctx, n, procs, label)
-                            else:
-                                label = f"{system}-{label}"
-                                result = await peer_mod.peer_run(ctx, system, name, n, procs, label)
+                            try:
+                                if system == "exospherehost":
+                                    ctx.lanes = k
+                                    result = await WORKLOADS[name](ctx, n, procs, label)
+                                else:
+                                    label = f"{system}-{label}"
+                                    result = await peer_mod.peer_run(
+                                        ctx, system, name, n, procs, label
+                                    )
+                            except Exception as exc:  # recorded; the other rows still run
+                                log(f"{label}: FAILED: {exc!r}")
+                                failures.append({"label": label, "error": repr(exc)})
+                                continue
                             log_result(label, name, result)
                             runs[(procs, k, system)].append(result)
             rows += [
@@ -331,6 +339,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                 for procs in counts
                 for k in lane_counts
                 for s in systems
+                if runs[(procs, k, s)]
             ]
         return {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -360,6 +369,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                 "peer_versions": peer_versions(peers),
             },
             "results": rows,
+            "failures": failures,
             "w4": w4_rows,
         }
     finally:
@@ -401,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     log(f"wrote {args.output}")
+    if report["failures"]:
+        log(f"{len(report['failures'])} measurement(s) failed: see 'failures' in the JSON")
+        return 1
     return 0
 
 
