@@ -94,17 +94,18 @@ def summarise(
     if "lanes" in runs[0]:
         row["lanes"] = runs[0]["lanes"]
     if "masters" in runs[0]:
-        # Per master (the same order in every repeat: sorted by address), the medians.
-        masters = [r["masters"] for r in runs]
+        # By rank, busiest master first: each repeat's fresh namespace (and its lanes)
+        # lands on other masters, so "master 1" is not the same role twice.
+        masters = [sorted(r["masters"], key=lambda m: -m["calls"]) for r in runs]
         row["masters"] = [
             {
-                "node": first["node"],
+                "rank": i + 1,
                 **{
                     key: statistics.median(m[i][key] for m in masters)
                     for key in ("calls_share", "top_level_share", "cpu_share", "redis_cpu")
                 },
             }
-            for i, first in enumerate(masters[0])
+            for i in range(len(masters[0]))
         ]
     if workload == "w2":
         row["median_states_per_s"] = round(3 * median, 1)
@@ -142,11 +143,12 @@ def _shares(row: dict[str, Any], key: str) -> str:
 
 def scaling_markdown(rows: list[dict[str, Any]]) -> str:
     """The table of --cluster / --lanes rows: lanes, rates and each master's share of the
-    Redis command calls (scripts' commands included) and of Redis CPU (medians)."""
+    Redis command calls (scripts' commands included) and of Redis CPU (medians by rank,
+    busiest master first)."""
     out = [
         "| workload | N | lanes | procs | median | min | max | unit | worker CPU "
-        "| redis CPU (all masters) | per-master share of commands | per-master share of "
-        "Redis CPU | per-master Redis CPU (cores) | other CPU |\n"
+        "| redis CPU (all masters) | per-master share of commands, busiest first "
+        "| per-master share of Redis CPU | per-master Redis CPU (cores) | other CPU |\n"
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|---|---:|"
     ]
 

@@ -83,12 +83,26 @@ def test_master_shares_split_a_window_over_the_masters() -> None:
     assert [s["cpu_share"] for s in shares] == [0.667, 0.333]
 
 
-def test_a_cluster_row_prints_lanes_and_master_shares() -> None:
-    masters = [
-        {"node": f"n{i}", "calls_share": s, "top_level_share": s, "cpu_share": s, "redis_cpu": s}
-        for i, s in enumerate((0.5, 0.3, 0.2))
+def test_a_cluster_row_prints_lanes_and_master_shares_busiest_first() -> None:
+    def masters(shares: tuple[float, ...]) -> list[dict[str, Any]]:
+        return [
+            {
+                "node": f"n{i}",
+                "calls": int(s * 100),
+                "calls_share": s,
+                "top_level_share": s,
+                "cpu_share": s,
+                "redis_cpu": s,
+            }
+            for i, s in enumerate(shares)
+        ]
+
+    # Each repeat's namespace lands on other masters: the shares are ranked, not per node.
+    orders = [(0.5, 0.3, 0.2), (0.2, 0.5, 0.3), (0.3, 0.2, 0.5)]
+    runs = [
+        {**_run(rate), "lanes": 3, "masters": masters(order)}
+        for rate, order in zip((100.0, 200.0, 300.0), orders, strict=True)
     ]
-    runs = [{**_run(rate), "lanes": 3, "masters": masters} for rate in (100.0, 200.0, 300.0)]
     row = summarise("w2", 2, runs)
     assert row["lanes"] == 3
     assert [m["calls_share"] for m in row["masters"]] == [0.5, 0.3, 0.2]
