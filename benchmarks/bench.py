@@ -23,8 +23,10 @@ Workloads (see benchmarks/README.md for the exact definitions):
 (the `peers` extra: pip install -e '.[peers]') in the same invocation, interleaved with ours.
 
 Unless ``--redis-url`` is given a private redis-server is started (and stopped) for the
-invocation. Every measurement uses a fresh namespace and deletes its keys afterwards;
-nothing else on the server is touched (no FLUSHALL, ever).
+invocation; with ``--cluster`` a private 3-master Redis Cluster instead. ``--lanes K[,K...]``
+gives each w1/w2 namespace K lanes (rows per K, interleaved), and every w1/w2 row reports
+each master's share of the Redis commands. Every measurement uses a fresh namespace and
+deletes its keys afterwards; nothing else on the server is touched (no FLUSHALL, ever).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from benchmarks import peers as peer_mod
 from benchmarks.harness import Ctx, RawRedis, log
@@ -52,6 +55,7 @@ from benchmarks.report import (
     summarise,
 )
 from benchmarks.workloads import ALL, DEFAULT_N, TABLES, WORKLOADS
+from exospherehost.testing.cluster import PrivateCluster
 from exospherehost.testing.server import PrivateServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -62,6 +66,20 @@ def _processes(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError("--processes takes positive integers, e.g. 1 or 1,2")
     return values
+
+
+def _lanes(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 1 <= v <= 256 for v in values):
+        raise argparse.ArgumentTypeError("--lanes takes lane counts from 1 to 256, e.g. 1 or 1,3")
+    return values
+
+
+SCALING = ("w1", "w2")
+"""The workloads --cluster and --lanes apply to."""
 
 
 def _prefetches(text: str) -> list[int | None]:
@@ -122,6 +140,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--repeat", type=int, help="repeats per row (default 3; memory: 1)")
     p.add_argument("--redis-url", help="use this server instead of a private one")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="start a private 3-master Redis Cluster instead of a single server (w1, w2; "
+        "with --redis-url: the URL is a node of a cluster)",
+    )
+    p.add_argument("--masters", type=int, default=3, help="--cluster: masters to start (default 3)")
+    p.add_argument(
+        "--lanes",
+        type=_lanes,
+        default=[1],
+        help="w1/w2: the namespace's lane count before the workload, or a list like 1,3 "
+        "(rows interleaved; default 1). w1's states, enqueued without a graph, stay on lane 0",
+    )
     p.add_argument("--batch-size", type=int, default=100, help="Runtime(batch_size=...)")
     p.add_argument(
         "--loop",
@@ -185,20 +217,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--branches, --rate and --output-maxlen must be positive")
     if args.peer_repeat < 1 or args.dramatiq_threads < 1:
         p.error("--peer-repeat and --dramatiq-threads must be positive")
+    if args.masters < 1:
+        p.error("--masters must be positive")
+    scaled = args.cluster or args.lanes != [1]
+    if scaled and [w for w in args.workload if w not in SCALING]:
+        p.error("--cluster and --lanes apply to the w1 and w2 workloads only")
+    if scaled and args.peers:
+        p.error("--peers does not run with --cluster or --lanes")
     return args
 
 
+async def _masters(client: RedisCluster) -> list[RawRedis]:
+    """One plain client per master of the cluster `client` is connected to."""
+    await client.initialize()
+    return [
+        aioredis.Redis(host=node.host, port=int(node.port), decode_responses=False)
+        for node in sorted(client.get_primaries(), key=lambda n: (n.host, n.port))
+    ]
+
+
 async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> dict[str, Any]:
-    client: RawRedis = aioredis.Redis.from_url(url, decode_responses=False)
+    client: RawRedis
+    nodes: list[RawRedis] = []
+    if args.cluster:
+        client = RedisCluster.from_url(url, decode_responses=False)
+        nodes = await _masters(client)
+    else:
+        client = aioredis.Redis.from_url(url, decode_responses=False)
     source_at_start = source_fingerprint()
     try:
-        info = await client.info("server")
-        # Cache the SDK's Lua scripts in the server as a long-running deployment has them,
-        # so no measurement pays the one-off NOSCRIPT -> EVAL fallback. (Harmless on a
-        # shared server: SCRIPT LOAD only adds to the script cache.)
+        info = await (nodes[0] if nodes else client).info("server")
+        # Cache the SDK's Lua scripts in the server (every master of a cluster) as a
+        # long-running deployment has them, so no measurement pays the one-off NOSCRIPT ->
+        # EVAL fallback. (Harmless on a shared server: SCRIPT LOAD only adds to the cache.)
         for script in resources.files("exospherehost.broker").joinpath("lua").iterdir():
             if script.name.endswith(".lua"):
-                await client.script_load(script.read_text())
+                for node in nodes or [client]:
+                    await node.script_load(script.read_text())
         ctx = Ctx(
             url=url,
             client=client,
@@ -216,6 +271,8 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
             dramatiq_threads=args.dramatiq_threads,
             loop=args.loop,
             untuned_gc=args.untuned_gc,
+            cluster=args.cluster,
+            nodes=nodes,
         )
         peers: list[str] = []
         unavailable: dict[str, str] = {}
@@ -228,6 +285,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                     unavailable[system] = why
                     log(f"peer {system} skipped: {why}")
         rows: list[dict[str, Any]] = []
+        failures: list[dict[str, str]] = []  # measurements that raised
         w4_rows: list[dict[str, Any]] = []
         for name in args.workload:
             if name == "w4":
@@ -241,8 +299,12 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
             repeat = args.repeat or (1 if name == "memory" else 3)
             systems = ["exospherehost", *(peers if name in ("w1", "w2") else [])]
             counts = [1] if name == "enqueue" else args.processes
-            runs: dict[tuple[int, str], list[dict[str, Any]]] = {
-                (procs, system): [] for procs in counts for system in systems
+            lane_counts = args.lanes if name in SCALING else [1]
+            runs: dict[tuple[int, int, str], list[dict[str, Any]]] = {
+                (procs, k, system): []
+                for procs in counts
+                for k in lane_counts
+                for system in systems
             }
             rounds = max(repeat, args.peer_repeat if peers and len(systems) > 1 else 0)
             for rep in range(rounds):
@@ -250,19 +312,34 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                 # then the next repeat): drift in the machine's speed then hits every
                 # row alike, which matters for the ratios between rows.
                 for procs in counts:
-                    for system in systems:
-                        if rep >= (repeat if system == "exospherehost" else args.peer_repeat):
-                            continue
-                        label = f"{name}-p{procs}-r{rep}"
-                        if system == "exospherehost":
-                            result = await WORKLOADS[name](ctx, n, procs, label)
-                        else:
-                            label = f"{system}-{label}"
-                            result = await peer_mod.peer_run(ctx, system, name, n, procs, label)
-                        log_result(label, name, result)
-                        runs[(procs, system)].append(result)
+                    for k in lane_counts:
+                        for system in systems:
+                            if rep >= (repeat if system == "exospherehost" else args.peer_repeat):
+                                continue
+                            label = f"{name}-p{procs}-r{rep}"
+                            if len(lane_counts) > 1 or k != 1:
+                                label = f"{name}-p{procs}-k{k}-r{rep}"
+                            try:
+                                if system == "exospherehost":
+                                    ctx.lanes = k
+                                    result = await WORKLOADS[name](ctx, n, procs, label)
+                                else:
+                                    label = f"{system}-{label}"
+                                    result = await peer_mod.peer_run(
+                                        ctx, system, name, n, procs, label
+                                    )
+                            except Exception as exc:  # recorded; the other rows still run
+                                log(f"{label}: FAILED: {exc!r}")
+                                failures.append({"label": label, "error": repr(exc)})
+                                continue
+                            log_result(label, name, result)
+                            runs[(procs, k, system)].append(result)
             rows += [
-                summarise(name, procs, runs[(procs, s)], s) for procs in counts for s in systems
+                summarise(name, procs, runs[(procs, k, s)], s)
+                for procs in counts
+                for k in lane_counts
+                for s in systems
+                if runs[(procs, k, s)]
             ]
         return {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -279,6 +356,8 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                 "untuned_gc": args.untuned_gc,
                 "repeat": args.repeat,
                 "external_redis": external,
+                "cluster_masters": len(nodes) if args.cluster else None,
+                "lanes": args.lanes,
                 "wait_quiet_s": args.wait_quiet,
                 "branches": args.branches,
                 "rate": args.rate,
@@ -290,9 +369,12 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                 "peer_versions": peer_versions(peers),
             },
             "results": rows,
+            "failures": failures,
             "w4": w4_rows,
         }
     finally:
+        for node in nodes:
+            await node.aclose()
         await client.aclose()
 
 
@@ -300,9 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.py_spy is not None:
         args.py_spy.mkdir(parents=True, exist_ok=True)
-    server: PrivateServer | None = None
+    server: PrivateServer | PrivateCluster | None = None
     if args.redis_url:
         url, kind = args.redis_url, "external"
+    elif args.cluster:
+        server = PrivateCluster(masters=args.masters)
+        infos = server.start()
+        url, kind = server.url, f"cluster of {len(infos)} masters ({infos[0].kind})"
+        log(f"private {kind} at {', '.join(i.url for i in infos)}")
     else:
         server = PrivateServer()
         started = server.start()
@@ -314,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if server is not None:
             server.stop()
     if report["results"]:
-        print(markdown(report["results"]))
+        print(markdown(report["results"], scaling=args.cluster or args.lanes != [1]))
     if report["w4"]:
         from benchmarks.w4 import markdown as w4_markdown
 
@@ -324,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     log(f"wrote {args.output}")
+    if report["failures"]:
+        log(f"{len(report['failures'])} measurement(s) failed: see 'failures' in the JSON")
+        return 1
     return 0
 
 

@@ -11,7 +11,8 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -51,6 +52,15 @@ class Ctx:
     dramatiq_threads: int = 8  # peers: `dramatiq --threads` (its default)
     loop: str = "asyncio"  # the workers' event loop: asyncio or uvloop
     untuned_gc: bool = False  # workers with Runtime(tune_gc=False)
+    cluster: bool = False  # `client` is a RedisCluster; `nodes` its masters
+    lanes: int = 1  # w1/w2: the namespace's lane count (StateManager.set_lanes)
+    # One plain client per master (the server's `client` itself when not a cluster): CPU,
+    # command counts and key clean-up are per node.
+    nodes: list[RawRedis] = field(default_factory=list)
+
+    @property
+    def masters(self) -> list[RawRedis]:
+        return self.nodes or [self.client]
 
     async def settle_machine(self) -> None:
         """With --wait-quiet, hold the measurement until other processes are idle."""
@@ -73,6 +83,9 @@ class Snapshot:
     steal_s: float
     harness_cpu_s: float
     commands: dict[str, tuple[int, int]]  # command -> (calls, usec), INFO commandstats
+    # Per master (one entry on a single server): (address, command calls counted in
+    # commandstats - scripts' commands included -, total_commands_processed, CPU seconds).
+    per_node: tuple[tuple[str, int, int, float], ...] = ()
 
 
 def _proc_stat() -> tuple[float, float]:
@@ -104,23 +117,69 @@ async def wait_quiet(limit_s: float, threshold: float = 0.25, window_s: float = 
             return load
 
 
-async def snapshot(client: RawRedis) -> Snapshot:
-    cpu = await client.info("cpu")
-    stats = await client.info("commandstats")
-    commands = {
-        name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
-        for name, v in stats.items()
-        if isinstance(v, dict)
-    }
+def _address(client: RawRedis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+
+async def snapshot(client: RawRedis, nodes: Sequence[RawRedis] | None = None) -> Snapshot:
+    """CPU and command counters of Redis (summed over `nodes`, the masters of a cluster;
+    default: `client` alone), the machine and this process."""
+    commands: dict[str, tuple[int, int]] = {}
+    per_node: list[tuple[str, int, int, float]] = []
+    redis_cpu = 0.0
+    for node in nodes or [client]:
+        cpu = await node.info("cpu")
+        stats = await node.info("commandstats")
+        total = await node.info("stats")
+        calls_here = 0
+        for name, v in stats.items():
+            if isinstance(v, dict):
+                key = name.removeprefix("cmdstat_")
+                c0, u0 = commands.get(key, (0, 0))
+                commands[key] = (c0 + int(v["calls"]), u0 + int(v["usec"]))
+                calls_here += int(v["calls"])
+        node_cpu = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        redis_cpu += node_cpu
+        per_node.append(
+            (_address(node), calls_here, int(total["total_commands_processed"]), node_cpu)
+        )
     busy, steal = _proc_stat()
     return Snapshot(
         at=time.monotonic(),
-        redis_cpu_s=float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+        redis_cpu_s=redis_cpu,
         machine_busy_s=busy,
         steal_s=steal,
         harness_cpu_s=time.process_time(),
         commands=commands,
+        per_node=tuple(per_node),
     )
+
+
+def master_shares(a: Snapshot, b: Snapshot) -> list[dict[str, Any]]:
+    """Each master's part of the window's Redis work: command calls (commandstats, which
+    counts the commands scripts run too), top-level commands (total_commands_processed)
+    and CPU, with each one's share of the sum over the masters. The snapshots' own INFO
+    calls are a handful per master and left in."""
+    elapsed = b.at - a.at
+    rows = []
+    for (addr, c0, t0, cpu0), (_, c1, t1, cpu1) in zip(a.per_node, b.per_node, strict=True):
+        rows.append({"node": addr, "calls": c1 - c0, "top_level": t1 - t0, "cpu_s": cpu1 - cpu0})
+    calls = sum(r["calls"] for r in rows) or 1
+    top = sum(r["top_level"] for r in rows) or 1
+    cpu = sum(r["cpu_s"] for r in rows) or 1.0
+    return [
+        {
+            "node": r["node"],
+            "calls": r["calls"],
+            "calls_share": round(r["calls"] / calls, 3),
+            "top_level_commands": r["top_level"],
+            "top_level_share": round(r["top_level"] / top, 3),
+            "redis_cpu": round(r["cpu_s"] / elapsed, 3),
+            "cpu_share": round(r["cpu_s"] / cpu, 3),
+        }
+        for r in rows
+    ]
 
 
 def command_deltas(a: Snapshot, b: Snapshot, top: int = 8) -> dict[str, dict[str, float]]:
@@ -176,6 +235,8 @@ def measurement(
         result["startup_ms"] = round(max(r["started_at"] - a.at for r in reports) * 1000, 1)
         result["workers"] = reports
     result["redis_commands"] = command_deltas(a, b)
+    if len(a.per_node) > 1:
+        result["masters"] = master_shares(a, b)
     return result
 
 
@@ -190,15 +251,26 @@ def next_poll(last: tuple[float, int] | None, now: float, left: int) -> float:
     return POLL_MAX_S
 
 
-async def cleanup(client: RawRedis, namespace: str) -> int:
-    """UNLINK every key of `namespace` (all share the prefix exo:{ns}:)."""
+async def cleanup(client: RawRedis, namespace: str, nodes: Sequence[RawRedis] | None = None) -> int:
+    """UNLINK every key of `namespace`: those under its own tag (exo:{ns}:) and its lanes'
+    (exo:{ns/n}:), on every node in `nodes` (a cluster's masters; default: `client`).
+    One key per UNLINK, pipelined: a cluster node refuses a multi-key UNLINK over slots."""
     deleted = 0
-    batch: list[bytes] = []
-    async for key in client.scan_iter(match=f"exo:{{{namespace}}}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += await client.unlink(*batch)
-            batch = []
-    if batch:
-        deleted += await client.unlink(*batch)
-    return int(deleted)
+    for node in nodes or [client]:
+        for match in (f"exo:{{{namespace}}}:*", f"exo:{{{namespace}/*"):
+            batch: list[bytes] = []
+            async for key in node.scan_iter(match=match, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += await _unlink(node, batch)
+                    batch = []
+            if batch:
+                deleted += await _unlink(node, batch)
+    return deleted
+
+
+async def _unlink(node: RawRedis, keys: list[bytes]) -> int:
+    pipe = node.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(int(n) for n in await pipe.execute())

@@ -20,7 +20,7 @@ from benchmarks.harness import ROOT, Ctx, log, next_poll
 from benchmarks.worker import go_key, ready_key
 
 
-def _worker_argv(url: str, namespace: str, nodes: str) -> list[str]:
+def _worker_argv(url: str, namespace: str, nodes: str, cluster: bool = False) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -31,6 +31,7 @@ def _worker_argv(url: str, namespace: str, nodes: str) -> list[str]:
         namespace,
         "--nodes",
         nodes,
+        *(["--cluster"] if cluster else []),
     ]
 
 
@@ -62,7 +63,7 @@ class Workers:
         for i in range(self.count):
             self.logs.append(tempfile.TemporaryFile())  # noqa: SIM115 - closed in stop/kill
             proc = await asyncio.create_subprocess_exec(
-                *_worker_argv(self.ctx.url, self.namespace, self.nodes),
+                *_worker_argv(self.ctx.url, self.namespace, self.nodes, self.ctx.cluster),
                 "--index",
                 str(i),
                 "--batch-size",
@@ -231,13 +232,13 @@ async def wait_drained(
 
 
 async def register_nodes(
-    url: str, namespace: str, nodes: str = "chain", timeout: float = 30.0
+    url: str, namespace: str, nodes: str = "chain", timeout: float = 30.0, cluster: bool = False
 ) -> None:
     """Register a node set (A, B, C by default) from a short-lived Runtime process
     (`--register-only`), so the graph can be upserted and runs triggered before the
     workers are released."""
     proc = await asyncio.create_subprocess_exec(
-        *_worker_argv(url, namespace, nodes),
+        *_worker_argv(url, namespace, nodes, cluster),
         "--register-only",
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -91,6 +91,22 @@ def summarise(
         values = [r[cpu] for r in runs if cpu in r]
         if values:
             row[cpu] = statistics.median(values)
+    if "lanes" in runs[0]:
+        row["lanes"] = runs[0]["lanes"]
+    if "masters" in runs[0]:
+        # By rank, busiest master first: each repeat's fresh namespace (and its lanes)
+        # lands on other masters, so "master 1" is not the same role twice.
+        masters = [sorted(r["masters"], key=lambda m: -m["calls"]) for r in runs]
+        row["masters"] = [
+            {
+                "rank": i + 1,
+                **{
+                    key: statistics.median(m[i][key] for m in masters)
+                    for key in ("calls_share", "top_level_share", "cpu_share", "redis_cpu")
+                },
+            }
+            for i in range(len(masters[0]))
+        ]
     if workload == "w2":
         row["median_states_per_s"] = round(3 * median, 1)
         if "trigger_rate" in runs[0]:
@@ -118,15 +134,52 @@ def _other(r: dict[str, Any]) -> str:
     return f"{r['other_cpu'] + r.get('steal_cpu', 0):.2f}" if "other_cpu" in r else "-"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def _shares(row: dict[str, Any], key: str) -> str:
+    masters = row.get("masters")
+    if not masters:
+        return "1.00"
+    return " / ".join(f"{m[key]:.2f}" for m in masters)
+
+
+def scaling_markdown(rows: list[dict[str, Any]]) -> str:
+    """The table of --cluster / --lanes rows: lanes, rates and each master's share of the
+    Redis command calls (scripts' commands included) and of Redis CPU (medians by rank,
+    busiest master first)."""
+    out = [
+        "| workload | N | lanes | procs | median | min | max | unit | worker CPU "
+        "| redis CPU (all masters) | per-master share of commands, busiest first "
+        "| per-master share of Redis CPU | per-master Redis CPU (cores) | other CPU |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|---|---:|"
+    ]
+
+    def num(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:.2f}" if key in row else "-"
+
+    for r in rows:
+        if r["workload"] not in ("w1", "w2"):
+            continue
+        out.append(
+            f"| {r['workload']} | {r['n']:,} | {r.get('lanes', 1)} | {r['processes']} "
+            f"| {r['median_rate']:,.0f} | {r['min_rate']:,.0f} | {r['max_rate']:,.0f} "
+            f"| {r['unit']} | {num(r, 'worker_cpu')} | {num(r, 'redis_cpu')} "
+            f"| {_shares(r, 'calls_share')} | {_shares(r, 'cpu_share')} "
+            f"| {_shares(r, 'redis_cpu') if r.get('masters') else num(r, 'redis_cpu')} "
+            f"| {_other(r)} |"
+        )
+    out.append("")
+    return "\n".join(out)
+
+
+def markdown(rows: list[dict[str, Any]], scaling: bool = False) -> str:
     """Results tables. CPU columns are medians over the repeats: `worker CPU` / `redis CPU`
     in cores, `µs/item` CPU time per item, `other` what other processes (plus hypervisor
-    steal) used meanwhile: a large value marks a disturbed measurement."""
+    steal) used meanwhile: a large value marks a disturbed measurement. `scaling` (the
+    --cluster / --lanes rows) prints scaling_markdown's table as well."""
 
     def num(row: dict[str, Any], key: str, fmt: str = ".2f") -> str:
         return format(row[key], fmt) if key in row else "-"
 
-    out: list[str] = []
+    out: list[str] = [scaling_markdown(rows)] if scaling else []
     throughput = [r for r in rows if r["workload"] not in ("latency", "memory")]
     if throughput:
         out.append(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,26 +22,34 @@ FAN_GRAPH = "bench-fan"
 
 
 async def w1_drain(ctx: Ctx, n: int, processes: int, label: str) -> dict[str, Any]:
-    """Enqueue N no-op states, release W workers, time until all are settled."""
+    """Enqueue N no-op states, release W workers, time until all are settled.
+
+    With `ctx.lanes` > 1 the namespace has that many lanes, but states enqueued without a
+    graph always go to lane 0 (README, Wire protocol: Lanes), so W1 then measures what the
+    idle lanes cost the workers, not a spread."""
     ns = ctx.namespace("w1")
     keys = Keys(ns)
     sm = StateManager(ns, redis_url=ctx.url)
     workers = Workers(ctx, ns, "noop", processes, output_maxlen=max(2 * n, 100_000), label=label)
     try:
+        if ctx.lanes != 1:
+            await sm.set_lanes(ctx.lanes)
         await sm.enqueue_many("Noop", [payload(i) for i in range(n)])
         await workers.start()
         await ctx.settle_machine()
-        a = await snapshot(ctx.client)
+        a = await snapshot(ctx.client, ctx.masters)
         await workers.go()
         drained = await wait_drained(ctx, [("stream", keys.queue("Noop"))], workers, ctx.timeout)
-        b = replace(await snapshot(ctx.client), at=drained)
+        b = replace(await snapshot(ctx.client, ctx.masters), at=drained)
         reports = await workers.stop()
         await _verify_w1(ctx, keys, n, reports)
-        return measurement(n, a, b, reports, ctx.external)
+        result = measurement(n, a, b, reports, ctx.external)
+        result["lanes"] = ctx.lanes
+        return result
     finally:
         await workers.kill()
         await sm.close()
-        await cleanup(ctx.client, ns)
+        await cleanup(ctx.client, ns, ctx.masters)
 
 
 async def _verify_w1(ctx: Ctx, keys: Keys, n: int, reports: list[dict[str, Any]]) -> None:
@@ -105,46 +113,58 @@ async def trigger_runs(
 
 
 async def w2_pipeline(ctx: Ctx, n: int, processes: int, label: str) -> dict[str, Any]:
-    """Trigger N runs of A -> B -> C, release W workers, time until every run finished."""
+    """Trigger N runs of A -> B -> C, release W workers, time until every run finished.
+
+    With `ctx.lanes` = k > 1 the namespace gets k lanes before the runs are triggered, so
+    the runs are spread round robin over the k lanes (k hash tags, on a cluster spread
+    over the masters) and every worker serves every lane."""
     ns = ctx.namespace("w2")
     keys = Keys(ns)
     sm = StateManager(ns, redis_url=ctx.url)
     workers = Workers(ctx, ns, "chain", processes, label=label)
     try:
-        await register_nodes(ctx.url, ns, "chain")
+        tags = await sm.set_lanes(ctx.lanes) if ctx.lanes != 1 else [0]
+        await register_nodes(ctx.url, ns, "chain", cluster=ctx.cluster)
         await sm.upsert_graph(GRAPH, chain_graph(ns), secrets={}, validation_timeout=10)
         tt = time.perf_counter()
         run_ids = await trigger_runs(sm, n)
         trigger_rate = n / (time.perf_counter() - tt)
         await workers.start()
         watch: list[tuple[str, str]] = []
-        for node in ("A", "B", "C"):
-            watch += [("stream", keys.queue(node)), ("zset", keys.delayed(node))]
+        for tag in tags:
+            lane = keys.on_lane(tag)
+            for node in ("A", "B", "C"):
+                watch += [("stream", lane.queue(node)), ("zset", lane.delayed(node))]
         await ctx.settle_machine()
-        a = await snapshot(ctx.client)
+        a = await snapshot(ctx.client, ctx.masters)
         await workers.go()
         drained = await wait_drained(ctx, watch, workers, ctx.timeout)
-        b = replace(await snapshot(ctx.client), at=drained)
+        b = replace(await snapshot(ctx.client, ctx.masters), at=drained)
         reports = await workers.stop()
-        await _verify_w2(ctx, keys, run_ids, reports)
+        await _verify_w2(ctx, keys, run_ids, reports, tags)
         result = measurement(n, a, b, reports, ctx.external)
         result["states_per_s"] = round(3 * n / (b.at - a.at), 1)
         result["trigger_rate"] = round(trigger_rate, 1)
+        result["lanes"] = ctx.lanes
         return result
     finally:
         await workers.kill()
         await sm.close()
-        await cleanup(ctx.client, ns)
+        await cleanup(ctx.client, ns, ctx.masters)
 
 
 async def _verify_w2(
-    ctx: Ctx, keys: Keys, run_ids: list[str], reports: list[dict[str, Any]]
+    ctx: Ctx,
+    keys: Keys,
+    run_ids: list[str],
+    reports: list[dict[str, Any]],
+    tags: Sequence[int] = (0,),
 ) -> None:
     c = ctx.client
     pipe = c.pipeline(transaction=False)
     for run in run_ids:
-        pipe.hget(keys.run(run), "status")
-        pipe.lrange(keys.run_results(run), 0, -1)
+        pipe.hget(keys.for_run(run).run(run), "status")
+        pipe.lrange(keys.for_run(run).run_results(run), 0, -1)
     replies = await pipe.execute()
     problems: list[str] = []
     statuses = list(replies[0::2])
@@ -161,8 +181,12 @@ async def _verify_w2(
     settled = sum(int(r["settled"]) for r in reports)
     if settled != 3 * len(run_ids):
         problems.append(f"workers report {settled} settled, expected {3 * len(run_ids)}")
-    if await c.xlen(keys.dead()):
-        problems.append("dead letters were written")
+    on_lanes = {keys.for_run(run).lane for run in run_ids}
+    if not on_lanes <= set(tags) or (len(run_ids) >= len(tags) and on_lanes != set(tags)):
+        problems.append(f"runs on lanes {sorted(on_lanes)}, expected all of {list(tags)}")
+    for tag in tags:
+        if await c.xlen(keys.on_lane(tag).dead()):
+            problems.append(f"dead letters were written (lane {tag})")
     if problems:
         raise AssertionError("w2 check failed: " + "; ".join(problems))
 

@@ -67,11 +67,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--prefetch", type=int, default=None, help="Runtime(prefetch=...) (default: adaptive)"
     )
     p.add_argument("--register-only", action="store_true")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="--url is a node of a Redis Cluster (the handshake's client routes by slot; "
+        "the Runtime finds out by itself)",
+    )
     return p.parse_args(argv)
 
 
-def _wait_for_go(url: str, namespace: str, index: int, timeout: float) -> bool:
-    client = redis.Redis.from_url(url)
+def _wait_for_go(
+    url: str, namespace: str, index: int, timeout: float, cluster: bool = False
+) -> bool:
+    client = redis.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
     try:
         client.rpush(ready_key(namespace), json.dumps({"index": index, "pid": os.getpid()}))
         parent = os.getppid()
@@ -126,11 +134,35 @@ async def _serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGUSR1, _dump, runtime)
     task = runtime.start()
     assert task is not None
     await _started(runtime, task)
     report["started_at"] = time.monotonic()
     await task
+
+
+def _dump(runtime: Runtime) -> None:
+    """SIGUSR1: log where each lane's Worker holds its states (a diagnostic of a stalled
+    measurement; reads the Runtime's private state, nothing is changed)."""
+    lanes = getattr(runtime, "_worker", None)
+    for tag, worker in sorted(getattr(lanes, "workers", {}).items()):
+        queue = worker._queue
+        held = {node: len(ids) for node, ids in worker.holdings.held.items() if ids}
+        logging.warning(
+            "lane %s: held %s (count %d of %d), job queue %d (waking %d, waiters %d), "
+            "executing %d, outcomes waiting %d, settled %d",
+            tag,
+            held,
+            worker.holdings.count,
+            worker.holdings.limit,
+            len(queue),
+            queue._waking,
+            len(queue._waiters),
+            worker.executing,
+            len(worker._outcomes),
+            worker.settled,
+        )
 
 
 def _stuck(exit_timeout: float) -> None:
@@ -160,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.register_only:
         asyncio.run(_register_only(runtime))
         return 0
-    if not _wait_for_go(args.url, args.namespace, args.index, args.go_timeout):
+    if not _wait_for_go(args.url, args.namespace, args.index, args.go_timeout, args.cluster):
         print(json.dumps({"index": args.index, "error": "no go signal"}), flush=True)
         return 1
     factory = None
