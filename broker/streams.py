@@ -87,6 +87,12 @@ def parse_read_reply(reply: Any, prefix: int) -> list[tuple[str, list[Entry]]]:
     out: list[tuple[str, list[Entry]]] = []
     for stream, raw in reply.items() if isinstance(reply, dict) else reply:
         entries: list[Entry] = []
+        if raw is None:
+            # Seen under load (issue: W2 stalls, benchmarks/README.md): a stream with a nil
+            # entry list. Nothing to take from it; must not stop the reader. Anything Redis
+            # put in our pending list for it is reclaimed after the visibility timeout.
+            log.warning("XREADGROUP answered stream %r with no entry list; skipped", stream)
+            continue
         for entry_id, flat in raw:
             if isinstance(flat, dict):
                 entries.append((entry_id, flat))

@@ -113,6 +113,13 @@ async def test_read_parses_raw_replies_of_both_protocols(
         await client.aclose()
 
 
+def test_a_stream_with_a_nil_entry_list_is_skipped_not_fatal() -> None:
+    """A reply `[stream, nil]` (seen under load) once killed the reader with a TypeError."""
+    prefix = len("exo:{n}:q:")
+    reply = [[b"exo:{n}:q:A", None], [b"exo:{n}:q:B", [[b"2-0", [b"k", b"v"]]]]]
+    assert parse_read_reply(reply, prefix) == [("B", [(b"2-0", {b"k": b"v"})])]
+
+
 def test_parse_read_reply_shapes() -> None:
     # An entry deleted while pending comes back with nil fields: decoded later as malformed.
     assert parse_read_reply([[b"exo:{n}:q:A", [[b"1-0", None]]]], len("exo:{n}:q:")) == [
