@@ -160,7 +160,11 @@ class Prefetch:
         if not fast and not slow:
             return []
         share = max(1, min(self.batch_size, room) // (len(fast) + len(slow)))
-        groups: dict[int, list[str]] = {share: fast} if fast else {}
+        # A copy: slow nodes whose COUNT equals the fast share join this group, and the
+        # fast list must stay as it is. Mutated, it listed those nodes twice in one
+        # XREADGROUP, and states went to this worker's pending list without ever being in
+        # a reply (W2, 2 processes: stalled until reclaimed 30 s later; test_prefetch).
+        groups: dict[int, list[str]] = {share: list(fast)} if fast else {}
         for node, budget in slow.items():
             # The slow nodes share one budget: COUNT applies to each of their streams.
             groups.setdefault(min(share, max(1, budget // len(slow))), []).append(node)

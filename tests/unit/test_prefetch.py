@@ -175,3 +175,18 @@ def test_the_worker_command_takes_a_prefetch(monkeypatch: pytest.MonkeyPatch) ->
     assert "--prefetch" in CliRunner().invoke(worker, ["--help"]).output
     bad = CliRunner().invoke(worker, ["m:N", "--prefetch", "-1"])
     assert bad.exit_code != 0 and "--prefetch" in bad.output
+
+
+@pytest.mark.parametrize("room", [432, 200, 100, 60, 52])
+@pytest.mark.parametrize("seen", ["", "A", "AB", "ABC"])
+def test_no_node_is_read_twice_in_one_call(room: int, seen: str) -> None:
+    """A node twice in one XREADGROUP (a slow node whose COUNT equalled the fast share
+    joined the fast group's list, then was listed again): W2 with 2 processes stalled in
+    every run, states delivered to the worker's pending list but never in a reply, until
+    the reclaimer took them 30 s later."""
+    pf = _pf(["A", "B", "C"])
+    stats = {n: (C().ran(1000, 10e-6) if n in seen else C()) for n in "ABC"}
+    for dry in (False, True):
+        for nodes, count in pf.plan(stats, room, 0, 0, dry):
+            assert len(nodes) == len(set(nodes)), (nodes, count)
+            assert count >= 1
