@@ -14,7 +14,13 @@ from exospherehost import GraphNodeModel, Runtime, StateManager
 from exospherehost.testing.cluster import PrivateCluster
 from tests.cluster.conftest import namespace_on
 from tests.integration.apps.nodes import Label, Split, Square
-from tests.integration.helpers import running, squares_graph, start_worker, stop_processes
+from tests.integration.helpers import (
+    assert_step_runs_once,
+    running,
+    squares_graph,
+    start_worker,
+    stop_processes,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -108,11 +114,4 @@ async def test_a_worker_killed_mid_batch_on_the_cluster_loses_nothing(
             assert survivor.returncode == 0, outs
         finally:
             stop_processes([victim])
-        assert {s.status for s in statuses.values()} == {"SUCCEEDED"}
-        for k, run in enumerate(runs):
-            st = statuses[run].nodes
-            assert (st["one"].succeeded, st["two"].succeeded, st["two"].pending) == (1, 1, 0), k
-        results = await asyncio.gather(*(sm.results(r) for r in runs))
-        assert [[x["outputs"]["i"] for x in res] for res in results] == [[k] for k in range(n)]
-        for node in ("Step1", "Step2"):
-            assert await sm.pending(node) == {"length": 0, "pending": 0, "delayed": 0}
+        await assert_step_runs_once(sm, runs, statuses)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from exospherehost import GraphNodeModel, StateManager
-from tests.integration.helpers import start_worker, stop_processes
+from tests.integration.helpers import assert_step_runs_once, start_worker, stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -66,15 +66,7 @@ async def test_kill_9_mid_batch_loses_nothing_and_transitions_once(
         assert survivor.returncode == 0, outs
     finally:
         stop_processes([victim])
-    assert {s.status for s in statuses.values()} == {"SUCCEEDED"}
-    for k, run in enumerate(runs):
-        st = statuses[run].nodes
-        # Exactly one transition one -> two per run, even for states executed twice.
-        assert (st["one"].succeeded, st["two"].succeeded, st["two"].pending) == (1, 1, 0), k
-    results = await asyncio.gather(*(sm.results(r) for r in runs))
-    assert [[x["outputs"]["i"] for x in res] for res in results] == [[k] for k in range(n)]
-    for node in ("Step1", "Step2"):
-        assert await sm.pending(node) == {"length": 0, "pending": 0, "delayed": 0}
+    await assert_step_runs_once(sm, runs, statuses)
 
 
 async def test_reclaimed_state_of_a_hung_worker_settles_once(

@@ -8,10 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from exospherehost import GraphNodeModel, Runtime
+from exospherehost import GraphNodeModel, Runtime, StateManager
+from exospherehost.client.runs import RunStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,3 +104,19 @@ def squares_graph(ns: str, items: int | str = 3, base: int = 0) -> list[GraphNod
             },
         ),
     ]
+
+
+async def assert_step_runs_once(
+    sm: StateManager, runs: Sequence[str], statuses: Mapping[str, RunStatus]
+) -> None:
+    """The end state of a Step1 -> Step2 crash test: every run SUCCEEDED with exactly one
+    transition one -> two (also for states executed twice), the result of run k is [k],
+    and nothing is left on either stream."""
+    assert {s.status for s in statuses.values()} == {"SUCCEEDED"}
+    for k, run in enumerate(runs):
+        st = statuses[run].nodes
+        assert (st["one"].succeeded, st["two"].succeeded, st["two"].pending) == (1, 1, 0), k
+    results = await asyncio.gather(*(sm.results(r) for r in runs))
+    assert [[x["outputs"]["i"] for x in res] for res in results] == [[k] for k in range(len(runs))]
+    for node in ("Step1", "Step2"):
+        assert await sm.pending(node) == {"length": 0, "pending": 0, "delayed": 0}

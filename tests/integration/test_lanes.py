@@ -36,7 +36,7 @@ from exospherehost import (
 from exospherehost.broker.deadletters import DeadFilter, split_dead_id
 from exospherehost.broker.keys import GROUP, Keys, lane_tags, run_lane
 from exospherehost.runtime import lanes as runtime_lanes
-from tests.integration.helpers import running
+from tests.integration.helpers import assert_step_runs_once, running
 from tests.integration.test_cli import arun
 
 K = 4
@@ -591,14 +591,7 @@ async def test_kill_9_of_a_worker_on_four_lanes_loses_nothing_and_transitions_on
         assert survivor.returncode == 0, outs
     finally:
         stop_processes([victim])
-    assert {s.status for s in statuses.values()} == {"SUCCEEDED"}
-    for k, run in enumerate(runs):
-        st = statuses[run].nodes
-        assert (st["one"].succeeded, st["two"].succeeded, st["two"].pending) == (1, 1, 0), k
-    results = await asyncio.gather(*(sm.results(r) for r in runs))
-    assert [[x["outputs"]["i"] for x in res] for res in results] == [[k] for k in range(n)]
-    for node in ("Step1", "Step2"):
-        assert await sm.pending(node) == {"length": 0, "pending": 0, "delayed": 0}
+    await assert_step_runs_once(sm, runs, statuses)
     for tag in tags:
         for node in ("Step1", "Step2"):
             assert await redis.xlen(Keys(ns, tag).queue(node)) == 0, (tag, node)
