@@ -207,6 +207,13 @@ async def test_20mb_store_value_in_a_fan_out_of_30_finishes_with_bounded_worker_
         assert proc.returncode == 0, out[-3000:]
 
 
+def _small_runtime(redis_url: str, namespace: str) -> Runtime:
+    """A Runtime serving NODES under the SMALL limits."""
+    return Runtime(
+        namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
+    )
+
+
 async def test_default_limits_refuse_the_issues_20mb_value_at_trigger(
     sm: StateManager, namespace: str
 ) -> None:
@@ -303,9 +310,7 @@ def _emit_graph(ns: str) -> list[GraphNodeModel]:
 async def test_an_output_too_big_fails_the_state_and_its_run_naming_the_field(
     redis_url: str, namespace: str
 ) -> None:
-    runtime = Runtime(
-        namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
-    )
+    runtime = _small_runtime(redis_url, namespace)
     async with StateManager(namespace, redis_url=redis_url, size_limits=SMALL) as sm:
         async with running(runtime):
             await sm.upsert_graph(
@@ -324,9 +329,7 @@ async def test_an_output_too_big_fails_the_state_and_its_run_naming_the_field(
 async def test_a_template_resolving_to_a_huge_store_value_fails_naming_the_key(
     redis_url: str, namespace: str
 ) -> None:
-    runtime = Runtime(
-        namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
-    )
+    runtime = _small_runtime(redis_url, namespace)
     async with StateManager(namespace, redis_url=redis_url, size_limits=SMALL) as sm:
         async with running(runtime):
             await _upsert_fan(sm, namespace)
@@ -339,17 +342,13 @@ async def test_a_template_resolving_to_a_huge_store_value_fails_naming_the_key(
 async def test_a_state_whose_store_value_was_deleted_fails_naming_the_key(
     redis_url: str, namespace: str
 ) -> None:
-    runtime = Runtime(
-        namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
-    )
+    runtime = _small_runtime(redis_url, namespace)
     async with StateManager(namespace, redis_url=redis_url, size_limits=SMALL) as sm:
         async with running(runtime):
             await _upsert_fan(sm, namespace)
         run = await sm.trigger("fan", store={"doc": "d" * (2 * KIB), "n": 1})
         await sm.client.hdel(Keys(namespace).run_store(run), "doc")
-        again = Runtime(
-            namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
-        )
+        again = _small_runtime(redis_url, namespace)
         async with running(again):
             status = await sm.wait(run, timeout=20)
         assert status.status == "FAILED"
@@ -360,9 +359,7 @@ async def test_a_state_whose_store_value_was_deleted_fails_naming_the_key(
 async def test_a_store_value_over_the_inline_limit_completes_by_reference(
     redis_url: str, namespace: str
 ) -> None:
-    runtime = Runtime(
-        namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
-    )
+    runtime = _small_runtime(redis_url, namespace)
     async with StateManager(namespace, redis_url=redis_url, size_limits=SMALL) as sm:
         async with running(runtime):
             await _upsert_fan(sm, namespace)
@@ -373,9 +370,7 @@ async def test_a_store_value_over_the_inline_limit_completes_by_reference(
 
 
 async def test_a_retried_state_reads_its_store_value_again(redis_url: str, namespace: str) -> None:
-    runtime = Runtime(
-        namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
-    )
+    runtime = _small_runtime(redis_url, namespace)
     graph = _fan_graph(namespace)
     graph[1] = graph[1].model_copy(update={"node_name": "Flaky"})
     policy = RetryPolicyModel(max_retries=2, strategy=RetryStrategyEnum.FIXED, backoff_factor=1500)
@@ -409,9 +404,7 @@ async def test_a_node_writing_a_store_value_too_big_fails_naming_the_key(
         monkeypatch.setenv("EXOSPHERE_MAX_STORE_VALUE_BYTES", "256KiB")
         runtime = Runtime(namespace=namespace, name="w", nodes=NODES, redis_url=redis_url)
     else:  # self.store checks against the Runtime's size_limits
-        runtime = Runtime(
-            namespace=namespace, name="w", nodes=NODES, redis_url=redis_url, size_limits=SMALL
-        )
+        runtime = _small_runtime(redis_url, namespace)
     graph = [
         GraphNodeModel(
             node_name="Writer", namespace=namespace, identifier="writer", inputs={"size": 300_000}
