@@ -107,6 +107,12 @@ CORE: dict[str, list[str]] = {
     # test_promises_stats (~47 s per mutant more), nor test_reclaim's two slowest (17 s and
     # 7 s; the same paths as its others and test_promises_claims' heartbeat test).
     "exospherehost/runtime/worker.py": WORKER_TESTS,
+    # Pure (no I/O, no clock): its unit tests and the reader's stub-broker tests.
+    "exospherehost/runtime/prefetch.py": [
+        "tests/unit/test_prefetch.py",
+        "tests/unit/test_mutants_prefetch.py",
+        "tests/unit/test_mutants_worker_unit.py",
+    ],
     # The upkeep loops were split out of worker.py after its mutmut run: the same tests.
     **{
         f"exospherehost/runtime/upkeep/{m}.py": WORKER_TESTS
