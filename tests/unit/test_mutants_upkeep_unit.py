@@ -116,15 +116,22 @@ async def test_a_report_adds_what_was_done_since_the_last_to_the_interval_that_e
     assert first["bucket_s"] == 1_000_000 * BUCKET_S and first["now_ms"] == int(now * 1000)
     assert first["ttl_s"] == RECORD_TTL_S and first["record"]["state"] == "serving"
     assert first["consumer"] == "rt:h:1:abc" and reporter.reports == 1
+    assert first["record"]["written_ms"] == int(now * 1000)
     a.pruned += 1
     await reporter.report("stopped", now=now + REPORT_S)  # the interval [5, 10) ended
     second = board.calls[1]
     assert second["counts"] == {"A": (1, 0), "B": (0, 0)}
     assert second["bucket_s"] == 1_000_000 * BUCKET_S
     assert second["ttl_s"] == STOPPED_TTL_S and second["record"]["state"] == "stopped"
+    assert (second["consumer"], second["now_ms"]) == ("rt:h:1:abc", int((now + REPORT_S) * 1000))
     await reporter.report(now=now + 2 * REPORT_S)  # [10, 15): the next bucket
     assert board.calls[2]["bucket_s"] == 1_000_000 * BUCKET_S + BUCKET_S
     assert board.calls[2]["counts"] == {"A": (0, 0), "B": (0, 0)}
+    # Woken late, 4.2 s into [10, 15): the interval that ended is [5, 10), in the first
+    # bucket (counted from the boundary before now, not after it: [13, 18)).
+    await reporter.report(now=1_000_000 * BUCKET_S + 14.2)
+    assert board.calls[3]["bucket_s"] == 1_000_000 * BUCKET_S
+    assert reporter.reports == 4
 
 
 async def test_the_reporter_says_each_new_error_once_and_waits_for_the_next_boundary(
@@ -141,7 +148,10 @@ async def test_the_reporter_says_each_new_error_once_and_waits_for_the_next_boun
     monkeypatch.setattr(report_module, "time", SimpleNamespace(time=lambda: now[0]))
     rounds = 5  # refused, refused again, outage, a write, refused after it
 
-    async def fake_pause(seconds: float, stop: asyncio.Event) -> bool:
+    stop = asyncio.Event()
+
+    async def fake_pause(seconds: float, event: asyncio.Event) -> bool:
+        assert event is stop, "the reporter must wait on its stop event"
         waits.append(seconds)
         now[0] += seconds
         if len(waits) == 4:
@@ -150,7 +160,7 @@ async def test_the_reporter_says_each_new_error_once_and_waits_for_the_next_boun
 
     monkeypatch.setattr(report_module, "pause", fake_pause)
     caplog.set_level(logging.WARNING, "exospherehost.runtime.worker")
-    await asyncio.wait_for(reporter.run(asyncio.Event()), 5)
+    await asyncio.wait_for(reporter.run(stop), 5)
     said = [r.getMessage() for r in caplog.records]
     assert said == [f"cannot write this worker's record for dashboards: {refused}"] * 2, said
     assert len(board.calls) == 1
@@ -158,9 +168,10 @@ async def test_the_reporter_says_each_new_error_once_and_waits_for_the_next_boun
     assert waits == pytest.approx([2.76, 5.0, 5.0, 5.0, 5.0])
 
 
-async def test_the_stopped_report_is_bounded_and_silent() -> None:
-    """The last report, marked stopped: given up after its timeout when Redis hangs, and
-    nothing raised when it is away."""
+async def test_the_stopped_report_is_bounded_and_silent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last report, marked stopped: given up after its timeout (2 s unless told) when
+    Redis hangs, and nothing raised when it is away (a redis-py error or a bare OSError).
+    Bugs: another default bound, OSError not suppressed."""
 
     class Hanging(StubBoard):
         async def publish(self, *args: Any, **kwargs: Any) -> None:
@@ -168,11 +179,21 @@ async def test_the_stopped_report_is_bounded_and_silent() -> None:
 
     reporter, _ = _reporter(Hanging())
     await asyncio.wait_for(reporter.stopped(timeout_s=0.05), 5)
-    board = StubBoard(RedisConnectionError("gone"))
+    board = StubBoard(RedisConnectionError("gone"), OSError("network is unreachable"))
     reporter, _ = _reporter(board)
     await reporter.stopped()
     await reporter.stopped()
-    assert [c["record"]["state"] for c in board.calls] == ["stopped"]
+    await reporter.stopped()
+    bounds: list[float] = []
+
+    async def wait_for(aw: Any, timeout: float) -> Any:
+        bounds.append(timeout)
+        return await aw
+
+    monkeypatch.setattr(report_module, "asyncio", SimpleNamespace(wait_for=wait_for))
+    await reporter.stopped()
+    assert bounds == [2.0]
+    assert [c["record"]["state"] for c in board.calls] == ["stopped", "stopped"]
     assert board.calls[0]["ttl_s"] == STOPPED_TTL_S
 
 
@@ -184,6 +205,7 @@ def test_cancelled_runs_are_kept_for_the_keep_bound_then_forgotten() -> None:
     bound or never, the newest not taken (`min`)."""
     before = int(time.time() * 1000)
     runs = CancelledRuns()
+    runs.add([], before)  # nothing found, nothing known: fine
     assert before - CANCELLED_KEEP_MS <= runs._after <= int(time.time() * 1000) - CANCELLED_KEEP_MS
     t = before
     runs.add([("r1", t - 10), ("r2", t - 5)], t)
@@ -210,7 +232,9 @@ async def test_the_watch_asks_from_just_before_the_newest_and_refreshes_each_sec
     class Broker:
         async def cancelled_since(self, after_ms: int) -> list[tuple[str, int]]:
             asked.append(after_ms)
-            return [("r", recent)] if len(asked) == 1 else []
+            # With one cancelled past the keep bound (a week and a second ago).
+            old = ("old", recent - CANCELLED_KEEP_MS)
+            return [old, ("r", recent)] if len(asked) == 1 else []
 
     async def fake_pause(seconds: float, stop: asyncio.Event) -> bool:
         waits.append(seconds)
@@ -223,5 +247,6 @@ async def test_the_watch_asks_from_just_before_the_newest_and_refreshes_each_sec
     start = runs._after
     await asyncio.wait_for(runs.watch(cast(Any, Broker()), retry), 5)
     assert asked == [start - 1, recent - 1]
-    assert runs.ids == {"r"}  # taken in with the wall clock's now (not forgotten at once)
+    # Taken in with the wall clock's now in ms: the recent one kept, the old forgotten.
+    assert runs.ids == {"r"}
     assert waits == [REFRESH_S, REFRESH_S] and REFRESH_S == 1.0
