@@ -16,6 +16,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from exospherehost.broker.keys import ENVELOPE_FIELD
 from exospherehost.broker.streams import CANCELLED_KEEP_MS
 from exospherehost.broker.workers import BUCKET_S, RECORD_TTL_S, STOPPED_TTL_S, WorkerBoard
 from exospherehost.runtime.resilience import Retrier
@@ -23,7 +24,10 @@ from exospherehost.runtime.stats import RuntimeStats
 from exospherehost.runtime.upkeep import cancelled as cancelled_module
 from exospherehost.runtime.upkeep import report as report_module
 from exospherehost.runtime.upkeep.cancelled import REFRESH_S, CancelledRuns
+from exospherehost.runtime.upkeep.holdings import Holdings
 from exospherehost.runtime.upkeep.report import REPORT_S, Reporter
+from exospherehost.runtime.upkeep.retire import retire
+from exospherehost.runtime.upkeep.rules import carried_deliveries
 
 
 # -- the dashboards' reporter (runtime/upkeep/report.py) ------------------------------------
@@ -250,3 +254,57 @@ async def test_the_watch_asks_from_just_before_the_newest_and_refreshes_each_sec
     # Taken in with the wall clock's now in ms: the recent one kept, the old forgotten.
     assert runs.ids == {"r"}
     assert waits == [REFRESH_S, REFRESH_S] and REFRESH_S == 1.0
+
+
+# -- rules, holdings, retire (runtime/upkeep/) ----------------------------------------------
+def test_an_envelope_that_does_not_decode_carries_no_deliveries() -> None:
+    """Deliveries carried over from releases come from a decodable envelope only; one
+    that does not decode carries 0 (its settle dead-letters it for what it is). Bug: 1
+    (an undecodable entry reaches the poison limit a delivery early)."""
+    assert carried_deliveries(b"1-0", {ENVELOPE_FIELD.encode(): b"\xc1 not msgpack"}) == 0
+    assert carried_deliveries(b"1-0", {b"name": b"plain"}) == 0
+
+
+def test_what_is_unsettled_is_everything_held_over_the_nodes() -> None:
+    holdings = Holdings(["A", "B"], 10)
+    assert holdings.unsettled() == 0
+    holdings.held["A"].update({b"1-0": 0.0, b"2-0": 0.0})
+    holdings.held["B"][b"3-0"] = 0.0
+    assert holdings.unsettled() == 3
+
+
+class RetiringBroker:
+    def __init__(self, kept: int = 0, error: BaseException | None = None) -> None:
+        self.kept, self.error = kept, error
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def retire(self, consumer: str, nodes: list[str]) -> int:
+        self.calls.append((consumer, nodes))
+        if self.error is not None:
+            raise self.error
+        return self.kept
+
+
+async def test_retire_leaves_the_groups_once_and_says_what_it_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A clean stop leaves the groups of its nodes (one attempt); streams still holding
+    entries of the consumer are said; an outage is said, not raised; any other error is
+    raised (a bug or a refused call)."""
+    caplog.set_level(logging.WARNING, "exospherehost.runtime.worker")
+    clean = RetiringBroker()
+    await retire(cast(Any, clean), "c", ["A", "B"])
+    assert clean.calls == [("c", ["A", "B"])] and not caplog.records
+    await retire(cast(Any, RetiringBroker(kept=2)), "c", ["A", "B"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "2 stream(s) still hold unsettled entries of c"
+    ]
+    caplog.clear()
+    down = RetiringBroker(error=RedisConnectionError("gone"))
+    await retire(cast(Any, down), "c", ["A"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not leave the consumer groups (gone)"
+    ]
+    assert len(down.calls) == 1
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await retire(cast(Any, RetiringBroker(error=ResponseError("WRONGTYPE no"))), "c", ["A"])
