@@ -127,7 +127,7 @@ CORE: dict[str, list[str]] = {
     ],
     "exospherehost/runtime/lanes.py": [
         "tests/integration/test_lanes.py",
-        "tests/unit/test_mutants_upkeep_unit.py",
+        "tests/unit/test_mutants_lanes_unit.py",
     ],
     # The upkeep loops were split out of worker.py after its mutmut run: the same tests.
     **{
