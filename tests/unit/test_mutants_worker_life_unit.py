@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from exospherehost.broker.codec import Envelope
 from exospherehost.runtime import worker as worker_module
 from exospherehost.runtime.outcomes import Completed, Job, Malformed
+from exospherehost.runtime.resilience import Retrier
 from tests.unit.test_mutants_worker_unit import KEYS, StubBroker, make_worker
 
 
@@ -70,3 +71,60 @@ async def test_a_worker_stopped_while_redis_is_down_at_start_leaves_at_once() ->
     worker.stop()
     await asyncio.wait_for(task, 5)  # not after the 30 s grace period
     assert not worker.ready.is_set()
+
+
+# -- the worker's parts, wired ----------------------------------------------------------------
+def test_a_worker_is_made_with_the_runtimes_defaults() -> None:
+    """Worker's own defaults (what a Worker made without a Runtime gets): batch 100, 32
+    executors, BLOCK 1 s, 30 s grace and visibility, 5 deliveries, the read-ahead rule."""
+    worker = make_worker(StubBroker())
+    assert (worker.batch_size, worker.concurrency, worker.block_ms) == (100, 32, 1000)
+    assert (worker.grace_s, worker.visibility_ms, worker.max_deliveries) == (30.0, 30_000, 5)
+    assert worker.max_inflight == 432 and worker.prefetch.fixed is None
+    assert worker.cut_short == 0 and worker.executing == 0 and worker.settled == 0
+    # The consumer-pruning bound from the visibility timeout: max(10 x 30 s, 5 min).
+    assert worker._reclaimer.pruner.idle_ms == 300_000
+
+
+def test_a_worker_passes_its_options_to_its_parts() -> None:
+    """Each option reaches the part that acts on it: the read-ahead (prefetch), the
+    reclaimer (visibility, deliveries, suspect bound, consumer, nodes, holdings, accept,
+    retrier), its pruner (broker, consumer, idle bound, retrier), the lanes (the broker's
+    client), the heartbeat's view of settles on their way. Bugs: any of them None, left
+    out or replaced by a fresh one."""
+    broker = StubBroker()
+    retry, ready = Retrier(), asyncio.Event()
+    worker = make_worker(
+        broker,
+        batch_size=10,
+        concurrency=4,
+        visibility_ms=2_000,
+        max_deliveries=3,
+        suspect_timeout_s=7.5,
+        consumer_idle_ms=50_000,
+        retry=retry,
+        ready=ready,
+        prefetch=2,
+    )
+    assert (worker.batch_size, worker.concurrency) == (10, 4)
+    assert (worker.visibility_ms, worker.max_deliveries) == (2_000, 3)
+    assert worker.prefetch.fixed == 2 and worker.max_inflight == 4 + 2
+    assert worker._retry is retry and worker.ready is ready
+    reclaimer = worker._reclaimer
+    assert (reclaimer.broker, reclaimer.consumer, reclaimer.nodes) == (broker, "c", ["Noop"])
+    assert reclaimer.holdings is worker.holdings and reclaimer.retry is retry
+    assert reclaimer.accept == worker._accept
+    assert (reclaimer.visibility_ms, reclaimer.max_deliveries) == (2_000, 3)
+    assert reclaimer.suspect_timeout_s == 7.5
+    pruner = reclaimer.pruner
+    assert (pruner.broker, pruner.consumer, pruner.idle_ms) == (broker, "c", 50_000)
+    assert pruner.retry is retry
+    lanes = [worker._read_lane, *worker._settle_lanes]
+    assert len(worker._settle_lanes) == 2
+    assert all(lane._client is broker.client for lane in lanes)
+    assert not worker._done.is_set()
+    # The heartbeat finds stalled settles through these two.
+    job = _job()
+    worker._outcomes.append(Completed(job, [], fanout=False))
+    assert worker.holdings.gathered() is worker._outcomes
+    assert worker.holdings.source(worker._outcomes[0]) == ("Noop", b"7-1")
