@@ -5,11 +5,13 @@ _fields; README, Testing). Stub brokers stand in for Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from exospherehost.broker.codec import Envelope
+from exospherehost.broker.streams import CANCELLED_KEEP_MS
 from exospherehost.runtime import worker as worker_module
 from exospherehost.runtime.outcomes import Completed, Job, Malformed
 from exospherehost.runtime.resilience import Retrier
@@ -128,3 +130,42 @@ def test_a_worker_passes_its_options_to_its_parts() -> None:
     worker._outcomes.append(Completed(job, [], fanout=False))
     assert worker.holdings.gathered() is worker._outcomes
     assert worker.holdings.source(worker._outcomes[0]) == ("Noop", b"7-1")
+
+
+class JoiningBroker(StubBroker):
+    """Groups created and joined; the namespace's cancelled runs: one a minute ago and one
+    past the keep bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, ...]] = []
+        now_ms = int(time.time() * 1000)
+        self.cancelled = [("old", now_ms - CANCELLED_KEEP_MS - 60_000), ("new", now_ms - 60_000)]
+
+    async def ensure_groups(self, nodes: Any) -> None:
+        self.calls.append(("ensure_groups", list(nodes)))
+
+    async def join(self, consumer: str, nodes: Any) -> None:
+        self.calls.append(("join", consumer, list(nodes)))
+
+    async def cancelled_since(self, after_ms: int) -> list[tuple[str, int]]:
+        self.calls.append(("cancelled_since", after_ms))
+        return self.cancelled
+
+
+async def test_joining_creates_and_joins_the_groups_and_learns_the_cancelled_runs() -> None:
+    """Before the first read: the groups of every node exist and this consumer is in them,
+    and every run cancelled within the keep bound is known (its queued states are not
+    run). Bugs: nodes or consumer None or left out, the cancelled runs not asked from 0,
+    taken with a wrong clock (`/ 1000`: nothing forgotten; `* 1001`: 20 days ahead,
+    everything forgotten)."""
+    broker = JoiningBroker()
+    worker = make_worker(broker)
+    worker._settle_lanes = []  # no connections to open here
+    assert await worker._join() is True
+    assert broker.calls == [
+        ("ensure_groups", ["Noop"]),
+        ("join", "c", ["Noop"]),
+        ("cancelled_since", 0),
+    ]
+    assert worker.cancelled.ids == {"new"}
