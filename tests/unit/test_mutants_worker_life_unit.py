@@ -10,12 +10,13 @@ from typing import Any, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from benchmarks.nodes import Noop
 from exospherehost.broker.codec import Envelope
 from exospherehost.broker.streams import CANCELLED_KEEP_MS
 from exospherehost.runtime import worker as worker_module
 from exospherehost.runtime.outcomes import Completed, Job, Malformed
 from exospherehost.runtime.resilience import Retrier
-from tests.unit.test_mutants_worker_unit import KEYS, StubBroker, make_worker
+from tests.unit.test_mutants_worker_unit import KEYS, Noop2, StubBroker, make_worker
 
 
 def _job(fields: dict[bytes, bytes] | None = None) -> Job:
@@ -171,3 +172,42 @@ async def test_joining_creates_and_joins_the_groups_and_learns_the_cancelled_run
         ("cancelled_since", 0),
     ]
     assert worker.cancelled.ids == {"new"}
+
+
+# -- the reader's rounds (its use of runtime/prefetch.py) ------------------------------------
+class ScriptedBroker(StubBroker):
+    """Replies to the reads in order (then nothing); stops the worker after `reads`."""
+
+    def __init__(self, replies: list[list[Any]], reads: int) -> None:
+        super().__init__(reads)
+        self.replies = replies
+
+    async def read(self, *args: Any) -> list[Any]:
+        await super().read(*args)
+        return self.replies.pop(0) if self.replies else []
+
+
+async def test_the_reader_reads_fast_and_slow_apart_and_blocks_only_after_a_dry_round() -> None:
+    """A fast and a slow node, 30 of 32 executors busy: each round is two reads without
+    BLOCK (the fast node's share, the slow node's free executors); a round that got
+    nothing is followed by one read over both with BLOCK; the next after entries came is
+    two again, the queued entry now counted. Bugs: the first round taken as dry, `dry`
+    not passed (or None: never dry), `not got` inverted, `got` reset by a stream with an
+    empty list, BLOCK on every read, the executions or the queue left out of the plan,
+    entries accepted for no node."""
+    broker = ScriptedBroker([[], [], [("Noop", [(b"1-0", {b"name": b"a"})]), ("Noop2", [])]], 5)
+    worker = make_worker(broker, [Noop, Noop2], block_ms=250)
+    worker.stats.nodes["Noop"].executed, worker.stats.nodes["Noop"].exec_seconds_sum = 1000, 5e-3
+    worker.stats.nodes["Noop2"].executed, worker.stats.nodes["Noop2"].exec_seconds_sum = 10, 20.0
+    worker.executing = 30
+    await asyncio.wait_for(worker._reader(), 5)
+    reads = [(list(nodes), count, block) for _, nodes, count, block, _ in broker.reads]
+    assert reads == [
+        (["Noop"], 50, None),
+        (["Noop2"], 2, None),
+        (["Noop", "Noop2"], 2, 250),  # dry: one blocking read
+        (["Noop"], 50, None),
+        (["Noop2"], 1, None),  # 32 - 30 running - 1 queued
+    ]
+    assert worker.inflight == 1 and len(worker._queue) == 1
+    assert set(worker._held["Noop"]) == {b"1-0"}
