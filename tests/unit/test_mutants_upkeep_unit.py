@@ -25,6 +25,8 @@ from exospherehost.runtime.upkeep import cancelled as cancelled_module
 from exospherehost.runtime.upkeep import report as report_module
 from exospherehost.runtime.upkeep.cancelled import REFRESH_S, CancelledRuns
 from exospherehost.runtime.upkeep.holdings import Holdings
+from exospherehost.runtime.upkeep.prune import Pruner, consumer_idle_bound
+from exospherehost.runtime.upkeep.reclaim import Reclaimer
 from exospherehost.runtime.upkeep.report import REPORT_S, Reporter
 from exospherehost.runtime.upkeep.retire import retire
 from exospherehost.runtime.upkeep.rules import carried_deliveries
@@ -308,3 +310,29 @@ async def test_retire_leaves_the_groups_once_and_says_what_it_kept(
     assert len(down.calls) == 1
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await retire(cast(Any, RetiringBroker(error=ResponseError("WRONGTYPE no"))), "c", ["A"])
+
+
+def test_a_dead_consumers_idle_bound_is_ten_visibility_timeouts_at_least_five_minutes() -> None:
+    """Bugs: `10 / visibility`, 11 timeouts, a floor of 300_001 or 1_001 ms."""
+    assert consumer_idle_bound(None, 40_000) == 400_000
+    assert consumer_idle_bound(None, 1_000) == 300_000
+    assert consumer_idle_bound(500, 1_000) == 1_000  # the floor: no busy pruning loop
+    assert consumer_idle_bound(50_000, 1_000) == 50_000
+
+
+def test_a_fresh_pruner_and_reclaimers_suspect_bound() -> None:
+    """A Pruner starts with nothing due and none removed; a reclaimed suspect's execution
+    is bounded by 10 visibility timeouts unless told. Bugs: `removed` 1, the bound
+    `visibility * 100` or `/ 101`, the given bound ignored or the default never used."""
+    pruner = Pruner(cast(Any, None), "c", 1_000, Retrier())
+    assert pruner.due == {} and pruner.removed == 0
+
+    def reclaimer(suspect_timeout_s: float | None) -> Reclaimer:
+        holdings = Holdings(["A"], 10)
+        return Reclaimer(
+            cast(Any, None), "c", ["A"], holdings, lambda *a, **k: None, Retrier(), pruner,
+            visibility_ms=30_000, max_deliveries=5, suspect_timeout_s=suspect_timeout_s,
+        )  # fmt: skip
+
+    assert reclaimer(None).suspect_timeout_s == 300.0
+    assert reclaimer(7.0).suspect_timeout_s == 7.0
