@@ -4,8 +4,13 @@ run, _start_upkeep, _shut_down; README, Testing), on the session's redis-server.
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import ClassVar
 
-from exospherehost import Runtime, StateManager
+import pytest
+from pydantic import BaseModel
+
+from exospherehost import BaseNode, Runtime, StateManager
 from exospherehost.broker.keys import GROUP
 from tests.integration.apps.nodes import Square
 from tests.integration.helpers import running
@@ -24,3 +29,54 @@ async def test_a_serving_worker_names_its_tasks(redis_url: str, namespace: str) 
     async with StateManager(namespace, redis_url=redis_url) as sm:
         # A clean stop left the group (retire).
         assert not await sm.client.xinfo_consumers(sm.keys.queue("Square"), GROUP)
+
+
+class Hold(BaseNode):
+    """Runs until the test releases it."""
+
+    started: ClassVar[asyncio.Event]
+    release: ClassVar[asyncio.Event]
+
+    class Inputs(BaseModel):
+        x: int
+
+    class Outputs(BaseModel):
+        x: int
+
+    async def execute(self) -> Outputs:
+        Hold.started.set()
+        await Hold.release.wait()
+        return self.Outputs(x=self.inputs.x)
+
+
+async def test_the_upkeep_loops_run_without_an_error_and_keep_a_long_claim(
+    redis_url: str, namespace: str, sm: StateManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a 0.3 s visibility timeout, a state held 1.2 s: its claim stays fresh (idle
+    below the timeout: the heartbeat got this worker's broker, consumer, holdings,
+    visibility and retrier) and no upkeep loop (promoter, reclaimer, heartbeat, cancelled
+    runs) logs an error in that time. Bugs: any argument of an upkeep loop None or left
+    out (each raises, is logged and restarted by its supervisor)."""
+    Hold.started, Hold.release = asyncio.Event(), asyncio.Event()
+    caplog.set_level(logging.WARNING, "exospherehost")
+    vis = 0.3
+    rt = Runtime(
+        namespace=namespace, name="upkeep", nodes=[Hold], redis_url=redis_url,
+        visibility_timeout=vis,
+    )  # fmt: skip
+    async with running(rt):
+        state = await sm.enqueue("Hold", {"x": 1})
+        await asyncio.wait_for(Hold.started.wait(), 10)
+        loop = asyncio.get_running_loop()
+        end, most_idle = loop.time() + 4 * vis, 0
+        while loop.time() < end:  # Redis has no event for a claim's age: sample it
+            [entry] = await sm.client.xpending_range(sm.keys.queue("Hold"), GROUP, "-", "+", 1)
+            assert entry["consumer"].decode() == rt.consumer
+            most_idle = max(most_idle, int(entry["time_since_delivered"]))
+            await asyncio.sleep(0.03)
+        Hold.release.set()
+        done = await sm.wait_for_states("Hold", [state], timeout=10)
+    assert done[state].status == "SUCCEEDED"
+    assert most_idle < vis * 1000, f"the claim aged {most_idle} ms: no heartbeat"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
