@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import ClassVar
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import BaseModel
 
 from exospherehost import BaseNode, Runtime, StateManager
 from exospherehost.broker.keys import GROUP
+from exospherehost.runtime import worker as worker_module
+from exospherehost.runtime.upkeep.cancelled import CancelledRuns
+from exospherehost.runtime.upkeep.reclaim import Reclaimer
 from tests.integration.apps.nodes import Square
 from tests.integration.helpers import running
 
@@ -80,3 +85,41 @@ async def test_the_upkeep_loops_run_without_an_error_and_keep_a_long_claim(
     assert most_idle < vis * 1000, f"the claim aged {most_idle} ms: no heartbeat"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, errors
+
+
+async def test_an_upkeep_loop_that_fails_is_named_and_started_again(
+    redis_url: str,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each upkeep loop (promoter, reclaimer, heartbeat, cancelled runs) failing once is
+    logged at ERROR by its name and runs again after the backoff, which ends at the
+    stop. Bugs: a supervisor's name None or another, its stop event None (the backoff
+    itself then fails and the loop is gone for good)."""
+    calls: Counter[str] = Counter()
+    restarted = {n: asyncio.Event() for n in ("promoter", "reclaimer", "heartbeat", "cancelled")}
+
+    def failing_once(name: str, real: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
+        async def loop(*args: Any, **kwargs: Any) -> None:
+            calls[name] += 1
+            if calls[name] == 1:
+                raise RuntimeError(f"{name} broke")
+            restarted[name].set()
+            await real(*args, **kwargs)
+
+        return loop
+
+    monkeypatch.setattr(worker_module, "promote", failing_once("promoter", worker_module.promote))
+    monkeypatch.setattr(
+        worker_module, "heartbeat", failing_once("heartbeat", worker_module.heartbeat)
+    )
+    monkeypatch.setattr(Reclaimer, "run", failing_once("reclaimer", Reclaimer.run))
+    monkeypatch.setattr(CancelledRuns, "watch", failing_once("cancelled", CancelledRuns.watch))
+    caplog.set_level(logging.ERROR, "exospherehost")
+    rt = Runtime(namespace=namespace, name="sup", nodes=[Square], redis_url=redis_url)
+    async with running(rt):
+        for event in restarted.values():
+            await asyncio.wait_for(event.wait(), 10)
+    said = {r.getMessage() for r in caplog.records}
+    assert said == {f"{n} loop failed; restarting it" for n in restarted}, said
