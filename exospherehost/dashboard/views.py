@@ -14,6 +14,7 @@ from exospherehost.client.deadletters import DeadLetter, DeadLetterCount
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
 from exospherehost.dashboard.operate import template_details
+from exospherehost.dashboard.runpage import dag_view
 
 HISTORY_CAP = 500
 """Newest history records and results shown on a run page (the SDK reads them whole)."""
@@ -98,14 +99,17 @@ async def graph_runs(sm: StateManager, name: str, offset: int, count: int) -> di
 
 
 async def run_detail(sm: StateManager, run_id: str) -> dict[str, Any]:
-    """A run's status, every settled outcome of its states, and its leaf results.
-    Raises RunNotFound (a KeyError) for an unknown or expired run."""
+    """A run's status, the DAG of its states, every settled outcome of its states, and
+    its leaf results. Raises RunNotFound (a KeyError) for an unknown or expired run."""
     status = await sm.status(run_id)
-    history, results = await asyncio.gather(sm.run_history(run_id), sm.results(run_id))
+    history, results, dag = await asyncio.gather(
+        sm.run_history(run_id), sm.results(run_id), dag_view(sm, status)
+    )
     return {
         "namespace": sm.namespace,
         "time_ms": _now_ms(),
         "status": asdict(status),
+        "dag": dag,
         "history": [asdict(h) for h in history[-HISTORY_CAP:]],
         "history_total": len(history),
         "results": results[-HISTORY_CAP:],

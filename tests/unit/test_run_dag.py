@@ -1,0 +1,124 @@
+"""The run page's state DAG (dashboard/rundag.py): boxes per state, like siblings grouped
+when a fan-out is wide, rows by depth, and bounds on what a huge run draws."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from exospherehost.client.runs import RunGraph, StateDetail
+from exospherehost.dashboard import rundag
+from exospherehost.dashboard.rundag import run_dag, short_id
+
+
+def st(
+    sid: str,
+    ident: str,
+    parents: list[str] | None = None,
+    status: str = "SUCCEEDED",
+    attempt: int = 1,
+    created: int = 0,
+) -> StateDetail:
+    pending = status == "PENDING"
+    return StateDetail(
+        sid, "run", "" if pending else ident.title(), "" if pending else ident, status,
+        0 if pending else attempt, None, None, None, None, parents or [], created, None, None,
+        None, "",
+    )  # fmt: skip
+
+
+def graph(*states: StateDetail) -> RunGraph:
+    found = {s.state_id: s for s in states}
+    edges = sorted((p, s.state_id) for s in states for p in s.parents)
+    return RunGraph("run", found, edges)
+
+
+def fan(n: int, failed: set[int] = frozenset(), label: bool = False) -> RunGraph:  # type: ignore[assignment]
+    states = [st("root", "split")]
+    for i in range(n):
+        states.append(st(f"w{i}", "work", ["root"], "FAILED" if i in failed else "SUCCEEDED"))
+        if label:
+            states.append(st(f"l{i}", "label", [f"w{i}"]))
+    ends = [f"l{i}" for i in range(n)] if label else [f"w{i}" for i in range(n)]
+    states.append(st("unite", "collect", ends))
+    return graph(*states)
+
+
+def test_a_small_fan_out_is_drawn_state_by_state_in_rows() -> None:
+    dag = run_dag(fan(3, failed={1}))
+    boxes = {b.key: b for b in dag.boxes}
+    assert set(boxes) == {"s:root", "s:w0", "s:w1", "s:w2", "s:unite"}
+    assert [boxes[k].depth for k in ("s:root", "s:w0", "s:unite")] == [0, 1, 2]
+    assert boxes["s:w1"].status == "FAILED" and boxes["s:w1"].identifier == "work"
+    # Siblings side by side on one row, the root centred above them, the unite below.
+    ws = [boxes[f"s:w{i}"] for i in range(3)]
+    assert len({b.y for b in ws}) == 1 and len({b.x for b in ws}) == 3
+    assert boxes["s:root"].y < ws[0].y < boxes["s:unite"].y
+    assert boxes["s:root"].x == ws[1].x == boxes["s:unite"].x
+    assert sorted((e.source, e.target) for e in dag.edges) == sorted(
+        [("s:root", f"s:w{i}") for i in range(3)] + [(f"s:w{i}", "s:unite") for i in range(3)]
+    )
+    assert (dag.drawn, dag.collapsed, dag.hidden, dag.note) == (5, 0, 0, "")
+    assert max(b.x for b in dag.boxes) + rundag.BOX_W <= dag.width
+
+
+def test_a_wide_fan_out_is_one_group_with_its_counts_and_failed_states_first() -> None:
+    dag = run_dag(fan(10_000, failed={17, 9_000}, label=True))
+    boxes = {b.key: b for b in dag.boxes}
+    groups = [b for b in dag.boxes if b.kind == "group"]
+    # The 10,000 branches and the 10,000 states they lead to: two groups, one row each.
+    assert [(g.identifier, g.count) for g in groups] == [("work", 10_000), ("label", 10_000)]
+    work = groups[0]
+    assert work.statuses == {"FAILED": 2, "SUCCEEDED": 9_998}
+    assert work.status == "FAILED"  # its worst
+    assert [m.state_id for m in work.members[:2]] == ["w17", "w9000"]
+    assert len(work.members) == rundag.MEMBERS_LISTED
+    assert sorted((e.source, e.target) for e in dag.edges) == [
+        ("g:1", "g:2"),
+        ("g:2", "s:unite"),
+        ("s:root", "g:1"),
+    ]
+    assert boxes["s:unite"].depth == 3
+    assert (dag.states, dag.drawn, dag.collapsed, dag.hidden) == (20_002, 2, 20_000, 0)
+    assert "20,000 of 20,002 states are drawn as 2 groups" in dag.note
+    # Bounded: the page's JSON for 20,002 states stays small.
+    assert len(json.dumps(asdict(dag))) < 20_000
+
+
+def test_many_kinds_at_one_depth_collapse_then_wrap_and_the_drawing_is_capped() -> None:
+    # 40 identifiers under the root, 5 states each: rows collapse to one box a group.
+    states = [st("root", "split")]
+    for k in range(40):
+        states += [st(f"k{k}-{i}", f"kind{k}", ["root"]) for i in range(5)]
+    dag = run_dag(graph(*states))
+    assert sum(b.kind == "group" for b in dag.boxes) == 40
+    per_line = {}
+    for b in dag.boxes:
+        per_line[b.y] = per_line.get(b.y, 0) + 1
+    assert max(per_line.values()) <= rundag.ROW_MAX
+    assert dag.width <= 2 * rundag.PAD + rundag.ROW_MAX * (rundag.BOX_W + rundag.GAP_X)
+    # A chain of 500 different identifiers: only the first MAX_BOXES are drawn.
+    chain = [st("c0", "n0")] + [st(f"c{i}", f"n{i}", [f"c{i - 1}"]) for i in range(1, 500)]
+    capped = run_dag(graph(*chain))
+    assert len(capped.boxes) == rundag.MAX_BOXES
+    assert capped.hidden == 500 - rundag.MAX_BOXES
+    assert f"{500 - rundag.MAX_BOXES} states in" in capped.note
+    assert "not drawn" in capped.note
+
+
+def test_pending_states_are_named_from_the_template_when_it_tells() -> None:
+    g = graph(
+        st("root", "split"),
+        st("p1", "", ["root"], "PENDING"),
+        st("p2", "", ["root"], "PENDING"),
+    )
+    dag = run_dag(g, {"split": ["work"]})
+    assert {b.identifier for b in dag.boxes if b.key != "s:root"} == {"work"}
+    assert {b.status for b in dag.boxes if b.key != "s:root"} == {"PENDING"}
+    ambiguous = run_dag(g, {"split": ["a", "b"]})
+    assert {b.identifier for b in ambiguous.boxes if b.key != "s:root"} == {rundag.PENDING_NAME}
+
+
+def test_short_ids_keep_the_end() -> None:
+    assert short_id("a1b2c3d4e5f6" + "1f3") == "…4e5f61f3"
+    assert short_id("abc") == "abc"
