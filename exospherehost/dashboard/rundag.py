@@ -107,8 +107,9 @@ def _order(states: Mapping[str, StateDetail], parents: Mapping[str, list[str]]) 
         for p in ps:
             children[p].append(sid)
 
-    def when(sid: str) -> tuple[int, str]:
-        return states[sid].created_ms or 0, sid
+    def when(sid: str) -> tuple[int, int, str]:
+        # Ids are a per-process prefix and a hex counter: shorter is older among equals.
+        return states[sid].created_ms or 0, len(sid), sid
 
     ready = [when(s) for s, n in indegree.items() if n == 0]
     heapq.heapify(ready)
@@ -190,9 +191,9 @@ def run_dag(graph: RunGraph, next_nodes: Mapping[str, Sequence[str]] | None = No
                 boxes["s:" + sid] = _state_box(states[sid], names[sid], depth[g])
                 box_of[sid] = "s:" + sid
         else:
-            key = f"g:{g}"
-            boxes[key] = _group_box(key, [states[s] for s in members[g]], names, depth[g])
-            box_of.update(dict.fromkeys(members[g], key))
+            gkey = f"g:{g}"
+            boxes[gkey] = _group_box(gkey, [states[s] for s in members[g]], names, depth[g])
+            box_of.update(dict.fromkeys(members[g], gkey))
     rows = _place(boxes, graph.edges, box_of)
 
     links = sorted(
@@ -277,9 +278,7 @@ def _state_box(st: StateDetail, name: str, depth: int) -> DagBox:
     )
 
 
-def _group_box(
-    key: str, states: list[StateDetail], names: Mapping[str, str], depth: int
-) -> DagBox:
+def _group_box(key: str, states: list[StateDetail], names: Mapping[str, str], depth: int) -> DagBox:
     counts = _counts([s.status or "PENDING" for s in states])
     rank = {s: i for i, s in enumerate(WORST_FIRST)}
     listed = sorted(states, key=lambda s: rank.get(s.status or "PENDING", -1))[:MEMBERS_LISTED]
@@ -314,9 +313,9 @@ def _place(
     the number of boxes on each line."""
     parents: dict[str, set[str]] = {k: set() for k in boxes}
     for p, c in edges:
-        a, b = box_of.get(p), box_of.get(c)
-        if a is not None and b is not None and a != b:
-            parents[b].add(a)
+        up, down = box_of.get(p), box_of.get(c)
+        if up is not None and down is not None and up != down:
+            parents[down].add(up)
     by_depth: dict[int, list[DagBox]] = {}
     for box in boxes.values():  # in group order, members by creation: stable ties
         by_depth.setdefault(box.depth, []).append(box)

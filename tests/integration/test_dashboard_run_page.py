@@ -145,7 +145,9 @@ async def test_run_page_draws_the_dag_shows_a_failed_state_and_retries_failed(
             ys = await asyncio.to_thread(
                 lambda: {
                     e.find_element(By.CSS_SELECTOR, "rect").get_attribute("y")
-                    for e in browser.find_elements(By.CSS_SELECTOR, 'a.sbox[data-identifier="work"]')
+                    for e in browser.find_elements(
+                        By.CSS_SELECTOR, 'a.sbox[data-identifier="work"]'
+                    )
                 }
             )
             assert len(ys) == 1, f"fan-out siblings not on one row: {ys}"
@@ -233,16 +235,18 @@ async def test_a_wide_fan_out_is_one_group_and_a_truncated_output_shows_its_mark
             retry_policy=RetryPolicyModel(max_retries=0),
             store_config=StoreConfigModel(required_keys=["n"]),
         )
-        big = [GraphNodeModel(node_name="Big", namespace=ns, identifier="big", inputs={"size": 100_000})]
+        big = [
+            GraphNodeModel(
+                node_name="Big", namespace=ns, identifier="big", inputs={"size": 100_000}
+            )
+        ]
         await sm.upsert_graph("big", big, secrets={})
         run = await sm.trigger("wide", store={"n": str(n)})
         blob = await sm.trigger("big")
         assert (await sm.wait(run, timeout=60)).status == "FAILED"
         assert (await sm.wait(blob, timeout=20)).status == "SUCCEEDED"
         broken = [
-            sid
-            for sid, s in (await sm.run_graph(run)).states.items()
-            if s.status == "FAILED"
+            sid for sid, s in (await sm.run_graph(run)).states.items() if s.status == "FAILED"
         ]
         assert len(broken) == 1
 
@@ -257,14 +261,14 @@ async def test_a_wide_fan_out_is_one_group_and_a_truncated_output_shows_its_mark
             await page.open(f"{url}#/ns/{ns}/run/{run}")
             group = f'a.sbox.group[data-identifier="work"][data-count="{n}"]'
             await page.css(group)
-            await page.text_of(f"{group} text.ident", f"work ×{n}")
+            await page.text_of(f"{group} text.ident", f"work \u00d7{n}")
             await page.css(f"{group}.FAILED")  # a group shows its worst status
             await page.text_of("#dag-note", f"{n} of {n + 1} states are drawn as 1 group")
             await shot(browser, "run-dag-group")
             await page.click(f"{group} rect")
             await page.text_of("#group-panel h3", f"{n} states of work")
             await page.text_of("#group-panel", f"{rundag.MEMBERS_LISTED} of {n} listed")
-            first = '#group-members tbody tr:first-child'
+            first = "#group-members tbody tr:first-child"
             await page.text_of(f"{first} td", "FAILED")  # the failed one listed first
             await page.click(f"{first} a")
             await page.text_of("#state-panel h3", broken[0])
