@@ -116,7 +116,7 @@ def _order(states: Mapping[str, StateDetail], parents: Mapping[str, list[str]]) 
     out: list[str] = []
     seen: set[str] = set()
     while ready:
-        _, sid = heapq.heappop(ready)
+        sid = heapq.heappop(ready)[-1]
         out.append(sid)
         seen.add(sid)
         for c in children[sid]:
