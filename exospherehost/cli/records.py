@@ -29,10 +29,11 @@ from exospherehost.errors import GraphNotFound, RunNotFound
 # -- runs -------------------------------------------------------------------------------
 
 
-@click.group(short_help="List and show graph runs.")
+@click.group(short_help="List, show, cancel and retry graph runs.")
 @namespace_option
 def runs() -> None:
-    """Graph runs: list a graph's recent runs, show one."""
+    """Graph runs: list them (with filters), show one (its states as a tree), cancel them,
+    retry states of one."""
 
 
 def _totals(status: RunStatus) -> tuple[int, int, int]:
