@@ -59,8 +59,6 @@ def build(graph: RunGraph, unites: Mapping[str, str]) -> list[Node]:
             if _is_unite(states[sid], unites):
                 node.unites = p
             nodes[p].children.append(node)
-    for node in nodes.values():  # the branches first, then what unites them (stable)
-        node.children.sort(key=lambda c: c.unites is not None)
     return roots
 
 

@@ -55,7 +55,8 @@ async def dag_view(sm: StateManager, status: RunStatus) -> dict[str, Any]:
     seen = _fingerprint(status)
     now = _clock()
     hit = _drawn.get(key)
-    if hit is not None and (hit[0] == seen or now < hit[2]):
+    # Reused unchanged; or, changed, while the run still runs and the last read is fresh.
+    if hit is not None and (hit[0] == seen or (now < hit[2] and not status.done)):
         _drawn.move_to_end(key)
         stale = hit[0] != seen  # reused although the run moved on since
         return {**hit[3], "age_ms": int((now - hit[1]) * 1000) if stale else 0}

@@ -4,10 +4,13 @@ when a fan-out is wide, rows by depth, and bounds on what a huge run draws."""
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import asdict
 
-from exospherehost.client.runs import RunGraph, StateDetail
-from exospherehost.dashboard import rundag
+import pytest
+
+from exospherehost.client.runs import NodeCounts, RunGraph, RunStatus, StateDetail
+from exospherehost.dashboard import rundag, runpage
 from exospherehost.dashboard.rundag import run_dag, short_id
 
 
@@ -60,6 +63,10 @@ def test_a_small_fan_out_is_drawn_state_by_state_in_rows() -> None:
     )
     assert (dag.drawn, dag.collapsed, dag.hidden, dag.note) == (5, 0, 0, "")
     assert max(b.x for b in dag.boxes) + rundag.BOX_W <= dag.width
+    # Up to EXPAND_MAX (8) like siblings are drawn one by one; one more: a group.
+    assert run_dag(fan(8)).drawn == 8 + 2
+    over = run_dag(fan(9))
+    assert [(b.kind, b.count) for b in over.boxes if b.identifier == "work"] == [("group", 9)]
 
 
 def test_a_wide_fan_out_is_one_group_with_its_counts_and_failed_states_first() -> None:
@@ -122,3 +129,59 @@ def test_pending_states_are_named_from_the_template_when_it_tells() -> None:
 def test_short_ids_keep_the_end() -> None:
     assert short_id("a1b2c3d4e5f6" + "1f3") == "…4e5f61f3"
     assert short_id("abc") == "abc"
+
+
+class FakeManager:
+    """What dag_view uses of a StateManager: the run's graph (counting reads)."""
+
+    namespace = "ns"
+
+    def __init__(self, g: RunGraph) -> None:
+        self.g, self.reads = g, 0
+
+    async def run_graph(self, run_id: str) -> RunGraph:
+        self.reads += 1
+        return self.g
+
+    async def get_graph(self, name: str) -> dict[str, object]:
+        return {"nodes": []}
+
+
+def status(state: str = "RUNNING", succeeded: int = 1) -> RunStatus:
+    return RunStatus("run", "g", state, 1, 0, None, {"work": NodeCounts(0, succeeded)})
+
+
+async def test_a_drawing_is_reused_while_the_run_is_unchanged_and_briefly_when_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(runpage, "_clock", lambda: clock[0])
+    monkeypatch.setattr(runpage, "_drawn", OrderedDict())
+    sm = FakeManager(fan(3))
+    real = sm.run_graph
+
+    async def slow(run_id: str) -> RunGraph:
+        clock[0] += 0.5  # reading takes 0.5 s: a running run's drawing is reused for 5 s
+        return await real(run_id)
+
+    sm.run_graph = slow  # type: ignore[method-assign]
+    view = runpage.dag_view
+    first = await view(sm, status())  # type: ignore[arg-type]
+    assert (sm.reads, first["age_ms"], first["states"]) == (1, 0, 5)
+    clock[0] += 100
+    assert (await view(sm, status()))["age_ms"] == 0  # type: ignore[arg-type]
+    assert sm.reads == 1  # unchanged status: not read again, however long after
+    moved = status(succeeded=2)
+    reused = await view(sm, moved)  # type: ignore[arg-type]
+    assert sm.reads == 2  # changed, and past the reuse window: read again
+    assert reused["age_ms"] == 0
+    clock[0] += 4.0
+    stale = await view(sm, status(succeeded=3))  # type: ignore[arg-type]
+    assert (sm.reads, stale["age_ms"]) == (2, 4000)  # changed again, within 10 x 0.5 s
+    clock[0] += 1.5
+    await view(sm, status(succeeded=3))  # type: ignore[arg-type]
+    assert sm.reads == 3
+    # A finished run is never reused across a change (a retry re-opens it).
+    await view(sm, status("FAILED", 3))  # type: ignore[arg-type]
+    await view(sm, status("FAILED", 4))  # type: ignore[arg-type]
+    assert sm.reads == 5
