@@ -21,6 +21,7 @@ from exospherehost.broker.keys import MAX_LANES, Keys, check_name
 from exospherehost.broker.serverinfo import eviction_problem, memory_of
 from exospherehost.broker.streams import Broker
 from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
+from exospherehost.client.retry import RetryMixin
 from exospherehost.client.runs import (
     MAX_BLOCK_S,
     NodeCounts,
@@ -117,7 +118,7 @@ LANES_CACHE_S = 2.0
 """How long a StateManager keeps the namespace's lane count before reading it again."""
 
 
-class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
+class StateManager(RunsMixin, RetryMixin, DeadLettersMixin, WorkersMixin):
     def __init__(
         self,
         namespace: str,
