@@ -342,6 +342,9 @@ class RunsMixin:
     async def graph_names(self) -> list[str]:
         raise NotImplementedError  # StateManager's
 
+    async def listed_graphs(self) -> list[str]:
+        raise NotImplementedError  # StateManager's
+
     async def list_runs(
         self,
         graph_name: str | None = None,
@@ -368,7 +371,7 @@ class RunsMixin:
         graphs = (
             [check_name("graph name", graph_name)]
             if graph_name is not None
-            else sorted(await self.graph_names())
+            else await self.listed_graphs()
         )
         if status is None:
             total = sum([await self._runs.count_between(g, lo, hi) for g in graphs])

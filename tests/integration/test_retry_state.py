@@ -371,3 +371,40 @@ async def test_two_callers_that_read_the_same_record_make_one_retry(
 
     assert await broker.retry_state(run, stale) == (RETRY_CHANGED, "")
     assert await redis.xlen(sm.keys.queue("Square")) == 1
+
+
+async def test_a_uniting_state_retried_takes_each_branchs_newest_values(
+    redis_url: str, namespace: str, sm: StateManager, tmp_path: Path
+) -> None:
+    """ALL_DONE fired without the failed branch; the branch retried succeeds (the unite
+    does not fire again); then retrying the uniting state re-runs it with every branch,
+    the re-run one included, once each."""
+    rt = Runtime(
+        namespace=namespace,
+        name="p",
+        nodes=[Split, Flaky, Collect],
+        redis_url=redis_url,
+        default_retry_policy=NO_RETRIES,
+    )
+    async with running(rt):
+        await sm.upsert_graph(
+            "flaky",
+            flaky_fan(namespace, tmp_path, UnitesStrategyEnum.ALL_DONE),
+            retry_policy=NO_RETRIES,
+            store_config=StoreConfigModel(required_keys=["n"]),
+        )
+        run = await sm.trigger("flaky", store={"n": BRANCHES})
+        assert (await sm.wait(run, timeout=30)).status == "FAILED"
+        await sm.retry_failed(run)
+        assert (await sm.wait(run, timeout=30)).status == "SUCCEEDED"
+        graph = await sm.run_graph(run)
+        [unite] = [s for s, d in graph.states.items() if d.identifier == "collect"]
+        again = await sm.retry_state(run, unite)
+        final = await sm.wait(run, timeout=30)
+        results = await sm.results(run)
+    collected = [r["outputs"]["values"] for r in results if r["identifier"] == "collect"]
+    without = [v for v in range(BRANCHES) if v != FLAKY]
+    assert collected == [without, list(range(BRANCHES))], collected
+    assert final.status == "SUCCEEDED" and final.nodes["collect"].succeeded == 1, final
+    detail = await sm.state(run, again)
+    assert detail.retry_of == unite and detail.status == "SUCCEEDED"
