@@ -148,6 +148,10 @@ def line(node: Node, states: Mapping[str, StateDetail]) -> str:
     if node.unites is not None:
         target = states[node.unites]
         parts.append(f"unites {target.identifier} {short_id(node.unites)}")
+    if st.retry_of:
+        parts.append(f"retry of {short_id(st.retry_of)}")
+    if st.retried_as:
+        parts.append(f"retried as {short_id(st.retried_as)}")
     if st.error and st.status in ("FAILED", "RETRYING"):
         first = st.error.strip().splitlines()[0] if st.error.strip() else ""
         parts.append(first if len(first) <= 70 else first[:69] + "…")
@@ -216,6 +220,8 @@ def as_json(node: Node) -> dict[str, Any]:
         "status": st.status,
         "attempt": st.attempt,
         "unites": node.unites,
+        "retry_of": st.retry_of,
+        "retried_as": st.retried_as,
         "error": st.error,
         "children": [as_json(c) for c in node.children],
     }

@@ -36,7 +36,10 @@ MAX_EDGES = 2000
 MEMBERS_LISTED = 50
 """States of a collapsed group listed with it (not SUCCEEDED first), to click through."""
 
-WORST_FIRST = ("FAILED", "RETRYING", "PENDING", "PRUNED", "SUCCEEDED")
+RETRIED = "RETRIED"
+"""A group counts a state retry_state re-ran (it has a newer copy) apart, as RETRIED:
+what it ended as no longer decides the run."""
+WORST_FIRST = ("FAILED", "RETRYING", "PENDING", "PRUNED", "SUCCEEDED", RETRIED)
 """A group's colour is its worst status; members are listed in this order."""
 
 PENDING_NAME = "(pending)"
@@ -55,6 +58,7 @@ class Member:
     short: str
     status: str
     attempt: int
+    retried_as: str | None = None
 
 
 @dataclass
@@ -73,6 +77,8 @@ class DagBox:
     short: str = ""
     attempt: int = 0
     members: list[Member] = field(default_factory=list)  # a group: some of its states
+    retried_as: str | None = None  # a state box: the state retry_state made of it
+    retry_of: str | None = None  # ... the state it is a retry of
 
 
 @dataclass
@@ -136,6 +142,9 @@ def _name(
     st = states[sid]
     if st.identifier:
         return st.identifier
+    old = states.get(st.retry_of or "")
+    if old is not None and old.identifier:  # a retry, not settled yet: what it re-runs
+        return old.identifier
     # A pending state has no record yet: its parent's only next node, when it has one.
     ps = parents[sid]
     if len(ps) == 1:
@@ -160,6 +169,11 @@ def run_dag(graph: RunGraph, next_nodes: Mapping[str, Sequence[str]] | None = No
     nxt = next_nodes or {}
     parents = {sid: [p for p in st.parents if p in states] for sid, st in states.items()}
     order = _order(states, parents)
+
+    def _replaced(p: str, c: str) -> bool:
+        # A unite lists a retried branch end and its retry; it took the retry's outputs.
+        return states[p].retried_as in parents[c]
+
     names = {sid: _name(sid, states, parents, nxt) for sid in order}
 
     # Groups in topological order: a group's parents' groups have smaller numbers.
@@ -200,7 +214,7 @@ def run_dag(graph: RunGraph, next_nodes: Mapping[str, Sequence[str]] | None = No
         {
             (box_of[p], box_of[c])
             for p, c in graph.edges
-            if p in box_of and c in box_of and box_of[p] != box_of[c]
+            if p in box_of and c in box_of and box_of[p] != box_of[c] and not _replaced(p, c)
         }
     )
     edges = [_edge(boxes[a], boxes[b]) for a, b in links[:MAX_EDGES]]
@@ -259,6 +273,11 @@ def _collapse(
             expanded[g] = False
 
 
+def _standing(st: StateDetail) -> str:
+    """What a state counts as in its group: its status, or RETRIED once re-run."""
+    return RETRIED if st.retried_as else st.status or "PENDING"
+
+
 def _state_box(st: StateDetail, name: str, depth: int) -> DagBox:
     status = st.status or "PENDING"
     return DagBox(
@@ -275,13 +294,15 @@ def _state_box(st: StateDetail, name: str, depth: int) -> DagBox:
         st.state_id,
         short_id(st.state_id),
         st.attempt,
+        retried_as=st.retried_as,
+        retry_of=st.retry_of,
     )
 
 
 def _group_box(key: str, states: list[StateDetail], names: Mapping[str, str], depth: int) -> DagBox:
-    counts = _counts([s.status or "PENDING" for s in states])
+    counts = _counts([_standing(s) for s in states])
     rank = {s: i for i, s in enumerate(WORST_FIRST)}
-    listed = sorted(states, key=lambda s: rank.get(s.status or "PENDING", -1))[:MEMBERS_LISTED]
+    listed = sorted(states, key=lambda s: rank.get(_standing(s), -1))[:MEMBERS_LISTED]
     node = next((s.node for s in states if s.node), "")
     return DagBox(
         key,
@@ -295,7 +316,9 @@ def _group_box(key: str, states: list[StateDetail], names: Mapping[str, str], de
         0,
         0,
         members=[
-            Member(s.state_id, short_id(s.state_id), s.status or "PENDING", s.attempt)
+            Member(
+                s.state_id, short_id(s.state_id), s.status or "PENDING", s.attempt, s.retried_as
+            )
             for s in listed
         ],
     )

@@ -18,7 +18,7 @@ from typing import Any
 from exospherehost.client.runs import RunStatus
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.rundag import run_dag
-from exospherehost.errors import GraphNotFound, InvalidArgument
+from exospherehost.errors import GraphNotFound, InvalidArgument, RetryRefused
 
 CONFLICT = 409
 REUSE_FACTOR = 10
@@ -88,10 +88,9 @@ async def state_view(sm: StateManager, run_id: str, state_id: str) -> dict[str, 
 async def retry_state(sm: StateManager, run_id: str, state_id: str) -> tuple[int, dict[str, Any]]:
     """Retry one state: 200 with the new state's id, 409 with the reason when refused;
     unknown run / state raise RunNotFound (404)."""
-    from exospherehost.errors import RetryRefused  # TEMP until the retry API is on main
-
     if not state_id:
         raise InvalidArgument("state id must be a non-empty string")
+    await sm.state(run_id, state_id)  # an unknown run or state: RunNotFound, 404
     try:
         new = await sm.retry_state(run_id, state_id)
     except RetryRefused as exc:
@@ -103,8 +102,6 @@ async def retry_state(sm: StateManager, run_id: str, state_id: str) -> tuple[int
 async def retry_failed(sm: StateManager, run_id: str) -> tuple[int, dict[str, Any]]:
     """Retry every failed state of a run: 200 with the new states' ids ([] when nothing
     failed), 409 with the reason when refused; an unknown run raises RunNotFound."""
-    from exospherehost.errors import RetryRefused  # TEMP until the retry API is on main
-
     try:
         new = await sm.retry_failed(run_id)
     except RetryRefused as exc:

@@ -3,11 +3,13 @@ and `nodes` (issue 12.9), against a real server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
-import pytest
 from pydantic import BaseModel
 
 from exospherehost import (
@@ -126,8 +128,58 @@ def fan_in(ns: str, work: str = "FlakyWork") -> list[GraphNodeModel]:
     ]
 
 
-RETRY_API = hasattr(StateManager, "retry_state") and hasattr(StateManager, "retry_failed")
-NO_RETRY_API = "sm.retry_state / sm.retry_failed (issue 12.3) are not in this checkout yet"
+class Hold(BaseNode):
+    """Runs until the test opens `opened`, after setting `started`: a state in flight,
+    which retry_state refuses."""
+
+    started: ClassVar[asyncio.Event | None] = None
+    opened: ClassVar[asyncio.Event | None] = None
+
+    class Inputs(BaseModel):
+        value: int
+
+    class Outputs(BaseModel):
+        value: int
+
+    async def execute(self) -> Outputs:
+        assert Hold.started is not None and Hold.opened is not None
+        Hold.started.set()
+        await Hold.opened.wait()
+        return self.Outputs(value=self.inputs.value)
+
+
+def held(ns: str) -> list[GraphNodeModel]:
+    """fan (one item) -> hold: the held state has a parent, so it is known while it runs."""
+    return [
+        GraphNodeModel(
+            node_name="Split",
+            namespace=ns,
+            identifier="fan",
+            inputs={"items": 1},
+            next_nodes=["hold"],
+        ),
+        GraphNodeModel(
+            node_name="Hold",
+            namespace=ns,
+            identifier="hold",
+            inputs={"value": "${{ fan.outputs.value }}"},
+        ),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def a_state_in_flight(sm: StateManager) -> AsyncIterator[tuple[str, str]]:
+    """(run id, state id) of a Hold state while it executes; let go on leaving."""
+    Hold.started, Hold.opened = asyncio.Event(), asyncio.Event()
+    await sm.upsert_graph("held", held(sm.namespace), secrets={})
+    run = await sm.trigger("held")
+    try:
+        await asyncio.wait_for(Hold.started.wait(), 20)
+        [state] = [s for s, d in (await sm.run_graph(run)).states.items() if not d.identifier]
+        yield run, state
+    finally:
+        Hold.opened.set()
+    assert (await sm.wait(run, timeout=20)).status == "SUCCEEDED"
 
 
 async def test_runs_show_tree_states_show_and_runs_retry(
@@ -135,7 +187,7 @@ async def test_runs_show_tree_states_show_and_runs_retry(
 ) -> None:
     FlakyWork.failed = set()
     ns = namespace
-    rt = Runtime(ns, "cli-tree", [Split, FlakyWork, Work, Collect], redis_url=redis_url)
+    rt = Runtime(ns, "cli-tree", [Split, FlakyWork, Work, Collect, Hold], redis_url=redis_url)
     async with running(rt):
         for name, work in (("fanin", "FlakyWork"), ("wide", "Work")):
             await sm.upsert_graph(
@@ -201,12 +253,11 @@ async def test_runs_show_tree_states_show_and_runs_retry(
         assert "run 'nope' not found" in one_line_error(
             await arun(redis_url, ns, "states", "show", "nope", failed)
         )
+        assert f"retried as {short_id(failed)}" not in shown.stdout
         usage = await arun(redis_url, ns, "runs", "retry", run)
         assert (
             usage.exit_code == 2 and "give --state STATE (repeatable) or --failed" in usage.stderr
         )
-        if not RETRY_API:
-            pytest.skip(NO_RETRY_API)
 
         # runs retry --failed: the failed branch runs again, the unite fires, SUCCEEDED.
         retried = await arun(redis_url, ns, "runs", "retry", run, "--failed")
@@ -216,6 +267,8 @@ async def test_runs_show_tree_states_show_and_runs_retry(
         assert (await sm.state(run, new)).status == "SUCCEEDED"
         after = (await arun(redis_url, ns, "runs", "show", run)).stdout
         assert re.search(r"└─ collect  Collect  SUCCEEDED  try 1  \S+  unites fan ", after)
+        assert f"FAILED  try 1  {short_id(failed)}  retried as {short_id(new)}" in after
+        assert f"SUCCEEDED  try 1  {short_id(new)}  retry of {short_id(failed)}" in after
         # --state, by the end of its id; prints the new state's id.
         again = await arun(
             redis_url, ns, "runs", "retry", run, "--state", short_id(ids[("work", 0)])
@@ -223,12 +276,13 @@ async def test_runs_show_tree_states_show_and_runs_retry(
         assert again.exit_code == 0, again.output
         assert re.fullmatch(rf"retried {ids[('work', 0)]} as \S+\n", again.stdout), again.stdout
         assert (await sm.wait(run, timeout=20)).status == "SUCCEEDED"
-        # Refused: one Error line saying why; unknown run: not found.
-        cancelled = await sm.trigger("fanin", store={"n": "0"})
-        await sm.cancel(cancelled)
-        assert "Error: " in one_line_error(
-            await arun(redis_url, ns, "runs", "retry", cancelled, "--failed")
-        )
+        # Refused: one Error line saying why; unknown run / state: not found.
+        async with a_state_in_flight(sm) as (busy, state):
+            refused = await arun(redis_url, ns, "runs", "retry", busy, "--state", state)
+            assert "it has not settled yet" in one_line_error(refused)
         assert "run 'nope' not found" in one_line_error(
             await arun(redis_url, ns, "runs", "retry", "nope", "--failed")
+        )
+        assert "has no state 'nope'" in one_line_error(
+            await arun(redis_url, ns, "runs", "retry", run, "--state", "nope")
         )

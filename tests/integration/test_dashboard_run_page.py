@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from typing import ClassVar
 
-import pytest
 from pydantic import BaseModel
 from selenium import webdriver
 from selenium.webdriver.common.by import By
@@ -28,39 +26,17 @@ from exospherehost import (
     Runtime,
     StateManager,
     StoreConfigModel,
-    UnitesModel,
 )
 from exospherehost.dashboard import create_app, rundag
 from tests.integration import test_dashboard as base
 from tests.integration.apps.nodes import Collect, Work
 from tests.integration.helpers import running
+from tests.integration.test_cli_runs import FlakyWork, Hold, a_state_in_flight, fan_in
 from tests.integration.test_dashboard import Page, _call, dashboard_server
 from tests.integration.test_dashboard_runs import asked, confirm_yes, no_script_errors, shot
 
 browser = base.browser  # the headless Chromium fixture (module-scoped)
 CSRF = {"X-Exo-Dashboard": "1"}
-RETRY_API = hasattr(StateManager, "retry_state") and hasattr(StateManager, "retry_failed")
-NO_RETRY_API = "sm.retry_state / sm.retry_failed (issue 12.3) are not in this checkout yet"
-
-
-class FlakyWork(BaseNode):
-    """A branch that fails the first execution of value 1 in this process, so its run
-    FAILS (no retries) and succeeds once that state is retried."""
-
-    failed: ClassVar[set[int]] = set()
-
-    class Inputs(BaseModel):
-        value: int
-
-    class Outputs(BaseModel):
-        value: int
-
-    async def execute(self) -> Outputs:
-        v = self.inputs.value
-        if v == 1 and v not in FlakyWork.failed:
-            FlakyWork.failed.add(v)
-            raise RuntimeError(f"branch {v} fails its first execution")
-        return self.Outputs(value=v)
 
 
 class Big(BaseNode):
@@ -72,32 +48,6 @@ class Big(BaseNode):
 
     async def execute(self) -> Outputs:
         return self.Outputs(blob="x" * self.inputs.size)
-
-
-def fan_in(ns: str, work: str = "FlakyWork") -> list[GraphNodeModel]:
-    return [
-        GraphNodeModel(
-            node_name="Split",
-            namespace=ns,
-            identifier="fan",
-            inputs={"items": "${{ store.n }}"},
-            next_nodes=["work"],
-        ),
-        GraphNodeModel(
-            node_name=work,
-            namespace=ns,
-            identifier="work",
-            inputs={"value": "${{ fan.outputs.value }}"},
-            next_nodes=["collect"],
-        ),
-        GraphNodeModel(
-            node_name="Collect",
-            namespace=ns,
-            identifier="collect",
-            unites=UnitesModel(identifier="fan"),
-            inputs={"values": "${{ work.outputs.value }}", "items": "${{ store.n }}"},
-        ),
-    ]
 
 
 def _get_json(url: str) -> tuple[int, int, dict[str, object]]:
@@ -113,7 +63,7 @@ async def test_run_page_draws_the_dag_shows_a_failed_state_and_retries_failed(
     ns = namespace
     FlakyWork.failed = set()
     rt = Runtime(
-        namespace=ns, name="dash-dag", nodes=[Split, FlakyWork, Collect], redis_url=redis_url
+        namespace=ns, name="dash-dag", nodes=[Split, FlakyWork, Collect, Hold], redis_url=redis_url
     )
     page = Page(browser)
     async with StateManager(ns, redis_url=redis_url) as sm, running(rt):
@@ -180,8 +130,6 @@ async def test_run_page_draws_the_dag_shows_a_failed_state_and_retries_failed(
             replies = [await asyncio.to_thread(_call, u, m, h) for u, m, h in calls]
             assert [c for c, _ in replies] == [404, 404, 403, 403], replies
             assert "has no record" in replies[0][1]["error"]
-            if not RETRY_API:
-                pytest.skip(NO_RETRY_API)
 
             # Retry failed (confirmed): the branch runs again, the unite fires, SUCCEEDED.
             await page.open(f"{url}#/ns/{ns}/run/{run}")
@@ -191,9 +139,17 @@ async def test_run_page_draws_the_dag_shows_a_failed_state_and_retries_failed(
             assert any(run in q for q in await asked(browser))
             await page.text_of("#run-status", "SUCCEEDED")
             await page.css('a.sbox.SUCCEEDED[data-identifier="collect"]')
+            # The failed state stays, marked as retried; its retry beside it.
+            await page.text_of(f'a.sbox.retried[data-state="{failed}"] text.line3', "retried")
+            retry = (await sm.state(run, failed)).retried_as
+            assert retry is not None
+            await page.text_of(f'a.sbox.SUCCEEDED[data-state="{retry}"] text.nodename', "a retry")
             assert (await sm.wait(run, timeout=20)).status == "SUCCEEDED"
             await page.gone("#retry-failed")
             await shot(browser, "run-retried")
+            await page.click(f'a.sbox[data-state="{failed}"] rect')
+            await page.text_of("#state-panel .f-retried-as", retry)
+            await page.gone("#retry-state")  # retried once: its retry is the one to retry
 
             # Retry (one state): a succeeded branch, confirmed; the answer names the new state.
             await page.open(f"{url}#/ns/{ns}/run/{run}?state={by_value[0]}")
@@ -202,17 +158,17 @@ async def test_run_page_draws_the_dag_shows_a_failed_state_and_retries_failed(
             await page.text_of("#flash", f"state {by_value[0]} retried as ")
             assert (await sm.wait(run, timeout=20)).status == "SUCCEEDED"
 
-            # 404 unknown run / state; 409 with the reason for a cancelled run.
-            gated = await sm.trigger("fanin", store={"n": "0"})
-            await sm.cancel(gated)
-            calls = [
-                (f"{api}/nope/retry-failed", "POST", CSRF),
-                (f"{api}/{run}/states/nope/retry", "POST", CSRF),
-                (f"{api}/{gated}/retry-failed", "POST", CSRF),
-            ]
-            replies = [await asyncio.to_thread(_call, u, m, h) for u, m, h in calls]
+            # 404 unknown run / state; 409 with the reason: a state still running.
+            async with a_state_in_flight(sm) as (busy, state):
+                calls = [
+                    (f"{api}/nope/retry-failed", "POST", CSRF),
+                    (f"{api}/{run}/states/nope/retry", "POST", CSRF),
+                    (f"{api}/{busy}/states/{state}/retry", "POST", CSRF),
+                ]
+                replies = [await asyncio.to_thread(_call, u, m, h) for u, m, h in calls]
             assert [c for c, _ in replies] == [404, 404, 409], replies
-            assert replies[2][1]["kind"] == "conflict" and replies[2][1]["error"]
+            assert replies[2][1]["kind"] == "conflict"
+            assert "it has not settled yet" in replies[2][1]["error"]
             await no_script_errors(browser)
 
 

@@ -185,3 +185,27 @@ async def test_a_drawing_is_reused_while_the_run_is_unchanged_and_briefly_when_r
     await view(sm, status("FAILED", 3))  # type: ignore[arg-type]
     await view(sm, status("FAILED", 4))  # type: ignore[arg-type]
     assert sm.reads == 5
+
+
+def retried(g: RunGraph, old: str, new: str) -> RunGraph:
+    """`g` after retry_state re-ran `old` as `new` (a sibling: same parents), which
+    succeeded; the unite lists both as branch ends, as run_graph does."""
+    g.states[old].retried_as = new
+    g.states[new] = st(new, g.states[old].identifier, list(g.states[old].parents), created=1)
+    g.states[new].retry_of = old
+    g.states["unite"].parents.append(new)
+    return graph(*g.states.values())
+
+
+def test_a_retried_state_is_marked_and_counted_apart_and_its_retry_feeds_the_unite() -> None:
+    dag = run_dag(retried(fan(3, failed={1}), "w1", "w1r"))
+    boxes = {b.key: b for b in dag.boxes}
+    assert (boxes["s:w1"].status, boxes["s:w1"].retried_as) == ("FAILED", "w1r")
+    assert (boxes["s:w1r"].status, boxes["s:w1r"].retry_of) == ("SUCCEEDED", "w1")
+    assert boxes["s:w1r"].y == boxes["s:w1"].y  # a sibling, on the same row
+    targets = {e.source for e in dag.edges if e.target == "s:unite"}
+    assert targets == {"s:w0", "s:w2", "s:w1r"}  # not the retried one
+    wide = run_dag(retried(fan(20, failed={3}), "w3", "w3r"))
+    [group] = [b for b in wide.boxes if b.kind == "group"]
+    assert group.statuses == {"SUCCEEDED": 20, rundag.RETRIED: 1}
+    assert group.status == "SUCCEEDED"  # its failure was retried: not what decides now

@@ -55,3 +55,13 @@ def test_pending_states_and_short_ids() -> None:
         "split  Split  SUCCEEDED  try 1  …3d4e5f61",
         "└─ (pending)  -  PENDING  not run  p",
     ]
+
+
+def test_a_retried_state_and_its_retry_say_so() -> None:
+    from tests.unit.test_run_dag import retried
+
+    g = retried(fan(2, failed={1}), "w1", "w1r")
+    lines = runtree.render(runtree.build(g, {"collect": "split"}), g.states)
+    assert "├─ work  Work  FAILED  try 1  w1  retried as w1r" in lines
+    assert "├─ work  Work  SUCCEEDED  try 1  w1r  retry of w1" in lines
+    assert lines[-1] == "└─ collect  Collect  SUCCEEDED  try 1  unite  unites split root"

@@ -23,7 +23,11 @@ function fmtTimeMs(ms) {
   return `${t.slice(0, cut)}.${pad(new Date(ms).getMilliseconds(), 3)}${t.slice(cut)}`;
 }
 
-const STATUS_SHORT = { SUCCEEDED: "✓", FAILED: "✗", PRUNED: "⊘", RETRYING: "↻", PENDING: "…" };
+const STATUS_SHORT = {
+  SUCCEEDED: "✓", FAILED: "✗", PRUNED: "⊘", RETRYING: "↻", PENDING: "…", RETRIED: "retried",
+};
+// As dashboard/rundag.py short_id: ids start with a per-process prefix, the counter is last.
+const shortId = (id) => (id.length <= 10 ? id : `…${id.slice(-8)}`);
 
 function statusLine(statuses) {
   return Object.entries(statuses).map(([s, n]) => `${num(n)} ${STATUS_SHORT[s] || s}`).join(" ");
@@ -51,14 +55,18 @@ function runDagSvg(ns, run, dag, picked) {
     const group = b.kind === "group";
     const pick = group ? { group: b.key } : { state: b.state_id };
     const selected = picked === b.key ? " selected" : "";
+    const retried = b.retried_as ? " retried" : "";
     const x = b.x + 10;
     const title = group
       ? `${num(b.count)} states of ${b.identifier} (${b.node}): ${Object.entries(b.statuses).map(([s, n]) => `${num(n)} ${s}`).join(", ")}`
-      : `${b.identifier} (${b.node || "node not known yet"}) ${b.status}, attempt ${b.attempt}, state ${b.state_id}`;
+      : `${b.identifier} (${b.node || "node not known yet"}) ${b.status}, attempt ${b.attempt}, state ${b.state_id}` +
+        (b.retried_as ? `; retried as ${b.retried_as}` : "") + (b.retry_of ? `; a retry of ${b.retry_of}` : "");
     const line1 = group ? `${b.identifier} ×${num(b.count)}` : b.identifier;
-    const line2 = group ? b.node : `${b.node || "not settled yet"}${b.attempt > 1 ? ` · try ${b.attempt}` : ""}`;
-    const line3 = group ? statusLine(b.statuses) : `${b.status} · ${b.short}`;
-    return `<a href="${esc(runHash(ns, run, pick))}" class="sbox ${esc(b.kind)} ${esc(b.status)}${selected}" ` +
+    const line2 = group ? b.node : `${b.node || "not settled yet"}${b.attempt > 1 ? ` · try ${b.attempt}` : ""}` +
+      (b.retry_of ? " · a retry" : ""); // of which: the title and the panel say
+    const line3 = group ? statusLine(b.statuses)
+      : b.retried_as ? `${b.status} · retried ↻` : `${b.status} · ${b.short}`;
+    return `<a href="${esc(runHash(ns, run, pick))}" class="sbox ${esc(b.kind)} ${esc(b.status)}${selected}${retried}" ` +
       `data-key="${esc(b.key)}" data-identifier="${esc(b.identifier)}" data-status="${esc(b.status)}"` +
       `${group ? ` data-count="${b.count}"` : ` data-state="${esc(b.state_id)}"`}>` +
       `<title>${esc(title)}</title>` +
@@ -83,8 +91,8 @@ function dagCard(ns, run, data, picked) {
   }
   const age = dag.age_ms >= 1500
     ? ` <span class="muted" id="dag-age">(read ${Math.round(dag.age_ms / 1000)} s ago)</span>` : "";
-  const legend = ["SUCCEEDED", "FAILED", "RETRYING", "PENDING", "PRUNED"].map((s) => (
-    `<span class="key"><span class="swatch-box ${s}"></span>${s.toLowerCase()}</span>`)).join("");
+  const legend = ["SUCCEEDED", "FAILED", "RETRYING", "PENDING", "PRUNED", "RETRIED"].map((s) => (
+    `<span class="key"><span class="swatch-box ${s}"></span>${s === "RETRIED" ? "retried (re-run as a new state)" : s.toLowerCase()}</span>`)).join("");
   const note = dag.note ? `<div class="legend" id="dag-note">${esc(dag.note)}.</div>` : "";
   // A unite that did not fire has no state to draw: say so under the drawing.
   const notes = Object.entries(data.status.notes).map(([id, why]) => (
@@ -117,14 +125,17 @@ const RETRYABLE = new Set(["SUCCEEDED", "FAILED", "PRUNED"]);
 function statePanel(ns, run, s) {
   const link = (id) => `<a class="mono" href="${esc(runHash(ns, run, { state: id }))}">${esc(id)}</a>`;
   const took = s.finished_ms && s.started_ms ? s.finished_ms - s.started_ms : null;
-  const retry = RETRYABLE.has(s.status)
+  // A state is retried once: after that, its retry is the one to retry.
+  const retry = RETRYABLE.has(s.status) && !s.retried_as
     ? `<button type="button" id="retry-state" data-state="${esc(s.state_id)}">Retry</button>` : "";
-  const fact = ([k, v]) => `<div class="fact"><span class="k">${k}</span> <span class="f-${k}">${v}</span></div>`;
+  const fact = ([k, v]) => `<div class="fact"><span class="k">${k}</span> <span class="f-${k.replace(" ", "-")}">${v}</span></div>`;
   const who = [
     ["identifier", esc(s.identifier || "—")], ["node", esc(s.node || "— (not settled yet)")],
     ["attempt", s.attempt ? esc(s.attempt) : "— (not executed yet)"],
     ["worker", s.worker ? `<span class="mono">${esc(s.worker)}</span>` : "—"],
     ["parents", s.parents.length ? s.parents.map(link).join(" ") : `<span class="muted">none: a root state</span>`],
+    ...(s.retry_of ? [["retry of", link(s.retry_of)]] : []),
+    ...(s.retried_as ? [["retried as", link(s.retried_as)]] : []),
   ];
   const when = [
     ["created", fmtTimeMs(s.created_ms)], ["queued", fmtTimeMs(s.queued_ms)],
@@ -151,7 +162,8 @@ function groupPanel(ns, run, box) {
   const counts = Object.entries(box.statuses).map(([s, n]) => `${num(n)} ${badge(s)}`).join(" ");
   const rows = box.members.map((m) => (
     `<tr data-state="${esc(m.state_id)}"><td><a class="mono" href="${esc(runHash(ns, run, { state: m.state_id }))}">` +
-    `${esc(m.state_id)}</a></td><td>${badge(m.status)}</td><td class="num">${esc(m.attempt || "—")}</td></tr>`
+    `${esc(m.state_id)}</a></td><td>${badge(m.status)}${m.retried_as ? ` <span class="muted">retried as ${esc(shortId(m.retried_as))}</span>` : ""}</td>` +
+    `<td class="num">${esc(m.attempt || "—")}</td></tr>`
   )).join("");
   const more = box.count > box.members.length
     ? `<p class="muted">${num(box.members.length)} of ${num(box.count)} listed, not SUCCEEDED first.</p>` : "";
