@@ -316,9 +316,7 @@ def _group_box(key: str, states: list[StateDetail], names: Mapping[str, str], de
         0,
         0,
         members=[
-            Member(
-                s.state_id, short_id(s.state_id), s.status or "PENDING", s.attempt, s.retried_as
-            )
+            Member(s.state_id, short_id(s.state_id), s.status or "PENDING", s.attempt, s.retried_as)
             for s in listed
         ],
     )
