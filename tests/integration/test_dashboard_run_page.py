@@ -237,5 +237,9 @@ async def test_a_wide_fan_out_is_one_group_and_a_truncated_output_shows_its_mark
             await page.text_of("#state-panel .truncated .trunc-mark", "truncated: ")
             await page.text_of("#state-panel .truncated .trunc-mark", "bytes")
             await page.text_of("#state-panel .truncated pre", "{'blob': 'xxx")
+            # Its result, shown shortened (sm.results has it whole): the page stays small.
+            await page.text_of("#results .trunc-mark", "shown here up to 2,000 characters")
+            _, size, _ = await asyncio.to_thread(_get_json, f"{url}api/ns/{ns}/runs/{blob}")
+            assert size < 10_000, f"the run page's JSON is {size} bytes"
             await shot(browser, "run-truncated")
             await no_script_errors(browser)

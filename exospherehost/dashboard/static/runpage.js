@@ -110,11 +110,14 @@ function isTruncated(value) {
     Object.prototype.hasOwnProperty.call(value, "__truncated__");
 }
 
+function truncatedBlock(cls, value, why) {
+  return `<div class="truncated ${esc(cls)}"><span class="trunc-mark">truncated: ` +
+    `${num(value.__truncated__)} bytes, ${esc(why)}; its start:</span><pre>${esc(value.preview)}…</pre></div>`;
+}
+
 function valueBlock(cls, label, value) {
   if (isTruncated(value)) {
-    return `<h4>${esc(label)}</h4><div class="truncated ${esc(cls)}"><span class="trunc-mark">truncated: ` +
-      `${num(value.__truncated__)} bytes, over the per-field cap of state records; its start:</span>` +
-      `<pre>${esc(value.preview)}…</pre></div>`;
+    return `<h4>${esc(label)}</h4>${truncatedBlock(cls, value, "over the per-field cap of state records")}`;
   }
   const text = typeof value === "string" ? value : JSON.stringify(value, null, 1);
   return `<h4>${esc(label)}</h4><pre class="${esc(cls)}">${esc(text)}</pre>`;
@@ -238,9 +241,10 @@ pages.run = async function runPage({ ns, run, query }) {
     `<tbody>${hist || `<tr><td colspan="7" class="muted">nothing settled yet</td></tr>`}</tbody></table></div>`;
   const res = data.results.map((r) => (
     `<tr><td>${esc(r.identifier)}</td><td class="mono">${esc(r.state)}</td>` +
-    `<td><pre>${esc(JSON.stringify(r.outputs, null, 1))}</pre></td></tr>`
+    `<td>${isTruncated(r.outputs) ? truncatedBlock("outputs", r.outputs, "shown here up to 2,000 characters") : `<pre>${esc(JSON.stringify(r.outputs, null, 1))}</pre>`}</td></tr>`
   )).join("");
-  const results = `<div class="card"><h3>Results <span class="muted">(${data.results_total} leaf outputs)</span></h3>` +
+  const newest = data.results_total > data.results.length ? `, the newest ${data.results.length}` : "";
+  const results = `<div class="card"><h3>Results <span class="muted">(${data.results_total} leaf outputs${newest})</span></h3>` +
     `<table id="results"><thead><tr><th>identifier</th><th>state</th><th>outputs</th></tr></thead>` +
     `<tbody>${res || `<tr><td colspan="3" class="muted">no results yet</td></tr>`}</tbody></table></div>`;
   if (picked && picked !== lastPicked) {
