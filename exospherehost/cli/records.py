@@ -23,7 +23,6 @@ from exospherehost.cli._common import (
 )
 from exospherehost.client.deadletters import DeadLetter, DeadLetterCount, RedriveReport
 from exospherehost.client.runs import RunStatus
-from exospherehost.client.statemanager import StateManager
 from exospherehost.errors import GraphNotFound, RunNotFound
 
 # -- runs -------------------------------------------------------------------------------
@@ -213,10 +212,13 @@ def runs_show(
         async with settings.manager() as sm:
             status = await sm.status(run_id)
             graph = await sm.run_graph(run_id)
-            unites = await unites_of(sm, status.graph)
+            try:
+                template = runtree.template_of(await sm.get_graph(status.graph))
+            except GraphNotFound:  # deleted since: the tree goes by the parents
+                template = runtree.Template()
             return {
                 "status": status,
-                "tree": runtree.build(graph, unites),
+                "tree": runtree.build(graph, template),
                 "states": graph.states,
                 "history": await sm.run_history(run_id),
                 "results": await sm.results(run_id),
@@ -264,21 +266,6 @@ def runs_show(
     click.echo(f"\nresults ({len(got['results'])}):")
     for result in got["results"]:
         click.echo(to_json(result, None))
-
-
-async def unites_of(sm: StateManager, graph: str) -> dict[str, str]:
-    """Uniting identifier -> the identifier it unites, from the graph's current template
-    ({} once the graph is deleted: the tree then goes by the parents)."""
-    try:
-        doc = await sm.get_graph(graph)
-    except GraphNotFound:
-        return {}
-    found = {}
-    for n in doc["nodes"]:
-        u = n.get("unites")
-        if isinstance(u, dict) and u.get("identifier"):
-            found[str(n["identifier"])] = str(u["identifier"])
-    return found
 
 
 # -- dead letters -----------------------------------------------------------------------

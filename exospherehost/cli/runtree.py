@@ -32,12 +32,49 @@ class Node:
     state: StateDetail
     unites: str | None = None  # the target state id, for a uniting state
     children: list[Node] = field(default_factory=list)
+    identifier: str = ""  # the state's, or for a pending state what the template says
+    node: str = ""
 
 
-def build(graph: RunGraph, unites: Mapping[str, str]) -> list[Node]:
-    """The forest of the run's states (one root, normally). `unites`: uniting identifier ->
-    the identifier it unites (the graph template's `unites.identifier`)."""
+@dataclass
+class Template:
+    """What the graph's current template says (empty once it is deleted)."""
+
+    unites: dict[str, str] = field(default_factory=dict)  # uniting identifier -> its target
+    next_nodes: dict[str, list[str]] = field(default_factory=dict)
+    node_names: dict[str, str] = field(default_factory=dict)
+
+
+def template_of(doc: Mapping[str, Any] | None) -> Template:
+    """A stored graph (`get_graph`) as the tree needs it."""
+    t = Template()
+    for n in (doc or {}).get("nodes") or ():
+        ident = str(n["identifier"])
+        t.next_nodes[ident] = [str(x) for x in n.get("next_nodes") or ()]
+        t.node_names[ident] = str(n.get("node_name") or "")
+        u = n.get("unites")
+        if isinstance(u, Mapping) and u.get("identifier"):
+            t.unites[ident] = str(u["identifier"])
+    return t
+
+
+def _named(sid: str, states: Mapping[str, StateDetail], t: Template) -> tuple[str, str]:
+    """(identifier, node) of a state; a pending one has no record yet: its retry's
+    original, or its parent's only next node in the template, tells."""
+    st = states[sid]
+    ident = st.identifier
+    if not ident and st.retry_of in states:
+        ident = states[st.retry_of or ""].identifier
+    if not ident and len(st.parents) == 1 and st.parents[0] in states:
+        nxt = t.next_nodes.get(states[st.parents[0]].identifier) or []
+        ident = nxt[0] if len(nxt) == 1 else ""
+    return ident, st.node or t.node_names.get(ident, "")
+
+
+def build(graph: RunGraph, template: Template) -> list[Node]:
+    """The forest of the run's states (one root, normally)."""
     states = graph.states
+    unites = template.unites
     tree_parent: dict[str, str | None] = {}
 
     for sid, st in states.items():
@@ -46,7 +83,7 @@ def build(graph: RunGraph, unites: Mapping[str, str]) -> list[Node]:
             tree_parent[sid] = _target(sid, ps, states, unites, tree_parent)
         else:
             tree_parent[sid] = ps[0] if ps else None
-    nodes = {sid: Node(st) for sid, st in states.items()}
+    nodes = {sid: Node(st, None, [], *_named(sid, states, template)) for sid, st in states.items()}
     roots = []
     # By creation; ids are a per-process prefix and a hex counter: shorter is older.
     for sid, node in sorted(
@@ -139,8 +176,8 @@ def _size(node: Node) -> int:
 def line(node: Node, states: Mapping[str, StateDetail]) -> str:
     st = node.state
     parts = [
-        st.identifier or "(pending)",
-        st.node or "-",
+        node.identifier or "(pending)",
+        node.node or "-",
         st.status or "PENDING",
         f"try {st.attempt}" if st.attempt else "not run",
         short_id(st.state_id),
@@ -215,8 +252,8 @@ def as_json(node: Node) -> dict[str, Any]:
     st = node.state
     return {
         "state_id": st.state_id,
-        "identifier": st.identifier,
-        "node": st.node,
+        "identifier": node.identifier,
+        "node": node.node,
         "status": st.status,
         "attempt": st.attempt,
         "unites": node.unites,

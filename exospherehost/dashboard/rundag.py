@@ -162,9 +162,13 @@ def _counts(statuses: Sequence[str]) -> dict[str, int]:
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], -1), kv[0])))
 
 
-def run_dag(graph: RunGraph, next_nodes: Mapping[str, Sequence[str]] | None = None) -> RunDag:
-    """The drawing of `graph`. `next_nodes` (identifier -> its template's next nodes)
-    names pending states, whose records do not say yet what they are."""
+def run_dag(
+    graph: RunGraph,
+    next_nodes: Mapping[str, Sequence[str]] | None = None,
+    node_names: Mapping[str, str] | None = None,
+) -> RunDag:
+    """The drawing of `graph`. The template's `next_nodes` and `node_names` (by
+    identifier) name pending states, whose records do not say yet what they are."""
     states = graph.states
     nxt = next_nodes or {}
     parents = {sid: [p for p in st.parents if p in states] for sid, st in states.items()}
@@ -202,11 +206,15 @@ def run_dag(graph: RunGraph, next_nodes: Mapping[str, Sequence[str]] | None = No
     for g in range(kept):
         if expanded[g]:
             for sid in members[g]:
-                boxes["s:" + sid] = _state_box(states[sid], names[sid], depth[g])
+                node = states[sid].node or (node_names or {}).get(names[sid], "")
+                boxes["s:" + sid] = _state_box(states[sid], names[sid], node, depth[g])
                 box_of[sid] = "s:" + sid
         else:
             gkey = f"g:{g}"
-            boxes[gkey] = _group_box(gkey, [states[s] for s in members[g]], names, depth[g])
+            group = [states[s] for s in members[g]]
+            name = names[members[g][0]]
+            node = next((s.node for s in group if s.node), (node_names or {}).get(name, ""))
+            boxes[gkey] = _group_box(gkey, group, name, node, depth[g])
             box_of.update(dict.fromkeys(members[g], gkey))
     rows = _place(boxes, graph.edges, box_of)
 
@@ -278,13 +286,13 @@ def _standing(st: StateDetail) -> str:
     return RETRIED if st.retried_as else st.status or "PENDING"
 
 
-def _state_box(st: StateDetail, name: str, depth: int) -> DagBox:
+def _state_box(st: StateDetail, name: str, node: str, depth: int) -> DagBox:
     status = st.status or "PENDING"
     return DagBox(
         "s:" + st.state_id,
         "state",
         name,
-        st.node,
+        node,
         status,
         1,
         {status: 1},
@@ -299,15 +307,14 @@ def _state_box(st: StateDetail, name: str, depth: int) -> DagBox:
     )
 
 
-def _group_box(key: str, states: list[StateDetail], names: Mapping[str, str], depth: int) -> DagBox:
+def _group_box(key: str, states: list[StateDetail], name: str, node: str, depth: int) -> DagBox:
     counts = _counts([_standing(s) for s in states])
     rank = {s: i for i, s in enumerate(WORST_FIRST)}
     listed = sorted(states, key=lambda s: rank.get(_standing(s), -1))[:MEMBERS_LISTED]
-    node = next((s.node for s in states if s.node), "")
     return DagBox(
         key,
         "group",
-        names[states[0].state_id],
+        name,
         node,
         next(iter(counts)),
         len(states),

@@ -38,14 +38,18 @@ def _fingerprint(status: RunStatus) -> tuple[Any, ...]:
     return status.status, status.open, status.finished_ms, counts
 
 
-async def _next_nodes(sm: StateManager, graph: str) -> dict[str, list[str]]:
-    """identifier -> next nodes of the graph's current template ({} once deleted): names
-    the states created but not settled yet."""
+async def _template(sm: StateManager, graph: str) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(identifier -> next nodes, identifier -> node name) of the graph's current template
+    (empty once deleted): they name the states created but not settled yet."""
     try:
         doc = await sm.get_graph(graph)
     except GraphNotFound:
-        return {}
-    return {str(n["identifier"]): list(n.get("next_nodes") or ()) for n in doc["nodes"]}
+        return {}, {}
+    nodes = doc["nodes"]
+    return (
+        {str(n["identifier"]): list(n.get("next_nodes") or ()) for n in nodes},
+        {str(n["identifier"]): str(n.get("node_name") or "") for n in nodes},
+    )
 
 
 async def dag_view(sm: StateManager, status: RunStatus) -> dict[str, Any]:
@@ -62,8 +66,8 @@ async def dag_view(sm: StateManager, status: RunStatus) -> dict[str, Any]:
         return {**hit[3], "age_ms": int((now - hit[1]) * 1000) if stale else 0}
     graph = await sm.run_graph(status.run_id)
     pending = any(not s.identifier for s in graph.states.values())
-    nxt = await _next_nodes(sm, status.graph) if pending else {}
-    body = asdict(run_dag(graph, nxt))
+    nxt, names = await _template(sm, status.graph) if pending else ({}, {})
+    body = asdict(run_dag(graph, nxt, names))
     done = _clock()
     reuse = done + min(REUSE_FACTOR * (done - now), REUSE_MAX_S) if not status.done else done
     _drawn[key] = (seen, done, reuse, body)

@@ -119,8 +119,8 @@ def test_pending_states_are_named_from_the_template_when_it_tells() -> None:
         st("p1", "", ["root"], "PENDING"),
         st("p2", "", ["root"], "PENDING"),
     )
-    dag = run_dag(g, {"split": ["work"]})
-    assert {b.identifier for b in dag.boxes if b.key != "s:root"} == {"work"}
+    dag = run_dag(g, {"split": ["work"]}, {"work": "Work"})
+    assert {(b.identifier, b.node) for b in dag.boxes if b.key != "s:root"} == {("work", "Work")}
     assert {b.status for b in dag.boxes if b.key != "s:root"} == {"PENDING"}
     ambiguous = run_dag(g, {"split": ["a", "b"]})
     assert {b.identifier for b in ambiguous.boxes if b.key != "s:root"} == {rundag.PENDING_NAME}

@@ -24,7 +24,7 @@ function fmtTimeMs(ms) {
 }
 
 const STATUS_SHORT = {
-  SUCCEEDED: "✓", FAILED: "✗", PRUNED: "⊘", RETRYING: "↻", PENDING: "…", RETRIED: "retried",
+  SUCCEEDED: "✓", FAILED: "✗", PRUNED: "⊘", RETRYING: "↻", PENDING: "pending", RETRIED: "retried",
 };
 // As dashboard/rundag.py short_id: ids start with a per-process prefix, the counter is last.
 const shortId = (id) => (id.length <= 10 ? id : `…${id.slice(-8)}`);
