@@ -2,7 +2,7 @@
 over StateManager calls only; app.py does the HTTP.
 
 The page polls once a second. Reading a run's states (`sm.run_graph`) costs time in
-proportion to them (about 18 ms per 1,000 states here), so a drawing is reused while the
+proportion to them (about 20 ms per 1,000 states here), so a drawing is reused while the
 run's status (counts, open states, finish time) is unchanged (nothing was settled or
 created since), and a running run's is reused for REUSE_FACTOR times as long as reading it
 took (at most REUSE_MAX_S), so a big run keeps Redis busy at most ~10% of the time.
