@@ -35,6 +35,8 @@ MAX_BOXES = 240
 MAX_EDGES = 2000
 MEMBERS_LISTED = 50
 """States of a collapsed group listed with it (not SUCCEEDED first), to click through."""
+MEMBERS_TOTAL = 1000
+"""... and of all groups together (groups drawn later list fewer)."""
 
 RETRIED = "RETRIED"
 """A group counts a state retry_state re-ran (it has a newer copy) apart, as RETRIED:
@@ -216,6 +218,10 @@ def run_dag(
             node = next((s.node for s in group if s.node), (node_names or {}).get(name, ""))
             boxes[gkey] = _group_box(gkey, group, name, node, depth[g])
             box_of.update(dict.fromkeys(members[g], gkey))
+    budget = MEMBERS_TOTAL
+    for box in boxes.values():
+        box.members = box.members[:budget]
+        budget -= len(box.members)
     rows = _place(boxes, graph.edges, box_of)
 
     links = sorted(

@@ -111,6 +111,14 @@ def test_many_kinds_at_one_depth_collapse_then_wrap_and_the_drawing_is_capped() 
     assert capped.hidden == 500 - rundag.MAX_BOXES
     assert f"{500 - rundag.MAX_BOXES} states in" in capped.note
     assert "not drawn" in capped.note
+    # 60 wide fan-outs under one root: each a group, listing at most MEMBERS_TOTAL states.
+    wide = [st("root", "split")]
+    for k in range(60):
+        wide += [st(f"k{k}-{i}", f"kind{k}", ["root"]) for i in range(60)]
+    groups = [b for b in run_dag(graph(*wide)).boxes if b.kind == "group"]
+    assert len(groups) == 60 and groups[0].count == 60
+    assert sum(len(b.members) for b in groups) == rundag.MEMBERS_TOTAL
+    assert len(json.dumps(asdict(run_dag(graph(*wide))))) < 200_000
 
 
 def test_pending_states_are_named_from_the_template_when_it_tells() -> None:

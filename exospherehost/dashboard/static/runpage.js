@@ -168,8 +168,11 @@ function groupPanel(ns, run, box) {
     `${esc(m.state_id)}</a></td><td>${badge(m.status)}${m.retried_as ? ` <span class="muted">retried as ${esc(shortId(m.retried_as))}</span>` : ""}</td>` +
     `<td class="num">${esc(m.attempt || "—")}</td></tr>`
   )).join("");
-  const more = box.count > box.members.length
-    ? `<p class="muted">${num(box.members.length)} of ${num(box.count)} listed, not SUCCEEDED first.</p>` : "";
+  const more = !box.members.length
+    ? `<p class="muted">None listed: a drawing lists 1,000 states at most in all; ` +
+      `<span class="mono">exosphere runs show ${esc(run)}</span> lists them.</p>`
+    : box.count > box.members.length
+      ? `<p class="muted">${num(box.members.length)} of ${num(box.count)} listed, not SUCCEEDED first.</p>` : "";
   return `<div class="card state-panel" id="group-panel" data-key="${esc(box.key)}">` +
     `<h3>${num(box.count)} states of <span class="mono">${esc(box.identifier)}</span> ` +
     `<span class="muted">(${esc(box.node)})</span> <a class="close" href="${esc(runHash(ns, run))}">close ✕</a></h3>` +
