@@ -170,7 +170,7 @@ function groupPanel(ns, run, box) {
   )).join("");
   const more = !box.members.length
     ? `<p class="muted">None listed: a drawing lists 1,000 states at most in all; ` +
-      `<span class="mono">exosphere runs show ${esc(run)}</span> lists them.</p>`
+      `<span class="mono">exosphere runs show ${esc(run)} --children 0</span> lists them.</p>`
     : box.count > box.members.length
       ? `<p class="muted">${num(box.members.length)} of ${num(box.count)} listed, not SUCCEEDED first.</p>` : "";
   return `<div class="card state-panel" id="group-panel" data-key="${esc(box.key)}">` +
