@@ -211,3 +211,30 @@ async def test_the_reader_reads_fast_and_slow_apart_and_blocks_only_after_a_dry_
     ]
     assert worker.inflight == 1 and len(worker._queue) == 1
     assert set(worker._held["Noop"]) == {b"1-0"}
+
+
+async def test_in_an_outage_at_the_stop_every_upkeep_loop_but_the_heartbeat_quits_first() -> None:
+    """Stopping while Redis is unreachable: the promoter, the reclaimer and the cancelled
+    runs' watch have nothing to finish and give up at once; the heartbeat retries to the
+    deadline (it keeps the claims of what still runs in the grace period). Bugs: the
+    heartbeat among them (`upkeep[:3]`), the watch left out (`upkeep[4:]`: the stop then
+    waits 5 s for it)."""
+    worker = make_worker(StubBroker())
+    upkeep = worker._start_upkeep()
+    try:
+        quit_first = worker._retry._quit_first or set()
+        assert {t.get_name() for t in quit_first} == {
+            "exo-promoter",
+            "exo-reclaimer",
+            "exo-cancelled",
+        }
+        assert [t.get_name() for t in upkeep] == [
+            "exo-promoter",
+            "exo-reclaimer",
+            "exo-heartbeat",
+            "exo-cancelled",
+        ]
+    finally:
+        for task in upkeep:
+            task.cancel()
+        await asyncio.gather(*upkeep, return_exceptions=True)
