@@ -5,14 +5,17 @@ _fields; README, Testing). Stub brokers stand in for Redis."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, cast
 
+import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from benchmarks.nodes import Noop
 from exospherehost.broker.codec import Envelope
 from exospherehost.broker.streams import CANCELLED_KEEP_MS
+from exospherehost.errors import ShutdownAbandoned
 from exospherehost.runtime import worker as worker_module
 from exospherehost.runtime.outcomes import Completed, Job, Malformed
 from exospherehost.runtime.resilience import Retrier
@@ -238,3 +241,88 @@ async def test_in_an_outage_at_the_stop_every_upkeep_loop_but_the_heartbeat_quit
         for task in upkeep:
             task.cancel()
         await asyncio.gather(*upkeep, return_exceptions=True)
+
+
+class LeavingBroker(StubBroker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.retired: list[tuple[str, list[str]]] = []
+
+    async def retire(self, consumer: str, nodes: list[str]) -> int:
+        self.retired.append((consumer, list(nodes)))
+        return 0
+
+
+async def _shut_down(
+    monkeypatch: pytest.MonkeyPatch, settler_error: BaseException | None, outage: bool
+) -> tuple[LeavingBroker, list[float | None], asyncio.Task[None]]:
+    """_shut_down with an upkeep loop stuck (in an outage, say): the bound it was given
+    (the wait itself shortened to 10 ms) and that loop's task."""
+    broker = LeavingBroker()
+    worker = make_worker(broker)
+    if outage:
+        worker._retry.outage.since = 1.0
+    bounds: list[float | None] = []
+    real_wait = asyncio.wait
+
+    async def wait(tasks: Any, timeout: float | None = None) -> Any:
+        bounds.append(timeout)
+        return await real_wait(tasks, timeout=0.01)
+
+    async def settle() -> None:
+        if settler_error is not None:
+            raise settler_error
+
+    cancelled, cleaned_up = asyncio.Event(), asyncio.Event()
+
+    async def stuck_loop() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            await cleaned_up.wait()  # a loop taking a moment to end once cancelled
+            raise
+
+    settler = asyncio.create_task(settle())
+    stuck = asyncio.create_task(stuck_loop())
+    monkeypatch.setattr(worker_module.asyncio, "wait", wait)
+    shut_down = asyncio.create_task(worker._shut_down(settler, [stuck]))
+    await asyncio.wait_for(cancelled.wait(), 5)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not shut_down.done(), "the stop must wait for the cancelled loop to end"
+    cleaned_up.set()
+    await asyncio.wait_for(shut_down, 5)
+    return broker, bounds, stuck
+
+
+async def test_the_stop_cancels_a_stuck_upkeep_loop_after_5_s_and_leaves_the_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After the drain, the upkeep loops get 5 s to end on their own; one still stuck is
+    cancelled and awaited (its cancellation not raised); then the worker leaves its
+    groups. Bugs: no bound or another, the stuck loop not awaited or its CancelledError
+    raised (`return_exceptions` False or left out)."""
+    broker, bounds, stuck = await _shut_down(monkeypatch, None, outage=False)
+    assert bounds == [5]
+    assert stuck.done() and stuck.cancelled()
+    assert broker.retired == [("c", ["Noop"])]
+
+
+@pytest.mark.parametrize(("abandoned", "outage"), [(True, False), (False, True)])
+async def test_a_worker_stopping_with_redis_unreachable_does_not_try_to_leave_its_groups(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    abandoned: bool,
+    outage: bool,
+) -> None:
+    """The settler gave up on Redis (ShutdownAbandoned) or an outage is on: leaving the
+    groups would be one more failing call; it is said instead. Bugs: `abandoned` never
+    set (None or False), `and` for `or`."""
+    error = ShutdownAbandoned("stopping, Redis unreachable") if abandoned else None
+    caplog.set_level(logging.WARNING, "exospherehost.runtime.worker")
+    broker, _, _ = await _shut_down(monkeypatch, error, outage)
+    assert broker.retired == []
+    assert "could not leave the consumer groups: Redis unreachable" in {
+        r.getMessage() for r in caplog.records
+    }
