@@ -35,6 +35,8 @@ from run_mutants import ROOT, scratch_copy
 WORKER_TESTS: list[str] = [
     "tests/unit/test_settler.py",
     "tests/unit/test_mutants_worker_unit.py",
+    "tests/unit/test_mutants_worker_life_unit.py",
+    "tests/unit/test_mutants_upkeep_unit.py",
     "tests/unit/test_script_planning.py",
     "tests/unit/test_jobqueue.py",
     "tests/unit/test_reclaim_rules.py",
@@ -54,6 +56,7 @@ WORKER_TESTS: list[str] = [
     "tests/integration/test_bad_nodes.py",
     "tests/integration/test_script_failures.py",
     "tests/integration/test_mutants_worker.py",
+    "tests/integration/test_mutants_worker_life.py",
     # _execute's graph paths (~4 s): a node reading its secrets, a fired unite's collected
     # inputs, and a uniting node whose inputs cannot be rendered.
     "tests/integration/test_secrets.py::test_secrets_never_appear_in_plaintext_anywhere",
