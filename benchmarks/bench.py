@@ -167,6 +167,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="workers with Runtime(tune_gc=False): CPython's default collector settings",
     )
+    p.add_argument(
+        "--state-records",
+        choices=("full", "off"),
+        default="full",
+        help="workers with Runtime(state_records=...): 'off' writes no per-state records",
+    )
     p.add_argument("--timeout", type=float, default=90.0, help="per measurement, seconds")
     p.add_argument("--branches", type=int, default=100, help="w3: fan-out per run")
     p.add_argument("--rate", type=float, default=1000.0, help="latency: offered states/s")
@@ -271,6 +277,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
             dramatiq_threads=args.dramatiq_threads,
             loop=args.loop,
             untuned_gc=args.untuned_gc,
+            state_records=args.state_records,
             cluster=args.cluster,
             nodes=nodes,
         )
@@ -354,6 +361,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                 "batch_size": args.batch_size,
                 "loop": args.loop,
                 "untuned_gc": args.untuned_gc,
+                "state_records": args.state_records,
                 "repeat": args.repeat,
                 "external_redis": external,
                 "cluster_masters": len(nodes) if args.cluster else None,

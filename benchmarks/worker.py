@@ -63,6 +63,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exit-timeout", type=float, default=8.0)
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--untuned-gc", action="store_true", help="Runtime(tune_gc=False)")
+    p.add_argument("--state-records", choices=("full", "off"), default="full")
     p.add_argument(
         "--prefetch", type=int, default=None, help="Runtime(prefetch=...) (default: adaptive)"
     )
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         # collector by default); the Runtime runs as a task here only to report.
         tune_gc=not args.untuned_gc,
         prefetch=args.prefetch,
+        state_records=args.state_records,
     )
     if args.register_only:
         asyncio.run(_register_only(runtime))

@@ -5,7 +5,7 @@ which are the node's inputs as strings (coerced later by the node's Inputs model
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +98,38 @@ def encode(env: Envelope) -> bytes:
         m["f"] = 1  # inputs are strings from a plain XADD: coerce them again on retry
     if env.deliveries:
         m["d"] = env.deliveries
+    return pack(m)
+
+
+def encode_successor(
+    state_id: str,
+    inputs: dict[str, Any],
+    run_id: str,
+    graph: str | None,
+    graph_version: int,
+    identifier: str,
+    ctx: dict[str, Any],
+    groups: dict[str, str],
+    path: Sequence[int],
+) -> bytes:
+    """`encode` of a graph state a settle emits (first attempt, not foreign, no unite, no
+    deliveries), the same bytes, without building an Envelope first: settle planning
+    encodes one per successor, and the Envelope would only be read back by `encode`."""
+    m: dict[str, Any] = {
+        "v": WIRE_VERSION,
+        "i": state_id,
+        "in": inputs,
+        "r": run_id,
+        "g": graph,
+        "gv": graph_version,
+        "n": identifier,
+    }
+    if ctx:
+        m["c"] = ctx
+    if groups:
+        m["gr"] = groups
+    if path:
+        m["p"] = path  # a tuple packs as the same msgpack array as a list
     return pack(m)
 
 
