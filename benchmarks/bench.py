@@ -125,7 +125,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--w4-scenarios",
         type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
         default=None,
-        help="w4: rows to run (fixed, mixed, mixed-stagger, slow-stagger, wide; default all)",
+        help="w4: rows to run (fixed, mixed, mixed-nodes, mixed-stagger, slow-stagger, wide; "
+        "default all)",
     )
     p.add_argument(
         "--w4-prefetch",
