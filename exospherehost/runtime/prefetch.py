@@ -22,15 +22,6 @@ yet seen to finish an execution is read as if its headroom were
 `min(batch_size, workers) // 4`: a fast node is learnt after its first few executions,
 a slow one never takes more than that extra.
 
-Several slow nodes waiting at once share what the executors lack longest-expected-first
-(LPT, the classic makespan rule: a long state started last ends last): the nodes whose
-mean is within `LPT_RATIO` of the longest one's, and nodes not yet seen to finish, split
-the budget; a node `LPT_RATIO` times shorter or more gets only up to its reserve,
-`workers // (2 * nodes waiting)` executors held (read, running or settling), so its
-states still flow while a long backlog waits: they are never starved. A node whose last
-read returned fewer states than asked (its stream had no more) leaves the first rank
-until a read of it fills up again, so the budget goes to nodes that have states.
-
 `fixed=N` (Runtime(prefetch=N)) replaces all of it: the window is `workers + N` states,
 read as a fast node's; `N=0` reads only for idle executors (finished states count until
 their settle returns).
@@ -38,7 +29,7 @@ their settle returns).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,9 +38,6 @@ HORIZON_S = 0.002
 trip, on a loaded 2-core machine with Redis on loopback)."""
 ALPHA = 0.2
 """Weight of one execution in the moving average of a node's execution time."""
-LPT_RATIO = 2.0
-"""A slow node whose mean execution is this many times shorter than the longest waiting
-node's is read after it (up to its reserve of executors), not beside it."""
 
 
 class Counters(Protocol):
@@ -90,8 +78,6 @@ class Prefetch:
         self.alpha = alpha
         self.unknown_headroom = max(1, min(batch_size, concurrency) // 4)
         self._seen = {n: _Seen() for n in self.nodes}
-        # Nodes whose last read returned fewer states than it asked for (see `took`).
-        self.drained: set[str] = set()
         # Fewer than this to read waits for more room (today's rule: half a batch), unless
         # the node's own window is smaller.
         self._min_read = batch_size // 2 + 1
@@ -140,48 +126,6 @@ class Prefetch:
         """The most states of `node` this worker holds."""
         return min(self.limit, self.concurrency + self.headroom(node))
 
-    def took(self, nodes: Sequence[str], count: int, got: Mapping[str, int]) -> None:
-        """A read of `nodes` with COUNT `count` returned `got[node]` states of each: a
-        node given fewer had no more on its stream then."""
-        drained = self.drained
-        for node in nodes:
-            if got.get(node, 0) < count:
-                drained.add(node)
-            else:
-                drained.discard(node)
-
-    def split(self, wanting: Mapping[str, int], held: Mapping[str, Sized]) -> dict[str, int]:
-        """How many of each slow node to read, longest expected first (module docstring):
-        `wanting` is each node's own budget (what the executors lack plus its headroom),
-        `held` its states held now (read, running or settling). At most the largest
-        budget in all; a node never above its own."""
-        if len(wanting) == 1:
-            return dict(wanting)
-        budget = max(wanting.values())
-        first = self._first_rank(wanting)
-        counts = dict.fromkeys(wanting, 0)
-        reserve = self.concurrency // (2 * len(wanting))
-        left = budget
-        for node, want in wanting.items():  # the shorter ones: up to their reserve
-            if node not in first:
-                give = min(left, want, max(0, reserve - len(held.get(node, ()))))
-                counts[node] = give
-                left -= give
-        each, extra = divmod(left, len(first))
-        for i, node in enumerate(first):  # the rest, split over the first rank
-            counts[node] = min(wanting[node], each + (i < extra))
-        return counts
-
-    def _first_rank(self, wanting: Mapping[str, int]) -> list[str]:
-        """The waiting nodes read first: not drained, and unseen or within LPT_RATIO of
-        the longest mean (all of them when every one is drained)."""
-        ready = [n for n in wanting if n not in self.drained]
-        known = [e for n in ready if (e := self._seen[n].ewma) is not None]
-        if not known:
-            return ready or list(wanting)
-        floor = max(known) / LPT_RATIO
-        return [n for n in ready if (e := self._seen[n].ewma) is None or e >= floor]
-
     # -- the decision -------------------------------------------------------------------
     def plan(
         self,
@@ -190,7 +134,6 @@ class Prefetch:
         executing: int,
         queued: int,
         dry: bool = False,
-        held: Mapping[str, Sized] | None = None,
     ) -> Reads:
         """The reads to make now: [] = none (wait for room or a finished execution).
 
@@ -201,8 +144,7 @@ class Prefetch:
         they hold no executor). One call when every node read gets the same COUNT (all
         fast nodes: the read as before this module); else one call per COUNT, meant to
         be made without BLOCK, and after a round that returned nothing (`dry`) one call
-        over every node with the smallest COUNT, to block on. `held`: each node's states
-        held now (read and not settled), for the split between slow nodes (`split`)."""
+        over every node with the smallest COUNT, to block on."""
         for node, counters in stats.items():
             self.observe(node, counters.executed, counters.exec_seconds_sum)
         short = self.concurrency - executing - queued  # executors without a state
@@ -223,18 +165,9 @@ class Prefetch:
         # XREADGROUP, and states went to this worker's pending list without ever being in
         # a reply (W2, 2 processes: stalled until reclaimed 30 s later; test_prefetch).
         groups: dict[int, list[str]] = {share: list(fast)} if fast else {}
-        if len(slow) > 1:
-            # The slow nodes share one budget, longest expected first (`split`).
-            counts = self.split(slow, held if held is not None else {})
-            slow = {n: c for n, c in counts.items() if c > 0}
-            cap = max(1, min(self.batch_size, room))
-        else:
-            cap = share
-        for node, count in slow.items():
-            # COUNT applies to each stream of one XREADGROUP: one call per COUNT.
-            groups.setdefault(min(cap, max(1, count)), []).append(node)
-        if not groups:
-            return []
+        for node, budget in slow.items():
+            # The slow nodes share one budget: COUNT applies to each of their streams.
+            groups.setdefault(min(share, max(1, budget // len(slow))), []).append(node)
         if len(groups) == 1 or dry:
             return [([*fast, *slow], min(groups))]
         return [(nodes, count) for count, nodes in sorted(groups.items(), reverse=True)]

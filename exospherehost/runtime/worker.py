@@ -283,12 +283,11 @@ class Worker:
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
         holdings, plan, stats = self.holdings, self.prefetch.plan, self.stats.nodes
-        took, held = self.prefetch.took, holdings.held
         dry = False  # the last round of reads returned nothing
         while not self._stopping.is_set():
             # Per node, how many to read (runtime/prefetch.py): the room shared between the
             # streams (COUNT applies per stream), so a read never overshoots the window.
-            reads = plan(stats, holdings.free(), self.executing, len(self._queue), dry, held)
+            reads = plan(stats, holdings.free(), self.executing, len(self._queue), dry)
             if not reads:
                 holdings.room.clear()
                 # One event, set by settles and by stop(): waiting on two would cost two
@@ -301,13 +300,9 @@ class Worker:
                 batches = await self._retry.until_ok(
                     partial(self.broker.read, self.consumer, nodes, count, block, self._read_lane)
                 )
-                counts: dict[str, int] = {}
                 for node, entries in batches:
                     got += len(entries)
-                    counts[node] = len(entries)
                     self._accept(node, entries)
-                if len(reads) > 1 or len(nodes) > 1:
-                    took(nodes, count, counts)  # which streams ran dry (LPT order)
             dry = not got
 
     def _accept(

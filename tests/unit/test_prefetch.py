@@ -130,54 +130,6 @@ def test_two_slow_nodes_share_the_executors() -> None:
     assert pf.plan(stats, 404, 28, 2) == [(["S1", "S2"], 1)]
 
 
-def _long_and_short() -> tuple[Prefetch, dict[str, C]]:
-    pf = _pf(["Short", "Long"])
-    stats = {"Short": C().ran(50, 0.01), "Long": C().ran(10, 1.0)}
-    pf.plan(stats, 432, 32, 0)  # take in the averages
-    return pf, stats
-
-
-def test_the_longest_node_is_read_first_beyond_the_shorter_ones_reserve() -> None:
-    """LPT: with 10 ms and 1 s states both waiting, the free executors go to the 1 s
-    node, except the short node's reserve (32 // (2 x 2) = 8 executors held)."""
-    pf, stats = _long_and_short()
-    held = {"Short": [0] * 8, "Long": [0] * 14}  # the short node has its reserve
-    # 10 executors free: all 10 to Long (Short: a read of its headroom alone is too small).
-    assert pf.split({"Short": 16, "Long": 10}, held) == {"Short": 0, "Long": 10}
-    assert pf.plan(stats, 400, 22, 0, held=held) == [(["Long"], 10)]
-    # Before the averages say which is longer, the two split evenly (as before).
-    fresh = _pf(["Short", "Long"])
-    assert fresh.split({"Short": 10, "Long": 10}, {}) == {"Short": 5, "Long": 5}
-
-
-def test_a_shorter_node_is_not_starved_by_a_long_backlog() -> None:
-    """Below its reserve, the short node gets executors first, even one at a time."""
-    pf, stats = _long_and_short()
-    held = {"Short": [0] * 3, "Long": [0] * 28}
-    assert pf.split({"Short": 7, "Long": 1}, held) == {"Short": 5, "Long": 1}
-    assert pf.split({"Short": 1, "Long": 1}, held) == {"Short": 1, "Long": 0}
-    # One executor free: Short's budget is it plus its headroom (32 x 2 ms / 10 ms = 6).
-    assert pf.plan(stats, 401, 31, 0, held=held) == [(["Short"], 5), (["Long"], 1)]
-    # At its reserve, Short waits for Long's backlog: Long takes the executor.
-    at_reserve = {"Short": [0] * 8, "Long": [0] * 23}
-    assert pf.plan(stats, 401, 31, 0, held=at_reserve) == [(["Long"], 1)]
-
-
-def test_a_drained_long_node_leaves_the_budget_to_the_others() -> None:
-    """A read of Long that came back short (its stream empty): the next plan gives the
-    executors to Short; a full read of Long puts it first again."""
-    pf, _ = _long_and_short()
-    held = {"Short": [0] * 8, "Long": [0] * 14}
-    pf.took(["Long"], 10, {"Long": 3})
-    assert "Long" in pf.drained
-    assert pf.split({"Short": 16, "Long": 10}, held) == {"Short": 16, "Long": 0}
-    pf.took(["Long"], 5, {"Long": 5})
-    assert pf.split({"Short": 16, "Long": 10}, held) == {"Short": 0, "Long": 10}
-    # Every node drained: an even split, so that both are probed.
-    pf.took(["Short", "Long"], 4, {})
-    assert pf.split({"Short": 10, "Long": 10}, held) == {"Short": 5, "Long": 5}
-
-
 def test_a_fixed_prefetch_replaces_the_estimates() -> None:
     pf = _pf(["N"], concurrency=4, fixed=0)
     assert pf.window(4, 100, 0) == 4 and pf.hold("N") == 4
