@@ -499,7 +499,7 @@ class _Planner:
             rec.REC_STATUS: status,
             rec.REC_ATTEMPT: env.attempt + 1,
             rec.REC_INPUTS: env.inputs,
-            rec.REC_QUEUED_MS: _entry_ms(job.entry_id),
+            rec.REC_QUEUED_MS: int(ms) if (ms := job.entry_id.partition(b"-")[0]).isdigit() else 0,
             rec.REC_STARTED_MS: int(job.started * 1000),
             rec.REC_FINISHED_MS: now,
             rec.REC_WORKER: cfg.worker,
