@@ -166,12 +166,6 @@ def plan_dead_letters(
     return plan
 
 
-def _entry_ms(entry_id: bytes) -> int:
-    """The ms part of a stream entry id (when it was added)."""
-    ms, _, _ = entry_id.partition(b"-")
-    return int(ms) if ms.isdigit() else 0
-
-
 def _capped(record: dict[str, Any], cap: int) -> bytes:
     """msgpack of `record`, any of its RECORD_FIELDS over `cap` bytes (or that msgpack
     cannot carry) replaced by a marker {TRUNCATED: its size in bytes (0: not packable),
@@ -499,6 +493,7 @@ class _Planner:
             rec.REC_STATUS: status,
             rec.REC_ATTEMPT: env.attempt + 1,
             rec.REC_INPUTS: env.inputs,
+            # When it was queued: the ms part of its entry id.
             rec.REC_QUEUED_MS: int(ms) if (ms := job.entry_id.partition(b"-")[0]).isdigit() else 0,
             rec.REC_STARTED_MS: int(job.started * 1000),
             rec.REC_FINISHED_MS: now,
