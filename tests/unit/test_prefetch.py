@@ -155,6 +155,27 @@ def test_a_slow_state_about_to_end_is_due_and_its_replacement_read() -> None:
     assert fast.slow == set()  # a node read in full batches is not watched
 
 
+def test_only_slow_nodes_of_alike_executions_are_watched() -> None:
+    """A node of 10 ms and 1 s states (mean ~0.2 s) is not predicted; nor a 10 ms node,
+    whose headroom refills it already; nor anything under a fixed prefetch."""
+    mixed = _pf(["M"])
+    c = C()
+    for seconds in [0.01, 0.01, 1.0, 0.01, 0.01, 1.0, 0.01, 0.01, 0.01, 1.0]:
+        mixed.plan({"M": c.ran(1, seconds)}, 400, 32, 0)
+    assert not mixed.watch("M") and mixed.slow == set()
+    steady = _pf(["S"])
+    c = C()
+    for seconds in [0.1, 0.102, 0.099, 0.1, 0.101]:
+        steady.plan({"S": c.ran(1, seconds)}, 400, 32, 0)
+    assert steady.watch("S") and steady.slow == {"S"}
+    short = _pf(["T"])
+    short.observe("T", 10, 10 * 0.01)
+    assert short.headroom("T") > 0 and not short.watch("T")
+    fixed = _pf(["N"], fixed=0)
+    fixed.observe("N", 10, 10 * 0.1)
+    assert not fixed.watch("N")
+
+
 def test_a_fixed_prefetch_replaces_the_estimates() -> None:
     pf = _pf(["N"], concurrency=4, fixed=0)
     assert pf.window(4, 100, 0) == 4 and pf.hold("N") == 4
