@@ -81,7 +81,7 @@ def model(sc: Scenario, rtt: float, lead: bool, batch: int = 100) -> tuple[float
             return
         ending, due_at = 0, None
         if lead and w.running:
-            watched = [r for r in w.running.values() if r[0] in w.pf.slow]
+            watched = [r for r in w.running.values() if r[0] in w.pf.watched]
             ending, due_at = w.pf.due(watched, t)
         free = w.pf.limit - sum(w.held.values())
         reads = w.pf.plan(w.stats, free, len(w.running) - ending, len(w.queue), w.dry)

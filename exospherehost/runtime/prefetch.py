@@ -94,7 +94,7 @@ class Prefetch:
         self._seen = {n: _Seen() for n in self.nodes}
         # Nodes whose running states the worker reports to `due` (see `watch`), as of
         # the last plan.
-        self.slow: set[str] = set()
+        self.watched: set[str] = set()
         # Fewer than this to read waits for more room (today's rule: half a batch), unless
         # the node's own window is smaller.
         self._min_read = batch_size // 2 + 1
@@ -201,7 +201,7 @@ class Prefetch:
         short = self.concurrency - executing - queued  # executors without a state
         fast: list[str] = []
         slow: dict[str, int] = {}
-        self.slow.clear()
+        self.watched.clear()
         for node in self.nodes:
             headroom = self.headroom(node)
             if self.concurrency + headroom >= self.limit:  # the whole window, as before
@@ -209,7 +209,7 @@ class Prefetch:
                     fast.append(node)
                 continue
             if self.watch(node):
-                self.slow.add(node)
+                self.watched.add(node)
             if (budget := min(room, short + headroom)) >= max(1, headroom // 2):
                 slow[node] = budget
         if not fast and not slow:

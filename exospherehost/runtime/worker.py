@@ -127,8 +127,8 @@ class Worker:
         self._stopping = self._retry.stopping
         self._bugs = InternalErrors(log)  # bugs of our own, logged once per kind
         self.executing = 0  # executions running now (said when stopping)
-        # Running states of slow nodes, (node, perf_counter at start): the reader reads
-        # their replacements just before they are expected to end (Prefetch.due).
+        # Running states of watched nodes (Prefetch.watch), (node, perf_counter at start):
+        # the reader reads their replacements just before they are expected to end.
         self._running: dict[int, tuple[str, float]] = {}
         self.cut_short = 0  # executions cancelled at the end of the grace period
         # Node failures, each once with what happens next (rate-limited per node).
@@ -367,12 +367,12 @@ class Worker:
         me = asyncio.current_task()
         assert me is not None
         wall = time.time
-        slow, running = self.prefetch.slow, self._running
+        watched, running = self.prefetch.watched, self._running
         while (job := await queue.get()) is not None:
             started = clock()
             job.started = wall()  # the state's record (settle.py)
             self.executing += 1
-            if job.node in slow:
+            if job.node in watched:
                 running[id(job)] = (job.node, started)
             try:
                 outcome = await self._execute(job)

@@ -147,12 +147,12 @@ def test_a_slow_state_about_to_end_is_due_and_its_replacement_read() -> None:
     one = _pf(["N"])
     stats = {"N": C(10, 1.0)}
     assert one.plan(stats, 400, 32, 0) == []
-    assert one.slow == {"N"}  # its running states are watched
+    assert one.watched == {"N"}  # its running states are watched
     ending, _ = one.due([("N", 0.0)] * 32, at + 0.001)
     assert one.plan(stats, 400, 32 - ending, 0) == [(["N"], 32)]
     fast = _pf(["F"])
     fast.plan({"F": C(1000, 1e-3)}, 400, 0, 0)
-    assert fast.slow == set()  # a node read in full batches is not watched
+    assert fast.watched == set()  # a node read in full batches is not watched
 
 
 def test_only_slow_nodes_of_alike_executions_are_watched() -> None:
@@ -162,12 +162,12 @@ def test_only_slow_nodes_of_alike_executions_are_watched() -> None:
     c = C()
     for seconds in [0.01, 0.01, 1.0, 0.01, 0.01, 1.0, 0.01, 0.01, 0.01, 1.0]:
         mixed.plan({"M": c.ran(1, seconds)}, 400, 32, 0)
-    assert not mixed.watch("M") and mixed.slow == set()
+    assert not mixed.watch("M") and mixed.watched == set()
     steady = _pf(["S"])
     c = C()
     for seconds in [0.1, 0.102, 0.099, 0.1, 0.101]:
         steady.plan({"S": c.ran(1, seconds)}, 400, 32, 0)
-    assert steady.watch("S") and steady.slow == {"S"}
+    assert steady.watch("S") and steady.watched == {"S"}
     short = _pf(["T"])
     short.observe("T", 10, 10 * 0.01)
     assert short.headroom("T") > 0 and not short.watch("T")
