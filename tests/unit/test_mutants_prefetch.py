@@ -90,3 +90,27 @@ def test_two_slow_nodes_split_an_odd_budget_in_whole_states() -> None:
     stats = {"S1": C(5, 5.0), "S2": C(5, 5.0)}
     assert pf.plan(stats, 404, 29, 0) == [(["S1", "S2"], 1)]
     assert _counts(pf.plan(stats, 404, 29, 0)) == [1]
+
+
+def test_the_spread_is_a_moving_mean_of_the_deviation_from_the_mean() -> None:
+    """Each new batch mean moves the spread by its weight toward |mean - average|. Bugs:
+    `spread = ...` (the past spread forgotten), `+ spread` for `- spread`."""
+    pf = _pf(["N"])
+    pf.observe("N", 1, 1.0)  # average 1.0, spread 0
+    pf.observe("N", 2, 1.0)  # mean 0.0: spread 0.2 x 1.0, average 0.8
+    pf.observe("N", 3, 1.8)  # mean 0.8: |0.8 - 0.8| = 0: spread 0.2 + 0.2 x (0 - 0.2)
+    assert pf._seen["N"].spread == pytest.approx(0.16)
+    assert pf.estimate("N") == pytest.approx(0.8)
+
+
+def test_due_counts_states_from_lead_before_their_mean_end_to_lead_after_it() -> None:
+    """A running state is due from start + mean - lead (inclusive) up to lead past its
+    mean end (inclusive); a node not yet seen is skipped, not the end of the list. Bugs:
+    `break` at an unseen node, `at >= now`, `now < at + 2 * lead`."""
+    pf = _pf(["U", "N"])
+    pf.observe("N", 1, 1.0)  # mean 1 s
+    assert pf.due([("U", 0.0), ("N", 0.0)], 0.6, lead=0.5) == (1, None)
+    assert pf.due([("N", 0.0)], 0.5, lead=0.5) == (1, None)  # due from exactly here
+    assert pf.due([("N", 0.0)], 1.5, lead=0.5) == (1, None)  # ... to exactly here
+    assert pf.due([("N", 0.0)], 1.75, lead=0.5) == (0, None)  # a long one: not due
+    assert pf.due([("N", 0.0), ("N", 0.25)], 0.25, lead=0.5) == (0, 0.5)
