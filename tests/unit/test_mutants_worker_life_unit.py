@@ -326,3 +326,41 @@ async def test_a_worker_stopping_with_redis_unreachable_does_not_try_to_leave_it
     assert "could not leave the consumer groups: Redis unreachable" in {
         r.getMessage() for r in caplog.records
     }
+
+
+def _slow_worker(broker: StubBroker, seconds: float) -> Any:
+    """4 executors, all running states of a node whose executions take `seconds` alike
+    (no headroom: a watched node, runtime/prefetch.py's `due`)."""
+    worker = make_worker(broker, concurrency=4, batch_size=10)
+    worker.stats.nodes["Noop"].executed = 10
+    worker.stats.nodes["Noop"].exec_seconds_sum = 10 * seconds
+    worker.prefetch.plan(worker.stats.nodes, worker.holdings.free(), 4, 0)  # learn it
+    assert worker.prefetch.watched == {"Noop"}
+    worker.executing = 4
+    return worker
+
+
+async def test_states_about_to_end_are_replaced_before_they_do() -> None:
+    """All 4 executors run 1 s states that end within the lead: they count as ended, and
+    their 4 replacements are read now. Bugs: the running states not asked about
+    (`and False`), added to the executing instead of taken off, any argument of `due`
+    None or left out."""
+    broker = StubBroker(reads=1)
+    worker = _slow_worker(broker, 1.0)
+    now = time.perf_counter()
+    worker._running.update({i: ("Noop", now - 0.999) for i in range(4)})
+    await asyncio.wait_for(worker._reader(), 5)
+    assert [(list(nodes), count) for _, nodes, count, _, _ in broker.reads] == [(["Noop"], 4)]
+
+
+async def test_the_reader_wakes_when_the_next_running_state_is_due() -> None:
+    """Every executor busy with 50 ms states just started: nothing to read now, so the
+    reader waits until the first is due (not for a settle, which would come a read round
+    trip late), then reads its replacements. Bugs: the wait unbounded (`pause` None or
+    the timeout left out), `wake + clock()`, the timeout raised (`suppress(None)`)."""
+    broker = StubBroker(reads=1)
+    worker = _slow_worker(broker, 0.05)
+    now = time.perf_counter()
+    worker._running.update({i: ("Noop", now) for i in range(4)})
+    await asyncio.wait_for(worker._reader(), 5)  # no settle ever sets the room event
+    assert [(list(nodes), count) for _, nodes, count, _, _ in broker.reads] == [(["Noop"], 4)]
