@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
+from uuid import uuid4
 
 import redis
+from redis.crc import key_slot
 
 from exospherehost.testing.server import HOST, PrivateServer, ServerInfo
 
@@ -53,6 +55,16 @@ def slot_ranges(masters: int) -> list[tuple[int, int]]:
     """Contiguous, even slot ranges, one per master (inclusive ends)."""
     bounds = [i * SLOTS // masters for i in range(masters + 1)]
     return [(bounds[i], bounds[i + 1] - 1) for i in range(masters)]
+
+
+def namespace_on(master: int, masters: int = 3, prefix: str = "c") -> str:
+    """A fresh namespace whose `{ns}` slot is served by master `master` (0-based, in the
+    order PrivateCluster assigned the slot ranges of `masters`)."""
+    first, last = slot_ranges(masters)[master]
+    while True:
+        ns = f"{prefix}{uuid4().hex[:10]}"
+        if first <= key_slot(ns.encode()) <= last:
+            return ns
 
 
 class PrivateCluster:
