@@ -1,7 +1,7 @@
 """Issue 14: a namespace's slot moved to another master while its states flow (as
 `redis-cli --cluster reshard` moves it: IMPORTING / MIGRATING, MIGRATE batches, SETSLOT
-NODE), and a worker killed with SIGKILL on the cluster: every run completes, each leaf
-once, nothing left pending."""
+NODE): every run completes, each leaf once, nothing left pending. (A worker killed with
+SIGKILL on the cluster: tests/crash/test_crash.py, which runs on the cluster too.)"""
 
 from __future__ import annotations
 
@@ -10,16 +10,13 @@ import asyncio
 import pytest
 from redis.crc import key_slot
 
-from exospherehost import GraphNodeModel, Runtime, StateManager
+from exospherehost import Runtime, StateManager
 from exospherehost.testing.cluster import PrivateCluster
 from tests.cluster.conftest import namespace_on
 from tests.integration.apps.nodes import Label, Split, Square
 from tests.integration.helpers import (
-    assert_step_runs_once,
     running,
     squares_graph,
-    start_worker,
-    stop_processes,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -81,37 +78,3 @@ async def _finished(sm: StateManager, runs: list[str]) -> int:
     for run in runs:
         done += (await sm.status(run)).status == "SUCCEEDED"
     return done
-
-
-async def test_a_worker_killed_mid_batch_on_the_cluster_loses_nothing(
-    cluster: PrivateCluster,
-) -> None:
-    ns = namespace_on(1)
-    n = 1000
-    graph = [
-        GraphNodeModel(
-            node_name="Step1", namespace=ns, identifier="one", inputs={"i": 0}, next_nodes=["two"]
-        ),
-        GraphNodeModel(
-            node_name="Step2", namespace=ns, identifier="two", inputs={"i": "${{ one.outputs.i }}"}
-        ),
-    ]
-    env = {"EXO_TEST_NODES": "Step1,Step2", "EXO_TEST_VISIBILITY": "1"}
-    # Through another master's URL: any node of the cluster will do.
-    url = cluster.infos[2].url
-    victim = start_worker(url, ns, EXO_TEST_CRASH_AFTER=str(n // 2), **env)
-    async with StateManager(ns, redis_url=url) as sm:
-        try:
-            await sm.upsert_graph("crash", graph, secrets={}, validation_timeout=30)
-            runs = await sm.trigger_many("crash", [{"i": k} for k in range(n)])
-            code = await asyncio.wait_for(asyncio.to_thread(victim.wait), 60)
-            assert code == -9, stop_processes([victim])
-            survivor = start_worker(url, ns, **env)
-            try:
-                statuses = await sm.wait_all(runs, timeout=90)
-            finally:
-                outs = stop_processes([survivor])
-            assert survivor.returncode == 0, outs
-        finally:
-            stop_processes([victim])
-        await assert_step_runs_once(sm, runs, statuses)
