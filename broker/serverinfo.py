@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoPermissionError
 
 from exospherehost.broker.client import RedisClient
-from exospherehost.broker.connection import ClusterAwareRedis, cluster_of
+from exospherehost.broker.connection import cluster_of
 
 SAFE_POLICY = "noeviction"
 
@@ -175,12 +175,26 @@ async def cluster_memory(cluster: RedisCluster) -> ClusterMemory:
     return ClusterMemory(tuple((n.name, _memory(i)) for n, i in zip(primaries, infos, strict=True)))
 
 
-async def memory_of(client: RedisClient, key: str) -> Memory:
-    """`memory` of the server holding `key` (on a Redis Cluster, the master serving its
-    slot, e.g. a namespace's; a plain INFO there reaches any one node)."""
-    if not isinstance(client, ClusterAwareRedis):
-        return await memory(client)
-    return _memory(await client.info_of_key_node("memory", key))
+def _risk(policy: str) -> int:
+    """How much `policy` may evict: 0 nothing, 1 finished runs, 2 anything."""
+    found = eviction_problem(policy)
+    return 0 if found is None else 2 if found[0] else 1
+
+
+async def eviction_check(client: RedisClient) -> tuple[bool, str] | None:
+    """`eviction_problem` of the server's maxmemory-policy; on a Redis Cluster, of the
+    master whose policy evicts most (naming it): a namespace's lanes land on every
+    master, and its lane count may change while a Runtime serves it."""
+    cluster = await cluster_of(client)
+    if cluster is None:
+        return eviction_problem((await memory(client)).policy)
+    masters = (await cluster_memory(cluster)).masters
+    name, worst = max(masters, key=lambda m: _risk(m[1].policy))
+    verdict = eviction_problem(worst.policy)
+    if verdict is None:
+        return None
+    fatal, why = verdict
+    return fatal, f"on Redis Cluster master {name}: {why}"
 
 
 async def memory_view(client: RedisClient) -> dict[str, Any]:
