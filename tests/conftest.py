@@ -8,7 +8,8 @@ key under their ``namespace``.
 A test module marked ``cluster_too`` runs twice: against the session server and against a
 private 3-master Redis Cluster (``[cluster]`` in the test id), through the URL of master 0
 with the namespace on master 1 or 2, so every call is routed. ``single_only(reason)`` on
-a test of such a module skips its cluster run, saying why.
+a test of such a module skips its cluster run, saying why. ``--backends cluster`` (or
+``single``) runs those modules on one backend only.
 """
 
 from __future__ import annotations
@@ -28,6 +29,24 @@ CLUSTER_MASTERS = 3
 BACKENDS = ("single", "cluster")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="the servers cluster_too modules run on: single, cluster or single,cluster (default)",
+    )
+
+
+def _backends(config: pytest.Config) -> list[str]:
+    chosen = [b.strip() for b in str(config.getoption("backends")).split(",") if b.strip()]
+    if not chosen or set(chosen) - set(BACKENDS):
+        raise pytest.UsageError(
+            f"--backends {config.getoption('backends')!r}: expected a comma-separated list "
+            f"of {', '.join(BACKENDS)}"
+        )
+    return chosen
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Modules marked cluster_too: every test using the server (`backend` is in the
     closure of `redis_url`, `namespace`, `sm` and `redis`) once per backend."""
@@ -35,6 +54,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if metafunc.definition.get_closest_marker("cluster_too") is None:
         return
+    chosen = _backends(metafunc.config)
     cluster: object = "cluster"
     single_only = metafunc.definition.get_closest_marker("single_only")
     if single_only is not None:
@@ -45,7 +65,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             )
         reason = f"not on a Redis Cluster: {single_only.args[0]}"
         cluster = pytest.param("cluster", marks=pytest.mark.skip(reason=reason))
-    metafunc.parametrize("backend", ["single", cluster], indirect=True)
+    params = {"single": "single", "cluster": cluster}
+    metafunc.parametrize("backend", [params[b] for b in chosen], indirect=True)
 
 
 @pytest.fixture
