@@ -75,6 +75,13 @@ GROUP_FIELDS: Final = frozenset(
     {GROUP_OPEN, GROUP_BAD, GROUP_STRATEGY, GROUP_ENV, GROUP_UNITE, GROUP_FIRED}
 )
 
+# -- a run's per-state records (Keys.run_states): field `<state id>` is a record; these
+# prefixes make the other fields `<prefix><state id>` ------------------------------------
+STATE_PARENT: Final = "^"  # -> msgpack [parent state id, created ms]
+STATE_RETRIED_AS: Final = ">"  # -> the state retry_state made of it
+STATE_RETRY_OF: Final = "<"  # -> the state it is a retry of
+STATE_PREFIXES: Final = frozenset({STATE_PARENT, STATE_RETRIED_AS, STATE_RETRY_OF})
+
 # -- an entry of the events stream (Keys.events) ------------------------------------------
 EVENT_RUN: Final = "run"
 EVENT_STATUS: Final = "status"

@@ -4,7 +4,7 @@ behind exospherehost.graphstore.GraphStore, which owns what the documents mean."
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from exospherehost.broker import fields
 from exospherehost.broker.client import RedisClient
@@ -112,12 +112,31 @@ class GraphRecords:
         later gets new version numbers. False when it was not there (any more)."""
         pipe = self._client.pipeline(transaction=True)
         pipe.hdel(self.keys.graphs(), name)
-        if not keep_runs:
+        if keep_runs:
+            pipe.execute_command("SADD", self.keys.retired_graphs(), name)
+        else:
             pipe.delete(self.keys.runs(name))
         pipe.execute_command("EXPIRE", self.keys.version_secrets(name, version), ttl_s, "NX")
         pipe.execute_command("EXPIRE", self.keys.secrets(name), ttl_s, "NX")
         replies = await pipe.execute()
         return bool(replies[0])
+
+    async def drop_run_indexes(self, name: str, lanes: Sequence[Keys]) -> None:
+        """Delete `name`'s run index on each of `lanes` (other lanes than lane 0, whose
+        index `remove` drops: on a cluster each lane is its own slot, outside that MULTI)."""
+        for keys in lanes:
+            if keys.lane != self.keys.lane:
+                await self._client.execute_command("DEL", keys.runs(name))
+
+    async def retired(self) -> list[str]:
+        """Graphs deleted while runs of them were in flight (`remove` with keep_runs)."""
+        members = await self._client.execute_command("SMEMBERS", self.keys.retired_graphs())
+        return sorted(m.decode() for m in members)
+
+    async def forget_retired(self, names: Sequence[str]) -> None:
+        """Drop `names` from the retired set: no run of theirs is listed any more."""
+        if names:
+            await self._client.execute_command("SREM", self.keys.retired_graphs(), *names)
 
     async def sweep_lease(self, period_s: int) -> bool:
         """True for the one caller per `period_s` that gets to sweep the namespace."""

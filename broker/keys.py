@@ -216,6 +216,11 @@ class Keys:
         """Hash graph name -> current version number."""
         return f"{self.base}:graphs"
 
+    def retired_graphs(self) -> str:
+        """Set of graph names deleted (force) while runs of them were in flight: their run
+        indexes stay, so namespace-wide run listings still find those runs."""
+        return f"{self.base}:graphs:retired"
+
     def graph_seq(self) -> str:
         """Hash graph name -> last version number handed out (a graph's first version
         counts from Redis's clock in µs: see GraphStore.next_version)."""

@@ -4,7 +4,7 @@ results and history lists and the per-graph run index, parsed into frozen record
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from exospherehost.broker import fields as f
@@ -123,12 +123,45 @@ REC_FINISHED_MS = "fin"
 REC_WORKER = "w"  # the Runtime consumer that settled it
 REC_GROUPS = "gr"  # fan-in groups it is a member of: uniting identifier -> target state
 REC_UNITE = "u"  # a uniting state: the target state of its group
-REC_PARENT_PREFIX = "^"  # field `^<state id>` -> msgpack [parent state id, created ms]
+REC_CTX = "c"  # what its descendants reference (the envelope's ctx), when not empty
+REC_PATH = "p"  # its fan-out indices from the root, when not empty
+REC_PARENT_PREFIX = f.STATE_PARENT  # field `^<state id>` -> msgpack [parent, created ms]
+REC_RETRIED_PREFIX = f.STATE_RETRIED_AS  # field `><state id>` -> the state retried from it
+REC_RETRY_OF_PREFIX = f.STATE_RETRY_OF  # field `<<state id>` -> the state it is a retry of
 TRUNCATED = "__truncated__"
 """A field whose msgpack was over the per-field cap is stored as
 {TRUNCATED: its size in bytes, "preview": the start of its text}."""
-RECORD_FIELDS = (REC_INPUTS, REC_OUTPUTS, REC_ERROR, REC_PRUNED)
+RECORD_FIELD_MAX = 16_384
+"""Bytes of msgpack one field of a state record (RECORD_FIELDS) may take; a larger one is
+stored as a truncation marker (TRUNCATED)."""
+RECORD_FIELDS = (REC_INPUTS, REC_OUTPUTS, REC_ERROR, REC_PRUNED, REC_CTX)
 """The fields the per-field cap applies to (the others are small by construction)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateRetry:
+    """What retry_state.lua needs to re-run one settled state (client/retry.py plans it
+    from the state's record)."""
+
+    state_id: str  # the incarnation retried: its record must still be `record`
+    record: bytes
+    new_id: str
+    envelope: bytes  # the new incarnation's `_exo` field
+    node: str
+    counter: str  # the run-hash counter of its outcome, undone (e.g. "f:work")
+    failed: bool  # it failed: the run's `failed` is undone
+    bad: bool  # failed or pruned: a bad member of its fan-in groups
+    pointer: bytes  # parent pointer of the new state (b"" for none)
+    dead_id: str  # its dead letter's entry id on the run's lane, deleted ("" none)
+    groups: dict[str, str]  # fan-in groups it is a member of: uniting identifier -> target
+
+
+@dataclass(slots=True)
+class StateLinks:
+    """The retry links of a run's states (fields `>` and `<` of its states hash)."""
+
+    retried_as: dict[str, str] = field(default_factory=dict)  # state -> its retry
+    retry_of: dict[str, str] = field(default_factory=dict)  # retry -> the state it re-ran
 
 
 LaneKeys = Callable[[], Awaitable[list[Keys]]]
@@ -154,6 +187,13 @@ class RunsReader:
         """The run's hash, or None when it does not exist (unknown, or expired)."""
         raw = await self._client.hgetall(self.keys.for_run(run_id).run(run_id))
         return RunRecord.parse(raw) if raw else None
+
+    async def graph_of(self, run_id: str) -> tuple[str, int] | None:
+        """(graph, version) the run pinned, or None when it does not exist."""
+        graph, version = await self._client.execute_command(
+            "HMGET", self.keys.for_run(run_id).run(run_id), f.RUN_GRAPH, f.RUN_VERSION
+        )
+        return None if graph is None else (graph.decode(), int(version or 0))
 
     async def statuses(self, run_ids: Sequence[str]) -> list[str | None]:
         """The status of each run (None: no such run), in one pipelined round trip."""
@@ -187,25 +227,34 @@ class RunsReader:
         raw = await self._client.lrange(self.keys.for_run(run_id).run_history(run_id), 0, -1)
         return [HistoryRecord.parse(r) for r in raw]
 
-    async def state_record(
+    async def state_raw(
         self, run_id: str, state_id: str
-    ) -> tuple[dict[str, Any] | None, list[Any] | None]:
-        """The record of a state of a run and its parent pointer ([parent, created ms]),
-        each None when absent; one round trip."""
+    ) -> tuple[bytes | None, bytes | None, str | None, str | None]:
+        """A state's record and parent pointer as stored (msgpack), the incarnation
+        retry_state made of it and the state it is a retry of, each None when absent; one
+        round trip."""
         key = self.keys.for_run(run_id).run_states(run_id)
-        rec, ptr = await self._client.execute_command(
-            "HMGET", key, state_id, REC_PARENT_PREFIX + state_id
+        rec, ptr, retried_as, retry_of = await self._client.execute_command(
+            "HMGET",
+            key,
+            state_id,
+            REC_PARENT_PREFIX + state_id,
+            REC_RETRIED_PREFIX + state_id,
+            REC_RETRY_OF_PREFIX + state_id,
         )
         return (
-            None if rec is None else unpack(rec),
-            None if ptr is None else unpack(ptr),
+            rec,
+            ptr,
+            None if retried_as is None else retried_as.decode(),
+            None if retry_of is None else retry_of.decode(),
         )
 
     async def state_records(
-        self, run_id: str
+        self, run_id: str, links: StateLinks | None = None
     ) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
         """Every record of the run's states and every parent pointer (child -> [parent,
-        created ms]), read in HSCAN pages (a large run does not block Redis in one call)."""
+        created ms]), read in HSCAN pages (a large run does not block Redis in one call);
+        with `links`, the retry links go there."""
         key = self.keys.for_run(run_id).run_states(run_id)
         records: dict[str, dict[str, Any]] = {}
         parents: dict[str, list[Any]] = {}
@@ -213,10 +262,17 @@ class RunsReader:
         while True:
             cursor, page = await self._client.execute_command("HSCAN", key, cursor, "COUNT", 1000)
             cursor = int(cursor)
-            for field, value in page.items():
-                name = field.decode()
-                if name.startswith(REC_PARENT_PREFIX):
-                    parents[name[len(REC_PARENT_PREFIX) :]] = unpack(value)
+            for raw_name, value in page.items():
+                name = raw_name.decode()
+                head = name[:1]
+                if head == REC_PARENT_PREFIX:
+                    parents[name[1:]] = unpack(value)
+                elif head == REC_RETRIED_PREFIX:
+                    if links is not None:
+                        links.retried_as[name[1:]] = value.decode()
+                elif head == REC_RETRY_OF_PREFIX:
+                    if links is not None:
+                        links.retry_of[name[1:]] = value.decode()
                 else:
                     records[name] = unpack(value)
             if cursor == 0:

@@ -24,7 +24,7 @@ from exospherehost.broker.keys import GROUP, Keys, lane_count_problem, lane_tags
 from exospherehost.broker.plan import SettleFlags, SettlePlan
 from exospherehost.broker.queues import QueueReader
 from exospherehost.broker.registry import NodeRegistry
-from exospherehost.broker.runs import RunsReader
+from exospherehost.broker.runs import RunsReader, StateRetry
 from exospherehost.broker.runstart import RunStart
 from exospherehost.broker.workers import WorkerBoard
 
@@ -52,7 +52,9 @@ def run_start_keys(starts: Sequence[RunStart]) -> dict[str, str]:
 
 
 REDRIVE_REFUSED = -2
-"""Broker.redrive's code for a call the script refused (nothing written)."""
+"""Broker.redrive's (and retry_state's) code for a call the script refused (nothing written)."""
+RETRY_CHANGED = -3  # retry_state: the record changed since it was read (read it again)
+RETRY_MISSING = -4  # retry_state: no such run
 
 Entry = StreamEntry
 """(entry id, fields) of one state-stream entry (broker.client.StreamEntry)."""
@@ -171,6 +173,7 @@ class Broker:
         self._cron_fire = self.client.register_script(_lua("cron_fire.lua"))
         self._start_run = self.client.register_script(_lua("start_run.lua"))
         self._cancel_run = self.client.register_script(_lua("cancel_run.lua"))
+        self._retry_state = self.client.register_script(_lua("retry_state.lua"))
         self._store_set = self.client.register_script(_lua("store_set.lua"))
         self._store_incr = self.client.register_script(_lua("store_incr.lua"))
         self._store_cas = self.client.register_script(_lua("store_cas.lua"))
@@ -387,6 +390,7 @@ class Broker:
         run_id: str | None,
         identifier: str,
         fields: Mapping[bytes | str, bytes | str],
+        state_id: str = "",
     ) -> tuple[int, str]:
         """Move a dead letter back to `node`'s stream with `fields`: (1, '') done, (0, '')
         already gone, (-1, '') its run expired, (REDRIVE_REFUSED, why) refused with nothing
@@ -398,6 +402,7 @@ class Broker:
         for k, v in fields.items():
             flat += (k, v)
         history_key = self.keys.run_history(run_id) if run_id else self.keys.dead()
+        states_key = self.keys.run_states(run_id) if run_id else self.keys.dead()
         keys = [
             self.keys.dead(),
             self.keys.queue(node),
@@ -405,8 +410,9 @@ class Broker:
             results_key,
             store_key,
             history_key,
+            states_key,
         ]
-        reply = await self._redrive(keys=keys, args=[dead_id, identifier, *flat])
+        reply = await self._redrive(keys=keys, args=[dead_id, identifier, state_id, *flat])
         if not isinstance(reply, bytes | str):
             return int(reply), ""
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
@@ -445,6 +451,62 @@ class Broker:
             pipe.zremrangebyscore(self.keys.cancelled(), "-inf", now_ms - CANCELLED_KEEP_MS)
             await pipe.execute()
         return status
+
+    async def retry_state(self, run_id: str, retry: StateRetry) -> tuple[int, str]:
+        """Re-run a settled state of a run (retry_state.lua): (1, new id) retried, (0, id)
+        it had been retried already as `id`, (RETRY_CHANGED, '') its record changed since
+        it was read, (RETRY_MISSING, '') no such run, (REDRIVE_REFUSED, why) refused."""
+        k = self.keys.for_run(run_id)  # every key of a run is on its lane
+        keys = [
+            k.run(run_id),
+            k.run_states(run_id),
+            k.queue(retry.node),
+            k.run_history(run_id),
+            k.run_results(run_id),
+            k.run_store(run_id),
+            k.dead(),
+        ]
+        for unite, xid in retry.groups.items():
+            keys += (k.group(run_id, unite, xid), k.collected(run_id, unite, xid))
+        reply = await self._retry_state(
+            keys=keys,
+            args=[
+                retry.state_id,
+                retry.record,
+                retry.new_id,
+                retry.envelope,
+                retry.counter,
+                int(retry.failed),
+                int(retry.bad),
+                retry.pointer,
+                retry.dead_id,
+                *retry.groups,
+            ],
+        )
+        if isinstance(reply, list):
+            done, state = reply
+            return int(done), state.decode() if isinstance(state, bytes) else str(state)
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        if text == "CHANGED":
+            return RETRY_CHANGED, ""
+        if text == "MISSING":
+            return RETRY_MISSING, ""
+        return REDRIVE_REFUSED, text
+
+    async def dead_letter_of(self, run_id: str, state_id: str, low_ms: int, high_ms: int) -> str:
+        """The entry id of the dead letter of state `state_id` of run `run_id` on the run's
+        lane, written between `low_ms` and `high_ms` ("" when there is none), read in pages."""
+        key, low = self.keys.for_run(run_id).dead(), f"{low_ms}-0"
+        state, run = state_id.encode(), run_id.encode()
+        state_field, run_field = f.DEAD_STATE.encode(), f.DEAD_RUN.encode()
+        while True:
+            page = await self.client.xrange(key, low, f"{high_ms}-0", count=500)
+            for entry_id, fields in page:
+                if fields.get(state_field) == state and fields.get(run_field) == run:
+                    return entry_id.decode()
+            if len(page) < 500:
+                return ""
+            low = "(" + page[-1][0].decode()
 
     async def cancelled_since(self, after_ms: int) -> list[tuple[str, int]]:
         """Runs cancelled after `after_ms` (ms since the epoch), oldest first."""

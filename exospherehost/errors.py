@@ -13,6 +13,7 @@ Each class also keeps its builtin (or redis-py) base, in brackets, so code that 
         RunNotFound [KeyError]         no such run (unknown, or expired)
         WaitTimedOut [TimeoutError]    a wait gave up: names what is unfinished
         RedriveRefused [ValueError]    a dead letter cannot go back; it stays dead
+        RetryRefused [ValueError]      retry_state cannot re-run a state: says why
         KeyRefused [redis ResponseError]   a script found a key it must not write
         ConnectionSetupError [ValueError]  credentials / TLS refused: fails fast, no retry
         PermissionRefused [redis NoPermissionError]  ACL refusal: names user, namespace, grant
@@ -73,6 +74,7 @@ __all__ = [
     "PermissionRefused",
     "PrivateServerError",
     "RedriveRefused",
+    "RetryRefused",
     "RunNotFound",
     "SecretsError",
     "ShutdownAbandoned",
@@ -142,6 +144,12 @@ class RedriveRefused(ExosphereError, ValueError):
     """A dead letter cannot be re-added to its node's stream (no original entry, too many
     fields, or the redrive script wrote nothing: the node's stream key holds another
     type, or its entry ids are used up); it stays a dead letter. The message says why."""
+
+
+class RetryRefused(ExosphereError, ValueError):
+    """StateManager.retry_state / retry_failed cannot re-run a state: it is still in flight,
+    its run was cancelled, or its record cannot rebuild it (none kept, or its inputs were
+    over the record's size cap). Nothing was written; the message says why."""
 
 
 class SecretsError(ExosphereError, RuntimeError):

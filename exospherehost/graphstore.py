@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any, NotRequired, TypedDict
 
 from exospherehost.broker.client import Redis, RedisClient, typed_client
@@ -109,9 +110,22 @@ class GraphStore:
             doc["name"], doc["version"], pack(doc), secrets, self.old_secrets_ttl_s
         )
 
-    async def remove(self, name: str, version: int, keep_runs: bool) -> bool:
-        """Delete graph `name` (its current version is `version`): see GraphRecords.remove."""
-        return await self.records.remove(name, version, self.old_secrets_ttl_s, keep_runs)
+    async def remove(
+        self, name: str, version: int, keep_runs: bool, lanes: Sequence[Keys] = ()
+    ) -> bool:
+        """Delete graph `name` (its current version is `version`): see GraphRecords.remove;
+        unless `keep_runs`, its run index goes on every one of `lanes` too."""
+        removed = await self.records.remove(name, version, self.old_secrets_ttl_s, keep_runs)
+        if removed and not keep_runs:
+            await self.records.drop_run_indexes(name, lanes)
+        return removed
+
+    async def retired(self) -> list[str]:
+        """Graphs deleted while runs of them were in flight (their runs stay listed)."""
+        return await self.records.retired()
+
+    async def forget_retired(self, names: Sequence[str]) -> None:
+        await self.records.forget_retired(names)
 
     async def current_version(self, name: str) -> int | None:
         return await self.records.current_version(name)

@@ -219,7 +219,12 @@ class DeadLettersMixin:
         fields = redrive_fields(dead)
         lane, entry_id = split_dead_id(dead_id)  # back onto the lane it died on (its run's)
         done, problem = await self.broker.on_lane(lane).redrive(
-            entry_id, check_name("node name", dead.node), dead.run_id, dead.identifier or "", fields
+            entry_id,
+            check_name("node name", dead.node),
+            dead.run_id,
+            dead.identifier or "",
+            fields,
+            dead.state_id,
         )
         if done == REDRIVE_REFUSED:
             raise RedriveRefused(f"cannot redrive {dead_id}: {problem}")

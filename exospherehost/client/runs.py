@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from exospherehost.broker import runs as rec
+from exospherehost.broker.codec import unpack
 from exospherehost.broker.fields import CANCELLED_OPEN, RUN_STATUSES, RUNNING
 from exospherehost.broker.keys import check_name
-from exospherehost.broker.runs import RunRecord, RunsReader
+from exospherehost.broker.runs import RunRecord, RunsReader, StateLinks
 from exospherehost.broker.streams import Broker
 from exospherehost.errors import InvalidArgument, WaitTimedOut
 from exospherehost.errors import RunNotFound as RunNotFound  # old import path
@@ -94,15 +95,19 @@ class StateDetail:
     finished_ms: int | None
     worker: str  # the Runtime consumer that settled it
     truncated: list[str] = field(default_factory=list)
+    retry_of: str | None = None  # the state retry_state re-ran as this one
+    retried_as: str | None = None  # the state retry_state made of this one
 
 
 @dataclass
 class RunGraph:
-    """Every state of a run (state id -> detail) and the edges parent -> child."""
+    """Every state of a run (state id -> detail), the edges parent -> child, and the
+    retries (state -> the state retry_state made of it; the retry has the same parents)."""
 
     run_id: str
     states: dict[str, StateDetail]
     edges: list[tuple[str, str]]
+    retries: list[tuple[str, str]] = field(default_factory=list)
 
 
 _REC_NAMES = {
@@ -337,6 +342,9 @@ class RunsMixin:
     async def graph_names(self) -> list[str]:
         raise NotImplementedError  # StateManager's
 
+    async def listed_graphs(self) -> list[str]:
+        raise NotImplementedError  # StateManager's
+
     async def list_runs(
         self,
         graph_name: str | None = None,
@@ -363,7 +371,7 @@ class RunsMixin:
         graphs = (
             [check_name("graph name", graph_name)]
             if graph_name is not None
-            else sorted(await self.graph_names())
+            else await self.listed_graphs()
         )
         if status is None:
             total = sum([await self._runs.count_between(g, lo, hi) for g in graphs])
@@ -434,8 +442,10 @@ class RunsMixin:
         check_name("run id", run_id)
         if not isinstance(state_id, str) or not state_id:
             raise InvalidArgument(f"state_id must be a non-empty string, got {state_id!r}")
-        record, pointer = await self._runs.state_record(run_id, state_id)
-        if record is None and pointer is None:
+        raw, raw_pointer, retried_as, retry_of = await self._runs.state_raw(run_id, state_id)
+        record = None if raw is None else unpack(raw)
+        pointer = None if raw_pointer is None else unpack(raw_pointer)
+        if record is None and pointer is None and retry_of is None:
             if await self._runs.run(run_id) is None:
                 raise _not_found(run_id)
             raise RunNotFound(
@@ -453,7 +463,9 @@ class RunsMixin:
         if pointer is None and not parents:
             run = await self._runs.run(run_id)
             created = None if run is None else run.created_ms
-        return _detail(run_id, state_id, record, pointer, parents, created)
+        detail = _detail(run_id, state_id, record, pointer, parents, created)
+        detail.retry_of, detail.retried_as = retry_of, retried_as
+        return detail
 
     async def run_graph(self, run_id: str) -> RunGraph:
         """Every state of a run with its record (PENDING: created, not settled yet) and
@@ -463,9 +475,10 @@ class RunsMixin:
         run = await self._runs.run(run_id)
         if run is None:
             raise _not_found(run_id)
-        records, pointers = await self._runs.state_records(run_id)
+        links = StateLinks()
+        records, pointers = await self._runs.state_records(run_id, links)
         parents: dict[str, list[str]] = {}
-        for sid in records.keys() | pointers.keys():
+        for sid in records.keys() | pointers.keys() | links.retry_of.keys():
             r = records.get(sid)
             if r is not None and r.get(rec.REC_UNITE) is not None:
                 parents[sid] = _unite_parents(
@@ -477,5 +490,9 @@ class RunsMixin:
             sid: _detail(run_id, sid, records.get(sid), pointers.get(sid), ps, run.created_ms)
             for sid, ps in parents.items()
         }
+        for sid, detail in states.items():
+            detail.retry_of = links.retry_of.get(sid)
+            detail.retried_as = links.retried_as.get(sid)
         edges = sorted((p, sid) for sid, ps in parents.items() for p in ps)
-        return RunGraph(run_id, states, edges)
+        retries = sorted(links.retried_as.items())
+        return RunGraph(run_id, states, edges, retries)

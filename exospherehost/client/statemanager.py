@@ -21,6 +21,7 @@ from exospherehost.broker.keys import MAX_LANES, Keys, check_name
 from exospherehost.broker.serverinfo import eviction_check
 from exospherehost.broker.streams import Broker
 from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
+from exospherehost.client.retry import RetryMixin
 from exospherehost.client.runs import (
     MAX_BLOCK_S,
     NodeCounts,
@@ -117,7 +118,7 @@ LANES_CACHE_S = 2.0
 """How long a StateManager keeps the namespace's lane count before reading it again."""
 
 
-class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
+class StateManager(RunsMixin, RetryMixin, DeadLettersMixin, WorkersMixin):
     def __init__(
         self,
         namespace: str,
@@ -339,7 +340,9 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
                 f"status='RUNNING')), or delete_graph({graph_name!r}, force=True) to let "
                 f"them finish on their version"
             )
-        if not await self.graphs.remove(graph_name, version, keep_runs=running > 0):
+        if not await self.graphs.remove(
+            graph_name, version, keep_runs=running > 0, lanes=await self.broker.lane_keys()
+        ):
             raise GraphNotFound(f"graph {graph_name!r} not found in namespace {self.namespace!r}")
         self._compiled = {k: v for k, v in self._compiled.items() if k[0] != graph_name}
         return running
@@ -440,6 +443,16 @@ class StateManager(RunsMixin, DeadLettersMixin, WorkersMixin):
 
     async def graph_names(self) -> list[str]:
         return await self.graphs.names()
+
+    async def listed_graphs(self) -> list[str]:
+        """The graphs a namespace-wide run listing covers: every current graph, and those
+        deleted (force) while runs of them were in flight, until none of their runs is
+        indexed any more."""
+        names = set(await self.graphs.names())
+        retired = [g for g in await self.graphs.retired() if g not in names]
+        empty = [g for g in retired if await self._runs.count_between(g, None, None) == 0]
+        await self.graphs.forget_retired(empty)
+        return sorted(names.union(retired).difference(empty))
 
     async def node_names(self) -> list[str]:
         """Nodes registered in this namespace by Runtimes."""

@@ -261,7 +261,11 @@ class CompiledGraph:
                     # A branch reaches the uniting node: leave what U references.
                     un = self.unites[child_id]
                     step.collected.append(
-                        {"p": list(child_path), "o": _pick(self.nodes[child_id], full, un.between)}
+                        {
+                            "p": list(child_path),
+                            "n": identifier,
+                            "o": _pick(self.nodes[child_id], full, un.between),
+                        }
                     )
                     continue
                 child = self.nodes[child_id]
@@ -291,7 +295,13 @@ class CompiledGraph:
         node between target and U stands for the list of its values over all branches.
         `read`: store values read from the run store (`needs_store`)."""
         un = self.unites[identifier]
-        ordered = sorted(collected, key=lambda c: list(c.get("p") or []))
+        # One item per branch and node: a branch re-run by StateManager.retry_state before
+        # the unite fired leaves a second item for the same place; the later one counts.
+        # (Items written before they carried their node, "n", are all kept.)
+        latest: dict[tuple[tuple[int, ...], Any], Mapping[str, Any]] = {}
+        for c in collected:
+            latest[(tuple(c.get("p") or ()), c.get("n") or id(c))] = c
+        ordered = sorted(latest.values(), key=lambda c: list(c.get("p") or []))
         full: dict[str, Any] = dict(ctx)
         for ident in un.between:
             fields: dict[str, list[Any]] = {}

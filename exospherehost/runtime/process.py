@@ -192,6 +192,7 @@ class Runtime:
         self._cron: CronScheduler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested = False
+        self._started_once = False
         self.started = asyncio.Event()
         self._reporter: Reporter | None = None  # writes this worker's record (dashboards)
         self.registry_checks = 0  # completed registry checks (tests wait on it)
@@ -213,6 +214,14 @@ class Runtime:
     def start(self) -> asyncio.Task[None] | None:
         """Block serving nodes until stopped (SIGINT/SIGTERM stop it cleanly); inside a
         running event loop, return the serving task instead."""
+        if self._started_once:
+            # Its stop request, worker and statistics belong to the first run: a second
+            # start would return at once, serving nothing, without a word.
+            raise RuntimeError(
+                f"Runtime {self.name!r} of namespace {self.namespace!r} was started already: a "
+                f"Runtime serves once; create a new Runtime to serve again"
+            )
+        self._started_once = True
         setup_logging()
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()

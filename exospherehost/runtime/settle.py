@@ -42,9 +42,7 @@ STATE_RECORD_LEVELS = ("full", "off")
 """Runtime(state_records=...): "full" writes a record of every settle of a graph state
 (StateManager.state / run_graph); "off" writes none."""
 
-RECORD_FIELD_MAX = 16_384
-"""Bytes of msgpack one field of a state record (inputs, outputs, error, prune data) may
-take; a larger one is stored as a truncation marker (broker/runs.py TRUNCATED)."""
+RECORD_FIELD_MAX = rec.RECORD_FIELD_MAX
 
 _PREVIEW_CHARS = 200
 
@@ -508,6 +506,12 @@ class _Planner:
             record[rec.REC_GROUPS] = env.groups
         if env.unite is not None:
             record[rec.REC_UNITE] = env.unite
+        # ctx and path complete the envelope: StateManager.retry_state rebuilds the state
+        # from its record.
+        if env.ctx:
+            record[rec.REC_CTX] = env.ctx
+        if env.path:
+            record[rec.REC_PATH] = env.path
         packed = _capped(record, cfg.record_field_max)
         pairs: list[Any] = [env.state_id, packed]
         size = len(packed)

@@ -44,6 +44,8 @@ async def test_delete_refused_in_flight_then_forced_runs_finish(
         done = await sm.wait_all(runs, timeout=60)
     assert {s.status for s in done.values()} == {"SUCCEEDED"}, done
     assert {r.run_id for r in await sm.list_runs("fan")} == set(runs), "forced: still listed"
+    everywhere = {r.run_id for r in await sm.list_runs()}
+    assert everywhere == set(runs), "and in the namespace-wide listing"
 
     again = await sm.upsert_graph("fan", graph, store_config=STORE, validation_timeout=0)
     assert again["version"] > first["version"]
@@ -74,3 +76,28 @@ async def test_a_deleted_graph_fires_no_cron(
         tock = (await sm.list_runs("tock", count=1)).total
         await until(lambda: fired("tock", tock + 3), "tock fired three more times", timeout=20)
         assert (await sm.list_runs("tick", count=1)).total <= tick + 1
+
+
+async def test_deleting_a_graph_drops_its_run_index_on_every_lane(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """With lanes each lane keeps its own run index (its own slot on a cluster): a delete
+    without runs in flight drops all of them, not lane 0's only."""
+    from exospherehost import Runtime
+    from exospherehost.broker.keys import run_lane
+    from tests.integration.apps.nodes import Collect, Split, Work
+    from tests.integration.helpers import running
+
+    tags = await sm.set_lanes(3)
+    rt = Runtime(namespace=namespace, name="p", nodes=[Split, Work, Collect], redis_url=redis_url)
+    graph = fan_graph(namespace, UnitesStrategyEnum.ALL_DONE)
+    async with running(rt):
+        await sm.upsert_graph("fan", graph, store_config=STORE)
+        runs = await sm.trigger_many("fan", [None] * 3, store={"n": 2})
+        await sm.wait_all(runs, timeout=30)
+    assert {run_lane(r) for r in runs} == set(tags), "one run on each lane"
+    assert (await sm.list_runs()).total == 3
+    assert await sm.delete_graph("fan") == 0
+    assert (await sm.list_runs("fan")).total == 0 and (await sm.list_runs()).total == 0
+    for tag in tags:
+        assert not await sm.broker.client.exists(sm.keys.on_lane(tag).runs("fan")), tag

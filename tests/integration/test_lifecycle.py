@@ -190,3 +190,17 @@ async def test_stopping_hands_back_read_but_not_started_states_at_once(
         "4 read but not started states handed back; finishing 2 in-flight" in m for m in messages
     ), messages
     assert any("2 in-flight states finished, 0 cut short" in m for m in messages), messages
+
+
+async def test_a_runtime_serves_once_and_a_second_start_says_so(
+    redis_url: str, namespace: str
+) -> None:
+    """Its stop request and worker belong to the first run: a second start used to return
+    at once, serving nothing, silently (found by a test that restarted one)."""
+    from tests.integration.helpers import running
+
+    rt = Runtime(namespace=namespace, name="p", nodes=[Gated], redis_url=redis_url)
+    async with running(rt):
+        pass
+    with pytest.raises(RuntimeError, match="started already: a Runtime serves once"):
+        rt.start()

@@ -45,6 +45,7 @@ OLD_BASE: dict[str, type[BaseException]] = {
     "NodeValidationError": ValueError,
     "PrivateServerError": RuntimeError,  # exospherehost.testing raised bare RuntimeErrors
     "RedriveRefused": ValueError,
+    "RetryRefused": ValueError,
     "RunNotFound": KeyError,
     "SecretsError": RuntimeError,
     "ShutdownAbandoned": RedisConnectionError,

@@ -18,6 +18,7 @@ LUA = Path(__file__).resolve().parents[2] / "broker" / "lua"
 # listed here fails the test: a new hash needs its fields defined (and listed) first.
 RUN_HASH = {"run"}
 GROUP_HASH = {"g", "KEYS[op[GI_GROUP_KEY]]", "KEYS[op[i]]"}
+STATES_HASH = {"states"}  # a run's per-state records: fields are state ids, or prefixed
 HASH_COMMANDS = {"HSET", "HSETNX", "HGET", "HMGET", "HINCRBY", "HINCRBYFLOAT", "HDEL", "HEXISTS"}
 _LITERAL = re.compile(r"^'([^'\\]*)'$|^\"([^\"\\]*)\"$")
 _PREFIXED = re.compile(r"^'([^'\\]*)'\s*\.\.")
@@ -129,6 +130,9 @@ def field_problems(call: Call) -> tuple[int, list[str]]:
                     status = literal(values[i])
                     if status is not None and status not in fields.RUN_STATUSES:
                         problems.append(f"{where}: run status {status!r}")
+            elif key in STATES_HASH:
+                if prefix is None or prefix.group(1) not in fields.STATE_PREFIXES:
+                    problems.append(f"{where}: states-hash field {expr}")
             elif key in GROUP_HASH:
                 if name is None or name not in fields.GROUP_FIELDS:
                     problems.append(f"{where}: group-hash field {expr}")

@@ -76,7 +76,8 @@ def test_members_keep_the_group_count_and_branches_leave_their_values() -> None:
     done = g.complete("c", "C1", {}, {"u": "X1"}, (1,), [{"v": 10}], False)
     assert done.successors == []
     [step] = done.groups
-    assert step.open_delta == -1 and step.collected == [{"p": [1], "o": {"c": {"v": 10}}}]
+    assert step.open_delta == -1
+    assert step.collected == [{"p": [1], "n": "c", "o": {"c": {"v": 10}}}]
 
 
 def test_unite_inputs_list_branch_values_in_branch_order() -> None:
@@ -87,6 +88,21 @@ def test_unite_inputs_list_branch_values_in_branch_order() -> None:
         {"p": [1], "o": {"c": {"v": 10}}},
     ]
     assert g.unite_inputs("u", {"store": {"n": 3}}, collected) == {"all": [0, 10, 20], "n": 3}
+
+
+def test_a_branch_collected_twice_counts_once_with_its_later_values() -> None:
+    """A branch re-run by retry_state before the unite fired leaves a second item for the
+    same place (path and node): the unite sees the later one, once. Items without a node
+    (written by an older SDK) are all kept."""
+    g = fan_in()
+    collected = [
+        {"p": [0], "n": "c", "o": {"c": {"v": 0}}},
+        {"p": [1], "n": "c", "o": {"c": {"v": 10}}},
+        {"p": [0], "n": "c", "o": {"c": {"v": 5}}},
+    ]
+    assert g.unite_inputs("u", {"store": {"n": 3}}, collected) == {"all": [5, 10], "n": 3}
+    old = [{"p": [0], "o": {"c": {"v": 1}}}, {"p": [0], "o": {"c": {"v": 2}}}]
+    assert g.unite_inputs("u", {"store": {"n": 3}}, old) == {"all": [1, 2], "n": 3}
     # After the unite, states are outside the group again.
     done = g.complete("u", "U1", {}, {}, (), [{"total": 30}], False)
     [(succ, grp)] = done.successors

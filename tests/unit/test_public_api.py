@@ -31,6 +31,7 @@ ERRORS = {
     "MetricsPortError",
     "NodeValidationError",
     "RedriveRefused",
+    "RetryRefused",
     "RunNotFound",
     "SecretsError",
     "SizeLimitExceeded",

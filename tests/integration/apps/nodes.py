@@ -188,3 +188,36 @@ class Collect(BaseNode):
 
 
 ALL += [Work, Collect]
+
+
+class Flaky(BaseNode):
+    """A branch whose value `fail_at` fails on its first execution only (across processes:
+    the first to create the marker file fails), then succeeds; every execution appends
+    its value to `log` (one short O_APPEND write: lines never interleave)."""
+
+    class Inputs(BaseModel):
+        value: int
+        fail_at: int = -1
+        marker: str = ""
+        log: str = ""
+
+    class Outputs(BaseModel):
+        value: int
+
+    async def execute(self) -> Outputs:
+        v = self.inputs.value
+        if self.inputs.log:
+            fd = os.open(self.inputs.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.write(fd, f"{v}\n".encode())
+            os.close(fd)
+        if v == self.inputs.fail_at and self.inputs.marker:
+            try:
+                os.close(os.open(f"{self.inputs.marker}.{v}", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                raise RuntimeError(f"branch {v} fails on its first execution")
+        return self.Outputs(value=v)
+
+
+ALL += [Flaky]
