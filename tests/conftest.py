@@ -71,7 +71,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
-    """ "single" (the session server) or "cluster" (the session's private cluster)."""
+    """The server of this test: "single" (the session server) or "cluster" (the
+    session's private cluster)."""
     return str(getattr(request, "param", "single"))
 
 
