@@ -14,6 +14,7 @@ from exospherehost.cli.graphs import graphs, nodes, results
 from exospherehost.cli.lanes import lanes
 from exospherehost.cli.monitor import status
 from exospherehost.cli.records import dead, runs
+from exospherehost.cli.runstates import states as states_group  # (cli.states: a module)
 from exospherehost.cli.states import enqueue, trigger
 from exospherehost.cli.tools import bench, dashboard
 from exospherehost.cli.workers import worker
@@ -75,6 +76,7 @@ for command in (
     results,
     status,
     runs,
+    states_group,
     dead,
     lanes,
     bench,

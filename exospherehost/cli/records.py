@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 import click
 
 from exospherehost.broker.codec import MalformedEntry, decode
+from exospherehost.cli import runtree
 from exospherehost.cli._common import (
     Settings,
     age,
@@ -22,15 +23,16 @@ from exospherehost.cli._common import (
 )
 from exospherehost.client.deadletters import DeadLetter, DeadLetterCount, RedriveReport
 from exospherehost.client.runs import RunStatus
-from exospherehost.errors import RunNotFound
+from exospherehost.errors import GraphNotFound, RunNotFound
 
 # -- runs -------------------------------------------------------------------------------
 
 
-@click.group(short_help="List and show graph runs.")
+@click.group(short_help="List, show, cancel and retry graph runs.")
 @namespace_option
 def runs() -> None:
-    """Graph runs: list a graph's recent runs, show one."""
+    """Graph runs: list them (with filters), show one (its states as a tree), cancel them,
+    retry states of one."""
 
 
 def _totals(status: RunStatus) -> tuple[int, int, int]:
@@ -176,27 +178,57 @@ def runs_cancel(settings: Settings, run_ids: tuple[str, ...]) -> None:
         raise SystemExit(1)
 
 
-@runs.command("show", short_help="A run: counts, notes, history, results.")
+@runs.command("show", short_help="A run: counts, notes, its states as a tree, history, results.")
 @click.argument("run_id")
 @namespace_option
+@click.option(
+    "--children",
+    type=click.IntRange(min=0),
+    default=runtree.CHILDREN,
+    show_default=True,
+    help="Children of a state listed in the tree (those not SUCCEEDED first; the rest "
+    "summed up in one line); 0: all.",
+)
+@click.option(
+    "--history",
+    "history_lines",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Newest history records printed; 0: all (--json has all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @pass_settings
-def runs_show(settings: Settings, run_id: str, as_json: bool) -> None:
-    """A run: status, per-node counts and notes, its history of settled states, and the
-    results of its leaf states."""
+def runs_show(
+    settings: Settings, run_id: str, children: int, history_lines: int, as_json: bool
+) -> None:
+    """A run: status, per-node counts and notes, its states as a tree (root first, each
+    state's children under it, a uniting state under the state it unites; a line:
+    identifier, node, status, attempt, the end of the state id, and the first line of a
+    failure), its history of settled states, and the results of its leaf states.
+    `exosphere states show RUN STATE` shows one state whole."""
 
     async def main() -> dict[str, Any]:
         async with settings.manager() as sm:
             status = await sm.status(run_id)
+            graph = await sm.run_graph(run_id)
+            try:
+                template = runtree.template_of(await sm.get_graph(status.graph))
+            except GraphNotFound:  # deleted since: the tree goes by the parents
+                template = runtree.Template()
             return {
                 "status": status,
+                "tree": runtree.build(graph, template),
+                "states": graph.states,
                 "history": await sm.run_history(run_id),
                 "results": await sm.results(run_id),
             }
 
     got = run(settings, main)
     if as_json:
-        click.echo(to_json(got))
+        tree = [runtree.as_json(n) for n in got.pop("tree")]
+        del got["states"]
+        click.echo(to_json({**got, "tree": tree}))
         return
     st: RunStatus = got["status"]
     done, created, _ = _totals(st)
@@ -215,11 +247,19 @@ def runs_show(settings: Settings, run_id: str, as_json: bool) -> None:
         click.echo("\nnotes:")
         for ident, why in st.notes.items():
             click.echo(f"  {ident}: {why}")
+    states = got["states"]
+    click.echo(f"\nstates ({len(states)}):")
+    if not states and created:
+        click.echo("  (no state records: the run's Runtimes keep none, state_records='off')")
+    for text in runtree.render(got["tree"], states, children):
+        click.echo(f"  {text}")
     history = got["history"]
-    click.echo(f"\nhistory ({len(history)}):")
+    shown = history[-history_lines:] if history_lines else history
+    cut = f", the newest {len(shown)}; --history 0 for all" if len(shown) < len(history) else ""
+    click.echo(f"\nhistory ({len(history)}{cut}):")
     hist_rows = [
         [clock(h.time_ms), h.identifier, h.node, h.status, h.attempt, h.state_id, h.error]
-        for h in history
+        for h in shown
     ]
     if hist_rows:
         click.echo(table(["TIME", "NODE", "CLASS", "STATUS", "TRY", "STATE", "ERROR"], hist_rows))

@@ -27,7 +27,7 @@ from exospherehost.broker.errors import ConnectionSetupError
 from exospherehost.broker.keys import check_name
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
-from exospherehost.dashboard import operate, views
+from exospherehost.dashboard import operate, runpage, views
 from exospherehost.dashboard.deadletters import dead_routes
 
 STATIC = Path(__file__).with_name("static")
@@ -218,6 +218,22 @@ def create_app(
         code, body = await operate.cancel_run(sm, request.path_params["run"])
         return Json(body, status_code=code)
 
+    async def state(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        p = request.path_params
+        return Json(await runpage.state_view(sm, p["run"], p["state"]))
+
+    async def retry_state(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        p = request.path_params
+        code, body = await runpage.retry_state(sm, p["run"], p["state"])
+        return Json(body, status_code=code)
+
+    async def retry_failed(request: Request) -> Response:
+        sm = await managers.get(request.path_params["ns"])
+        code, body = await runpage.retry_failed(sm, request.path_params["run"])
+        return Json(body, status_code=code)
+
     async def delete_graph(request: Request) -> Response:
         sm = await managers.get(request.path_params["ns"])
         force = request.query_params.get("force", "") in ("1", "true")
@@ -248,6 +264,9 @@ def create_app(
         Route(api + "/runs", runs),
         Route(api + "/runs/{run}", run),
         Route(api + "/runs/{run}/cancel", csrf(cancel), methods=["POST"]),
+        Route(api + "/runs/{run}/retry-failed", csrf(retry_failed), methods=["POST"]),
+        Route(api + "/runs/{run}/states/{state}", state),
+        Route(api + "/runs/{run}/states/{state}/retry", csrf(retry_state), methods=["POST"]),
         Route(api + "/nodes", nodes),
         *dead_routes(api, manager, Json, csrf, lambda r: _int(r, "count", 50, 1000)),
         Mount("/static", StaticFiles(directory=STATIC)),

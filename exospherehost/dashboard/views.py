@@ -4,19 +4,27 @@ commands), as JSON-ready dicts. One function per API endpoint; app.py does the H
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import asdict
 from typing import Any
 
 from exospherehost.broker.codec import MalformedEntry, decode, printable_fields
+from exospherehost.broker.runs import TRUNCATED
 from exospherehost.broker.serverinfo import memory_view
 from exospherehost.client.deadletters import DeadLetter, DeadLetterCount
 from exospherehost.client.statemanager import StateManager
 from exospherehost.dashboard.layout import layout
 from exospherehost.dashboard.operate import template_details
+from exospherehost.dashboard.runpage import dag_view
 
 HISTORY_CAP = 500
-"""Newest history records and results shown on a run page (the SDK reads them whole)."""
+"""Newest history records shown on a run page (the SDK reads them whole)."""
+RESULTS_CAP = 100
+RESULT_CHARS = 2000
+"""Newest leaf results shown on a run page, each up to this many characters of JSON (a
+longer one as the state records' truncation marker): 10,000 leaves of 100 KB each must
+not make a page of a gigabyte; `sm.results` has them whole."""
 
 _layouts: dict[tuple[str, str, int, int], dict[str, Any]] = {}
 """Layouts by (namespace, graph, version, updated_ms): versions are immutable, so each is
@@ -98,19 +106,30 @@ async def graph_runs(sm: StateManager, name: str, offset: int, count: int) -> di
 
 
 async def run_detail(sm: StateManager, run_id: str) -> dict[str, Any]:
-    """A run's status, every settled outcome of its states, and its leaf results.
-    Raises RunNotFound (a KeyError) for an unknown or expired run."""
+    """A run's status, the DAG of its states, every settled outcome of its states, and
+    its leaf results. Raises RunNotFound (a KeyError) for an unknown or expired run."""
     status = await sm.status(run_id)
-    history, results = await asyncio.gather(sm.run_history(run_id), sm.results(run_id))
+    history, results, dag = await asyncio.gather(
+        sm.run_history(run_id), sm.results(run_id), dag_view(sm, status)
+    )
     return {
         "namespace": sm.namespace,
         "time_ms": _now_ms(),
         "status": asdict(status),
+        "dag": dag,
         "history": [asdict(h) for h in history[-HISTORY_CAP:]],
         "history_total": len(history),
-        "results": results[-HISTORY_CAP:],
+        "results": [_shortened(r) for r in results[-RESULTS_CAP:]],
         "results_total": len(results),
     }
+
+
+def _shortened(result: dict[str, Any]) -> dict[str, Any]:
+    text = json.dumps(result.get("outputs"), default=str)
+    if len(text) <= RESULT_CHARS:
+        return result
+    marker = {TRUNCATED: len(text.encode()), "preview": text[:RESULT_CHARS]}
+    return {**result, "outputs": marker}
 
 
 def _dead_inputs(dead: DeadLetter) -> dict[str, Any]:

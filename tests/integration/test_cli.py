@@ -106,6 +106,7 @@ def test_help_lists_every_command_in_order() -> None:
         "results",
         "status",
         "runs",
+        "states",
         "dead",
         "lanes",
         "bench",

@@ -368,46 +368,7 @@ const pages = {
       ["delete", deleteCard(ns, graph)]];
   },
 
-  async run({ ns, run }) {
-    const data = await api(`api/ns/${enc(ns)}/runs/${enc(run)}`);
-    const s = data.status;
-    setCrumbs([[ns, `#/ns/${enc(ns)}`], [s.graph, `#/ns/${enc(ns)}/graph/${enc(s.graph)}`], [run, null]]);
-    const took = s.finished_ms ? s.finished_ms - s.created_ms : null;
-    const cancel = s.status === "RUNNING"
-      ? ` <button type="button" id="cancel-run" class="danger">Cancel run</button>` : "";
-    const summary = `<h2>Run <span class="mono">${esc(run)}</span> <span id="run-status">${badge(s.status)}</span>${cancel}</h2>` +
-      `<div class="card"><table><tbody><tr><th>graph</th><td>${esc(s.graph)}</td></tr>` +
-      `<tr><th>created</th><td>${fmtTime(s.created_ms)}</td></tr>` +
-      `<tr><th>finished</th><td>${fmtTime(s.finished_ms)} <span class="muted">(${fmtDuration(took)})</span></td></tr>` +
-      `<tr><th>open states</th><td>${s.open}</td></tr></tbody></table></div>`;
-    const counts = Object.entries(s.nodes).map(([id, c]) => (
-      `<tr><td>${esc(id)}</td><td class="num">${c.pending}</td><td class="num">${c.succeeded}</td>` +
-      `<td class="num">${c.failed}</td><td class="num">${c.pruned}</td><td class="num">${c.retried}</td>` +
-      `<td class="num">${c.skipped}</td><td class="muted">${esc(s.notes[id] || "")}</td></tr>`
-    )).join("");
-    const nodes = `<div class="card"><h3>Per node</h3><table><thead><tr><th>identifier</th>` +
-      `<th class="num">pending</th><th class="num">succeeded</th><th class="num">failed</th>` +
-      `<th class="num">pruned</th><th class="num">retried</th><th class="num">skipped</th><th>note</th></tr></thead>` +
-      `<tbody>${counts}</tbody></table></div>`;
-    const hist = data.history.map((h) => (
-      `<tr data-state="${esc(h.state_id)}"><td>${fmtTime(h.time_ms)}</td><td>${esc(h.identifier)}</td>` +
-      `<td>${esc(h.node)}</td><td class="mono">${esc(h.state_id)}</td><td>${badge(h.status)}</td>` +
-      `<td class="num">${h.attempt}</td><td class="err">${esc(h.error)}</td></tr>`
-    )).join("");
-    const more = data.history_total > data.history.length
-      ? ` <span class="muted">(last ${data.history.length} of ${data.history_total})</span>` : "";
-    const history = `<div class="card"><h3>States${more}</h3><table id="history"><thead><tr><th>settled</th>` +
-      `<th>identifier</th><th>node</th><th>state</th><th>status</th><th class="num">attempt</th><th>error</th></tr></thead>` +
-      `<tbody>${hist || `<tr><td colspan="7" class="muted">nothing settled yet</td></tr>`}</tbody></table></div>`;
-    const res = data.results.map((r) => (
-      `<tr><td>${esc(r.identifier)}</td><td class="mono">${esc(r.state)}</td>` +
-      `<td><pre>${esc(JSON.stringify(r.outputs, null, 1))}</pre></td></tr>`
-    )).join("");
-    const results = `<div class="card"><h3>Results <span class="muted">(${data.results_total} leaf outputs)</span></h3>` +
-      `<table id="results"><thead><tr><th>identifier</th><th>state</th><th>outputs</th></tr></thead>` +
-      `<tbody>${res || `<tr><td colspan="3" class="muted">no results yet</td></tr>`}</tbody></table></div>`;
-    return [["summary", summary], ["nodes", nodes], ["history", history], ["results", results]];
-  },
+  // run({ ns, run, query }): static/runpage.js (the DAG of states, details, retry).
 
   // static/dead.js: paging, filters, purge.
   dead({ ns }) { return deadLettersPage(ns); },
@@ -423,7 +384,7 @@ function route() {
   if (parts[2] === "runs") return { page: "runs", ns, query };
   if (parts[2] === "nodes") return { page: "nodes", ns };
   if (parts[2] === "graph" && parts[3]) return { page: "graph", ns, graph: parts[3] };
-  if (parts[2] === "run" && parts[3]) return { page: "run", ns, run: parts[3] };
+  if (parts[2] === "run" && parts[3]) return { page: "run", ns, run: parts[3], query };
   if (parts[2] === "dead") return { page: "dead", ns };
   if (parts[2] === "workers") return { page: "workers", ns };
   return { page: "namespace", ns };
