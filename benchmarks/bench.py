@@ -125,7 +125,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--w4-scenarios",
         type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
         default=None,
-        help="w4: rows to run (fixed, mixed, mixed-stagger, slow-stagger, wide; default all)",
+        help="w4: rows to run (fixed, mixed, mixed-nodes, mixed-stagger, slow-stagger, wide; "
+        "default all)",
     )
     p.add_argument(
         "--w4-prefetch",
@@ -166,6 +167,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--untuned-gc",
         action="store_true",
         help="workers with Runtime(tune_gc=False): CPython's default collector settings",
+    )
+    p.add_argument(
+        "--state-records",
+        choices=("full", "off"),
+        default="full",
+        help="workers with Runtime(state_records=...): 'off' writes no per-state records",
     )
     p.add_argument("--timeout", type=float, default=90.0, help="per measurement, seconds")
     p.add_argument("--branches", type=int, default=100, help="w3: fan-out per run")
@@ -271,6 +278,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
             dramatiq_threads=args.dramatiq_threads,
             loop=args.loop,
             untuned_gc=args.untuned_gc,
+            state_records=args.state_records,
             cluster=args.cluster,
             nodes=nodes,
         )
@@ -354,6 +362,7 @@ async def run(args: argparse.Namespace, url: str, external: bool, kind: str) -> 
                 "batch_size": args.batch_size,
                 "loop": args.loop,
                 "untuned_gc": args.untuned_gc,
+                "state_records": args.state_records,
                 "repeat": args.repeat,
                 "external_redis": external,
                 "cluster_masters": len(nodes) if args.cluster else None,

@@ -18,8 +18,11 @@ stream is empty: a settle deletes its entry). Per scenario:
 
 Scenarios (the table of issue 11): `fixed` 2,000 x 100 ms, C=32; `mixed` 2,000 states of
 10 or 1,000 ms (4:1, shuffled with a fixed seed), C=32; both at P = 1, 2, 4 (`--processes`)
-with all processes released together; `mixed-stagger` (1 s apart) and `slow-stagger`
-(600 x 1,000 ms, C=8, 2 s apart) at the largest P asked for, at least 2; `wide` one
+with all processes released together; `mixed-nodes`, the same states on two nodes (`Sleep`
+10 ms, `SleepLong` 1,000 ms) served by every worker, at the same P (not in issue 11's
+table: the reader chooses between the streams, so its `fifo_ideal` is the longest-first
+dispatcher's (LPT), which no single FIFO order allows); `mixed-stagger` (1 s apart) and
+`slow-stagger` (600 x 1,000 ms, C=8, 2 s apart) at the largest P asked for, at least 2; `wide` one
 process with `workers=1000` and 10,000 x 1,000 ms (states/s of one process).
 The peers (`--peers`) run the same scenarios in the same invocation where they can
 express them (benchmarks/peers_w4.py).
@@ -45,7 +48,7 @@ SEED = 11
 
 @dataclass(frozen=True)
 class Scenario:
-    kind: str  # fixed | mixed | mixed-stagger | slow-stagger | wide
+    kind: str  # fixed | mixed | mixed-nodes | mixed-stagger | slow-stagger | wide
     n: int
     processes: int
     concurrency: int
@@ -58,7 +61,7 @@ class Scenario:
     def durations_ms(self) -> list[int]:
         if self.kind == "fixed":
             return [100] * self.n
-        if self.kind in ("mixed", "mixed-stagger"):
+        if self.kind in ("mixed", "mixed-nodes", "mixed-stagger"):
             slow = self.n // 5
             ms = [1000] * slow + [10] * (self.n - slow)
             random.Random(SEED).shuffle(ms)
@@ -70,6 +73,7 @@ class Scenario:
         return {
             "fixed": "100 ms",
             "mixed": "10 or 1,000 ms (4:1)",
+            "mixed-nodes": "10 ms and 1,000 ms nodes (4:1)",
             "mixed-stagger": "10 or 1,000 ms (4:1)",
             "slow-stagger": "1,000 ms",
             "wide": "1,000 ms",
@@ -81,6 +85,7 @@ def scenarios(processes: Sequence[int], only: Sequence[str] | None = None) -> li
     top = max(2, *processes)
     rows = [Scenario("fixed", 2000, p, 32, 0.0) for p in processes]
     rows += [Scenario("mixed", 2000, p, 32, 0.0) for p in processes]
+    rows += [Scenario("mixed-nodes", 2000, p, 32, 0.0) for p in processes]
     rows += [
         Scenario("mixed-stagger", 2000, top, 32, 1.0),
         Scenario("slow-stagger", 600, top, 8, 2.0),
@@ -118,10 +123,17 @@ def fifo_ideal_s(
     return end
 
 
+def best_order(sc: Scenario) -> list[int]:
+    """The order the `fifo_ideal` dispatcher takes states in: the stream's, or with two
+    nodes to choose from (`mixed-nodes`), longest first (LPT)."""
+    ms = sc.durations_ms()
+    return sorted(ms, reverse=True) if sc.kind == "mixed-nodes" else ms
+
+
 def figures(sc: Scenario, makespan: float, per_worker: list[int]) -> dict[str, Any]:
     ms = sc.durations_ms()
     ideal = ideal_s(ms, sc.processes, sc.concurrency, sc.stagger_s)
-    fifo = fifo_ideal_s(ms, sc.processes, sc.concurrency, sc.stagger_s)
+    fifo = fifo_ideal_s(best_order(sc), sc.processes, sc.concurrency, sc.stagger_s)
     return {
         "scenario": sc.kind,
         "shape": sc.shape,
@@ -153,10 +165,12 @@ async def w4_ours(ctx: Ctx, sc: Scenario, label: str, prefetch: int | None) -> d
     ns = ctx.namespace("w4")
     keys = Keys(ns)
     sm = StateManager(ns, redis_url=ctx.url)
+    two = sc.kind == "mixed-nodes"
+    nodes = ["Sleep", "SleepLong"] if two else ["Sleep"]
     workers = Workers(
         ctx,
         ns,
-        "sleep",
+        "sleep2" if two else "sleep",
         sc.processes,
         output_maxlen=max(2 * sc.n, 100_000),
         label=label,
@@ -164,7 +178,12 @@ async def w4_ours(ctx: Ctx, sc: Scenario, label: str, prefetch: int | None) -> d
         prefetch=prefetch,
     )
     try:
-        await sm.enqueue_many("Sleep", [{"ms": ms} for ms in sc.durations_ms()])
+        ms = sc.durations_ms()
+        if two:  # the same states, the long ones on their own node
+            await sm.enqueue_many("Sleep", [{"ms": m} for m in ms if m < 1000])
+            await sm.enqueue_many("SleepLong", [{"ms": m} for m in ms if m >= 1000])
+        else:
+            await sm.enqueue_many("Sleep", [{"ms": m} for m in ms])
         await workers.start()
         await ctx.settle_machine()
         a = await snapshot(ctx.client)
@@ -172,15 +191,18 @@ async def w4_ours(ctx: Ctx, sc: Scenario, label: str, prefetch: int | None) -> d
         timeout = (
             ctx.timeout
             + sc.stagger_s * sc.processes
-            + 2 * fifo_ideal_s(sc.durations_ms(), sc.processes, sc.concurrency, sc.stagger_s)
+            + 2 * fifo_ideal_s(ms, sc.processes, sc.concurrency, sc.stagger_s)
         )
-        drained = await wait_drained(ctx, [("stream", keys.queue("Sleep"))], workers, timeout)
+        streams = [("stream", keys.queue(n)) for n in nodes]
+        drained = await wait_drained(ctx, streams, workers, timeout)
         await releasing
         b = replace(await snapshot(ctx.client), at=drained)
         reports = sorted(await workers.stop(), key=lambda r: int(r["index"]))
         per_worker = [int(r["settled"]) for r in reports]
-        outputs = await ctx.client.xlen(keys.output("Sleep"))
-        pending = (await ctx.client.xpending(keys.queue("Sleep"), GROUP))["pending"]
+        outputs = pending = 0
+        for n in nodes:
+            outputs += await ctx.client.xlen(keys.output(n))
+            pending += (await ctx.client.xpending(keys.queue(n), GROUP))["pending"]
         if sum(per_worker) != sc.n or outputs != sc.n or pending:
             raise AssertionError(
                 f"w4 check failed: settled {per_worker}, {outputs} outputs, {pending} pending; "

@@ -52,6 +52,7 @@ class Ctx:
     dramatiq_threads: int = 8  # peers: `dramatiq --threads` (its default)
     loop: str = "asyncio"  # the workers' event loop: asyncio or uvloop
     untuned_gc: bool = False  # workers with Runtime(tune_gc=False)
+    state_records: str = "full"  # workers with Runtime(state_records=...)
     cluster: bool = False  # `client` is a RedisCluster; `nodes` its masters
     lanes: int = 1  # w1/w2: the namespace's lane count (StateManager.set_lanes)
     # One plain client per master (the server's `client` itself when not a cluster): CPU,

@@ -117,9 +117,15 @@ class Sleep(BaseNode):
         return self.Outputs(ms=self.inputs.ms)
 
 
+class SleepLong(Sleep):
+    """W4's `mixed-nodes`: the same body as Sleep, a node of its own for the long states
+    (one Runtime serving a fast node and a slow one)."""
+
+
 NODE_SETS: dict[str, list[type[BaseNode]]] = {
     "noop": [Noop],
     "sleep": [Sleep],
+    "sleep2": [Sleep, SleepLong],
     "chain": [A, B, C],
     "fan": [Fan, Branch, Unite],
 }

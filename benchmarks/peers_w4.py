@@ -33,6 +33,8 @@ MAX_DRAMATIQ_THREADS = 256
 
 def cannot(system: str, sc: Scenario) -> str | None:
     """Why `system` does not run scenario `sc` (None: it does)."""
+    if sc.kind == "mixed-nodes":
+        return "two nodes: our reader's choice between streams (one task each on a peer)"
     if system == "dramatiq" and sc.concurrency > MAX_DRAMATIQ_THREADS:
         return f"{sc.concurrency} OS threads per process (dramatiq runs one task per thread)"
     return None

@@ -76,6 +76,8 @@ class Workers:
                 str(self.concurrency),
                 *(["--prefetch", str(self.prefetch)] if self.prefetch is not None else []),
                 *(["--untuned-gc"] if self.ctx.untuned_gc else []),
+                "--state-records",
+                self.ctx.state_records,
                 cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
                 stdout=asyncio.subprocess.PIPE,

@@ -63,6 +63,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exit-timeout", type=float, default=8.0)
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--untuned-gc", action="store_true", help="Runtime(tune_gc=False)")
+    p.add_argument("--state-records", choices=("full", "off"), default="full")
     p.add_argument(
         "--prefetch", type=int, default=None, help="Runtime(prefetch=...) (default: adaptive)"
     )
@@ -135,11 +136,47 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     loop.add_signal_handler(signal.SIGUSR1, _dump, runtime)
+    if trace := os.environ.get("EXO_BENCH_TRACE"):
+        _trace_calls(trace)
     task = runtime.start()
     assert task is not None
     await _started(runtime, task)
     report["started_at"] = time.monotonic()
     await task
+
+
+def _trace_calls(directory: str) -> None:
+    """EXO_BENCH_TRACE=DIR: stamp every read and settle call of this worker (monotonic
+    start and end, entries or states) and write them to DIR/trace-<pid>.json at exit, for
+    a timeline of who waits on whom (a diagnostic; patches the Broker class in this
+    process only)."""
+    import atexit
+
+    from exospherehost.broker.streams import Broker
+
+    calls: list[tuple[str, float, float, int]] = []
+    read, settle = Broker.read, Broker.settle
+
+    async def traced_read(self: Broker, *a: Any, **k: Any) -> Any:
+        t0 = time.monotonic()
+        got = await read(self, *a, **k)
+        calls.append(("read", t0, time.monotonic(), sum(len(e) for _, e in got)))
+        return got
+
+    async def traced_settle(self: Broker, plan: Any, *a: Any, **k: Any) -> Any:
+        t0 = time.monotonic()
+        got = await settle(self, plan, *a, **k)
+        calls.append(("settle", t0, time.monotonic(), len(plan)))
+        return got
+
+    Broker.read = traced_read  # type: ignore[method-assign]
+    Broker.settle = traced_settle  # type: ignore[method-assign]
+
+    def write() -> None:
+        with open(os.path.join(directory, f"trace-{os.getpid()}.json"), "w") as out:
+            json.dump(calls, out)
+
+    atexit.register(write)
 
 
 def _dump(runtime: Runtime) -> None:
@@ -188,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         # collector by default); the Runtime runs as a task here only to report.
         tune_gc=not args.untuned_gc,
         prefetch=args.prefetch,
+        state_records=args.state_records,
     )
     if args.register_only:
         asyncio.run(_register_only(runtime))

@@ -5,7 +5,7 @@ which are the node's inputs as strings (coerced later by the node's Inputs model
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,15 +60,21 @@ def packer(**options: Any) -> Callable[[Any], bytes]:
     return pack_with
 
 
-# `default` turns what msgpack lacks (datetime, UUID, Decimal, enums, models) into its
-# JSON-compatible form, as pydantic's JSON mode would.
-_pack = packer(use_bin_type=True, default=to_jsonable_python)
+_local = threading.local()
 
 
 def pack(value: Any) -> bytes:
-    """msgpack with a clear error for values msgpack cannot carry."""
+    """msgpack with a clear error for values msgpack cannot carry. `default` turns what
+    msgpack lacks (datetime, UUID, Decimal, enums, models) into its JSON-compatible form,
+    as pydantic's JSON mode would. The per-thread Packer of `packer`, inlined: settle
+    planning packs four to five values per graph state, and the extra call was ~1/4 of
+    the cost of packing a small map."""
     try:
-        return _pack(value)
+        p = _local.packer
+    except AttributeError:
+        p = _local.packer = msgpack.Packer(use_bin_type=True, default=to_jsonable_python)
+    try:
+        return p.pack(value)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"value is not msgpack-serialisable: {exc}") from exc
 
@@ -98,6 +104,38 @@ def encode(env: Envelope) -> bytes:
         m["f"] = 1  # inputs are strings from a plain XADD: coerce them again on retry
     if env.deliveries:
         m["d"] = env.deliveries
+    return pack(m)
+
+
+def encode_successor(
+    state_id: str,
+    inputs: dict[str, Any],
+    run_id: str,
+    graph: str | None,
+    graph_version: int,
+    identifier: str,
+    ctx: dict[str, Any],
+    groups: dict[str, str],
+    path: Sequence[int],
+) -> bytes:
+    """`encode` of a graph state a settle emits (first attempt, not foreign, no unite, no
+    deliveries), the same bytes, without building an Envelope first: settle planning
+    encodes one per successor, and the Envelope would only be read back by `encode`."""
+    m: dict[str, Any] = {
+        "v": WIRE_VERSION,
+        "i": state_id,
+        "in": inputs,
+        "r": run_id,
+        "g": graph,
+        "gv": graph_version,
+        "n": identifier,
+    }
+    if ctx:
+        m["c"] = ctx
+    if groups:
+        m["gr"] = groups
+    if path:
+        m["p"] = path  # a tuple packs as the same msgpack array as a list
     return pack(m)
 
 

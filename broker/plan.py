@@ -107,10 +107,12 @@ class SettlePlan:
 
     def key(self, name: str) -> int:
         """1-based KEYS index of `name` (Lua arrays start at 1)."""
-        idx = self._index.get(name)
+        index = self._index
+        idx = index.get(name)
         if idx is None:
-            self.keys.append(name)
-            idx = self._index[name] = len(self.keys)
+            keys = self.keys
+            keys.append(name)
+            idx = index[name] = len(keys)
         return idx
 
     def entry(self, stream: str, entry_id: bytes | str, ack: bool = True) -> None:
@@ -185,11 +187,13 @@ class SettlePlan:
             history,
             len(expire_with_run),
         ]
-        op += [key(k) for k in expire_with_run]
+        for k in expire_with_run:
+            op.append(key(k))
         for field, incr in counters.items():
             op += (field, incr)
-        self._ops.append(op)
-        self._ops.insert(self._run_from, [RUN_OPEN, run, open_delta])
+        ops = self._ops
+        ops.append(op)
+        ops.insert(self._run_from, [RUN_OPEN, run, open_delta])
 
     def group_init(
         self, group_key: str, open_: int, strategy: str, env: bytes, unite_identifier: str

@@ -16,7 +16,7 @@ from typing import Any
 
 from exospherehost.broker import fields as f
 from exospherehost.broker import runs as rec
-from exospherehost.broker.codec import Envelope, decode, encode, pack
+from exospherehost.broker.codec import Envelope, decode, encode, encode_successor, pack
 from exospherehost.broker.keys import Keys
 from exospherehost.broker.plan import DeadLetterRecord, SettlePlan
 from exospherehost.errors import SizeLimitExceeded
@@ -164,12 +164,6 @@ def plan_dead_letters(
     return plan
 
 
-def _entry_ms(entry_id: bytes) -> int:
-    """The ms part of a stream entry id (when it was added)."""
-    ms, _, _ = entry_id.partition(b"-")
-    return int(ms) if ms.isdigit() else 0
-
-
 def _capped(record: dict[str, Any], cap: int) -> bytes:
     """msgpack of `record`, any of its RECORD_FIELDS over `cap` bytes (or that msgpack
     cannot carry) replaced by a marker {TRUNCATED: its size in bytes (0: not packable),
@@ -202,13 +196,16 @@ class _Planner:
     """Plans outcomes into one SettlePlan under one config: the config and the plan are
     what every step shares, so they live here instead of in each step's parameters."""
 
-    __slots__ = ("cfg", "keys", "plan", "state_limit")
+    __slots__ = ("cfg", "keys", "now_ms", "plan", "state_limit")
 
     def __init__(self, cfg: SettleConfig) -> None:
         self.cfg = cfg
         self.keys = cfg.keys
         self.plan = SettlePlan()
         self.state_limit = cfg.limits.state_bytes  # looked up once per plan, not per state
+        # One clock reading per plan (a batch is planned in about a millisecond): the
+        # time of its records, history lines and dead letters.
+        self.now_ms = int(cfg.clock() * 1000)
 
     def outcome(self, outcome: Outcome) -> None:
         plan = self.plan
@@ -261,23 +258,22 @@ class _Planner:
             ident, env.state_id, env.ctx, env.groups, env.path, done.outputs, done.fanout
         )
         counters: dict[str, int] = {f.SUCCEEDED_COUNT + ident: 1}
-        children: list[Envelope] = []
+        children: list[str] = []  # the successors' state ids
+        run_id, graph_name, version = env.run_id, env.graph, env.graph_version
         for succ, grp in completion.successors:
             child = succ.node
-            nxt = Envelope(
-                new_id(),
+            child_id = new_id()
+            data = encode_successor(
+                child_id,
                 succ.inputs,
-                env.run_id,
-                env.graph,
-                env.graph_version,
+                run_id,
+                graph_name,
+                version,
                 child.identifier,
                 succ.ctx,
-                0,
-                False,
                 grp,
-                list(succ.path),
+                succ.path,
             )
-            data = encode(nxt)
             size = len(data)
             emitted += size
             if size > state_limit:
@@ -286,10 +282,10 @@ class _Planner:
                     f"the state it emits for node {child.node_name} (identifier "
                     f"{child.identifier})",
                     size,
-                    envelope_parts(nxt.inputs, nxt.ctx),
+                    envelope_parts(succ.inputs, succ.ctx),
                 )
             plan.queue(keys.queue(child.node_name), data)
-            children.append(nxt)
+            children.append(child_id)
             created = f.CREATED + child.identifier
             counters[created] = counters.get(created, 0) + 1
         for step in completion.groups:
@@ -333,9 +329,7 @@ class _Planner:
             )
             emitted += sum(map(len, collected))
         if self.cfg.state_records != "off":
-            self.record(
-                job, f.SUCCEEDED, {rec.REC_OUTPUTS: outputs}, [n.state_id for n in children]
-            )
+            self.record(job, f.SUCCEEDED, rec.REC_OUTPUTS, outputs, children)
         if completion.leaf:
             result = {
                 f.RESULT_IDENTIFIER: ident,
@@ -410,7 +404,7 @@ class _Planner:
             self.plan.delay(self.keys.delayed(job.node), delay, encode(env2))
             if env.run_id is not None:
                 if self.cfg.state_records != "off":
-                    self.record(job, "RETRYING", {rec.REC_ERROR: failed.error})
+                    self.record(job, "RETRYING", rec.REC_ERROR, failed.error)
                 self.run_step(
                     env,
                     open_delta=0,
@@ -446,10 +440,10 @@ class _Planner:
         self.plan.run_ops_start_here()
         self.ended_in_groups(env)
         if self.cfg.state_records != "off":
-            detail: dict[str, Any] = (
-                {rec.REC_PRUNED: pruned} if pruned is not None else {rec.REC_ERROR: error}
-            )
-            self.record(job, end.status, detail)
+            if pruned is not None:
+                self.record(job, end.status, rec.REC_PRUNED, pruned)
+            else:
+                self.record(job, end.status, rec.REC_ERROR, error)
         self.run_step(
             env,
             open_delta=-1,
@@ -483,24 +477,26 @@ class _Planner:
             )
 
     def record(
-        self, job: Job, status: str, detail: dict[str, Any], children: Sequence[str] = ()
+        self, job: Job, status: str, name: str, detail: Any, children: Sequence[str] = ()
     ) -> None:
         """The state's record (field `<state id>` of the run's states hash), and a parent
         pointer for each successor it created; one HSET among the entry's run ops, so it
-        is written only if the run exists. `detail`: outputs, error or prune data."""
+        is written only if the run exists. `name`, `detail`: its outputs, error or prune
+        data (one field, given as a pair: no dict to merge per state)."""
         env, cfg = job.env, self.cfg
-        now = int(cfg.clock() * 1000)
+        now = self.now_ms
         record: dict[str, Any] = {
             rec.REC_NODE: job.node,
             rec.REC_IDENTIFIER: env.identifier,
             rec.REC_STATUS: status,
             rec.REC_ATTEMPT: env.attempt + 1,
             rec.REC_INPUTS: env.inputs,
-            rec.REC_QUEUED_MS: _entry_ms(job.entry_id),
+            # When it was queued: the ms part of its entry id.
+            rec.REC_QUEUED_MS: int(ms) if (ms := job.entry_id.partition(b"-")[0]).isdigit() else 0,
             rec.REC_STARTED_MS: int(job.started * 1000),
             rec.REC_FINISHED_MS: now,
             rec.REC_WORKER: cfg.worker,
-            **detail,
+            name: detail,
         }
         if env.groups:
             record[rec.REC_GROUPS] = env.groups
@@ -533,7 +529,7 @@ class _Planner:
             f.HIST_STATUS: status,
             f.HIST_ATTEMPT: env.attempt + 1,
             f.HIST_ERROR: error,
-            f.HIST_TIME_MS: int(self.cfg.clock() * 1000),
+            f.HIST_TIME_MS: self.now_ms,
         }
         return pack(record)
 
@@ -586,7 +582,7 @@ class _Planner:
             deliveries=job.deliveries + env.deliveries,
             error=error,
             traceback=traceback,
-            time_ms=int(self.cfg.clock() * 1000),
+            time_ms=self.now_ms,
             entry=job.entry_id,
             original=pack(job.fields),
         )
@@ -602,7 +598,7 @@ class _Planner:
             deliveries=malformed.deliveries,
             error=error,
             traceback="",
-            time_ms=int(self.cfg.clock() * 1000),
+            time_ms=self.now_ms,
             entry=malformed.entry_id,
             original=pack(malformed.fields),
         )

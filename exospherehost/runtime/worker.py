@@ -14,6 +14,7 @@ The upkeep loops beside it (promote, reclaim, heartbeat, retire) are in runtime/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Sequence
@@ -48,7 +49,7 @@ from exospherehost.runtime.outcomes import (
     Released,
     source,
 )
-from exospherehost.runtime.prefetch import Prefetch
+from exospherehost.runtime.prefetch import HORIZON_S, Prefetch
 from exospherehost.runtime.resilience import Retrier, supervised
 from exospherehost.runtime.settle import (
     SettleConfig,
@@ -126,6 +127,9 @@ class Worker:
         self._stopping = self._retry.stopping
         self._bugs = InternalErrors(log)  # bugs of our own, logged once per kind
         self.executing = 0  # executions running now (said when stopping)
+        # Running states of watched nodes (Prefetch.watch), (node, perf_counter at start):
+        # the reader reads their replacements just before they are expected to end.
+        self._running: dict[int, tuple[str, float]] = {}
         self.cut_short = 0  # executions cancelled at the end of the grace period
         # Node failures, each once with what happens next (rate-limited per node).
         self._failures = FailureLog(logging.getLogger("exospherehost.failures"))
@@ -301,16 +305,27 @@ class Worker:
     # -- reading ------------------------------------------------------------------------
     async def _reader(self) -> None:
         holdings, plan, stats = self.holdings, self.prefetch.plan, self.stats.nodes
+        due, running, clock = self.prefetch.due, self._running, time.perf_counter
         dry = False  # the last round of reads returned nothing
         while not self._stopping.is_set():
+            # Slow nodes' states about to end count as ended: their replacements are read
+            # now, so they do not wait a read round trip after the settle (runtime/prefetch).
+            ending, wake = due(list(running.values()), clock()) if running else (0, None)
             # Per node, how many to read (runtime/prefetch.py): the room shared between the
             # streams (COUNT applies per stream), so a read never overshoots the window.
-            reads = plan(stats, holdings.free(), self.executing, len(self._queue), dry)
+            reads = plan(stats, holdings.free(), self.executing - ending, len(self._queue), dry)
             if not reads:
                 holdings.room.clear()
                 # One event, set by settles and by stop(): waiting on two would cost two
-                # tasks per wait, and the reader waits here about once per batch.
-                await holdings.room.wait()
+                # tasks per wait, and the reader waits here about once per batch. Only
+                # with slow states running, also until the next one is due.
+                if wake is None:
+                    await holdings.room.wait()
+                else:
+                    # At most one wake-up per HORIZON_S: a state stays due for 2 x LEAD_S.
+                    pause = max(HORIZON_S, wake - clock())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(holdings.room.wait(), pause)
                 continue
             block = self.block_ms if len(reads) == 1 else None
             got = 0
@@ -370,10 +385,13 @@ class Worker:
         me = asyncio.current_task()
         assert me is not None
         wall = time.time
+        watched, running = self.prefetch.watched, self._running
         while (job := await queue.get()) is not None:
             started = clock()
             job.started = wall()  # the state's record (settle.py)
             self.executing += 1
+            if job.node in watched:
+                running[id(job)] = (job.node, started)
             try:
                 outcome = await self._execute(job)
             except ShutdownAbandoned:
@@ -387,6 +405,7 @@ class Worker:
                 outcome = self._internal_error(job, exc)
             finally:
                 self.executing -= 1
+                running.pop(id(job), None)
             if me.cancelling():  # cancelled, and node code swallowed the cancellation
                 if isinstance(outcome, Failed):
                     self.cut_short += 1

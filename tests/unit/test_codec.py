@@ -43,3 +43,21 @@ def test_every_field_round_trips() -> None:
     assert decode(b"1-0", {b"_exo": encode(env)}) == env
     graphless = Envelope("s", {"x": "1"}, attempt=1, foreign=True)
     assert decode(b"1-0", {b"_exo": encode(graphless)}) == graphless
+
+
+def test_encode_successor_is_encode_of_the_same_envelope() -> None:
+    # Settle planning encodes successors without an Envelope: the bytes must not differ
+    # (the wire format), with and without ctx, groups and a fan-out path.
+    from exospherehost.broker.codec import encode_successor
+
+    cases = [
+        ({}, {}, ()),
+        ({"a": {"x": 1}}, {}, ()),
+        ({"a": {"x": 1}}, {"u": "s1"}, (0, 3)),
+        ({}, {"u": "s1"}, (2,)),
+    ]
+    for ctx, groups, path in cases:
+        env = Envelope("s9", {"x": [1, "y"]}, "r1", "g", 3, "b", ctx, 0, False, groups, list(path))
+        got = encode_successor("s9", {"x": [1, "y"]}, "r1", "g", 3, "b", ctx, groups, path)
+        assert got == encode(env)
+        assert decode(b"1-1", {b"_exo": got}) == env

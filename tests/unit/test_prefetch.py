@@ -9,7 +9,7 @@ import pytest
 
 from exospherehost import Runtime
 from exospherehost.node import BaseNode
-from exospherehost.runtime.prefetch import HORIZON_S, Prefetch
+from exospherehost.runtime.prefetch import HORIZON_S, LEAD_S, Prefetch
 
 
 @dataclass
@@ -128,6 +128,52 @@ def test_two_slow_nodes_share_the_executors() -> None:
     # 4 executors idle: 4 more in all, COUNT 2 on each of the two streams.
     assert pf.plan(stats, 404, 28, 0) == [(["S1", "S2"], 2)]
     assert pf.plan(stats, 404, 28, 2) == [(["S1", "S2"], 1)]
+
+
+def test_a_slow_state_about_to_end_is_due_and_its_replacement_read() -> None:
+    """A 100 ms state counts as finished from LEAD_S before its expected end (its
+    replacement is read then, not a round trip after it ended), until LEAD_S after it
+    (later it is a long one: reading for it would hoard); unseen nodes are not guessed."""
+    pf = _pf(["N", "New"])
+    pf.observe("N", 10, 10 * 0.1)
+    at = 0.1 - LEAD_S
+    running = [("N", 0.0), ("N", 0.05), ("New", 0.0)]
+    assert pf.due(running, at - 0.001) == (0, pytest.approx(at))
+    assert pf.due(running, at + 0.001) == (1, pytest.approx(0.05 + at))
+    assert pf.due(running, 0.1 + LEAD_S - 0.001)[0] == 1
+    assert pf.due(running, 0.1 + LEAD_S + 0.001) == (0, pytest.approx(0.05 + at))
+    assert pf.due([("New", 0.0)], 5.0) == (0, None)
+    # What the worker does with it: 32 running 100 ms states, all due: 32 more read.
+    one = _pf(["N"])
+    stats = {"N": C(10, 1.0)}
+    assert one.plan(stats, 400, 32, 0) == []
+    assert one.watched == {"N"}  # its running states are watched
+    ending, _ = one.due([("N", 0.0)] * 32, at + 0.001)
+    assert one.plan(stats, 400, 32 - ending, 0) == [(["N"], 32)]
+    fast = _pf(["F"])
+    fast.plan({"F": C(1000, 1e-3)}, 400, 0, 0)
+    assert fast.watched == set()  # a node read in full batches is not watched
+
+
+def test_only_slow_nodes_of_alike_executions_are_watched() -> None:
+    """A node of 10 ms and 1 s states (mean ~0.2 s) is not predicted; nor a 10 ms node,
+    whose headroom refills it already; nor anything under a fixed prefetch."""
+    mixed = _pf(["M"])
+    c = C()
+    for seconds in [0.01, 0.01, 1.0, 0.01, 0.01, 1.0, 0.01, 0.01, 0.01, 1.0]:
+        mixed.plan({"M": c.ran(1, seconds)}, 400, 32, 0)
+    assert not mixed.watch("M") and mixed.watched == set()
+    steady = _pf(["S"])
+    c = C()
+    for seconds in [0.1, 0.102, 0.099, 0.1, 0.101]:
+        steady.plan({"S": c.ran(1, seconds)}, 400, 32, 0)
+    assert steady.watch("S") and steady.watched == {"S"}
+    short = _pf(["T"])
+    short.observe("T", 10, 10 * 0.01)
+    assert short.headroom("T") > 0 and not short.watch("T")
+    fixed = _pf(["N"], fixed=0)
+    fixed.observe("N", 10, 10 * 0.1)
+    assert not fixed.watch("N")
 
 
 def test_a_fixed_prefetch_replaces_the_estimates() -> None:
