@@ -339,15 +339,6 @@ class ClusterAwareRedis(aioredis.Redis):
         async for key in source:
             yield key
 
-    async def info_of_key_node(self, section: str, key: str) -> dict[str, Any]:
-        """INFO `section` of the server holding `key`: on a cluster, the master serving its
-        slot (a plain INFO goes to any one node)."""
-        cluster = await self.decide()
-        if cluster is None:
-            return dict(await self.info(section))
-        node = cluster.get_node_from_key(key)
-        return dict(await cluster.info(section, target_nodes=node))
-
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         cluster, self.cluster_client = self.cluster_client, None
         try:

@@ -206,7 +206,7 @@ def status(
     The rates are measured between two samples --interval apart, so a single status
     takes that long. Dead letters are counted per namespace, whose nodes share one
     dead-letter stream. The last line is Redis's memory used vs its maxmemory, and its
-    maxmemory-policy (INFO memory; server-wide).
+    maxmemory-policy (INFO memory; server-wide; on a Redis Cluster every master's).
     """
     tty = sys.stdout.isatty() and not as_json
 

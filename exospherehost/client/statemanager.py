@@ -18,7 +18,7 @@ from exospherehost.broker.client import typed_client
 from exospherehost.broker.codec import Envelope, encode, unpack
 from exospherehost.broker.fields import RUNNING
 from exospherehost.broker.keys import MAX_LANES, Keys, check_name
-from exospherehost.broker.serverinfo import eviction_problem, memory_of
+from exospherehost.broker.serverinfo import eviction_check
 from exospherehost.broker.streams import Broker
 from exospherehost.client.deadletters import DeadLetter, DeadLettersMixin
 from exospherehost.client.retry import RetryMixin
@@ -163,7 +163,7 @@ class StateManager(RunsMixin, RetryMixin, DeadLettersMixin, WorkersMixin):
         if self._server_checked:
             return
         self._server_checked = True
-        verdict = eviction_problem((await memory_of(self.broker.client, self.keys.nodes())).policy)
+        verdict = await eviction_check(self.broker.client)
         if verdict is not None:
             log.warning("%s", verdict[1])
 

@@ -18,7 +18,7 @@ from datetime import timedelta
 from redis.exceptions import RedisError
 
 from exospherehost.broker.keys import check_name
-from exospherehost.broker.serverinfo import eviction_problem, memory_of
+from exospherehost.broker.serverinfo import eviction_check
 from exospherehost.broker.streams import Broker
 from exospherehost.config import ConfigError, legacy_arguments, resolve
 from exospherehost.errors import InvalidArgument, ShutdownAbandoned
@@ -369,7 +369,7 @@ class Runtime:
     async def _check_server(self, broker: Broker) -> None:
         """Refuse a Redis that evicts any key (allkeys-*: queued states and runs would vanish
         without a trace), unless EXOSPHERE_ALLOW_EVICTION is set; warn on volatile-*."""
-        verdict = eviction_problem((await memory_of(broker.client, broker.keys.nodes())).policy)
+        verdict = await eviction_check(broker.client)
         if verdict is None:
             return
         fatal, why = verdict

@@ -191,15 +191,33 @@ class Worker:
             for i in range(self.concurrency)
         ]
         self._executing.update(executors)
+        failure: BaseException | None = None
         try:
             await self._reader()
         except ShutdownAbandoned:
             pass  # stopped while Redis is unreachable: there is nothing more to read
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             self.stop()  # also when the reader failed: let the settler finish
-            await self._drain(executors)
-            self._has_outcomes.set()
-            await self._shut_down(settler, upkeep)
+            try:
+                await self._drain(executors)
+                self._has_outcomes.set()
+                await self._shut_down(settler, upkeep)
+            except Exception as exc:
+                if failure is None:
+                    raise
+                # The reader's error is what ended the worker, and what the Runtime raises;
+                # a shut-down failing after it (often of the same cause: a slot moving, a
+                # server going) would otherwise replace it (issue 14: a reshard showed
+                # Worker._retire, not the reader's error). Logged, with its traceback.
+                log.error(
+                    "the reader failed (%s: %s); stopping after it failed too",
+                    type(failure).__name__,
+                    failure,
+                    exc_info=exc,
+                )
 
     async def _join(self) -> bool:
         """Create the groups, join them, open the settle lanes; False if stopped first."""

@@ -11,10 +11,13 @@ import random
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
+from uuid import uuid4
 
 import redis
+from redis.crc import key_slot
 
 from exospherehost.testing.server import HOST, PrivateServer, ServerInfo
 
@@ -55,12 +58,47 @@ def slot_ranges(masters: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1] - 1) for i in range(masters)]
 
 
+def namespace_on(master: int, masters: int = 3, prefix: str = "c") -> str:
+    """A fresh namespace whose `{ns}` slot is served by master `master` (0-based, in the
+    order PrivateCluster assigned the slot ranges of `masters`)."""
+    first, last = slot_ranges(masters)[master]
+    while True:
+        ns = f"{prefix}{uuid4().hex[:10]}"
+        if first <= key_slot(ns.encode()) <= last:
+            return ns
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTLS:
+    """TLS for a PrivateCluster: every node gets a TLS port beside its plain one, and the
+    cluster bus runs over TLS too (tls-cluster yes). Files are PEM paths."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    auth_clients: str = "yes"  # yes (mutual TLS) / optional / no
+
+    def args(self, tls_port: int) -> list[str]:
+        return [
+            "--tls-port", str(tls_port),
+            "--tls-cluster", "yes",
+            "--tls-cert-file", self.cert_file,
+            "--tls-key-file", self.key_file,
+            "--tls-ca-cert-file", self.ca_file,
+            "--tls-auth-clients", self.auth_clients,
+        ]  # fmt: skip
+
+
 class PrivateCluster:
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, masters: int = 3, node_timeout_ms: int = 2000, tls: ClusterTLS | None = None
+    ) -> None:
         if masters < 1:
             raise ValueError(f"a cluster needs at least one master, not {masters}")
         self.masters = masters
         self.node_timeout_ms = node_timeout_ms
+        self.tls = tls
+        self.tls_ports: list[int] = []  # with `tls`: each node's TLS port, as `servers`
         self.servers: list[PrivateServer] = []
 
     @property
@@ -75,6 +113,15 @@ class PrivateCluster:
         """Any one node's URL: a cluster client discovers the rest."""
         return self.infos[0].url
 
+    def tls_url(self, node: int = 0, **params: str) -> str:
+        """`rediss://` URL of a node's TLS port (with `tls`), its query string `params`
+        (e.g. ssl_ca_certs=...). The plain `url` and `infos` stay for administration: a
+        node announces the TLS ports to TLS clients and the plain ones to the others."""
+        if self.tls is None or not self.tls_ports:
+            raise RuntimeError("this cluster was started without TLS")
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"rediss://{HOST}:{self.tls_ports[node]}" + (f"?{query}" if query else "")
+
     def start(self, timeout: float = 30.0) -> list[ServerInfo]:
         options = [
             "--cluster-enabled", "yes",
@@ -82,8 +129,11 @@ class PrivateCluster:
             "--cluster-node-timeout", str(self.node_timeout_ms),
         ]  # fmt: skip
         try:
-            for port in cluster_ports(self.masters):
-                server = PrivateServer(port=port, extra_args=options)
+            ports = cluster_ports(self.masters * (2 if self.tls else 1))
+            plain, self.tls_ports = ports[: self.masters], ports[self.masters :]
+            for n, port in enumerate(plain):
+                extra = self.tls.args(self.tls_ports[n]) if self.tls else []
+                server = PrivateServer(port=port, extra_args=options + extra)
                 self.servers.append(server)
                 server.start()
             self._form(timeout)
@@ -98,7 +148,8 @@ class PrivateCluster:
         try:
             for client, (first, last) in zip(clients, slot_ranges(self.masters), strict=True):
                 client.cluster("ADDSLOTSRANGE", first, last)
-            for port in ports[1:]:
+            # With tls-cluster the bus port is the TLS port + 10000.
+            for port in (self.tls_ports if self.tls else ports)[1:]:
                 clients[0].cluster("MEET", HOST, port)
             deadline = time.monotonic() + timeout
             while not all(self._formed(c) for c in clients):
@@ -176,6 +227,7 @@ class PrivateCluster:
         for server in self.servers:
             server.stop()
         self.servers = []
+        self.tls_ports = []
 
     def __enter__(self) -> Self:
         self.start()

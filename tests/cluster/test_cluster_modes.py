@@ -1,6 +1,6 @@
 """Issue 14: EXOSPHERE_REDIS_CLUSTER forced the wrong way round says so at once (instead
 of MOVED errors with the word MOVED stripped, or a retry loop); the start-up eviction
-check asks the master that serves the namespace."""
+check asks every master (a namespace's lanes land on all of them)."""
 
 from __future__ import annotations
 
@@ -39,18 +39,22 @@ async def test_told_yes_on_a_single_server_names_the_setting(
             await sm.node_names()
 
 
-async def test_the_eviction_check_asks_the_master_of_the_namespace(
-    cluster: PrivateCluster,
-) -> None:
-    ns = namespace_on(2)
-    master = redis_py.Redis.from_url(cluster.infos[2].url)
+@pytest.mark.parametrize("home", [2, 0])
+async def test_the_eviction_check_asks_every_master(cluster: PrivateCluster, home: int) -> None:
+    """Master 2 evicts: a Runtime refuses to start for a namespace on master 2, and for one
+    on master 0 too (its lanes land on every master), naming master 2, through master 0's
+    URL (a plain INFO there sees its noeviction)."""
+    ns = namespace_on(home)
+    evicting = cluster.infos[2]
+    master = redis_py.Redis.from_url(evicting.url)
     master.config_set("maxmemory-policy", "allkeys-lru")
     try:
-        # Through master 0: a plain INFO there would see its noeviction.
         rt = Runtime(namespace=ns, name="evict", nodes=[Square], redis_url=cluster.infos[0].url)
         task = rt.start()
         assert task is not None
-        with pytest.raises(ConfigError, match="allkeys-lru"):
+        with pytest.raises(
+            ConfigError, match=rf"master 127\.0\.0\.1:{evicting.port}: .*allkeys-lru"
+        ):
             await asyncio.wait_for(task, 10)
     finally:
         master.config_set("maxmemory-policy", "noeviction")

@@ -11,7 +11,7 @@ import pytest
 from exospherehost import GraphNodeModel, StateManager
 from tests.integration.helpers import assert_step_runs_once, start_worker, stop_processes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster_too]  # cluster: issue 14
 
 
 async def _exit_code(proc: subprocess.Popen[str], timeout: float) -> int:

@@ -26,6 +26,9 @@ from tests.integration.helpers import running, stop_processes, worker_processes
 from tests.integration.promises_support import until
 from tests.integration.test_unites import fan_graph
 
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
+
 NODES = ("Split", "Work", "Collect")
 
 

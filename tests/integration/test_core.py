@@ -12,9 +12,11 @@ from pydantic import BaseModel
 
 from exospherehost import BaseNode, Runtime, StateManager
 from exospherehost.broker.keys import GROUP
-from exospherehost.testing.server import ServerInfo
 from tests.integration.apps.nodes import SampleNode, Typed
 from tests.integration.helpers import running
+
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
 
 
 def runtime(url: str, ns: str, *nodes: type[BaseNode], **kw: Any) -> Runtime:
@@ -22,7 +24,7 @@ def runtime(url: str, ns: str, *nodes: type[BaseNode], **kw: Any) -> Runtime:
 
 
 async def test_seed_example_processes_a_redis_cli_xadd(
-    redis_server: ServerInfo, redis_url: str, namespace: str, sm: StateManager
+    redis_url: str, namespace: str, sm: StateManager
 ) -> None:
     cli = shutil.which("redis-cli")
     if cli is None:
@@ -31,8 +33,9 @@ async def test_seed_example_processes_a_redis_cli_xadd(
     async with running(runtime(redis_url, namespace, SampleNode)):
         proc = await asyncio.create_subprocess_exec(
             cli,
-            "-p",
-            str(redis_server.port),
+            "-c",  # on a cluster: follow MOVED to the namespace's master
+            "-u",
+            redis_url,
             "XADD",
             stream,
             "*",

@@ -32,6 +32,9 @@ from exospherehost.graphstore import GraphStore
 from exospherehost.runtime.cron import CronScheduler
 from tests.integration.helpers import running
 
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
+
 
 class Tick(BaseNode):
     class Inputs(BaseModel):
@@ -193,7 +196,7 @@ async def test_scheduler_with_an_injected_clock(
     await backdate(redis, namespace, "c", t0 - 10)
 
     def scheduler() -> CronScheduler:
-        broker = Broker(redis, namespace)
+        broker = Broker(sm.client, namespace)
         return CronScheduler(
             broker, GraphStore(redis, broker.keys), reload_s=1e9, grace_s=5, marker_ttl_s=100_000
         )
@@ -249,7 +252,7 @@ async def test_scheduler_survives_a_graph_it_cannot_fire(
         store_config=STORE,
         triggers=[CronTrigger(expression=EVERY_SECOND)],
     )
-    broker = Broker(redis, namespace)
+    broker = Broker(sm.client, namespace)
     store = GraphStore(redis, broker.keys)
     doc = await store.current("c")
     assert doc is not None
@@ -283,7 +286,7 @@ async def test_cron_fire_writes_exactly_what_trigger_writes(
         pass
     await sm.upsert_graph("c", tick_graph(namespace), store_config=STORE)
     graph = await sm._compiled_current("c")
-    broker = Broker(redis, namespace)
+    broker = Broker(sm.client, namespace)
 
     def plan() -> RunStart:
         return plan_run(

@@ -27,7 +27,7 @@ from exospherehost.errors import InvalidArgument
 from tests.integration import test_dashboard as dash
 from tests.integration.helpers import running
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.cluster_too]  # cluster: issue 14
 
 browser = dash.browser  # headless Chromium (skipped without it, except in CI)
 BASE_MS = 1_700_000_000_000
@@ -160,7 +160,7 @@ async def test_settle_script_caps_the_dead_stream(
 ) -> None:
     """The settle script trims the dead stream at each dead letter (MAXLEN ~ cap):
     5000 letters through a cap of 1000 leave about 1000, the newest."""
-    broker = Broker(redis, namespace)
+    broker = Broker(sm.client, namespace)
     keys = broker.keys
     for batch in range(10):
         plan = SettlePlan()

@@ -25,6 +25,9 @@ from exospherehost.testing.server import PrivateServer
 from tests.integration.apps.nodes import Split, Square
 from tests.integration.helpers import running
 
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
+
 
 class Flaky(BaseNode):
     """Fails `fail_times` times, then succeeds; records when each attempt ran."""
@@ -259,6 +262,7 @@ async def test_healthy_slow_execution_keeps_its_claim(
     assert Slow.executions == 1  # never reclaimed: the heartbeat kept it
 
 
+@pytest.mark.single_only("restarts a single server of its own (AOF)")
 async def test_runtime_rides_out_a_redis_restart_with_aof(
     namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:

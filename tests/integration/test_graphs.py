@@ -11,6 +11,9 @@ from exospherehost.client.statemanager import GraphValidationError, RunNotFound
 from tests.integration.apps.nodes import ALL, Label, Split, Square
 from tests.integration.helpers import running, squares_graph, stop_processes, worker_processes
 
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
+
 
 def rt(url: str, ns: str) -> Runtime:
     return Runtime(namespace=ns, name="graphs", nodes=[Split, Square, Label], redis_url=url)

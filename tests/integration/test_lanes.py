@@ -17,6 +17,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import ClassVar
+from uuid import uuid4
 
 import pytest
 from pydantic import BaseModel
@@ -36,8 +37,12 @@ from exospherehost import (
 from exospherehost.broker.deadletters import DeadFilter, split_dead_id
 from exospherehost.broker.keys import GROUP, Keys, lane_tags, run_lane
 from exospherehost.runtime import lanes as runtime_lanes
+from exospherehost.testing.cluster import PrivateCluster
 from tests.integration.helpers import assert_step_runs_once, running
 from tests.integration.test_cli import arun
+
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
 
 K = 4
 BRANCHES = 6  # values 0..5; the odd ones fail their first attempt (retried)
@@ -136,13 +141,6 @@ def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime_lanes, "LANE_CHECK_S", 0.2)  # Runtimes see new counts fast
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def runtime(url: str, ns: str, name: str = "lanes") -> Runtime:
     return Runtime(namespace=ns, name=name, nodes=NODES, redis_url=url, workers=16)
 
@@ -205,14 +203,15 @@ def _tag(key: str) -> str:
 @contextlib.asynccontextmanager
 async def script_keys(url: str, ns: str) -> AsyncIterator[list[list[str]]]:
     """The KEYS of every script call (EVAL/EVALSHA) and the streams of every XREADGROUP
-    of namespace `ns` the server runs meanwhile (MONITOR), in order."""
+    of namespace `ns` the server runs meanwhile (MONITOR), in order (on a Redis Cluster,
+    of every master, in order per master)."""
     calls: list[list[str]] = []
-    client = Redis.from_url(url)
-    ready = asyncio.Event()
+    clients = [Redis.from_url(u) for u in await _masters(url)]
+    ready = asyncio.Semaphore(0)
 
-    async def watch() -> None:
+    async def watch(client: Redis) -> None:
         async with client.monitor() as monitor:
-            ready.set()
+            ready.release()
             while True:
                 info = await monitor.next_command()
                 words = info["command"].split(" ")
@@ -229,15 +228,27 @@ async def script_keys(url: str, ns: str) -> AsyncIterator[list[list[str]]]:
                 if any(k.startswith(f"exo:{{{ns}") for k in keys):
                     calls.append(keys)
 
-    task = asyncio.create_task(watch())
-    await asyncio.wait_for(ready.wait(), 5)
+    tasks = [asyncio.create_task(watch(c)) for c in clients]
+    for _ in clients:
+        await asyncio.wait_for(ready.acquire(), 5)
     try:
         yield calls
     finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        await client.aclose()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        for client in clients:
+            await client.aclose()
+
+
+async def _masters(url: str) -> list[str]:
+    """`url`, or on a Redis Cluster the URL of each master (MONITOR sees one server)."""
+    async with Redis.from_url(url) as client:
+        if not int((await client.info("cluster")).get("cluster_enabled", 0)):
+            return [url]
+        slots = await client.execute_command("CLUSTER", "SLOTS")
+    return sorted({f"redis://{m[0].decode()}:{m[1]}" for _, _, m, *_ in slots})
 
 
 async def nothing_pending(redis: Redis, ns: str, tags: list[int]) -> None:
@@ -514,7 +525,7 @@ async def test_one_lane_is_the_layout_without_lanes(
 
 
 @pytest.mark.slow
-async def test_a_hot_namespace_spreads_over_three_cluster_masters() -> None:
+async def test_a_hot_namespace_spreads_over_three_cluster_masters(cluster: PrivateCluster) -> None:
     """On a private 3-master Redis Cluster (through redis-py's RedisCluster: the SDK's own
     client factory is cluster14's), 20,000 states of one namespace over k lanes, round
     robin: k = 1 puts every entry on one master; k = 3 gives 6,666 / 6,667 / 6,667 and
@@ -522,28 +533,32 @@ async def test_a_hot_namespace_spreads_over_three_cluster_masters() -> None:
     from redis.asyncio.cluster import RedisCluster
 
     from exospherehost.broker.streams import Broker
-    from exospherehost.testing.cluster import PrivateCluster
 
     n = 20_000
-    with PrivateCluster(masters=3) as cluster:
-        client = RedisCluster.from_url(cluster.url)
-        try:
-            await client.initialize()  # it learns the topology on its first command
-            primaries = sorted(p.port for p in client.get_primaries())
-            shares: dict[int, list[int]] = {}
-            for k in (1, 3, 16):
-                broker = Broker(client, f"hot{k}")
-                tags = await broker.set_lanes(k)
-                for i, tag in enumerate(tags):
-                    part = n // k + (i < n % k)
-                    await broker.on_lane(tag).publish("Root", [b"x"] * part)
-                per_master: Counter[int] = Counter()
-                for tag in tags:
-                    key = broker.keys.on_lane(tag).queue("Root")
-                    per_master[client.get_node_from_key(key).port] += await client.xlen(key)
-                shares[k] = sorted(per_master.get(p, 0) for p in primaries)
-        finally:
-            await client.aclose()
+    hot = f"hot{uuid4().hex[:8]}"  # on the session's cluster (tests/conftest.py)
+    client = RedisCluster.from_url(cluster.url)
+    written: list[str] = []
+    try:
+        await client.initialize()  # it learns the topology on its first command
+        primaries = sorted(p.port for p in client.get_primaries())
+        shares: dict[int, list[int]] = {}
+        for k in (1, 3, 16):
+            broker = Broker(client, f"{hot}{k}")
+            tags = await broker.set_lanes(k)
+            written.append(broker.keys.lanes())
+            for i, tag in enumerate(tags):
+                part = n // k + (i < n % k)
+                await broker.on_lane(tag).publish("Root", [b"x"] * part)
+            per_master: Counter[int] = Counter()
+            for tag in tags:
+                key = broker.keys.on_lane(tag).queue("Root")
+                written.append(key)
+                per_master[client.get_node_from_key(key).port] += await client.xlen(key)
+            shares[k] = sorted(per_master.get(p, 0) for p in primaries)
+    finally:
+        for key in written:  # the session's cluster serves the tests after this one
+            await client.delete(key)
+        await client.aclose()
     assert shares[1] == [0, 0, n]
     assert shares[3] == [6666, 6667, 6667]
     assert shares[16] == [6250, 6250, 7500]

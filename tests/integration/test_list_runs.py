@@ -18,6 +18,9 @@ from exospherehost import (
 )
 from tests.integration.helpers import running
 
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
+
 
 class Maybe(BaseNode):
     class Inputs(BaseModel):

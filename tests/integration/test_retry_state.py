@@ -27,6 +27,9 @@ from exospherehost.broker.codec import pack, unpack
 from tests.integration.apps.nodes import Collect, Flaky, Split, Square
 from tests.integration.helpers import running, squares_graph, worker_processes
 
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
+
 BRANCHES = 5
 FLAKY = 2  # the branch value that fails on its first execution
 NO_RETRIES = RetryPolicyModel(max_retries=0)

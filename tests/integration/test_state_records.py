@@ -6,7 +6,6 @@ with the run (finished and cancelled), two lanes, and Runtime(state_records="off
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import ClassVar
 
@@ -30,6 +29,9 @@ from exospherehost.errors import InvalidArgument
 from exospherehost.runtime import lanes as runtime_lanes
 from tests.integration.helpers import running
 from tests.integration.promises_support import until
+
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
 
 BIG = 100_000  # characters of the output that must be truncated (cap: 16 KiB per field)
 
@@ -100,13 +102,6 @@ RETRY = RetryPolicyModel(max_retries=1, backoff_factor=1)
 def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     Work.tries.clear()
     monkeypatch.setattr(runtime_lanes, "LANE_CHECK_S", 0.2)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def _rt(url: str, ns: str, **kw: object) -> Runtime:

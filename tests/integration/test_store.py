@@ -24,6 +24,9 @@ from exospherehost.broker.streams import Broker
 from exospherehost.store import RunStore, check_store_key
 from tests.integration.helpers import running
 
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
+
 
 class Bump(BaseNode):
     """Reads the live counter, writes it back plus 10, and leaves a note."""
@@ -201,7 +204,7 @@ async def test_redrive_reopens_the_run_and_keeps_its_store(
         (dead,) = await sm.dead_letters()
         assert "gate is closed" in dead.error
         # Open the gate (as another node, or an operator, would) and redrive.
-        await RunStore(Broker(redis, namespace), run).set("open", True)
+        await RunStore(Broker(sm.client, namespace), run).set("open", True)
         assert await sm.redrive(dead.id)
         assert await redis.ttl(key) == -1  # re-opened run: the store no longer expires
         assert (await sm.wait(run, timeout=10)).status == "SUCCEEDED"
@@ -221,8 +224,10 @@ async def test_store_outside_a_graph_run_fails_clearly_and_for_good(
     assert dead.attempts == 1  # permanent: not retried
 
 
-async def test_run_store_api_checks_keys_values_and_the_run(namespace: str, redis: Redis) -> None:
-    store = RunStore(Broker(redis, namespace), "no-such-run")
+async def test_run_store_api_checks_keys_values_and_the_run(
+    namespace: str, redis: Redis, sm: StateManager
+) -> None:
+    store = RunStore(Broker(sm.client, namespace), "no-such-run")
     with pytest.raises(KeyError, match="run 'no-such-run' not found"):
         await store.set("k", 1)
     assert await redis.exists(f"exo:{{{namespace}}}:run:no-such-run:store") == 0  # no stray

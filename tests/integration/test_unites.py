@@ -15,6 +15,9 @@ from exospherehost import (
 )
 from tests.integration.helpers import stop_processes, worker_processes
 
+# Also on a private Redis Cluster (tests/conftest.py): issue 14.
+pytestmark = pytest.mark.cluster_too
+
 BRANCHES = 100
 S = UnitesStrategyEnum
 
