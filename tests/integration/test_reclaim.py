@@ -160,18 +160,28 @@ async def test_many_orphaned_states_clear_in_bounded_time_within_the_room(
         # One at a time: >= n x 20 ms = 40 s. In parallel (32 executors): ~2 s of naps.
         done = await sm.wait_for_states("Nap", states, timeout=15)
         took = time.monotonic() - started
-        assert rt._worker is not None
+        assert rt._worker is not None and rt.stats is not None
         limit = rt._worker.max_inflight
     assert {r.status for r in done.values()} == {"SUCCEEDED"}
-    assert len(await sm.outputs("Nap", count=n + fresh + 1)) == n + fresh  # each once
-    # Settle calls, late duplicates included: with a 0.5 s visibility timeout on a loaded
-    # machine a state may be claimed and run twice (execution is at-least-once); its second
-    # settle emits nothing (the outputs above are each once) but is counted here.
-    assert n + fresh <= rt.settled <= n + fresh + 10
+    outputs = await sm.outputs("Nap", count=n + fresh + 1)
+    assert sorted(o.state_id for o in outputs) == sorted(states)  # every state, each once
+    # Execution is at-least-once: with a 0.5 s visibility timeout on a loaded machine a
+    # state may be claimed and run twice. Its stage transition is still once: exactly one
+    # settle per state applied, the duplicate's settle skipped as late (it emits nothing).
+    nap = rt.stats.nodes["Nap"]
+    duplicates = nap.executed - (n + fresh)
+    assert nap.settled == n + fresh, (nap.settled, nap.late_settles)
+    assert rt.settled == nap.settled + nap.late_settles  # every settle call accounted for
+    # Bounded: a few under load, not a systematic second run (say the reclaimer taking a
+    # second copy of what this worker holds, or executions outliving their claims).
+    assert 0 <= duplicates == nap.late_settles <= (n + fresh) // 100, (duplicates, nap)
     # A claim reserves its room; a read already on its way may overshoot by its count.
     assert 0 < peak <= limit + rt.batch_size, (peak, limit)
     await _all_clear(sm, "Nap")
-    print(f"{n} orphaned (+{fresh} fresh) states cleared in {took:.1f}s, peak in flight {peak}")
+    print(
+        f"{n} orphaned (+{fresh} fresh) states cleared in {took:.1f}s, peak in flight {peak}, "
+        f"{duplicates} executed twice"
+    )
 
 
 async def test_a_saturated_worker_still_reclaims(

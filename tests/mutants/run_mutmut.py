@@ -1,6 +1,7 @@
 """mutmut (generated Python mutants) over core modules, in a scratch copy of the repo.
 
-    python tests/mutants/run_mutmut.py [MODULE ...] [--only PATTERN ...] [--max-children N] [--keep]
+    python tests/mutants/run_mutmut.py [MODULE ...] [--only PATTERN ...] [--tests TEST ...]
+                                       [--max-children N] [--keep]
 
 MODULE is a path such as exospherehost/graph/retry.py; the default is every core module
 below. The test selection is the union of the fast tests of the chosen modules (mutmut
@@ -8,8 +9,9 @@ then runs, per mutant, only the selected tests that reach the mutated function).
 configuration is written into the scratch copy (its setup.cfg), so the repository's own
 pyproject.toml carries none and `mutants/` never lands in the work tree. Prints mutmut's
 survivors. --only runs the mutants whose names match a pattern (mutmut's fnmatch, e.g.
-'exospherehost.runtime.worker.x*_reclaim*'): a part of a slow module. With --keep the
-scratch copy stays for `mutmut show NAME` / `mutmut browse`
+'exospherehost.runtime.worker.x*_reclaim*'): a part of a slow module; --tests replaces
+the selection (for a part the whole selection would take ~95 s per survivor to run).
+With --keep the scratch copy stays for `mutmut show NAME` / `mutmut browse`
 there. Slow (minutes per module): not part of CI; run it with `./dev mutate py ...`.
 """
 
@@ -33,6 +35,8 @@ from run_mutants import ROOT, scratch_copy
 WORKER_TESTS: list[str] = [
     "tests/unit/test_settler.py",
     "tests/unit/test_mutants_worker_unit.py",
+    "tests/unit/test_mutants_worker_life_unit.py",
+    "tests/unit/test_mutants_upkeep_unit.py",
     "tests/unit/test_script_planning.py",
     "tests/unit/test_jobqueue.py",
     "tests/unit/test_reclaim_rules.py",
@@ -52,6 +56,7 @@ WORKER_TESTS: list[str] = [
     "tests/integration/test_bad_nodes.py",
     "tests/integration/test_script_failures.py",
     "tests/integration/test_mutants_worker.py",
+    "tests/integration/test_mutants_worker_life.py",
     # _execute's graph paths (~4 s): a node reading its secrets, a fired unite's collected
     # inputs, and a uniting node whose inputs cannot be rendered.
     "tests/integration/test_secrets.py::test_secrets_never_appear_in_plaintext_anywhere",
@@ -107,6 +112,26 @@ CORE: dict[str, list[str]] = {
     # test_promises_stats (~47 s per mutant more), nor test_reclaim's two slowest (17 s and
     # 7 s; the same paths as its others and test_promises_claims' heartbeat test).
     "exospherehost/runtime/worker.py": WORKER_TESTS,
+    # Pure (no I/O, no clock): its unit tests and the reader's stub-broker tests.
+    "exospherehost/runtime/prefetch.py": [
+        "tests/unit/test_prefetch.py",
+        "tests/unit/test_mutants_prefetch.py",
+        "tests/unit/test_mutants_worker_unit.py",
+    ],
+    # The cancelled-runs watch, the dashboards' reporter and the lanes (issues 12, 13, 14):
+    # their Runtime tests and stub-broker unit tests.
+    "exospherehost/runtime/upkeep/cancelled.py": [
+        "tests/integration/test_cancel.py",
+        "tests/unit/test_mutants_upkeep_unit.py",
+    ],
+    "exospherehost/runtime/upkeep/report.py": [
+        "tests/integration/test_worker_records.py",
+        "tests/unit/test_mutants_upkeep_unit.py",
+    ],
+    "exospherehost/runtime/lanes.py": [
+        "tests/integration/test_lanes.py",
+        "tests/unit/test_mutants_lanes_unit.py",
+    ],
     # The upkeep loops were split out of worker.py after its mutmut run: the same tests.
     **{
         f"exospherehost/runtime/upkeep/{m}.py": WORKER_TESTS
@@ -118,8 +143,9 @@ CORE: dict[str, list[str]] = {
 SOURCES = {"exospherehost", "broker"}
 
 
-def setup_cfg(modules: list[str], scratch: Path) -> str:
-    tests = sorted({t for m in modules for t in CORE.get(m, ["tests/unit"])})
+def setup_cfg(modules: list[str], scratch: Path, tests: list[str] | None = None) -> str:
+    if not tests:
+        tests = sorted({t for m in modules for t in CORE.get(m, ["tests/unit"])})
 
     def block(values: list[str]) -> str:
         return "".join(f"\n    {v}" for v in values)
@@ -142,6 +168,13 @@ def main() -> int:
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the scratch copy")
     ap.add_argument("--only", nargs="+", default=[], metavar="PATTERN", help="mutant names")
+    ap.add_argument(
+        "--tests",
+        nargs="+",
+        default=[],
+        metavar="TEST",
+        help="the test selection instead of the modules' (CORE): a faster one for a part",
+    )
     args = ap.parse_args()
     unknown = [m for m in args.modules if not (ROOT / m).is_file()]
     if unknown:
@@ -150,7 +183,7 @@ def main() -> int:
     if not Path(mutmut).exists():
         raise SystemExit("mutmut is not installed: ./dev mutate installs the `mutate` extra")
     scratch = scratch_copy()
-    (scratch / "setup.cfg").write_text(setup_cfg(args.modules, scratch))
+    (scratch / "setup.cfg").write_text(setup_cfg(args.modules, scratch, args.tests))
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)
     try:
