@@ -243,6 +243,38 @@ async def test_redrive_all_stops_at_what_was_dead_when_it_started(
     assert sorted(d.state_id for d in again) == sorted(ids)
 
 
+async def test_redrive_all_stops_at_what_was_dead_when_it_started_across_pages(
+    redis_url: str, namespace: str, sm: StateManager
+) -> None:
+    """The same over more letters than one page of the scan (CHUNK, 500): the second page
+    is read after the first page's letters died again. Bug: the scan is not bounded by the
+    newest letter at the start, and it follows the new ones."""
+    from exospherehost.broker.deadletters import CHUNK
+
+    n = CHUNK + 100
+    rt = Runtime(
+        namespace=namespace,
+        name="p",
+        nodes=[AlwaysFails],
+        redis_url=redis_url,
+        default_retry_policy=NO_RETRIES,
+    )
+    async with running(rt):
+        ids = await sm.enqueue_many("AlwaysFails", [{"x": i} for i in range(n)])
+        await sm.wait_for_states("AlwaysFails", ids, timeout=30)
+
+        async def all_dead() -> bool:
+            return (await sm.dead_letter_count()).count == n
+
+        await until(all_dead, f"{n} dead letters", timeout=30)
+        task = asyncio.ensure_future(sm.redrive_all())
+        await asyncio.wait([task], timeout=30)
+        in_time = task.done()
+    redriven = await asyncio.wait_for(task, 60)
+    assert in_time, f"redrive_all was still going after 30 s ({redriven.redriven} in the end)"
+    assert redriven.redriven == n and not redriven.skipped, redriven.redriven
+
+
 async def test_redriving_a_letter_whose_run_expired_is_refused_and_changes_nothing(
     redis_url: str, namespace: str, sm: StateManager, redis: Redis
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 from pydantic import BaseModel
+from redis.exceptions import ResponseError
 
 from benchmarks.nodes import Noop
 from exospherehost import BaseNode
@@ -426,6 +427,41 @@ async def test_a_batch_without_missing_runs_or_late_settles_logs_neither(
     lane = worker._settle_lanes[0]
     await worker._settle_batch([Completed(job, [{}], False)], lane, [], asyncio.Semaphore(0))
     assert worker.settled == 1 and not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+class RefusingBroker(StubBroker):
+    """settle() refuses any call of more than one state as a whole (ResponseError, as
+    Redis refuses a script up front), settles single ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    async def settle(self, plan: SettlePlan, lane: object) -> SettleFlags:
+        n = len(plan.items)
+        self.calls.append(n)
+        if n > 1:
+            raise ResponseError("refused as a whole")
+        return SettleFlags([1], {})
+
+
+async def test_a_batch_refused_as_a_whole_is_settled_state_by_state() -> None:
+    """README Guarantees (issue 16 row: after a settle script error, states are settled one
+    by one). Bug: the fallback marks every state of the batch unsettled (they would wait
+    for the reclaimer, a visibility timeout later)."""
+    broker = RefusingBroker()
+    worker = make_worker(broker)
+    entries = [f"1-{i}".encode() for i in range(3)]
+    batch = [
+        Completed(Job("Noop", KEYS.queue("Noop"), e, {}, Envelope(f"s{i}", {})), [{}], False)
+        for i, e in enumerate(entries)
+    ]
+    for e in entries:
+        worker._held["Noop"][e] = 0.0
+    worker.inflight = 3
+    await worker._settle_batch(list(batch), worker._settle_lanes[0], [], asyncio.Semaphore(0))
+    assert broker.calls == [3, 1, 1, 1], "the batch, then each state alone"
+    assert worker.stats.nodes["Noop"].settled == 3, "each settled, none left unsettled"
 
 
 # -- executing -------------------------------------------------------------------------------
