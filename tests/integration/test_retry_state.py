@@ -67,6 +67,42 @@ def flaky_fan(ns: str, tmp: Path, strategy: UnitesStrategyEnum) -> list[GraphNod
     ]
 
 
+def flaky_runtime(redis_url: str, namespace: str) -> Runtime:
+    """An in-process Runtime of the flaky fan's nodes, without retries (a Runtime runs
+    once: a test that serves twice makes two)."""
+    return Runtime(
+        namespace=namespace,
+        name="p",
+        nodes=[Split, Flaky, Collect, Square],
+        redis_url=redis_url,
+        default_retry_policy=NO_RETRIES,
+    )
+
+
+async def upsert_flaky(
+    sm: StateManager,
+    namespace: str,
+    tmp: Path,
+    strategy: UnitesStrategyEnum = UnitesStrategyEnum.ALL_SUCCESS,
+    validation_timeout: float = 10,
+) -> None:
+    await sm.upsert_graph(
+        "flaky",
+        flaky_fan(namespace, tmp, strategy),
+        retry_policy=NO_RETRIES,
+        store_config=StoreConfigModel(required_keys=["n"]),
+        validation_timeout=validation_timeout,
+    )
+
+
+def one_square(namespace: str) -> list[GraphNodeModel]:
+    return [
+        GraphNodeModel(
+            node_name="Square", namespace=namespace, identifier="sq", inputs={"value": 3}
+        )
+    ]
+
+
 def executions(tmp: Path) -> list[int]:
     return sorted(int(line) for line in (tmp / "executions").read_text().split())
 
@@ -85,13 +121,7 @@ async def test_retry_failed_in_a_fan_in_makes_the_run_succeed_once(
     retried branch runs and the decided unite does not fire again. Twenty concurrent
     retry_failed calls make one retry; the dead letter goes; the counters add up."""
     with worker_processes(redis_url, namespace, 2):
-        await sm.upsert_graph(
-            "flaky",
-            flaky_fan(namespace, tmp_path, strategy),
-            retry_policy=NO_RETRIES,
-            store_config=StoreConfigModel(required_keys=["n"]),
-            validation_timeout=30,
-        )
+        await upsert_flaky(sm, namespace, tmp_path, strategy, validation_timeout=30)
         run = await sm.trigger("flaky", store={"n": BRANCHES})
         first = await sm.wait(run, timeout=30)
         assert first.status == "FAILED", first
@@ -171,20 +201,9 @@ async def test_retry_of_a_succeeded_state_re_emits_its_successors_exactly_once(
 async def test_what_cannot_be_retried_is_refused_naming_why(
     redis_url: str, namespace: str, sm: StateManager, redis: Redis, tmp_path: Path
 ) -> None:
-    rt = Runtime(
-        namespace=namespace,
-        name="p",
-        nodes=[Split, Flaky, Collect, Square],
-        redis_url=redis_url,
-        default_retry_policy=NO_RETRIES,
-    )
+    rt = flaky_runtime(redis_url, namespace)
     async with running(rt):
-        await sm.upsert_graph(
-            "flaky",
-            flaky_fan(namespace, tmp_path, UnitesStrategyEnum.ALL_SUCCESS),
-            retry_policy=NO_RETRIES,
-            store_config=StoreConfigModel(required_keys=["n"]),
-        )
+        await upsert_flaky(sm, namespace, tmp_path)
         run = await sm.trigger("flaky", store={"n": 3})
         assert (await sm.wait(run, timeout=30)).status == "FAILED"
         with pytest.raises(RunNotFound):
@@ -220,23 +239,8 @@ async def test_a_redriven_state_is_in_flight_and_a_retried_one_is_not_redriven(
     record until it settles again (retry_state refuses it), and a dead letter of a
     state retry_state re-ran is refused by redrive (here a copy the retry did not see)."""
 
-    def runtime() -> Runtime:  # a Runtime runs once
-        return Runtime(
-            namespace=namespace,
-            name="p",
-            nodes=[Split, Flaky, Collect],
-            redis_url=redis_url,
-            default_retry_policy=NO_RETRIES,
-        )
-
-    graph = flaky_fan(namespace, tmp_path, UnitesStrategyEnum.ALL_SUCCESS)
-    async with running(runtime()):
-        await sm.upsert_graph(
-            "flaky",
-            graph,
-            retry_policy=NO_RETRIES,
-            store_config=StoreConfigModel(required_keys=["n"]),
-        )
+    async with running(flaky_runtime(redis_url, namespace)):
+        await upsert_flaky(sm, namespace, tmp_path)
         run = await sm.trigger("flaky", store={"n": 3})
         assert (await sm.wait(run, timeout=30)).status == "FAILED"
     [letter] = await sm.dead_letters()
@@ -245,13 +249,13 @@ async def test_a_redriven_state_is_in_flight_and_a_retried_one_is_not_redriven(
     assert await sm.redrive(letter.id) is True
     with pytest.raises(RetryRefused, match="not settled yet"):
         await sm.retry_state(run, letter.state_id)
-    async with running(runtime()):
+    async with running(flaky_runtime(redis_url, namespace)):
         assert (await sm.wait(run, timeout=30)).status == "SUCCEEDED"
 
     # Second run: retried, then a copy of its dead letter appears (as if the retry had
     # not found it): redrive refuses it.
     (tmp_path / f"marker.{FLAKY}").unlink()
-    async with running(runtime()):
+    async with running(flaky_runtime(redis_url, namespace)):
         run2 = await sm.trigger("flaky", store={"n": 3})
         assert (await sm.wait(run2, timeout=30)).status == "FAILED"
         [letter2] = await sm.dead_letters()
@@ -271,11 +275,7 @@ async def test_records_off_and_truncated_inputs_cannot_be_retried(
     rt = Runtime(
         namespace=namespace, name="p", nodes=[Square], redis_url=redis_url, state_records="off"
     )
-    nodes = [
-        GraphNodeModel(
-            node_name="Square", namespace=namespace, identifier="sq", inputs={"value": 3}
-        )
-    ]
+    nodes = one_square(namespace)
     async with running(rt):
         await sm.upsert_graph("one", nodes)
         run = await sm.trigger("one")
@@ -305,24 +305,13 @@ async def test_retry_on_a_lane_other_than_lane_0(
     from exospherehost.broker.keys import run_lane
 
     await sm.set_lanes(3)
-    rt = Runtime(
-        namespace=namespace,
-        name="p",
-        nodes=[Split, Flaky, Collect],
-        redis_url=redis_url,
-        default_retry_policy=NO_RETRIES,
-    )
+    rt = flaky_runtime(redis_url, namespace)
     async with running(rt):
         run = ""
         for i in range(3):  # round robin: one of three consecutive runs is on lane n > 0
             d = tmp_path / str(i)
             d.mkdir()
-            await sm.upsert_graph(
-                "flaky",
-                flaky_fan(namespace, d, UnitesStrategyEnum.ALL_SUCCESS),
-                retry_policy=NO_RETRIES,
-                store_config=StoreConfigModel(required_keys=["n"]),
-            )
+            await upsert_flaky(sm, namespace, d)
             run = await sm.trigger("flaky", store={"n": 3})
             assert (await sm.wait(run, timeout=30)).status == "FAILED"
             if run_lane(run) != 0:
@@ -346,11 +335,7 @@ async def test_two_callers_that_read_the_same_record_make_one_retry(
     from exospherehost.client.retry import plan_retry
 
     rt = Runtime(namespace=namespace, name="p", nodes=[Square], redis_url=redis_url)
-    nodes = [
-        GraphNodeModel(
-            node_name="Square", namespace=namespace, identifier="sq", inputs={"value": 3}
-        )
-    ]
+    nodes = one_square(namespace)
     async with running(rt):
         await sm.upsert_graph("one", nodes)
         run = await sm.trigger("one")
@@ -382,20 +367,9 @@ async def test_a_uniting_state_retried_takes_each_branchs_newest_values(
     """ALL_DONE fired without the failed branch; the branch retried succeeds (the unite
     does not fire again); then retrying the uniting state re-runs it with every branch,
     the re-run one included, once each."""
-    rt = Runtime(
-        namespace=namespace,
-        name="p",
-        nodes=[Split, Flaky, Collect],
-        redis_url=redis_url,
-        default_retry_policy=NO_RETRIES,
-    )
+    rt = flaky_runtime(redis_url, namespace)
     async with running(rt):
-        await sm.upsert_graph(
-            "flaky",
-            flaky_fan(namespace, tmp_path, UnitesStrategyEnum.ALL_DONE),
-            retry_policy=NO_RETRIES,
-            store_config=StoreConfigModel(required_keys=["n"]),
-        )
+        await upsert_flaky(sm, namespace, tmp_path, UnitesStrategyEnum.ALL_DONE)
         run = await sm.trigger("flaky", store={"n": BRANCHES})
         assert (await sm.wait(run, timeout=30)).status == "FAILED"
         await sm.retry_failed(run)
