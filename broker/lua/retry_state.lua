@@ -19,7 +19,8 @@
 -- it again: its `fired` guard holds).
 --
 -- Nothing may fail after the first write (Redis does not roll back a script): every check
--- comes first. The `#!lua` shebang makes Redis refuse the call up front when over
+-- comes first (key types, and the counters it steps being integers). The `#!lua`
+-- shebang makes Redis refuse the call up front when over
 -- maxmemory.
 --
 -- KEYS: run hash, states hash, node stream, history, results, store, dead stream, then
@@ -57,6 +58,23 @@ if redis.call('HGET', states, state) ~= seen then
 end
 for i = FIRST_GROUP_KEY, #KEYS, 2 do
   problem = key_problem(KEYS[i], 'hash') or key_problem(KEYS[i + 1], 'list')
+  if problem then return problem end
+end
+-- The counters the writes below step must be integers (HINCRBY would fail half-way on a
+-- field another client overwrote).
+local function not_counter(key, field)
+  local v = redis.call('HGET', key, field)
+  if v and not string.match(v, '^%-?%d+$') then
+    return 'field ' .. field .. ' of ' .. key .. ' holds ' .. v .. ', not a count'
+  end
+  return nil
+end
+problem = not_counter(run, 'open') or not_counter(run, counter) or not_counter(run, 'failed')
+if problem then return problem end
+for i = FIRST_GROUP_KEY, #KEYS, 2 do
+  local unite = ARGV[FIRST_UNITE + (i - FIRST_GROUP_KEY) / 2]
+  problem = not_counter(KEYS[i], 'open') or not_counter(KEYS[i], 'bad') or
+            not_counter(run, 'k:' .. unite)
   if problem then return problem end
 end
 

@@ -385,3 +385,24 @@ async def test_a_uniting_state_retried_takes_each_branchs_newest_values(
     assert final.status == "SUCCEEDED" and final.nodes["collect"].succeeded == 1, final
     detail = await sm.state(run, again)
     assert detail.retry_of == unite and detail.status == "SUCCEEDED"
+
+
+async def test_a_counter_another_client_overwrote_refuses_the_retry_before_any_write(
+    redis_url: str, namespace: str, sm: StateManager, redis: Redis
+) -> None:
+    """The script steps run counters with HINCRBY after its first write: a counter that is
+    not an integer (a foreign client's HSET) would fail it half-way, leaving a queued state
+    in a run that was never re-opened. It is checked first: refused, nothing written."""
+    rt = Runtime(namespace=namespace, name="p", nodes=[Square], redis_url=redis_url)
+    async with running(rt):
+        await sm.upsert_graph("one", one_square(namespace))
+        run = await sm.trigger("one")
+        assert (await sm.wait(run, timeout=30)).status == "SUCCEEDED"
+    [hist] = await sm.run_history(run)
+    await redis.hset(sm.keys.run(run), "s:sq", "many")
+    with pytest.raises(RetryRefused, match=r"field s:sq of .* holds many, not a count"):
+        await sm.retry_state(run, hist.state_id)
+    assert await redis.xlen(sm.keys.queue("Square")) == 0, "nothing queued"
+    assert await redis.hget(sm.keys.run_states(run), ">" + hist.state_id) is None, "no link"
+    assert await redis.hget(sm.keys.run(run), "status") == b"SUCCEEDED", "not re-opened"
+    assert await redis.hget(sm.keys.run(run), "open") == b"0"
