@@ -46,14 +46,7 @@ class Memory:
 
     def as_dict(self) -> dict[str, object]:
         """For JSON (`exosphere status --json`, the dashboard's overview)."""
-        ratio = self.used_ratio
-        return {
-            "used_bytes": self.used,
-            "maxmemory_bytes": self.limit,
-            "used_ratio": None if ratio is None else round(ratio, 4),
-            "policy": self.policy,
-            "summary": self.summary(),
-        }
+        return _json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,18 +100,25 @@ class ClusterMemory:
 
     def as_dict(self) -> dict[str, object]:
         """As Memory.as_dict (the totals; used_ratio the fullest master's), and per master."""
-        ratio = self.used_ratio
         return {
-            "used_bytes": self.used,
-            "maxmemory_bytes": self.limit,
-            "used_ratio": None if ratio is None else round(ratio, 4),
-            "policy": self.policy,
-            "summary": self.summary(),
+            **_json(self),
             "masters": {
                 name: {k: v for k, v in m.as_dict().items() if k != "summary"}
                 for name, m in self.masters
             },
         }
+
+
+def _json(m: Memory | ClusterMemory) -> dict[str, object]:
+    """The fields both memory views give as JSON."""
+    ratio = m.used_ratio
+    return {
+        "used_bytes": m.used,
+        "maxmemory_bytes": m.limit,
+        "used_ratio": None if ratio is None else round(ratio, 4),
+        "policy": m.policy,
+        "summary": m.summary(),
+    }
 
 
 def _memory(info: Mapping[str, Any]) -> Memory:

@@ -68,15 +68,20 @@ def _fresh() -> None:
     FailsFirst.fail_times, FailsFirst.runs = 0, 0
 
 
-async def _one_dead_letter(redis_url: str, namespace: str, sm: StateManager) -> str:
-    """Run one graphless AlwaysFails state to its dead letter; return the letter's id."""
-    rt = Runtime(
+def _always_fails(redis_url: str, namespace: str) -> Runtime:
+    """An in-process Runtime of AlwaysFails without retries: each state dies at once."""
+    return Runtime(
         namespace=namespace,
         name="p",
         nodes=[AlwaysFails],
         redis_url=redis_url,
         default_retry_policy=NO_RETRIES,
     )
+
+
+async def _one_dead_letter(redis_url: str, namespace: str, sm: StateManager) -> str:
+    """Run one graphless AlwaysFails state to its dead letter; return the letter's id."""
+    rt = _always_fails(redis_url, namespace)
     async with running(rt):
         state = await sm.enqueue("AlwaysFails", {"x": 1})
         await sm.wait_for_states("AlwaysFails", [state], timeout=15)
@@ -212,13 +217,7 @@ async def test_redrive_all_stops_at_what_was_dead_when_it_started(
     the dead letters while `redrive_all` is still going: it redrives the 50 letters that
     were there when it started, once each, and returns. Bug: it loops on letters added
     meanwhile (redriving for ever, or more than 50)."""
-    rt = Runtime(
-        namespace=namespace,
-        name="p",
-        nodes=[AlwaysFails],
-        redis_url=redis_url,
-        default_retry_policy=NO_RETRIES,
-    )
+    rt = _always_fails(redis_url, namespace)
     async with running(rt):
         ids = await sm.enqueue_many("AlwaysFails", [{"x": i} for i in range(50)])
         await sm.wait_for_states("AlwaysFails", ids, timeout=15)
@@ -252,13 +251,7 @@ async def test_redrive_all_stops_at_what_was_dead_when_it_started_across_pages(
     from exospherehost.broker.deadletters import CHUNK
 
     n = CHUNK + 100
-    rt = Runtime(
-        namespace=namespace,
-        name="p",
-        nodes=[AlwaysFails],
-        redis_url=redis_url,
-        default_retry_policy=NO_RETRIES,
-    )
+    rt = _always_fails(redis_url, namespace)
     async with running(rt):
         ids = await sm.enqueue_many("AlwaysFails", [{"x": i} for i in range(n)])
         await sm.wait_for_states("AlwaysFails", ids, timeout=30)
@@ -308,13 +301,7 @@ async def test_dead_letters_read_back_every_documented_field_and_page(
     traceback, time_ms, entry (the source entry id) and original (the entry's fields,
     byte for byte); `dead_letters(count, after)` pages oldest first, `after` exclusive;
     `dead_letter(id)` is that one letter."""
-    rt = Runtime(
-        namespace=namespace,
-        name="p",
-        nodes=[AlwaysFails],
-        redis_url=redis_url,
-        default_retry_policy=NO_RETRIES,
-    )
+    rt = _always_fails(redis_url, namespace)
     async with running(rt):
         states = await sm.enqueue_many("AlwaysFails", [{"x": i} for i in range(3)])
         await sm.wait_for_states("AlwaysFails", states, timeout=15)
