@@ -30,6 +30,7 @@ from typing import Any
 
 from exospherehost.broker.streams import Broker
 from exospherehost.graphstore import GraphCache
+from exospherehost.runtime.cancelling import cancel_and_wait
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.prefetch import Prefetch
 from exospherehost.runtime.resilience import Retrier, pause
@@ -185,9 +186,8 @@ class LaneWorkers:
                     if failed is not None:
                         failed.result()  # raises the lane's error
         finally:
-            readiness.cancel()
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            # The watch makes Redis calls, where one cancel can be lost.
+            await cancel_and_wait([readiness, watch])
 
     async def _watch(self) -> None:
         """Start Workers for lanes that came to be served (a new count, or an old lane

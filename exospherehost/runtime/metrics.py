@@ -33,7 +33,6 @@ plus the standard ``process_*``, ``python_gc_*`` and ``python_info`` series.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import threading
@@ -62,6 +61,7 @@ from exospherehost.broker.client import Redis
 from exospherehost.broker.graphs import GraphRecords
 from exospherehost.broker.streams import Broker
 from exospherehost.errors import MetricsPortError as MetricsPortError  # old import path
+from exospherehost.runtime.cancelling import cancel_and_wait
 from exospherehost.runtime.stats import BUCKETS, RuntimeStats
 
 if TYPE_CHECKING:
@@ -263,9 +263,11 @@ class MetricsExporter:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Re-cancelled until it ends (one cancel can be lost in a Redis call); the
+            # caller's own cancellation is not swallowed.
+            (error,) = await cancel_and_wait([self._task])
+            if error is not None:
+                log.warning("the queue gauges' refresh had failed: %r", error)
         if self._server is not None:
             # shutdown() waits for serve_forever to notice (up to its 0.5 s poll): off-loop.
             await asyncio.to_thread(self._server.shutdown)

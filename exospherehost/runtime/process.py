@@ -28,6 +28,7 @@ from exospherehost.limits import use as use_limits
 from exospherehost.logs import setup_logging
 from exospherehost.models import RetryPolicyModel
 from exospherehost.node import BaseNode, node_schema, validate_nodes
+from exospherehost.runtime.cancelling import cancel_and_wait
 from exospherehost.runtime.cron import CronScheduler
 from exospherehost.runtime.execution import NodeSpec
 from exospherehost.runtime.gctune import tune_for_throughput
@@ -335,14 +336,12 @@ class Runtime:
             try:
                 await self._worker.run()
             finally:
-                watch_task.cancel()  # it only sleeps and stamps the time
                 # Cooperative stops; cancel only a loop stuck in a Redis call.
                 self._cron.stop()
                 registry_stop.set()
                 loops = [cron_task, registry_task, report_task]
                 _, stuck = await asyncio.wait(loops, timeout=5)
-                for task in stuck:
-                    task.cancel()
+                await cancel_and_wait([*stuck, watch_task])
                 await asyncio.gather(*loops, watch_task, return_exceptions=True)
                 if retry.outage.since is None:  # in an outage it would only time out
                     await self._reporter.stopped()

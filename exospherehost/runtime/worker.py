@@ -31,6 +31,7 @@ from exospherehost.errors import ShutdownAbandoned as ShutdownAbandoned  # old i
 from exospherehost.graph.compiled import REFS
 from exospherehost.graphstore import GraphCache
 from exospherehost.limits import human
+from exospherehost.runtime.cancelling import cancel_and_wait
 from exospherehost.runtime.execution import (
     InternalErrors,
     NodeSpec,
@@ -283,8 +284,7 @@ class Worker:
         # in an outage is cancelled after a bound.
         self._done.set()
         _, stuck = await asyncio.wait(upkeep, timeout=5)
-        for task in stuck:
-            task.cancel()
+        await cancel_and_wait(stuck)
         await asyncio.gather(*upkeep, return_exceptions=True)
         if unsettled := self.holdings.unsettled():
             log.warning(
@@ -514,8 +514,7 @@ class Worker:
                 max(0.0, left),
             )
         _, late = await asyncio.wait(executors, timeout=max(0.0, left))
-        for task in late:
-            task.cancel()
+        await cancel_and_wait(late)  # node code in a Redis call can lose one cancel
         await asyncio.gather(*executors, return_exceptions=True)
         if running:
             cut = self.cut_short

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from exospherehost import GraphNodeModel, Runtime, StateManager
 from exospherehost.client.runs import RunStatus
+from exospherehost.runtime.cancelling import cancel_and_wait
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +34,13 @@ async def running(runtime: Runtime, timeout: float = 10.0) -> AsyncIterator[Runt
         yield runtime
     finally:
         runtime.stop()
-        await asyncio.wait_for(task, timeout)
+        # Not wait_for: on Python 3.11 it can return quietly when the task swallowed its
+        # cancel, hiding a Runtime that does not stop.
+        done, _ = await asyncio.wait([task], timeout=timeout)
+        if task not in done:
+            await cancel_and_wait([task])
+            raise AssertionError(f"runtime did not stop within {timeout}s of stop()")
+        task.result()
 
 
 def start_worker(url: str, namespace: str, **env: str) -> subprocess.Popen[str]:
