@@ -30,6 +30,12 @@ class MalformedEntry(ExosphereError, ValueError):
     """An entry that cannot be decoded; the message says why (it goes to the dead letters)."""
 
 
+class CorruptRecord(ExosphereError, ValueError):
+    """A record in Redis holds what the SDK never writes there (a counter that is not an
+    integer, bytes that are not UTF-8: written by hand or by a foreign client); the message
+    names the key and the field."""
+
+
 class KeyRefused(ExosphereError, ResponseError):
     """A call checked the keys it would write and wrote nothing: one holds another type
     (a foreign client's), or a stream has used up its entry ids. The message names it."""

@@ -10,6 +10,7 @@ from typing import Any
 from exospherehost.broker import fields as f
 from exospherehost.broker.client import RedisClient
 from exospherehost.broker.codec import unpack
+from exospherehost.broker.errors import CorruptRecord
 from exospherehost.broker.keys import Keys
 
 # Counter prefix of the run hash -> the IdentifierCounts attribute it counts.
@@ -48,8 +49,22 @@ class RunRecord:
     notes: dict[str, str]  # identifier -> why a unite did not fire
 
     @classmethod
-    def parse(cls, raw: dict[bytes, bytes]) -> RunRecord:
-        h = {k.decode(): v.decode() for k, v in raw.items()}
+    def parse(cls, raw: dict[bytes, bytes], where: str = "the run hash") -> RunRecord:
+        """Raises CorruptRecord naming `where` and the field when the hash holds what the
+        scripts never write (a hand edit, a foreign client)."""
+        try:
+            h = {k.decode(): v.decode() for k, v in raw.items()}
+        except UnicodeDecodeError as exc:
+            raise CorruptRecord(f"{where} holds bytes that are not UTF-8 ({exc})") from None
+
+        def num(field: str, value: str) -> int:
+            try:
+                return int(value)
+            except ValueError:
+                raise CorruptRecord(
+                    f"{where} field {field!r} is {value[:40]!r}, not an integer"
+                ) from None
+
         counters: dict[str, dict[str, int]] = {}
         notes: dict[str, str] = {}
         for key, value in h.items():
@@ -62,13 +77,13 @@ class RunRecord:
                 continue
             c = counters.setdefault(ident, {})
             if prefix in _COUNTERS:
-                c[_COUNTERS[prefix]] = int(value)
+                c[_COUNTERS[prefix]] = num(key, value)
         return cls(
             h.get(f.RUN_GRAPH, ""),
             h.get(f.RUN_STATUS, f.RUNNING),
-            int(h.get(f.RUN_OPEN, 0)),
-            int(h.get(f.RUN_CREATED_MS, 0)),
-            int(h[f.RUN_FINISHED_MS]) if f.RUN_FINISHED_MS in h else None,
+            num(f.RUN_OPEN, h.get(f.RUN_OPEN, "0")),
+            num(f.RUN_CREATED_MS, h.get(f.RUN_CREATED_MS, "0")),
+            num(f.RUN_FINISHED_MS, h[f.RUN_FINISHED_MS]) if f.RUN_FINISHED_MS in h else None,
             {ident: IdentifierCounts(**c) for ident, c in counters.items()},
             notes,
         )
@@ -185,8 +200,9 @@ class RunsReader:
 
     async def run(self, run_id: str) -> RunRecord | None:
         """The run's hash, or None when it does not exist (unknown, or expired)."""
-        raw = await self._client.hgetall(self.keys.for_run(run_id).run(run_id))
-        return RunRecord.parse(raw) if raw else None
+        key = self.keys.for_run(run_id).run(run_id)
+        raw = await self._client.hgetall(key)
+        return RunRecord.parse(raw, f"run {run_id}'s hash {key}") if raw else None
 
     async def graph_of(self, run_id: str) -> tuple[str, int] | None:
         """(graph, version) the run pinned, or None when it does not exist."""

@@ -15,6 +15,7 @@ Each class also keeps its builtin (or redis-py) base, in brackets, so code that 
         RedriveRefused [ValueError]    a dead letter cannot go back; it stays dead
         RetryRefused [ValueError]      retry_state cannot re-run a state: says why
         KeyRefused [redis ResponseError]   a script found a key it must not write
+        CorruptRecord [ValueError]     a run's record holds what the SDK never writes there
         ConnectionSetupError [ValueError]  credentials / TLS refused: fails fast, no retry
         PermissionRefused [redis NoPermissionError]  ACL refusal: names user, namespace, grant
         SecretsError [RuntimeError]    a graph's secrets cannot be decrypted
@@ -49,6 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from exospherehost.broker.errors import (
     ConnectionSetupError,
+    CorruptRecord,
     ExosphereError,
     InvalidArgument,
     KeyNameError,
@@ -60,6 +62,7 @@ from exospherehost.broker.errors import (
 __all__ = [
     "ConfigError",
     "ConnectionSetupError",
+    "CorruptRecord",
     "CronExpressionError",
     "ExosphereError",
     "GraphNotFound",

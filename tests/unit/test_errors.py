@@ -34,6 +34,7 @@ OLD_BASE: dict[str, type[BaseException]] = {
     "ConnectionSetupError": ValueError,  # new (issue 14): was an endless outage retry
     "PermissionRefused": NoPermissionError,  # new (issue 14): redis-py's bare refusal
     "CronExpressionError": ValueError,
+    "CorruptRecord": ValueError,  # new: RunRecord.parse raised a bare ValueError
     "GraphNotFound": KeyError,  # get_graph / trigger raised a bare KeyError
     "GraphValidationError": ValueError,
     "InputError": ValueError,
