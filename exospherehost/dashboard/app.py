@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from exospherehost import errors
-from exospherehost.broker.errors import ConnectionSetupError
+from exospherehost.broker.errors import ConnectionSetupError, CorruptRecord
 from exospherehost.broker.keys import check_name
 from exospherehost.client.statemanager import StateManager
 from exospherehost.config import resolve
@@ -274,6 +274,7 @@ def create_app(
     handlers = {
         KeyError: _error(404),  # unknown graph or run (RunNotFound is a KeyError)
         ValueError: _error(400),  # invalid names (KeyNameError) and query parameters
+        CorruptRecord: _error(500),  # what Redis holds is wrong, not the request
         # An ACL user that may not read the namespace: the reason names the grant.
         redis.exceptions.NoPermissionError: _error(403),
         ConnectionSetupError: _error(503),  # credentials or TLS refused

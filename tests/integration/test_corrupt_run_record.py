@@ -4,13 +4,20 @@ bare ValueError from int() or a UnicodeDecodeError."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
 import pytest
 from redis.asyncio import Redis
 
 from exospherehost import GraphNodeModel, StateManager
 from exospherehost.broker import fields as f
 from exospherehost.broker.keys import Keys
+from exospherehost.dashboard import create_app
 from exospherehost.errors import CorruptRecord
+from tests.integration.test_dashboard import dashboard_server
 
 pytestmark = pytest.mark.redis
 
@@ -42,3 +49,20 @@ async def test_a_run_hash_that_the_sdk_never_wrote_is_refused_by_name(
             await sm.status(run)
     message = str(caught.value)
     assert run in message and key in message and named in message, message
+
+
+async def test_the_dashboard_answers_500_with_the_reason_for_a_corrupt_run(
+    redis_url: str, namespace: str, redis: Redis
+) -> None:
+    async with StateManager(namespace, redis_url) as sm:
+        run = await _run(sm, namespace)
+        await redis.hset(Keys(namespace).for_run(run).run(run), f.RUN_OPEN, b"many")
+    with dashboard_server(create_app(redis_url, None)) as url:
+        try:
+            await asyncio.to_thread(urllib.request.urlopen, f"{url}api/ns/{namespace}/runs/{run}")
+        except urllib.error.HTTPError as exc:
+            code, body = exc.code, json.loads(exc.read())
+        else:
+            raise AssertionError("a corrupt run hash was served as if it were fine")
+    assert code == 500, code
+    assert "'open' is 'many', not an integer" in body["error"], body
