@@ -10,27 +10,16 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pydantic import BaseModel
 
-from exospherehost import BaseNode, Runtime
+from exospherehost import Runtime
 from exospherehost.config import resolve
 from exospherehost.runtime import metrics
 from exospherehost.runtime.cancelling import cancel_and_wait
 from tests.integration.helpers import running
 from tests.integration.test_metrics import free_port
+from tests.integration.test_metrics_gauges import Picky
 
 pytestmark = pytest.mark.redis
-
-
-class Idle(BaseNode):
-    class Inputs(BaseModel):
-        x: int
-
-    class Outputs(BaseModel):
-        x: int
-
-    async def execute(self) -> Outputs:
-        return self.Outputs(x=self.inputs.x)
 
 
 async def test_a_loop_on_real_redis_calls_is_ended_every_time(redis_url: str) -> None:
@@ -73,7 +62,7 @@ async def test_a_runtime_stops_although_its_gauge_refresh_loses_a_cancel(
         return await real(broker)  # type: ignore[arg-type]
 
     monkeypatch.setattr(metrics, "read_totals", loses_one_cancel)
-    rt = Runtime(namespace, "lost", [Idle], redis_url=redis_url, metrics_port=free_port())
+    rt = Runtime(namespace, "lost", [Picky], redis_url=redis_url, metrics_port=free_port())
     async with running(rt, timeout=10):
         await asyncio.wait_for(reading.wait(), 10)
     assert lost == [1], "the refresh loop was never cancelled in its Redis read"
