@@ -352,6 +352,8 @@ class Runtime:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._loop.remove_signal_handler(sig)
+        # The pair of the "serving" line: an operator sees that a stop finished.
+        log.info("runtime %s stopped; it settled %d states", self.name, self.settled)
 
     def _make_reporter(self, broker: Broker, worker: LaneWorkers) -> Reporter:
         def live() -> dict[str, int]:

@@ -109,8 +109,9 @@ async def test_sigterm_stops_a_blocking_runtime_process_cleanly(
 
 
 async def test_consumer_joins_at_start_and_leaves_on_a_clean_stop(
-    redis_url: str, namespace: str, sm: StateManager
+    redis_url: str, namespace: str, sm: StateManager, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "exospherehost.runtime.process")
     rt = Runtime(namespace=namespace, name="t", nodes=[Gated], redis_url=redis_url)
     task = rt.start()
     assert task is not None
@@ -121,6 +122,7 @@ async def test_consumer_joins_at_start_and_leaves_on_a_clean_stop(
     rt.stop()
     await asyncio.wait_for(task, 10)
     assert await sm.client.xinfo_consumers(q, "exo") == []
+    assert "runtime t stopped; it settled 0 states" in caplog.messages
 
 
 async def test_a_blocking_runtimes_tracebacks_show_only_the_nodes_error(
